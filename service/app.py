@@ -1,0 +1,204 @@
+"""Wiring and lifecycle: build every component from the Config, run them, stop them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import datetime
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from service.actions.base import OutboxDispatcher
+from service.actions.notify import EmailNotifier
+from service.actions.plan import notify_planner
+from service.config import Config, warnings_for
+from service.fetch import WikiClient
+from service.matchers.banks import BankSet
+from service.matchers.exact import ExactMatcher
+from service.matchers.pdq import PdqMatcher
+from service.media.thumbnail import prepare
+from service.metrics import Metrics
+from service.pipeline import Pipeline, Planner
+from service.sources.base import Source
+from service.sources.eventstreams import EventStreamsSource
+from service.store.sqlite import SqliteStore
+from service.web.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+def _warm_up() -> None:  # pragma: no cover - runs in pool workers
+    import pdqhash  # noqa: F401
+    import PIL.Image  # noqa: F401
+
+
+class Service:
+    """One running instance.  ``run()`` returns after a clean stop (or when a finite source ends)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        source: Source | None = None,
+        since: datetime | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics(registry)
+        self.store = SqliteStore(cfg.store.path)
+        self.banks = BankSet(cfg.banks, self.metrics)
+        self.exact = ExactMatcher(self.banks)
+        self.matchers = [self.exact, PdqMatcher(self.banks)]
+        self.wiki_client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, self.metrics)
+        self.source: Source = source or EventStreamsSource(
+            cfg.source.eventstreams,
+            user_agent=cfg.service.user_agent,
+            checkpoints=self.store,
+            metrics=self.metrics,
+            since=since,
+        )
+        notify = cfg.actions.notify
+        self.actions = {"notify": EmailNotifier(notify, self.metrics)} if notify.enabled else {}
+        self.planners: list[Planner] = [notify_planner(notify)] if notify.enabled else []
+        self.dispatcher = OutboxDispatcher(self.store, self.actions, notify.retry, self.metrics)
+        self.pipeline: Pipeline | None = None
+        self.stop_event = asyncio.Event()
+        self.started = asyncio.Event()
+        self.http_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._cpu: Executor | None = None
+        self.crashed: str | None = None
+
+    # ------------------------------------------------------------------ health
+
+    async def _ready_source(self) -> str | None:
+        if not self.source.connected:
+            err = getattr(self.source, "last_error", None)
+            return f"source {self.source.name} not connected" + (f": {err}" if err else "")
+        idle = self.cfg.http.ready_source_idle
+        last = self.pipeline.last_event_at if self.pipeline else None
+        if idle and last is not None and time.time() - last > idle:
+            return f"no event from the source for {time.time() - last:.0f} s"
+        return None
+
+    async def _ready_store(self) -> str | None:
+        await asyncio.wait_for(self.store.ping(), timeout=5)
+        return None
+
+    async def _ready_banks(self) -> str | None:
+        return None if self.banks.loaded else "hash banks not loaded"
+
+    def _live_pipeline(self) -> str | None:
+        return self.crashed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _make_cpu_pool(self) -> Executor:
+        n = self.cfg.cpu_workers
+        if self.cfg.pipeline.cpu_pool == "thread":
+            return ThreadPoolExecutor(max_workers=n, thread_name_prefix="cpu")
+        ctx = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_warm_up)
+
+    async def _start_http(self) -> None:
+        if not self.cfg.http.enabled:
+            return
+        app = create_app(
+            self.metrics,
+            {"source": self._ready_source, "store": self._ready_store, "banks": self._ready_banks},
+            {"pipeline": self._live_pipeline},
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
+        log.info("http server listening", extra={"host": self.cfg.http.host, "port": self.http_port})
+
+    async def run(self) -> None:
+        for warning in warnings_for(self.cfg):
+            log.warning(warning)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self.store.open()
+            await asyncio.to_thread(self.banks.load)
+            await self._start_http()
+            await self.wiki_client.start()
+            self._cpu = self._make_cpu_pool()
+            self.pipeline = Pipeline(
+                self.cfg,
+                source=self.source,
+                store=self.store,
+                fetcher=self.wiki_client,
+                exact=self.exact,
+                matchers=self.matchers,
+                planners=self.planners,
+                cpu=self._cpu,
+                prepare=prepare,
+                metrics=self.metrics,
+                on_actions=lambda items: self.dispatcher.kick(),
+            )
+            tasks = [
+                asyncio.create_task(self.dispatcher.run(self.stop_event), name="outbox"),
+                asyncio.create_task(self.banks.watch(self.cfg.banks.reload_interval, self.stop_event),
+                                    name="bank-watch"),
+                asyncio.create_task(self._maintenance(), name="maintenance"),
+            ]
+            stopper = asyncio.create_task(self._forward_stop(self.pipeline), name="stop-forward")
+            self.started.set()
+            log.info("service started", extra={"source": self.source.name, "wikis": [w.id for w in self.cfg.wikis]})
+            try:
+                await self.pipeline.run()
+            except BaseException as exc:
+                self.crashed = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                stopper.cancel()
+            # Give freshly written notifications a chance to go out before exiting.
+            with contextlib.suppress(Exception):
+                await self.dispatcher.drain(timeout=min(10.0, self.cfg.service.shutdown_grace))
+        finally:
+            self.stop_event.set()
+            await self._close(tasks)
+
+    async def _forward_stop(self, pipeline: Pipeline) -> None:
+        await self.stop_event.wait()
+        pipeline.stop()
+
+    async def _maintenance(self) -> None:
+        retention = self.cfg.pipeline.dedupe_retention_days * 86400
+        while not self.stop_event.is_set():
+            with contextlib.suppress(Exception):
+                removed = await self.store.prune_events(time.time() - retention)
+                if removed:
+                    log.info("pruned handled-event records", extra={"removed": removed})
+                self.metrics.outbox_pending.set(await self.store.pending_count())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=3600)
+
+    def stop(self) -> None:
+        if not self.stop_event.is_set():
+            log.info("stopping: finishing in-flight events", extra={"grace": self.cfg.service.shutdown_grace})
+        self.stop_event.set()
+
+    async def _close(self, tasks: Sequence[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.wiki_client.aclose()
+        if self._cpu is not None:
+            self._cpu.shutdown(wait=False, cancel_futures=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.store.close()
+        log.info("service stopped")

@@ -1,0 +1,152 @@
+"""Plain data passed between stages.  Everything here is immutable or owned by one stage at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+LOG_ACTIONS = ("upload", "overwrite", "revert")
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """What a source yields: the undecoded event and the source position just after it.
+
+    ``position`` is opaque to the pipeline and JSON-serialisable; it becomes the checkpoint once
+    this event and every event before it have finished the pipeline.
+    """
+
+    data: str | bytes
+    position: Any
+    label: str = ""  # human-readable position for logs, e.g. "offset 42"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEvent:
+    """One file upload, overwrite or revert, parsed from a recentchange event."""
+
+    event_id: str
+    wiki: str
+    title: str  # "File:Name.jpg"
+    server_url: str
+    page_url: str
+    uploader: str | None
+    upload_time: datetime
+    log_action: str  # upload / overwrite / revert
+    sha1: str | None  # 40 hex digits, converted from the event's base 36
+    position: Any = None
+
+    @property
+    def file_name(self) -> str:
+        return self.title.split(":", 1)[1] if ":" in self.title else self.title
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """The parts of ``prop=imageinfo`` the service uses."""
+
+    title: str
+    url: str
+    description_url: str
+    sha1: str
+    size: int
+    width: int
+    height: int
+    mime: str
+    mediatype: str
+    thumb_url: str | None = None
+    thumb_width: int | None = None
+    thumb_height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMedia:
+    info: FileInfo
+    data: bytes  # the bytes to decode: thumbnail, or the original when no thumbnail could be had
+    data_source: str  # "thumbnail" or "original"
+    original_md5: str | None = None  # MD5 of the original, when the original was fetched
+
+
+@dataclass(frozen=True, slots=True)
+class PdqSignal:
+    """PDQ hashes of all eight dihedral variants (index 0 is the image as shown) and the quality."""
+
+    hashes: tuple[bytes, ...]  # 32 bytes each
+    quality: int
+
+    @property
+    def hex(self) -> str:
+        return self.hashes[0].hex()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMedia:
+    """The thumbnail stage's output: signals for the matchers, no pixels kept."""
+
+    sha1: str
+    md5: str | None
+    pdq: PdqSignal | None
+    jpeg: bytes | None  # >= 160 x 160, < 4 MB, for remote matchers such as PhotoDNA
+    width: int
+    height: int
+    source: str = "thumbnail"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One hit of one matcher against one bank entry."""
+
+    matcher: str  # sha1 / md5 / pdq / photodna
+    bank: str
+    category: str
+    hash_id: str
+    hash_value: str
+    distance: int | None = None
+    source: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of this hit, independent of which upload produced it."""
+        return f"{self.matcher}:{self.bank}:{self.hash_id or self.hash_value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "matcher": self.matcher,
+            "bank": self.bank,
+            "category": self.category,
+            "hash_id": self.hash_id,
+            "hash_value": self.hash_value,
+            "distance": self.distance,
+            "source": self.source,
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Match:
+        return cls(
+            matcher=d["matcher"],
+            bank=d["bank"],
+            category=d["category"],
+            hash_id=d.get("hash_id", ""),
+            hash_value=d.get("hash_value", ""),
+            distance=d.get("distance"),
+            source=d.get("source"),
+            details=d.get("details") or {},
+        )
+
+
+# Outcome strings: "clean", "match", "gone", "unscannable:<reason>", "error:<reason>".
+CLEAN = "clean"
+MATCH = "match"
+GONE = "gone"
+
+
+def unscannable(reason: str) -> str:
+    return f"unscannable:{reason}"
+
+
+def error(reason: str) -> str:
+    return f"error:{reason}"

@@ -1,0 +1,49 @@
+"""The Source interface: something that yields raw events from a checkpoint.
+
+A source runs until ``stop`` is set (or, for finite sources, until it is exhausted), putting
+:class:`RawEvent` items into the bounded ``out`` queue; a full queue blocks it (backpressure).
+``commit(position)`` is called with the watermark position whenever it advances; the source decides
+how to persist it (the EventStreams source stores it in the checkpoint store, Kafka commits offsets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from service.models import RawEvent
+
+
+class Source(Protocol):
+    name: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None: ...
+
+    async def commit(self, position: Any) -> None: ...
+
+
+class MemorySource:
+    """A finite in-memory source for tests: yields the given events, then returns."""
+
+    name = "memory"
+
+    def __init__(self, events: Sequence[str | bytes]) -> None:
+        self._events = list(events)
+        self.committed: list[Any] = []
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        for i, data in enumerate(self._events):
+            if stop.is_set():
+                return
+            await out.put(RawEvent(data=data, position=i, label=f"#{i}"))
+
+    async def commit(self, position: Any) -> None:
+        self.committed.append(position)

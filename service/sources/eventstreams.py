@@ -1,0 +1,262 @@
+"""Wikimedia EventStreams (SSE) source.
+
+One connection at a time, read by ``sseclient`` in a thread that feeds the pipeline's bounded
+queue and blocks while it is full.  The SSE ``id`` (a JSON array with the position of every
+topic-partition) is the checkpoint: it is stored verbatim once the watermark passes an event and
+sent back as ``Last-Event-ID`` on every reconnect.  ``since`` starts a historical read when there is
+no checkpoint (or when the command line overrides it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import requests
+import sseclient
+
+from service.config import EventStreamsSection
+from service.errors import SourceError
+from service.metrics import Metrics
+from service.models import RawEvent
+from service.store.base import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+# A connection that lasted this long before the server closed it was cut normally (the CDN's
+# 15-minute limit): reconnect at once.  Shorter ones back off.
+_HEALTHY_CONNECTION_SECONDS = 10.0
+
+
+class _Disconnected(Exception):
+    """The stream ended or failed while reading; raised through sseclient so we own reconnects."""
+
+
+class _Client(sseclient.SSEClient):  # type: ignore[misc]
+    """sseclient with its own silent reconnect loop disabled: every disconnect reaches our loop."""
+
+    def iter_content(self) -> Iterator[bytes]:
+        inner = super().iter_content()
+
+        def generate() -> Iterator[bytes]:
+            try:
+                yield from inner
+            except Exception as exc:
+                raise _Disconnected(f"{type(exc).__name__}: {exc}") from exc
+            raise _Disconnected("server closed the stream")
+
+        return generate()
+
+
+def _with_since(url: str, since: datetime) -> str:
+    parts = urlsplit(url)
+    query = parts.query + ("&" if parts.query else "") + urlencode({"since": since.isoformat()})
+    return urlunsplit(parts._replace(query=query))
+
+
+class EventStreamsSource:
+    name = "eventstreams"
+
+    def __init__(
+        self,
+        cfg: EventStreamsSection,
+        *,
+        user_agent: str,
+        checkpoints: CheckpointStore,
+        metrics: Metrics,
+        since: datetime | None = None,
+        checkpoint_name: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.cfg = cfg
+        self.user_agent = user_agent
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self.since_override = since
+        self.checkpoint_name = checkpoint_name or cfg.checkpoint_name
+        self._sleep = sleep
+        self._connected = threading.Event()
+        self._client: _Client | None = None
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def commit(self, position: Any) -> None:
+        await self.checkpoints.set_checkpoint(self.checkpoint_name, position)
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        start_id: str | None = None
+        since = self.since_override
+        if since is None:
+            stored = await self.checkpoints.get_checkpoint(self.checkpoint_name)
+            if isinstance(stored, str):
+                start_id = stored
+            elif self.cfg.since:
+                from service.config import parse_time
+
+                since = parse_time(self.cfg.since)
+        log.info(
+            "eventstreams source starting",
+            extra={"url": self.cfg.url, "resume": bool(start_id), "since": since.isoformat() if since else None},
+        )
+        loop = asyncio.get_running_loop()
+        halt = threading.Event()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def target() -> None:
+            try:
+                self._read_loop(loop, out, halt, start_id, since)
+            except BaseException as exc:  # handed to the owner below, never swallowed
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_exception(exc))
+            else:
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+        thread = threading.Thread(target=target, name="eventstreams-reader", daemon=True)
+        thread.start()
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({finished, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            halt.set()
+            self._close_client()
+            self._connected.clear()
+            self.metrics.source_connected.set(0)
+        if finished.done():
+            finished.result()  # raises a fatal SourceError from the reader
+        else:
+            # The reader notices ``halt`` within one read timeout; it is a daemon thread, so a
+            # stuck socket never holds up shutdown.
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(finished), timeout=2.0)
+
+    def _close_client(self) -> None:
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.resp.close()
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _put(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[RawEvent], item: RawEvent,
+             halt: threading.Event) -> bool:
+        """Block until the queue takes the item (backpressure); False if asked to stop meanwhile."""
+        fut = asyncio.run_coroutine_threadsafe(out.put(item), loop)
+        while True:
+            try:
+                fut.result(timeout=0.5)
+                return True
+            except concurrent.futures.TimeoutError:
+                if halt.is_set():
+                    fut.cancel()
+                    return False
+
+    def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        rc = self.cfg.reconnect
+        delay = min(rc.max_delay, rc.initial_delay * (2 ** min(attempt, 16)))
+        delay = delay * (0.5 + random.random() / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, rc.max_delay * 10))
+        return delay
+
+    def _wait(self, halt: threading.Event, seconds: float) -> None:
+        if self._sleep is time.sleep:
+            halt.wait(seconds)
+        else:
+            self._sleep(seconds)
+
+    def _read_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        out: asyncio.Queue[RawEvent],
+        halt: threading.Event,
+        last_id: str | None,
+        since: datetime | None,
+    ) -> None:
+        session = requests.Session()
+        session.headers["User-Agent"] = self.user_agent
+        attempt = 0
+        try:
+            while not halt.is_set():
+                url = self.cfg.url if last_id or since is None else _with_since(self.cfg.url, since)
+                started = time.monotonic()
+                retry_after: float | None = None
+                cause = "network"
+                try:
+                    self._client = _Client(
+                        url,
+                        last_id=last_id,
+                        retry=0,
+                        session=session,
+                        timeout=(self.cfg.connect_timeout, self.cfg.read_timeout),
+                    )
+                    self._connected.set()
+                    self.metrics.source_connected.set(1)
+                    self.last_error = None
+                    log.info("eventstreams connected", extra={"url": url, "resume": bool(last_id)})
+                    for msg in self._client:
+                        if halt.is_set():
+                            return
+                        if msg.event == "error":
+                            log.error("eventstreams sent an error event", extra={"data": msg.data[:500]})
+                            continue
+                        if msg.event != "message" or not msg.data:
+                            continue
+                        if msg.id:
+                            last_id = msg.id
+                        self.metrics.events_received.labels(self.name).inc()
+                        item = RawEvent(data=msg.data, position=last_id, label=f"id={last_id}")
+                        if not self._put(loop, out, item, halt):
+                            return
+                        attempt = 0
+                except requests.HTTPError as exc:
+                    status = exc.response.status_code if exc.response is not None else 0
+                    body = exc.response.text[:300] if exc.response is not None else ""
+                    if status == 429 or status >= 500 or status == 408:
+                        cause = f"http-{status}"
+                        header = exc.response.headers.get("Retry-After") if exc.response is not None else None
+                        if header and header.strip().isdigit():
+                            retry_after = float(header)
+                        self.last_error = f"HTTP {status} from {url}"
+                    else:
+                        raise SourceError(
+                            f"EventStreams refused the stream with HTTP {status} (not retrying; check "
+                            f"source.eventstreams.url and service.user_agent): {body}",
+                            retriable=False,
+                        ) from exc
+                except (_Disconnected, requests.RequestException, OSError) as exc:
+                    self.last_error = str(exc)[:300]
+                    if time.monotonic() - started >= _HEALTHY_CONNECTION_SECONDS and isinstance(
+                        exc, _Disconnected
+                    ):
+                        cause = "cut-off"
+                        attempt = 0
+                finally:
+                    self._connected.clear()
+                    self.metrics.source_connected.set(0)
+                    self._close_client()
+                    self._client = None
+                if halt.is_set():
+                    return
+                self.metrics.source_reconnects.labels(cause).inc()
+                delay = 0.0 if cause == "cut-off" else self._backoff(attempt, retry_after)
+                attempt += 1
+                log.warning(
+                    "eventstreams disconnected; reconnecting",
+                    extra={"cause": cause, "error": self.last_error, "delay": round(delay, 2)},
+                )
+                if delay:
+                    self._wait(halt, delay)
+        finally:
+            session.close()

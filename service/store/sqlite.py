@@ -1,0 +1,383 @@
+"""SQLite store: scans, handled events, matches, the action outbox and checkpoints.
+
+One connection, used from one dedicated thread, so the event loop never blocks on disk and SQLite
+never sees two threads.  WAL journal; every write is its own transaction (or one transaction for
+matches plus their actions).  The schema is versioned with ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.errors import ServiceError
+from service.models import Match, UploadEvent
+from service.store.base import NewAction, OutboxItem, ScanRecord
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE checkpoints (
+        name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
+    );
+    CREATE TABLE events (
+        event_id TEXT PRIMARY KEY, wiki TEXT NOT NULL, title TEXT NOT NULL, sha1 TEXT,
+        log_action TEXT NOT NULL, outcome TEXT NOT NULL, finished_at REAL NOT NULL
+    );
+    CREATE INDEX events_finished_at ON events (finished_at);
+    CREATE TABLE scans (
+        sha1 TEXT PRIMARY KEY, outcome TEXT NOT NULL, bank_version TEXT NOT NULL, scanned_at REAL NOT NULL,
+        pdq TEXT, pdq_quality INTEGER, md5 TEXT, matches TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE matches (
+        id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, wiki TEXT NOT NULL, title TEXT NOT NULL,
+        sha1 TEXT NOT NULL, uploader TEXT, upload_time TEXT NOT NULL, log_action TEXT NOT NULL,
+        page_url TEXT NOT NULL, matcher TEXT NOT NULL, bank TEXT NOT NULL, category TEXT NOT NULL,
+        hash_id TEXT NOT NULL, hash_value TEXT NOT NULL, distance INTEGER, source TEXT,
+        details TEXT NOT NULL, created_at REAL NOT NULL,
+        UNIQUE (wiki, title, sha1, matcher, bank, hash_id)
+    );
+    CREATE INDEX matches_created_at ON matches (created_at);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        last_error TEXT, result TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (state, kind, next_attempt_at);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(ServiceError):
+    """The store cannot be opened or used."""
+
+    retriable = True
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; refuse a database written by a newer version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise StoreError(f"database schema version {current} is newer than this program's ({SCHEMA_VERSION})")
+    for version in range(current, SCHEMA_VERSION):
+        with conn:
+            conn.executescript(MIGRATIONS[version])
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+    return SCHEMA_VERSION
+
+
+def _item(row: sqlite3.Row) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        key=row["key"],
+        kind=row["kind"],
+        payload=json.loads(row["payload"]),
+        attempts=row["attempts"],
+        state=row["state"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        last_error=row["last_error"],
+        result=row["result"],
+    )
+
+
+class SqliteStore:
+    """Implements every protocol in :mod:`service.store.base`."""
+
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        try:
+            self._conn = await self._run_raw(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            migrate(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        return conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._run_raw(conn.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _run_raw(self, fn: Callable[[], T]) -> T:
+        assert self._executor is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("store is not open")
+
+        def call() -> T:
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error: {exc}") from exc
+
+        return await self._run_raw(call)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def get_checkpoint(self, name: str) -> Any | None:
+        row = await self._run(
+            lambda c: c.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
+        )
+        return None if row is None else json.loads(row[0])
+
+    async def set_checkpoint(self, name: str, value: Any) -> None:
+        text = json.dumps(value, separators=(",", ":"))
+        now = self._clock()
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO checkpoints (name, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (name, text, now),
+            )
+        )
+
+    async def delete_checkpoint(self, name: str) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM checkpoints WHERE name = ?", (name,)))
+
+    # ------------------------------------------------------------------ event ledger
+
+    async def event_seen(self, event_id: str) -> bool:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT 1 FROM events WHERE event_id = ? AND outcome NOT LIKE 'error:%'", (event_id,)
+            ).fetchone()
+        )
+        return row is not None
+
+    async def record_event(self, event: UploadEvent, outcome: str) -> None:
+        now = self._clock()
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO events (event_id, wiki, title, sha1, log_action, outcome, finished_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET "
+                "outcome = excluded.outcome, finished_at = excluded.finished_at",
+                (event.event_id, event.wiki, event.title, event.sha1, event.log_action, outcome, now),
+            )
+        )
+
+    async def event_outcome(self, event_id: str) -> str | None:
+        row = await self._run(
+            lambda c: c.execute("SELECT outcome FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def prune_events(self, older_than: float) -> int:
+        cur = await self._run(lambda c: c.execute("DELETE FROM events WHERE finished_at < ?", (older_than,)))
+        return cur.rowcount
+
+    # ------------------------------------------------------------------ scans
+
+    async def get_scan(self, sha1: str) -> ScanRecord | None:
+        row = await self._run(lambda c: c.execute("SELECT * FROM scans WHERE sha1 = ?", (sha1,)).fetchone())
+        if row is None:
+            return None
+        return ScanRecord(
+            sha1=row["sha1"],
+            outcome=row["outcome"],
+            bank_version=row["bank_version"],
+            scanned_at=row["scanned_at"],
+            pdq=row["pdq"],
+            pdq_quality=row["pdq_quality"],
+            md5=row["md5"],
+            matches=tuple(Match.from_dict(m) for m in json.loads(row["matches"])),
+        )
+
+    async def put_scan(self, record: ScanRecord) -> None:
+        matches = json.dumps([m.to_dict() for m in record.matches])
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO scans (sha1, outcome, bank_version, scanned_at, pdq, pdq_quality, md5, matches) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha1) DO UPDATE SET outcome = excluded.outcome, "
+                "bank_version = excluded.bank_version, scanned_at = excluded.scanned_at, pdq = excluded.pdq, "
+                "pdq_quality = excluded.pdq_quality, md5 = excluded.md5, matches = excluded.matches",
+                (
+                    record.sha1,
+                    record.outcome,
+                    record.bank_version,
+                    record.scanned_at,
+                    record.pdq,
+                    record.pdq_quality,
+                    record.md5,
+                    matches,
+                ),
+            )
+        )
+
+    # ------------------------------------------------------------------ matches + outbox
+
+    @staticmethod
+    def _insert_actions(c: sqlite3.Connection, actions: Sequence[NewAction], now: float) -> list[int]:
+        ids: list[int] = []
+        for action in actions:
+            cur = c.execute(
+                "INSERT INTO outbox (key, kind, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO NOTHING",
+                (action.key, action.kind, json.dumps(action.payload), now, now),
+            )
+            if cur.rowcount:
+                ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def _fetch_items(self, c: sqlite3.Connection, ids: list[int]) -> list[OutboxItem]:
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = c.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
+        return [_item(r) for r in rows]
+
+    async def record_matches(
+        self, event: UploadEvent, sha1: str, matches: Sequence[Match], actions: Sequence[NewAction]
+    ) -> list[OutboxItem]:
+        now = self._clock()
+
+        def tx(c: sqlite3.Connection) -> list[OutboxItem]:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for m in matches:
+                    c.execute(
+                        "INSERT INTO matches (event_id, wiki, title, sha1, uploader, upload_time, log_action, "
+                        "page_url, matcher, bank, category, hash_id, hash_value, distance, source, details, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT DO NOTHING",
+                        (
+                            event.event_id, event.wiki, event.title, sha1, event.uploader,
+                            event.upload_time.isoformat(), event.log_action, event.page_url, m.matcher,
+                            m.bank, m.category, m.hash_id, m.hash_value, m.distance, m.source,
+                            json.dumps(dict(m.details)), now,
+                        ),
+                    )
+                ids = self._insert_actions(c, actions, now)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return self._fetch_items(c, ids)
+
+        return await self._run(tx)
+
+    async def list_matches(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT * FROM matches ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    async def add_actions(self, actions: Sequence[NewAction]) -> list[OutboxItem]:
+        now = self._clock()
+
+        def tx(c: sqlite3.Connection) -> list[OutboxItem]:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                ids = self._insert_actions(c, actions, now)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return self._fetch_items(c, ids)
+
+        return await self._run(tx)
+
+    async def due_actions(self, kind: str, now: float, limit: int) -> list[OutboxItem]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT * FROM outbox WHERE state = 'pending' AND kind = ? AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, id LIMIT ?",
+                (kind, now, limit),
+            ).fetchall()
+        )
+        return [_item(r) for r in rows]
+
+    async def next_due_time(self) -> float | None:
+        row = await self._run(
+            lambda c: c.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def get_action(self, item_id: int) -> OutboxItem | None:
+        row = await self._run(lambda c: c.execute("SELECT * FROM outbox WHERE id = ?", (item_id,)).fetchone())
+        return None if row is None else _item(row)
+
+    async def list_actions(self, state: str | None = None) -> list[OutboxItem]:
+        if state is None:
+            rows = await self._run(lambda c: c.execute("SELECT * FROM outbox ORDER BY id").fetchall())
+        else:
+            rows = await self._run(
+                lambda c: c.execute("SELECT * FROM outbox WHERE state = ? ORDER BY id", (state,)).fetchall()
+            )
+        return [_item(r) for r in rows]
+
+    async def mark_done(self, item_id: int, result: str) -> None:
+        now = self._clock()
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE outbox SET state = 'done', result = ?, attempts = attempts + 1, updated_at = ?, "
+                "last_error = NULL WHERE id = ?",
+                (result, now, item_id),
+            )
+        )
+
+    async def mark_retry(self, item_id: int, error: str, next_attempt_at: float) -> None:
+        now = self._clock()
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ? "
+                "WHERE id = ?",
+                (error, next_attempt_at, now, item_id),
+            )
+        )
+
+    async def mark_failed(self, item_id: int, error: str) -> None:
+        now = self._clock()
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?, updated_at = ? "
+                "WHERE id = ?",
+                (error, now, item_id),
+            )
+        )
+
+    async def pending_count(self) -> int:
+        row = await self._run(lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone())
+        return int(row[0])
