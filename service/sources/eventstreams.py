@@ -45,7 +45,14 @@ class _Client(sseclient.SSEClient):  # type: ignore[misc]
     """sseclient with its own silent reconnect loop disabled: every disconnect reaches our loop."""
 
     def iter_content(self) -> Iterator[bytes]:
-        inner = super().iter_content()
+        raw = self.resp.raw
+        if getattr(raw, "chunked", False) and hasattr(raw, "read_chunked"):
+            # sseclient reads the socket file directly, which leaks chunked transfer-encoding
+            # framing into the data (and never sees the end of a chunked stream): let urllib3
+            # decode chunks and hand each over as it arrives.
+            inner: Iterator[bytes] = raw.read_chunked(amt=None, decode_content=True)
+        else:
+            inner = super().iter_content()
 
         def generate() -> Iterator[bytes]:
             try:
@@ -118,7 +125,8 @@ class EventStreamsSource:
             try:
                 self._read_loop(loop, out, halt, start_id, since)
             except BaseException as exc:  # handed to the owner below, never swallowed
-                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_exception(exc))
+                failure = exc
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_exception(failure))
             else:
                 loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
 

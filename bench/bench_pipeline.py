@@ -1,0 +1,255 @@
+"""Whole-pipeline throughput against a stand-in wiki (the service's own cost), beside a sequential baseline.
+
+    python bench/bench_pipeline.py [--events 100000] [--baseline-events 2000]
+
+(b) of issue 2: a backlog of N upload events (generated lazily, as a stream that is far behind),
+each fetched through imageinfo + thumbnail from ``bench/standin_wiki.py`` (run in its own process),
+decoded, PDQ-hashed (8 dihedral variants), matched against a bank, recorded in SQLite; 1 in 100
+matches and gets a notification (spooled to .eml).  The baseline does the same work one upload at
+a time, sequentially, the way a job queue runs MediaModeration.  Prints uploads/s, CPU ms per
+upload (service process + its CPU pool), and peak / sampled RSS to show memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.app import Service  # noqa: E402
+from service.config import Config, config_from_dict  # noqa: E402
+from service.events import sha1_to_base36  # noqa: E402
+from service.matchers.banks import BankSet  # noqa: E402
+from service.media.thumbnail import prepare  # noqa: E402
+from service.metrics import Metrics  # noqa: E402
+from service.models import RawEvent  # noqa: E402
+from service.store.sqlite import SqliteStore  # noqa: E402
+from tests.infra.images import jpeg_bytes, photo  # noqa: E402
+from tests.test_events import REAL  # noqa: E402
+
+DISTINCT = 200
+MATCH_EVERY = 100
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def event_json(i: int) -> str:
+    obj = copy.deepcopy(REAL)
+    k = i % DISTINCT
+    obj["meta"]["id"] = f"bench-{i}"
+    obj["wiki"] = "benchwiki"
+    obj["title"] = f"File:Bench {k} {i}.jpg"
+    sha1 = f"{i:040x}"
+    obj["log_params"] = {"img_sha1": sha1_to_base36(sha1), "img_timestamp": "20261125000000"}
+    obj["timestamp"] = int(time.time())
+    obj["meta"]["dt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return json.dumps(obj)
+
+
+class BacklogSource:
+    """N events already waiting (a stream far behind), produced lazily so the source holds nothing."""
+
+    name = "backlog"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.committed: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        for i in range(self.n):
+            if stop.is_set():
+                return
+            await out.put(RawEvent(data=event_json(i), position=i))
+
+    async def commit(self, position: Any) -> None:
+        self.committed = position
+
+
+def make_config(tmp: Path, port: int, bank: Path) -> Config:
+    return config_from_dict(
+        {
+            "service": {"user_agent": "mediamoderation-bench/0.1 (bench@example.org)", "log_level": "warning"},
+            "http": {"enabled": False},
+            "wikis": [{"id": "benchwiki", "api_url": f"http://127.0.0.1:{port}/api.php"}],
+            "pipeline": {"queue_size": 64, "concurrency": {"fetch": 16, "thumbnail": 4, "match": 2, "act": 4}},
+            "banks": {"reload_interval": 0, "list": [{"name": "bench", "path": str(bank), "category": "test"}]},
+            "actions": {"notify": {"sender": "mm@example.org", "recipients": ["ts@example.org"],
+                                   "outbox_dir": str(tmp / "outbox")}},
+            "store": {"path": str(tmp / "bench.sqlite3")},
+        },
+        base=tmp,
+    )
+
+
+async def run_pipeline(cfg: Config, n: int) -> dict[str, float]:
+    source = BacklogSource(n)
+    service = Service(cfg, source=source)
+    pid = os.getpid()
+    samples: list[float] = []
+
+    async def sample() -> None:
+        while True:
+            samples.append(rss_mb(pid))
+            await asyncio.sleep(1)
+
+    sampler = asyncio.create_task(sample())
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    pool_cpu: dict[int, float] = {}
+
+    async def watch_pool() -> None:
+        while True:
+            for c in children(pid):
+                pool_cpu[c] = max(pool_cpu.get(c, 0.0), proc_cpu(c))
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch_pool())
+    await service.run()
+    wall = time.perf_counter() - t0
+    sampler.cancel()
+    watcher.cancel()
+    cpu = time.process_time() - cpu0 + sum(pool_cpu.values())
+    return {
+        "uploads": n,
+        "wall_s": wall,
+        "uploads_per_s": n / wall,
+        "cpu_ms_per_upload": cpu * 1000 / n,
+        "rss_first_mb": samples[1] if len(samples) > 1 else samples[0],
+        "rss_last_mb": samples[-1],
+        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "outcomes_match": service.metrics.registry.get_sample_value("mediamoderation_outcomes_total",
+                                                                   {"outcome": "match"}) or 0,
+        "outcomes_clean": service.metrics.registry.get_sample_value("mediamoderation_outcomes_total",
+                                                                   {"outcome": "clean"}) or 0,
+    }
+
+
+async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
+    """The same work, one upload at a time: imageinfo, download, decode + PDQ, match, record."""
+    store = SqliteStore(str(Path(cfg.store.path).with_name("baseline.sqlite3")))
+    await store.open()
+    banks = BankSet(cfg.banks, Metrics())
+    banks.load()
+    session = requests.Session()
+    session.headers["User-Agent"] = cfg.service.user_agent
+    from service.events import classify, decode
+
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    matched = 0
+    for i in range(n):
+        event = classify(decode(event_json(i)), {"benchwiki"})
+        assert not isinstance(event, type(None))
+        r = session.get(f"http://127.0.0.1:{port}/api.php", params={
+            "action": "query", "prop": "imageinfo", "titles": event.title,  # type: ignore[union-attr]
+            "iiprop": "url|sha1|size|mime|mediatype", "iiurlwidth": 330, "format": "json", "formatversion": 2})
+        info = r.json()["query"]["pages"][0]["imageinfo"][0]
+        data = session.get(info["thumburl"]).content
+        media = prepare(data, info["sha1"], cfg.thumbnail)
+        hits = banks.match_pdq(media.pdq) if media.pdq else []
+        matched += bool(hits)
+        await store.record_event(event, "match" if hits else "clean")  # type: ignore[arg-type]
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    await store.close()
+    return {"uploads": n, "wall_s": wall, "uploads_per_s": n / wall, "cpu_ms_per_upload": cpu * 1000 / n,
+            "matched": matched}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--baseline-events", type=int, default=2_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        thumbs = tmp / "thumbs"
+        thumbs.mkdir()
+        bank_rows = ["hash,category,source,id"]
+        for k in range(DISTINCT):
+            img = photo(50_000 + k, size=(330, 248))
+            data = jpeg_bytes(img, quality=85)
+            (thumbs / f"{k}.jpg").write_bytes(data)
+        from service.config import ThumbnailSection
+
+        for k in range(0, DISTINCT, MATCH_EVERY):
+            media = prepare((thumbs / f"{k}.jpg").read_bytes(), "0" * 40, ThumbnailSection())
+            assert media.pdq is not None
+            bank_rows.append(f"{media.pdq.hex},test,bench,img-{k}")
+        bank = tmp / "bank.csv"
+        bank.write_text("\n".join(bank_rows) + "\n")
+        port = free_port()
+        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("standin_wiki.py")),
+                                   "--port", str(port), "--thumbs", str(thumbs)])
+        try:
+            for _ in range(100):
+                with contextlib.suppress(requests.RequestException):
+                    requests.get(f"http://127.0.0.1:{port}/api.php", timeout=1)
+                    break
+                time.sleep(0.1)
+            cfg = make_config(tmp, port, bank)
+            base = asyncio.run(run_baseline(cfg, args.baseline_events, port))
+            pipe = asyncio.run(run_pipeline(cfg, args.events))
+        finally:
+            server.terminate()
+            server.wait()
+    print(f"cores: {os.cpu_count()}")
+    print(f"{'':28}{'uploads':>9}{'uploads/s':>11}{'CPU ms/upload':>15}")
+    print(f"{'baseline (sequential)':28}{base['uploads']:>9.0f}{base['uploads_per_s']:>11.1f}"
+          f"{base['cpu_ms_per_upload']:>15.2f}")
+    print(f"{'pipeline (service)':28}{pipe['uploads']:>9.0f}{pipe['uploads_per_s']:>11.1f}"
+          f"{pipe['cpu_ms_per_upload']:>15.2f}")
+    print(f"pipeline RSS: after 1 s {pipe['rss_first_mb']:.0f} MB, at end {pipe['rss_last_mb']:.0f} MB, "
+          f"peak {pipe['rss_peak_mb']:.0f} MB; outcomes: {pipe['outcomes_clean']:.0f} clean, "
+          f"{pipe['outcomes_match']:.0f} match")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The EventStreams source against an SSE server that speaks the protocol exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from service.config import EventStreamsSection, ReconnectSection
+from service.errors import SourceError
+from service.metrics import Metrics
+from service.models import RawEvent
+from service.sources.eventstreams import EventStreamsSource
+from tests.infra.sse_server import EventStreamsServer
+from tests.test_events import REAL
+
+UA = "mediamoderation-test/0.1 (ts@example.org)"
+
+
+class MemoryCheckpoints:
+    def __init__(self, value: Any = None) -> None:
+        self.values: dict[str, Any] = {} if value is None else {"eventstreams": value}
+
+    async def get_checkpoint(self, name: str) -> Any | None:
+        return self.values.get(name)
+
+    async def set_checkpoint(self, name: str, value: Any) -> None:
+        self.values[name] = value
+
+
+def event(n: int) -> dict[str, Any]:
+    obj = copy.deepcopy(REAL)
+    obj["meta"]["id"] = f"id-{n}"
+    obj["title"] = f"File:E{n}.jpg"
+    return obj
+
+
+def source_for(server: EventStreamsServer, checkpoints: MemoryCheckpoints | None = None, *,
+               url: str | None = None, since: datetime | None = None, cfg_since: str | None = None,
+               metrics: Metrics | None = None) -> EventStreamsSource:
+    cfg = EventStreamsSection(url=url or server.stream_url(), since=cfg_since, read_timeout=5,
+                              reconnect=ReconnectSection(initial_delay=0.05, max_delay=0.2))
+    return EventStreamsSource(cfg, user_agent=UA, checkpoints=checkpoints or MemoryCheckpoints(),
+                              metrics=metrics or Metrics(), since=since)
+
+
+async def collect(source: EventStreamsSource, count: int, timeout: float = 15) -> list[RawEvent]:
+    queue: asyncio.Queue[RawEvent] = asyncio.Queue(4)
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(queue, stop))
+    got: list[RawEvent] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(got) < count:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    task.result()
+                    raise AssertionError("source ended early")
+                got.append(getter.result())
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    return got
+
+
+def ids(events: list[RawEvent]) -> list[str]:
+    return [json.loads(e.data)["meta"]["id"] for e in events]
+
+
+async def test_reads_history_with_since_and_sends_user_agent(sse_server: EventStreamsServer) -> None:
+    for n in range(3):
+        sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n)
+    since = datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    got = await collect(source_for(sse_server, since=since), 3)
+    assert ids(got) == ["id-0", "id-1", "id-2"]
+    conn = sse_server.connections[0]
+    assert conn.user_agent == UA
+    assert conn.last_event_id is None
+    assert "since" in conn.query
+    assert json.loads(got[-1].position)[0]["timestamp"] == 1_700_000_000_002 + 1
+
+
+async def test_reconnects_with_last_event_id_after_cut_off(sse_server: EventStreamsServer) -> None:
+    sse_server.disconnect_after = 2
+    for n in range(5):
+        sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n * 10)
+    metrics = Metrics()
+    got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC),
+                                   metrics=metrics), 5)
+    assert ids(got) == [f"id-{n}" for n in range(5)]  # nothing lost, nothing repeated
+    second = sse_server.connections[1]
+    assert second.last_event_id == got[1].position  # sent back verbatim
+    assert "since" not in second.query  # Last-Event-ID wins, since is not resent
+    assert metrics.registry.get_sample_value("mediamoderation_source_reconnects_total",
+                                             {"cause": "network"}) >= 1
+
+
+async def test_resumes_from_stored_checkpoint(sse_server: EventStreamsServer) -> None:
+    for n in range(4):
+        sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n * 10)
+    first = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 2)
+    checkpoints = MemoryCheckpoints(first[1].position)
+    got = await collect(source_for(sse_server, checkpoints), 2)
+    assert ids(got) == ["id-2", "id-3"]
+    assert sse_server.connections[-1].last_event_id == first[1].position
+
+
+async def test_since_on_command_line_overrides_checkpoint(sse_server: EventStreamsServer) -> None:
+    for n in range(3):
+        sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n * 10)
+    stale = json.dumps([{"topic": "eqiad.mediawiki.recentchange", "partition": 0, "timestamp": 1_700_000_000_015}])
+    got = await collect(source_for(sse_server, MemoryCheckpoints(stale),
+                                   since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 3)
+    assert ids(got) == ["id-0", "id-1", "id-2"]
+    assert sse_server.connections[0].last_event_id is None
+
+
+async def test_backs_off_on_429_and_503(sse_server: EventStreamsServer) -> None:
+    sse_server.reject_next(2, status=429, retry_after=0)
+    sse_server.reject_next(1, status=503)
+    sse_server.publish(event(0), ts_ms=1_700_000_000_000)
+    metrics = Metrics()
+    got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC),
+                                   metrics=metrics), 1)
+    assert ids(got) == ["id-0"]
+    assert [c.status for c in sse_server.connections[:4]] == [429, 429, 503, 200]
+    assert metrics.registry.get_sample_value("mediamoderation_source_reconnects_total",
+                                             {"cause": "http-429"}) == 2
+
+
+async def test_bad_stream_name_is_fatal_with_clear_error(sse_server: EventStreamsServer) -> None:
+    source = source_for(sse_server, url=sse_server.stream_url("no.such.stream"))
+    with pytest.raises(SourceError, match="HTTP 400") as info:
+        await collect(source, 1, timeout=5)
+    assert not info.value.retriable
+
+
+async def test_unreachable_server_keeps_retrying_without_crashing(unused_port: Any) -> None:
+    port = unused_port()
+    cfg = EventStreamsSection(url=f"http://127.0.0.1:{port}/v2/stream/mediawiki.recentchange",
+                              reconnect=ReconnectSection(initial_delay=0.01, max_delay=0.02))
+    metrics = Metrics()
+    source = EventStreamsSource(cfg, user_agent=UA, checkpoints=MemoryCheckpoints(), metrics=metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(asyncio.Queue(1), stop))
+
+    async def reconnected(n: int) -> None:
+        while (metrics.registry.get_sample_value("mediamoderation_source_reconnects_total",
+                                                 {"cause": "network"}) or 0) < n:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(reconnected(3), 10)
+    assert not source.connected and source.last_error
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_large_events_survive_chunked_transfer(sse_server: EventStreamsServer) -> None:
+    big = event(0)
+    big["comment"] = "ü" * 40_000  # spans many transfer chunks and read calls
+    sse_server.publish(big, ts_ms=1_700_000_000_000)
+    sse_server.publish(event(1), ts_ms=1_700_000_000_001)
+    got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 2)
+    assert json.loads(got[0].data)["comment"] == big["comment"]
+    assert ids(got) == ["id-0", "id-1"]
