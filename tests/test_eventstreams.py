@@ -14,7 +14,7 @@ from service.config import EventStreamsSection, ReconnectSection
 from service.errors import SourceError
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.sources.eventstreams import EventStreamsSource
+from service.sources.eventstreams import EventStreamsSource, resume_id
 from tests.infra.sse_server import EventStreamsServer
 from tests.test_events import REAL
 
@@ -48,14 +48,16 @@ def source_for(server: EventStreamsServer, checkpoints: MemoryCheckpoints | None
                               metrics=metrics or Metrics(), since=since)
 
 
-async def collect(source: EventStreamsSource, count: int, timeout: float = 15) -> list[RawEvent]:
+async def collect(source: EventStreamsSource, count: int, timeout: float = 15,
+                  unique: bool = False) -> list[RawEvent]:
+    """Read until ``count`` events (or ``count`` distinct meta.ids: a resume may repeat the last ms)."""
     queue: asyncio.Queue[RawEvent] = asyncio.Queue(4)
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(queue, stop))
     got: list[RawEvent] = []
     try:
         async with asyncio.timeout(timeout):
-            while len(got) < count:
+            while len({e.data for e in got} if unique else got) < count:
                 getter = asyncio.create_task(queue.get())
                 done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
@@ -92,10 +94,10 @@ async def test_reconnects_with_last_event_id_after_cut_off(sse_server: EventStre
         sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n * 10)
     metrics = Metrics()
     got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC),
-                                   metrics=metrics), 5)
-    assert ids(got) == [f"id-{n}" for n in range(5)]  # nothing lost, nothing repeated
+                                   metrics=metrics), 5, unique=True)
+    assert list(dict.fromkeys(ids(got))) == [f"id-{n}" for n in range(5)]  # nothing lost, in order
     second = sse_server.connections[1]
-    assert second.last_event_id == got[1].position  # sent back verbatim
+    assert second.last_event_id == resume_id(got[1].position)
     assert "since" not in second.query  # Last-Event-ID wins, since is not resent
     assert metrics.registry.get_sample_value("mediamoderation_source_reconnects_total",
                                              {"cause": "network"}) >= 1
@@ -106,9 +108,9 @@ async def test_resumes_from_stored_checkpoint(sse_server: EventStreamsServer) ->
         sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n * 10)
     first = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 2)
     checkpoints = MemoryCheckpoints(first[1].position)
-    got = await collect(source_for(sse_server, checkpoints), 2)
-    assert ids(got) == ["id-2", "id-3"]
-    assert sse_server.connections[-1].last_event_id == first[1].position
+    got = await collect(source_for(sse_server, checkpoints), 3)
+    assert ids(got) == ["id-1", "id-2", "id-3"]  # the last millisecond is read again, then de-duplicated
+    assert sse_server.connections[-1].last_event_id == resume_id(first[1].position)
 
 
 async def test_since_on_command_line_overrides_checkpoint(sse_server: EventStreamsServer) -> None:
@@ -169,3 +171,22 @@ async def test_large_events_survive_chunked_transfer(sse_server: EventStreamsSer
     got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 2)
     assert json.loads(got[0].data)["comment"] == big["comment"]
     assert ids(got) == ["id-0", "id-1"]
+
+
+async def test_events_sharing_a_millisecond_are_not_lost_on_resume(sse_server: EventStreamsServer) -> None:
+    sse_server.disconnect_after = 3
+    for n in range(4):  # 0 and 1 share a millisecond, so do 2 and 3; the cut comes after 2
+        sse_server.publish(event(n), ts_ms=1_700_000_000_000 + (n // 2) * 5)
+    got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 4,
+                        unique=True)
+    assert set(ids(got)) == {f"id-{n}" for n in range(4)}
+
+
+def test_resume_id_rewinds_timestamps_and_starts_unread_partitions() -> None:
+    stored = json.dumps([{"topic": "eqiad.x", "partition": 0, "timestamp": 1000},
+                         {"topic": "codfw.x", "partition": 0, "offset": -1}])
+    assert json.loads(resume_id(stored)) == [{"topic": "eqiad.x", "partition": 0, "timestamp": 999},
+                                             {"topic": "codfw.x", "partition": 0, "timestamp": 999}]
+    exact = json.dumps([{"topic": "t", "partition": 0, "offset": 41}])
+    assert json.loads(resume_id(exact)) == [{"topic": "t", "partition": 0, "offset": 41}]
+    assert resume_id("not json") == "not json"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import random
 import threading
@@ -62,6 +63,39 @@ class _Client(sseclient.SSEClient):  # type: ignore[misc]
             raise _Disconnected("server closed the stream")
 
         return generate()
+
+
+def resume_id(last_id: str) -> str:
+    """The ``Last-Event-ID`` to send for a stored SSE id.
+
+    EventStreams writes ``message time + 1 ms`` into ids and resumes at the first message at or after
+    that time, so events sharing the last millisecond would be skipped: rewind each timestamp by 1 ms
+    (the repeats are dropped by the ``meta.id`` de-duplication).  A partition never read yet carries
+    ``offset: -1`` ("latest"), which would skip whatever it received while we were away: start it at
+    the newest timestamp we know instead.  Anything unparseable is sent verbatim.
+    """
+    try:
+        entries = json.loads(last_id)
+    except ValueError:
+        return last_id
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        return last_id
+    stamps = [e["timestamp"] for e in entries
+              if isinstance(e.get("timestamp"), int) and not isinstance(e.get("offset"), int)]
+    newest = max(stamps) if stamps else None
+    out = []
+    for e in entries:
+        e = dict(e)
+        if isinstance(e.get("offset"), int) and e["offset"] >= 0:
+            pass  # offsets are exact
+        elif isinstance(e.get("timestamp"), int):
+            e.pop("offset", None)
+            e["timestamp"] = e["timestamp"] - 1
+        elif e.get("offset") == -1 and newest is not None:
+            e.pop("offset")
+            e["timestamp"] = newest - 1
+        out.append(e)
+    return json.dumps(out, separators=(",", ":"))
 
 
 def _with_since(url: str, since: datetime) -> str:
@@ -204,7 +238,7 @@ class EventStreamsSource:
                 try:
                     self._client = _Client(
                         url,
-                        last_id=last_id,
+                        last_id=resume_id(last_id) if last_id else None,
                         retry=0,
                         session=session,
                         timeout=(self.cfg.connect_timeout, self.cfg.read_timeout),

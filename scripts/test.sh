@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the test-suite's real parts need, then runs pytest.
+#
+#   bash scripts/test.sh [pytest arguments...]
+#
+# Works on a fresh Debian 12 machine as root with Python 3.11 and pip:
+#   1. apt packages: Debian's MediaWiki 1.39, PHP (CLI + extensions) and ImageMagick
+#      (skipped when dpkg already lists them all);
+#   2. the project with its test extras (pip install -e '.[test]');
+#   3. PostgreSQL started if it is installed but stopped;
+#   4. python -m pytest "$@".  "No tests collected" (exit code 5) counts as a failure.
+# Environment: PYTHON (default: python, else python3), SKIP_APT=1, SKIP_PIP=1.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+run() { printf '+ %s\n' "$*" >&2; "$@"; }
+
+if [[ -n "${PYTHON:-}" ]]; then
+    python_bin=$PYTHON
+elif command -v python >/dev/null 2>&1; then
+    python_bin=python
+else
+    python_bin=python3
+fi
+
+as_root=()
+if [[ $(id -u) -ne 0 ]]; then
+    as_root=(sudo -n)
+fi
+
+apt_packages=(mediawiki php-cli php-sqlite3 php-intl php-mbstring php-xml php-gd imagemagick)
+
+# 1. System packages.
+if [[ "${SKIP_APT:-0}" == 1 ]]; then
+    say "SKIP_APT=1: not checking system packages"
+elif dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
+    say "system packages present: ${apt_packages[*]}"
+else
+    say "installing system packages: ${apt_packages[*]}"
+    if [[ ${#as_root[@]} -gt 0 ]] && ! command -v sudo >/dev/null 2>&1; then
+        say "FAILED: not root and no sudo; install them first or run as root: ${apt_packages[*]}"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    run "${as_root[@]}" apt-get update
+    run "${as_root[@]}" apt-get install -y --no-install-recommends "${apt_packages[@]}"
+fi
+
+# 2. The project and its test dependencies.
+if [[ "${SKIP_PIP:-0}" == 1 ]]; then
+    say "SKIP_PIP=1: not installing the project"
+else
+    pip_args=(-e '.[test]')
+    # Debian's own python refuses pip outside a virtualenv (PEP 668); a throw-away CI machine may override.
+    if "$python_bin" - <<'EOF'
+import os, sys, sysconfig
+in_venv = sys.prefix != sys.base_prefix
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if (not in_venv and os.path.exists(marker)) else 1)
+EOF
+    then
+        say "$python_bin is externally managed (PEP 668) and no virtualenv is active: using --break-system-packages"
+        pip_args+=(--break-system-packages)
+    fi
+    say "installing the project with its test extras"
+    run "$python_bin" -m pip install --disable-pip-version-check "${pip_args[@]}"
+fi
+
+# 3. PostgreSQL, when installed: start clusters that are down.
+if command -v pg_lsclusters >/dev/null 2>&1 && [[ -d /etc/postgresql ]]; then
+    while read -r version cluster _port status _rest; do
+        if [[ "$status" == down* ]]; then
+            say "starting PostgreSQL cluster $version/$cluster"
+            if ! run "${as_root[@]}" pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" start; then
+                say "WARNING: PostgreSQL $version/$cluster did not start; tests that need it will fail"
+            fi
+        else
+            say "PostgreSQL cluster $version/$cluster is $status"
+        fi
+    done < <(pg_lsclusters --no-header)
+else
+    say "PostgreSQL is not installed: skipping"
+fi
+
+# 4. The tests.
+say "running the tests"
+set +e
+run "$python_bin" -m pytest "$@"
+status=$?
+set -e
+if [[ $status -eq 5 ]]; then
+    say "FAILED: pytest collected no tests (exit code 5)"
+    exit 1
+fi
+if [[ $status -ne 0 ]]; then
+    say "FAILED: pytest exited with $status"
+else
+    say "tests passed"
+fi
+exit "$status"

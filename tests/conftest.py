@@ -1,0 +1,56 @@
+"""Shared fixtures: the real parts tests run against (MediaWiki, EventStreams look-alike, SMTP)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from tests.infra.mediawiki import MediaWikiServer, free_port, missing_prerequisites
+from tests.infra.smtp import SmtpServer
+from tests.infra.sse_server import EventStreamsServer
+
+
+@pytest.fixture(scope="session")
+def mediawiki() -> Iterator[MediaWikiServer]:
+    """One real wiki (Debian MediaWiki 1.39 on SQLite, served by ``php -S``) for the whole session."""
+    missing = missing_prerequisites()
+    if missing:
+        pytest.fail(
+            "the MediaWiki test server cannot run, missing: " + "; ".join(missing)
+            + ". Run the suite with `bash scripts/test.sh`, which installs them.",
+            pytrace=False,
+        )
+    server = MediaWikiServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A capturing SMTP server on 127.0.0.1 (no AUTH); ``stop()``/``start()`` keep its port."""
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def sse_server() -> AsyncIterator[EventStreamsServer]:
+    """An EventStreams look-alike running in the test's event loop."""
+    server = EventStreamsServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def unused_port() -> Callable[[], int]:
+    """A factory of free TCP ports on 127.0.0.1: ``port = unused_port()``."""
+    return free_port
+
+
+# ---------------------------------------------------------------------------------------------
+# Project fixtures (added by the lead) go below this line.
+# ---------------------------------------------------------------------------------------------
