@@ -31,16 +31,16 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.app import Service  # noqa: E402
-from service.config import Config, config_from_dict  # noqa: E402
-from service.events import sha1_to_base36  # noqa: E402
-from service.matchers.banks import BankSet  # noqa: E402
-from service.media.thumbnail import prepare  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.models import RawEvent  # noqa: E402
-from service.store.sqlite import SqliteStore  # noqa: E402
-from tests.infra.images import jpeg_bytes, photo  # noqa: E402
-from tests.test_events import REAL  # noqa: E402
+from service.app import Service
+from service.config import Config, config_from_dict
+from service.events import sha1_to_base36
+from service.matchers.banks import BankSet
+from service.media.thumbnail import prepare
+from service.metrics import Metrics
+from service.models import RawEvent
+from service.store.sqlite import SqliteStore
+from tests.infra.images import jpeg_bytes, photo
+from tests.test_events import REAL
 
 DISTINCT = 200
 MATCH_EVERY = 100

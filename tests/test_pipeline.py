@@ -199,7 +199,7 @@ async def test_every_event_gets_one_outcome(tmp_path: Path, store: SqliteStore) 
 async def test_cached_sha1_is_not_fetched_again(tmp_path: Path, store: SqliteStore) -> None:
     metrics = Metrics()
     fetcher = FakeFetcher()
-    p, kicked = build(config(tmp_path), ListSource([make_event(0, SHA_PDQ)]), store, fetcher, metrics)
+    p, _ = build(config(tmp_path), ListSource([make_event(0, SHA_PDQ)]), store, fetcher, metrics)
     await p.run()
     # Same content uploaded under another title: reported again, without a download.
     p2, kicked2 = build(config(tmp_path), ListSource([make_event(1, SHA_PDQ)]), store, fetcher, metrics)
