@@ -176,7 +176,6 @@ async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
     store = SqliteStore(str(Path(cfg.store.path).with_name("baseline.sqlite3")))
     await store.open()
     banks = BankSet(cfg.banks, Metrics())
-    banks.load()
     session = requests.Session()
     session.headers["User-Agent"] = cfg.service.user_agent
     from service.events import classify, decode

@@ -92,7 +92,9 @@ class Service:
         return None
 
     async def _ready_banks(self) -> str | None:
-        return None if self.banks.loaded else "hash banks not loaded"
+        loaded = set(self.banks.names)
+        missing = [b.name for b in self.cfg.banks.list if b.name not in loaded]
+        return f"banks not loaded: {', '.join(missing)}" if missing else None
 
     def _live_pipeline(self) -> str | None:
         return self.crashed
@@ -129,7 +131,6 @@ class Service:
         tasks: list[asyncio.Task[None]] = []
         try:
             await self.store.open()
-            await asyncio.to_thread(self.banks.load)
             await self._start_http()
             await self.wiki_client.start()
             self._cpu = self._make_cpu_pool()

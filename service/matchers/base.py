@@ -1,0 +1,56 @@
+"""The Matcher interface: turn one prepared media item into matches.
+
+A matcher is constructed with what it needs (banks, an HTTP session, ...), is called concurrently by
+the match stage and closed once at shutdown.  It returns ``[]`` for "no match", raises
+:class:`~service.errors.Unscannable` when it cannot judge this item (e.g. no JPEG for a remote
+service) and another :class:`~service.errors.ServiceError` (``retriable`` set) when it failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+from service.models import Match, PreparedMedia
+
+
+@runtime_checkable
+class Matcher(Protocol):
+    name: str
+
+    async def match(self, media: PreparedMedia) -> list[Match]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class StaticMatcher:
+    """An in-memory matcher for tests.
+
+    Returns ``by_sha1[media.sha1]`` when present, else ``default``; or raises ``error`` (an exception,
+    or a callable of the media returning one or None) instead.  Records every item it saw.
+    """
+
+    def __init__(
+        self,
+        name: str = "static",
+        *,
+        by_sha1: Mapping[str, Sequence[Match]] | None = None,
+        default: Sequence[Match] = (),
+        error: BaseException | Callable[[PreparedMedia], BaseException | None] | None = None,
+    ) -> None:
+        self.name = name
+        self.by_sha1 = dict(by_sha1 or {})
+        self.default = list(default)
+        self.error = error
+        self.seen: list[PreparedMedia] = []
+        self.closed = False
+
+    async def match(self, media: PreparedMedia) -> list[Match]:
+        self.seen.append(media)
+        err = self.error(media) if callable(self.error) else self.error
+        if err is not None:
+            raise err
+        return list(self.by_sha1.get(media.sha1, self.default))
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -1,0 +1,220 @@
+"""Decode untrusted image bytes once and turn them into matcher signals (PDQ, optional JPEG).
+
+:func:`prepare` is a top-level pure function so that it can run in a ``ProcessPoolExecutor`` worker:
+it takes bytes and a frozen config section and returns a :class:`PreparedMedia` (no pixels kept), or
+raises :class:`Unscannable` with a short reason slug.
+
+PDQ hashes are stored as 32 bytes in the standard PDQ hex order (the order of Meta's reference
+implementation and python-threatexchange): bit ``i`` of ``pdqhash``'s 256-element vector is bit
+``7 - i % 8`` of byte ``i // 8``, i.e. ``np.packbits(vector)``; ``bytes.hex()`` then gives the usual
+64-character hex string.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import warnings
+
+import numpy as np
+import pdqhash
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
+
+from service.config import ThumbnailSection
+from service.errors import Unscannable
+from service.models import PdqSignal, PreparedMedia
+
+# Names of the eight hashes, in the order pdqhash.compute_dihedral returns them.
+DIHEDRAL_VARIANTS = (
+    "original", "rotate90", "rotate180", "rotate270", "flip-x", "flip-y", "flip-plus1", "flip-minus1",
+)
+# Formats Pillow reports for files that are JPEGs with extra data (MPO: phones' multi-picture JPEGs).
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_MAX_JPEG_SIDE = 65_000  # libjpeg's limit is 65,500
+_MIN_JPEG_QUALITY = 50
+
+# ``warnings.catch_warnings`` swaps process-global state: serialise the few lines that use it so that
+# concurrent calls (cpu_pool: thread) cannot restore each other's filters in the wrong order.
+_open_lock = threading.Lock()
+
+
+def pdq_bytes(vector: np.ndarray | list[int]) -> bytes:
+    """pdqhash's bit vector (256 ints, 0/1) as 32 bytes in standard PDQ hex order."""
+    return np.packbits(np.asarray(vector, dtype=np.uint8)).tobytes()
+
+
+def pdq_signal(rgb: Image.Image) -> PdqSignal:
+    """PDQ of all eight dihedral variants of an RGB image (resize it to <= 512 px first: the cost grows
+    with the pixel count and the reference tools hash at that size)."""
+    vectors, quality = pdqhash.compute_dihedral(np.asarray(rgb))
+    packed = np.packbits(np.asarray(vectors, dtype=np.uint8), axis=1)
+    return PdqSignal(hashes=tuple(row.tobytes() for row in packed), quality=int(quality))
+
+
+def prepare(
+    data: bytes,
+    sha1: str,
+    cfg: ThumbnailSection,
+    *,
+    md5: str | None = None,
+    source: str = "thumbnail",
+) -> PreparedMedia:
+    """Decode ``data`` (first frame), apply EXIF orientation, flatten alpha onto white, compute PDQ and,
+    when ``cfg.make_jpeg``, a JPEG for remote matchers.
+
+    Raises :class:`Unscannable` with reason ``decompression-bomb``, ``format-not-allowed`` or
+    ``undecodable``.
+    """
+    img = _open(data, cfg)
+    width, height = img.size  # as stored, before any draft reduction
+    if _orientation(img) in (5, 6, 7, 8):
+        width, height = height, width
+
+    pdq_scale = min(1.0, cfg.pdq_max_side / max(width, height))
+    need_scale = pdq_scale
+    if cfg.make_jpeg:
+        need_scale = max(need_scale, min(1.0, cfg.jpeg_min_side / min(width, height)))
+    if isinstance(img, JpegImageFile):  # MPO files are JpegImageFiles too
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: never below what we need.
+        sw, sh = img.size
+        img.draft("RGB", (max(1, math.ceil(sw * need_scale)), max(1, math.ceil(sh * need_scale))))
+
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise Unscannable("decompression-bomb", str(exc)) from exc
+    except MemoryError as exc:
+        raise Unscannable("decompression-bomb", "out of memory while decoding") from exc
+    except Exception as exc:  # any decoder failure on untrusted bytes means "undecodable"
+        raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
+
+    try:
+        rgb = _to_rgb(_upright(img))
+    except Exception as exc:  # conversion of exotic modes
+        raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
+
+    pdq_img = _resize_to_fit(rgb, cfg.pdq_max_side)
+    signal = pdq_signal(pdq_img)
+    jpeg = _make_jpeg(rgb, pdq_img, cfg) if cfg.make_jpeg else None
+    return PreparedMedia(
+        sha1=sha1, md5=md5, pdq=signal, jpeg=jpeg, width=width, height=height, source=source
+    )
+
+
+# --------------------------------------------------------------------------- decoding steps
+
+def _open(data: bytes, cfg: ThumbnailSection) -> ImageFile.ImageFile:
+    """Open (header only) with the bomb limit in force; check the format before any pixel is decoded."""
+    with _open_lock, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = cfg.max_pixels
+        try:
+            # Only the allowed formats' parsers ever see the bytes (JPEG's also opens MPO files).
+            img = Image.open(io.BytesIO(data), formats=cfg.formats)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Unscannable("decompression-bomb", str(exc)) from exc
+        except UnidentifiedImageError as exc:
+            raise Unscannable(
+                "format-not-allowed",
+                f"not an image in an allowed format ({', '.join(cfg.formats)}); starts with {data[:8]!r}",
+            ) from exc
+        except Exception as exc:  # broken headers
+            raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
+    fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "")
+    if fmt not in cfg.formats:
+        img.close()
+        raise Unscannable("format-not-allowed", f"format {img.format} is not in {', '.join(cfg.formats)}")
+    w, h = img.size
+    if w < 1 or h < 1:
+        img.close()
+        raise Unscannable("undecodable", f"empty image {w}x{h}")
+    if w * h > cfg.max_pixels:  # also covers a warnings filter changed by someone else
+        img.close()
+        raise Unscannable("decompression-bomb", f"{w}x{h} pixels exceeds the limit of {cfg.max_pixels}")
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:  # broken EXIF must not make an image unscannable
+        return 1
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
+    if _orientation(img) == 1:
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (what a viewer on a white page shows)."""
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("RGB", "L") and "transparency" in img.info:
+        img = img.convert("RGBA")
+    elif mode.startswith("I;16") or mode in ("I", "F"):
+        img = _wide_to_l(img)
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    """16-bit and float greyscale to 8 bits, stretched over the value range actually used."""
+    arr = np.asarray(img, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return Image.new("L", img.size, 0)
+    return Image.fromarray(((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8), "L")
+
+
+def _scaled(img: Image.Image, scale: float, *, at_least: int = 1) -> Image.Image:
+    """``img`` scaled by ``scale``; with ``at_least``, neither side ends up shorter than that."""
+    w, h = img.size
+    size = (max(at_least, round(w * scale)), max(at_least, round(h * scale)))
+    if size == img.size:
+        return img
+    if scale < 1:
+        return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def _resize_to_fit(img: Image.Image, max_side: int) -> Image.Image:
+    longest = max(img.size)
+    return img if longest <= max_side else _scaled(img, max_side / longest)
+
+
+def _make_jpeg(rgb: Image.Image, pdq_img: Image.Image, cfg: ThumbnailSection) -> bytes | None:
+    """A JPEG of at least ``jpeg_min_side`` on both sides and under ``jpeg_max_bytes``, or None when no
+    such JPEG exists (extreme aspect ratios)."""
+    base = pdq_img
+    if min(base.size) < cfg.jpeg_min_side:
+        scale = cfg.jpeg_min_side / min(rgb.size)
+        if max(rgb.size) * scale > _MAX_JPEG_SIDE:
+            return None
+        base = _scaled(rgb, scale, at_least=cfg.jpeg_min_side)
+    quality = cfg.jpeg_quality
+    while True:
+        out = io.BytesIO()
+        base.save(out, "JPEG", quality=quality)
+        if out.tell() < cfg.jpeg_max_bytes:
+            return out.getvalue()
+        if quality > _MIN_JPEG_QUALITY:
+            quality = max(_MIN_JPEG_QUALITY, quality - 15)
+            continue
+        shrink = max(0.5, math.sqrt(cfg.jpeg_max_bytes / out.tell()) * 0.95)
+        if min(base.size) * shrink < cfg.jpeg_min_side:
+            return None
+        base = _scaled(base, shrink, at_least=cfg.jpeg_min_side)
