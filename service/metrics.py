@@ -60,6 +60,10 @@ class Metrics:
         self.cache_hits = Counter(
             f"{p}_scan_cache_hits", "Uploads whose SHA-1 was already scanned against the current banks", registry=r
         )
+        self.outbox_actions = Counter(
+            f"{p}_outbox_actions", "Outbox items performed, by kind and result (done, retry, failed)",
+            ["kind", "result"], registry=r,
+        )
         for stage in STAGES:
             self.in_flight.labels(stage)
             self.queue_depth.labels(stage)

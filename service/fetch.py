@@ -1,0 +1,435 @@
+"""Fetch file details and bytes from a wiki: ``prop=imageinfo``, then the thumbnail (and the original).
+
+Safety rules, all enforced here:
+
+* every URL (the API's, each media URL and each redirect hop) must be http(s) on one of the wiki's
+  ``allowed_hosts``; redirects are followed by hand, never by aiohttp;
+* downloads are streamed and aborted beyond ``fetch.max_bytes``;
+* each attempt is bounded by ``fetch.timeout``; transient failures (connection errors, timeouts,
+  HTTP 429 and 5xx) are retried with exponential backoff and jitter, honouring ``Retry-After``;
+* API requests to one wiki are serial and carry ``maxlag`` (Wikimedia's API etiquette).
+
+Thumbnail widths are only ever the wiki's standard steps (see :func:`choose_width`); thumbnail URLs
+are taken from the API, never constructed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from service.config import STANDARD_THUMB_WIDTHS, FetchSection, WikiSection
+from service.errors import FetchError, FileGone, HostNotAllowed, Unscannable
+from service.metrics import Metrics
+from service.models import FetchedMedia, FileInfo
+
+log = logging.getLogger(__name__)
+
+MAX_THUMB_WIDTH = 3840
+IMAGE_MEDIATYPES = frozenset({"BITMAP", "DRAWING"})  # the original may be decoded when there is no thumbnail
+MAXLAG_MIN_WAIT = 5.0  # Wikimedia: on a maxlag error wait Retry-After, at least 5 seconds
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_API_MAX_BYTES = 2_000_000  # one title's imageinfo is a few hundred bytes
+_MAX_RETRY_AFTER = 120.0  # never let a server park us longer than this per attempt
+_MAX_BACKOFF = 60.0
+_TRANSIENT_API_CODES = ("readonly", "internal_api_error", "ratelimited")  # prefixes of retriable API errors
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def thumb_size(width: int, height: int, requested: int) -> tuple[int, int]:
+    """Size of the thumbnail the wiki renders for ``iiurlwidth=requested``: it never upscales."""
+    if requested >= width:
+        return width, height
+    return requested, max(1, int(height * requested / width + 0.5))  # PHP round(): half away from zero
+
+
+def choose_width(width: int, height: int, configured: int, min_side: int) -> int:
+    """The standard thumbnail width to ask for.
+
+    ``configured`` unless its thumbnail's shorter side would be below ``min_side`` (panoramas); then the
+    smallest larger standard width (up to 3840) whose thumbnail keeps both sides >= ``min_side``.  When
+    none does, the width that gets closest: the first one that already yields the original (the wiki
+    never upscales), else 3840.  Unknown dimensions (audio) keep ``configured``.
+    """
+    if width <= 0 or height <= 0 or configured >= width:
+        return configured
+    if min(thumb_size(width, height, configured)) >= min_side:
+        return configured
+    best = configured
+    for w in STANDARD_THUMB_WIDTHS:
+        if w <= configured or w > MAX_THUMB_WIDTH:
+            continue
+        best = w
+        if min(thumb_size(width, height, w)) >= min_side or w >= width:
+            return w
+    return best
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes  # only read for 2xx
+    url: URL
+
+
+class _TooLarge(Exception):
+    def __init__(self, seen: int) -> None:
+        super().__init__(seen)
+        self.seen = seen
+
+
+class WikiClient:
+    """Reads file details and media bytes from the configured wikis."""
+
+    def __init__(
+        self,
+        fetch: FetchSection,
+        wikis: tuple[WikiSection, ...],
+        user_agent: str,
+        metrics: Metrics,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        maxlag_min_wait: float = MAXLAG_MIN_WAIT,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not user_agent.strip():
+            raise ValueError("a descriptive User-Agent is required")
+        self._fetch = fetch
+        self._wikis = {w.id: w for w in wikis}
+        self._headers = {"User-Agent": user_agent}
+        self._metrics = metrics
+        self._session = session
+        self._owns_session = session is None
+        self._maxlag_min_wait = maxlag_min_wait
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._api_locks: dict[str, asyncio.Lock] = {}
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                # asyncio.timeout(fetch.timeout) bounds each whole attempt; these bound each socket step.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._fetch.timeout,
+                                              sock_read=self._fetch.timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self._owns_session = True
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> WikiClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def wiki(self, wiki_id: str) -> WikiSection | None:
+        return self._wikis.get(wiki_id)
+
+    # -- the one public operation
+
+    async def fetch(self, wiki: WikiSection, title: str, *, expected_sha1: str | None = None) -> FetchedMedia:
+        """File details plus the bytes to scan.
+
+        Raises FileGone (deleted or never existed), Unscannable (no thumbnail, too large),
+        HostNotAllowed, or FetchError (``retriable`` says whether trying later may help).
+        """
+        cfg = self._fetch
+        info = await self.imageinfo(wiki, title, cfg.thumb_width)
+        if info.thumb_url and info.thumb_width and info.thumb_height \
+                and min(info.thumb_width, info.thumb_height) < cfg.min_side:
+            width = choose_width(info.width, info.height, cfg.thumb_width, cfg.min_side)
+            if width != cfg.thumb_width:
+                log.debug("%s %r: %dx%d, asking for a %dpx thumbnail", wiki.id, title, info.width,
+                          info.height, width)
+                info = await self.imageinfo(wiki, title, width)
+        if expected_sha1 and info.sha1.lower() != expected_sha1.lower():
+            log.warning("%s %r: imageinfo SHA-1 %s differs from the event's %s (a newer version may have "
+                        "been uploaded); scanning the current version",
+                        wiki.id, title, info.sha1, expected_sha1)
+
+        original: bytes | None = None
+        if info.thumb_url is not None and info.thumb_url != info.url:
+            data = await self._download(wiki, info.thumb_url, kind="thumbnail", limit=cfg.max_bytes)
+            source = "thumbnail"
+        else:
+            # No thumbnail, or the "thumbnail" is the original itself (file narrower than the width asked).
+            if info.thumb_url is None and info.mediatype.upper() not in IMAGE_MEDIATYPES:
+                raise Unscannable("no-thumbnail", f"{info.mediatype} {info.mime}")
+            original = await self._download_original(wiki, info)
+            data, source = original, "original"
+        if cfg.originals and original is None:
+            if info.size <= cfg.max_bytes:
+                original = await self._download_original(wiki, info)
+            else:
+                log.info("%s %r: original is %d bytes (> %d), MD5 not computed", wiki.id, title, info.size,
+                         cfg.max_bytes)
+        md5 = hashlib.md5(original).hexdigest() if original is not None else None
+        return FetchedMedia(info=info, data=data, data_source=source, original_md5=md5)
+
+    # -- imageinfo
+
+    async def imageinfo(self, wiki: WikiSection, title: str, width: int) -> FileInfo:
+        params = {
+            "action": "query",
+            "prop": "imageinfo",
+            "titles": title,
+            "iiprop": "url|sha1|size|mime|mediatype",
+            "iiurlwidth": str(width),
+            "format": "json",
+            "formatversion": "2",
+            "maxlag": str(self._fetch.maxlag),
+        }
+        url = URL(wiki.api_url).update_query(params)
+        lock = self._api_locks.setdefault(wiki.id, asyncio.Lock())
+        with self._counted("imageinfo"):
+            async with lock:  # API requests to one wiki are serial
+                data = await self._api_get(wiki, url)
+            return self._parse_imageinfo(wiki, title, data)
+
+    async def _api_get(self, wiki: WikiSection, url: URL) -> dict[str, Any]:
+        lag_waits = 0
+        while True:
+            try:
+                resp = await self._get(wiki, url, kind="imageinfo", limit=_API_MAX_BYTES)
+            except _TooLarge as exc:
+                raise FetchError(f"{wiki.id} API response larger than {_API_MAX_BYTES} bytes",
+                                 retriable=False, reason="bad-response") from exc
+            if resp.status != 200:
+                raise FetchError(f"{wiki.id} API answered HTTP {resp.status}", retriable=False,
+                                 reason=f"http-{resp.status}")
+            try:
+                data = json.loads(resp.body)
+            except ValueError as exc:
+                raise FetchError(f"{wiki.id} API answered something other than JSON", retriable=True,
+                                 reason="bad-response") from exc
+            if not isinstance(data, dict):
+                raise FetchError(f"{wiki.id} API answered unexpected JSON", retriable=True,
+                                 reason="bad-response")
+            error = data.get("error")
+            if not isinstance(error, dict):
+                return data
+            code = str(error.get("code") or "unknown")
+            info = str(error.get("info") or "")
+            if code != "maxlag":
+                raise FetchError(f"{wiki.id} API error {code}: {info}", reason=f"api-{code}",
+                                 retriable=code.startswith(_TRANSIENT_API_CODES))
+            self._metrics.fetch_requests.labels("imageinfo", "maxlag").inc()
+            if lag_waits >= self._fetch.retries:
+                raise FetchError(f"{wiki.id} replication lag persists: {info}", retriable=True,
+                                 reason="maxlag")
+            wait = min(max(parse_retry_after(resp.headers.get("Retry-After")) or 0.0, self._maxlag_min_wait),
+                       _MAX_RETRY_AFTER)
+            log.info("%s is lagged (%s); waiting %.1f s", wiki.id, info, wait)
+            await self._sleep(wait)
+            lag_waits += 1
+
+    def _parse_imageinfo(self, wiki: WikiSection, title: str, data: dict[str, Any]) -> FileInfo:
+        pages = (data.get("query") or {}).get("pages")
+        if isinstance(pages, dict):  # formatversion=1 layout, tolerated
+            pages = list(pages.values())
+        if not isinstance(pages, list) or not pages or not isinstance(pages[0], dict):
+            raise FetchError(f"{wiki.id} {title!r}: no page in the API answer", retriable=True,
+                             reason="bad-response")
+        page = pages[0]
+        if page.get("invalid"):
+            raise FetchError(f"{wiki.id} {title!r}: invalid title ({page.get('invalidreason', '')})",
+                             retriable=False, reason="invalid-title")
+        infos = page.get("imageinfo")
+        if page.get("missing") or page.get("filemissing") or not infos:
+            raise FileGone(f"{wiki.id} {title!r}: no such file")
+        ii = infos[0]
+        if not isinstance(ii, dict) or ii.get("filemissing") or ii.get("missing"):
+            raise FileGone(f"{wiki.id} {title!r}: file missing")
+        base = URL(wiki.api_url)
+        try:
+            url = str(base.join(URL(ii["url"], encoded=True)))
+            thumb = ii.get("thumburl")
+            if ii.get("thumberror"):
+                log.info("%s %r: the wiki could not render a thumbnail: %s", wiki.id, title, ii["thumberror"])
+            return FileInfo(
+                title=str(page.get("title") or title),
+                url=url,
+                description_url=str(ii.get("descriptionurl") or ""),
+                sha1=str(ii["sha1"]).lower(),
+                size=int(ii["size"]),
+                width=int(ii.get("width") or 0),
+                height=int(ii.get("height") or 0),
+                mime=str(ii.get("mime") or ""),
+                mediatype=str(ii.get("mediatype") or ""),
+                thumb_url=str(base.join(URL(thumb, encoded=True))) if thumb else None,
+                thumb_width=int(ii["thumbwidth"]) if thumb and ii.get("thumbwidth") else None,
+                thumb_height=int(ii["thumbheight"]) if thumb and ii.get("thumbheight") else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FetchError(f"{wiki.id} {title!r}: incomplete imageinfo ({exc!r})", retriable=True,
+                             reason="bad-response") from exc
+
+    # -- media
+
+    async def _download_original(self, wiki: WikiSection, info: FileInfo) -> bytes:
+        if info.size > self._fetch.max_bytes:
+            raise Unscannable("too-large", f"original is {info.size} bytes (> {self._fetch.max_bytes})")
+        data = await self._download(wiki, info.url, kind="original", limit=self._fetch.max_bytes)
+        sha1 = hashlib.sha1(data).hexdigest()
+        if sha1 != info.sha1:
+            log.warning("%s %r: downloaded original has SHA-1 %s, imageinfo said %s",
+                        wiki.id, info.title, sha1, info.sha1)
+            raise FetchError(f"{wiki.id} {info.title!r}: original's SHA-1 {sha1} != imageinfo {info.sha1}",
+                             retriable=True, reason="sha1-mismatch")
+        return data
+
+    async def _download(self, wiki: WikiSection, url: str, *, kind: str, limit: int) -> bytes:
+        with self._counted(kind):
+            try:
+                resp = await self._get(wiki, URL(url, encoded=True), kind=kind, limit=limit)
+            except _TooLarge as exc:
+                raise Unscannable("too-large", f"{kind} exceeds {limit} bytes") from exc
+            if resp.status == 404 or resp.status == 410:
+                raise FileGone(f"{kind} {url}: HTTP {resp.status}")
+            if not 200 <= resp.status < 300:
+                raise FetchError(f"{kind} {url}: HTTP {resp.status}", retriable=False,
+                                 reason=f"http-{resp.status}")
+            self._metrics.bytes_fetched.labels(kind).inc(len(resp.body))
+            return resp.body
+
+    # -- HTTP with allowlist, manual redirects, byte cap, timeout and retries
+
+    async def _get(self, wiki: WikiSection, url: URL, *, kind: str, limit: int) -> _Response:
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                async with asyncio.timeout(self._fetch.timeout):
+                    resp = await self._get_once(wiki, url, limit)
+            except TimeoutError:
+                reason = "timeout"
+            except aiohttp.InvalidURL as exc:
+                raise FetchError(f"{kind}: invalid URL {url}", retriable=False, reason="bad-url") from exc
+            except aiohttp.ClientError as exc:
+                reason = "connection"
+                log.debug("%s %s: %r", kind, url, exc)
+            else:
+                if resp.status != 429 and resp.status < 500:
+                    return resp
+                reason = f"http-{resp.status}"
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if attempt >= self._fetch.retries:
+                raise FetchError(f"{kind} {url}: {reason} after {attempt + 1} attempt(s)", retriable=True,
+                                 reason=reason)
+            delay = min(retry_after, _MAX_RETRY_AFTER) if retry_after is not None else self._backoff(attempt)
+            self._metrics.fetch_requests.labels(kind, "retry").inc()
+            log.info("%s %s: %s, retrying in %.2f s", kind, url, reason, delay)
+            await self._sleep(delay)
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(_MAX_BACKOFF, self._fetch.retry_delay * (2 ** attempt))
+        return base * (0.5 + self._rng.random())  # jitter: 0.5x .. 1.5x
+
+    async def _get_once(self, wiki: WikiSection, url: URL, limit: int) -> _Response:
+        session = self._session
+        if session is None:
+            raise RuntimeError("WikiClient.start() was not called")
+        hops = 0
+        while True:
+            self._check_allowed(wiki, url)
+            async with session.get(url, allow_redirects=False, headers=self._headers) as resp:
+                location = resp.headers.get("Location")
+                if resp.status in _REDIRECTS and location:
+                    hops += 1
+                    if hops > self._fetch.max_redirects:
+                        raise FetchError(f"more than {self._fetch.max_redirects} redirects from {url}",
+                                         retriable=False, reason="too-many-redirects")
+                    try:
+                        url = resp.url.join(URL(location))
+                    except ValueError as exc:
+                        raise FetchError(f"bad redirect target {location!r}", retriable=False,
+                                         reason="bad-url") from exc
+                    continue
+                body = await self._read_capped(resp, limit) if 200 <= resp.status < 300 else b""
+                return _Response(resp.status, CIMultiDict(resp.headers), body, resp.url)
+
+    @staticmethod
+    def _check_allowed(wiki: WikiSection, url: URL) -> None:
+        host = (url.host or "").lower().rstrip(".")
+        if url.scheme not in ("http", "https") or not host or host not in wiki.allowed_hosts or url.user:
+            raise HostNotAllowed(str(url))
+
+    @staticmethod
+    async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        if resp.content_length is not None and resp.content_length > limit:
+            raise _TooLarge(resp.content_length)
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(65536):
+            buf += chunk
+            if len(buf) > limit:
+                raise _TooLarge(len(buf))
+        return bytes(buf)
+
+    @contextmanager
+    def _counted(self, kind: str) -> Iterator[None]:
+        """Count one logical request by its result: ok, gone, error, host-not-allowed, too-large, ..."""
+        try:
+            yield
+        except FileGone:
+            self._metrics.fetch_requests.labels(kind, "gone").inc()
+            raise
+        except HostNotAllowed:
+            self._metrics.fetch_requests.labels(kind, "host-not-allowed").inc()
+            raise
+        except Unscannable as exc:
+            self._metrics.fetch_requests.labels(kind, exc.reason).inc()
+            raise
+        except FetchError:
+            self._metrics.fetch_requests.labels(kind, "error").inc()
+            raise
+        else:
+            self._metrics.fetch_requests.labels(kind, "ok").inc()
