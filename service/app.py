@@ -139,7 +139,7 @@ class Service:
                 source=self.source,
                 store=self.store,
                 fetcher=self.wiki_client,
-                exact=self.exact,
+                exact=self.banks,
                 matchers=self.matchers,
                 planners=self.planners,
                 cpu=self._cpu,

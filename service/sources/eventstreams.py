@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -172,7 +173,7 @@ class EventStreamsSource:
         finally:
             stop_wait.cancel()
             halt.set()
-            self._close_client()
+            self._interrupt()
             self._connected.clear()
             self.metrics.source_connected.set(0)
         if finished.done():
@@ -183,7 +184,26 @@ class EventStreamsSource:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(finished), timeout=2.0)
 
+    def _interrupt(self) -> None:
+        """Wake a reader blocked in a socket read, from another thread, without taking its locks.
+
+        Closing the response here would wait for the reader's buffered-reader lock (up to a whole
+        read timeout, with the event loop blocked); shutting the socket down makes the read return.
+        """
+        client = self._client
+        if client is None:
+            return
+        raw = client.resp.raw
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)
+        if sock is None:
+            fp = getattr(getattr(raw, "_fp", None), "fp", None)
+            sock = getattr(getattr(fp, "raw", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def _close_client(self) -> None:
+        """Close the current response; only ever called from the reader thread."""
         client = self._client
         if client is not None:
             with contextlib.suppress(Exception):
