@@ -1,8 +1,8 @@
 """A stand-in wiki for benchmarks: answers imageinfo at once and serves pre-rendered thumbnails.
 
-Titles look like ``File:Bench <k> <n>.jpg``; the thumbnail served is image ``k`` of the set given
-on the command line (a directory of JPEG files named 0.jpg, 1.jpg, ...).  It measures the
-service's own cost, not MediaWiki's.
+Titles look like ``File:Bench <k> <n>.jpg`` (SHA-1 ``n`` as 40 hex digits); the thumbnail served
+is image ``k`` of the set given on the command line (a directory of JPEG files named 0.jpg, 1.jpg,
+...).  It measures the service's own cost, not MediaWiki's.
 
     python bench/standin_wiki.py --port 8766 --thumbs DIR
 """
@@ -10,7 +10,6 @@ service's own cost, not MediaWiki's.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -29,6 +28,7 @@ async def api(request: web.Request) -> web.Response:
         parts = title.rsplit(".", 1)[0].split(" ")
         try:
             k = int(parts[1]) % len(thumbs)
+            n = int(parts[2])
         except (IndexError, ValueError):
             pages.append({"title": title, "missing": True})
             continue
@@ -42,7 +42,7 @@ async def api(request: web.Request) -> web.Response:
                         "thumburl": f"{request.app[BASE]}/thumb/{k}.jpg",
                         "thumbwidth": width,
                         "thumbheight": width * 3 // 4,
-                        "sha1": hashlib.sha1(title.encode()).hexdigest(),
+                        "sha1": f"{n:040x}",  # what the benchmark's events announce
                         "size": 4_000_000,
                         "width": 4000,
                         "height": 3000,

@@ -130,6 +130,7 @@ class FetchSection:
     retry_delay: float = 1.0
     maxlag: int = 5
     max_redirects: int = 5
+    batch_size: int = 50  # titles per imageinfo request (MediaWiki renders at most 50 thumbnails per request)
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,8 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         problems.add("fetch.retries", "must be >= 0")
     if f.maxlag < 0:
         problems.add("fetch.maxlag", "must be >= 0")
+    if not 1 <= f.batch_size <= 50:
+        problems.add("fetch.batch_size", f"must be between 1 and 50, got {f.batch_size}")
 
     t = cfg.thumbnail
     for name in ("max_pixels", "pdq_max_side", "jpeg_min_side", "jpeg_max_bytes"):

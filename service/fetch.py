@@ -16,6 +16,7 @@ are taken from the API, never constructed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -143,7 +144,8 @@ class WikiClient:
         self._maxlag_min_wait = maxlag_min_wait
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._api_locks: dict[str, asyncio.Lock] = {}
+        self._pending: dict[str, list[tuple[str, int, asyncio.Future[FileInfo]]]] = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle
 
@@ -159,6 +161,12 @@ class WikiClient:
             self._owns_session = True
 
     async def aclose(self) -> None:
+        for task in self._flushers.values():
+            task.cancel()
+        for task in self._flushers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._flushers.clear()
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -217,10 +225,55 @@ class WikiClient:
     # -- imageinfo
 
     async def imageinfo(self, wiki: WikiSection, title: str, width: int) -> FileInfo:
+        """File details for one title.
+
+        Requests to one wiki are serial and batched (``titles=A|B|…``, up to ``fetch.batch_size``, as
+        Wikimedia asks): callers that arrive while a request is in flight share the next one.
+        """
+        if "|" in title or not title.strip():
+            raise FetchError(f"{wiki.id} {title!r}: invalid title", retriable=False, reason="invalid-title")
+        future: asyncio.Future[FileInfo] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(wiki.id, []).append((title, width, future))
+        flusher = self._flushers.get(wiki.id)
+        if flusher is None or flusher.done():
+            self._flushers[wiki.id] = asyncio.create_task(self._flush(wiki), name=f"imageinfo-{wiki.id}")
+        with self._counted("imageinfo"):
+            return await future
+
+    async def _flush(self, wiki: WikiSection) -> None:
+        """The one owner of a wiki's API traffic: sends batches until nobody is waiting."""
+        pending = self._pending[wiki.id]
+        while pending:
+            await asyncio.sleep(0)  # let callers scheduled in the same loop turn join this batch
+            width = pending[0][1]
+            batch = [item for item in pending if item[1] == width][: self._fetch.batch_size]
+            for item in batch:
+                pending.remove(item)
+            live = [item for item in batch if not item[2].done()]
+            if not live:
+                continue
+            try:
+                results = await self._imageinfo_batch(wiki, [t for t, _, _ in live], width)
+            except Exception as exc:  # handed to every waiter; the loop goes on for the others
+                for _, _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for title, _, fut in live:
+                if fut.done():
+                    continue
+                result = results[title]
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    async def _imageinfo_batch(self, wiki: WikiSection, titles: list[str],
+                               width: int) -> dict[str, FileInfo | BaseException]:
         params = {
             "action": "query",
             "prop": "imageinfo",
-            "titles": title,
+            "titles": "|".join(dict.fromkeys(titles)),
             "iiprop": "url|sha1|size|mime|mediatype",
             "iiurlwidth": str(width),
             "format": "json",
@@ -228,11 +281,27 @@ class WikiClient:
             "maxlag": str(self._fetch.maxlag),
         }
         url = URL(wiki.api_url).update_query(params)
-        lock = self._api_locks.setdefault(wiki.id, asyncio.Lock())
-        with self._counted("imageinfo"):
-            async with lock:  # API requests to one wiki are serial
-                data = await self._api_get(wiki, url)
-            return self._parse_imageinfo(wiki, title, data)
+        data = await self._api_get(wiki, url)
+        query = data.get("query") if isinstance(data.get("query"), dict) else {}
+        renamed: dict[str, str] = {}
+        for key in ("normalized", "converted"):
+            for entry in query.get(key) or []:
+                if isinstance(entry, dict) and isinstance(entry.get("from"), str):
+                    renamed[entry["from"]] = str(entry.get("to"))
+        pages = query.get("pages")
+        if isinstance(pages, dict):  # formatversion=1 layout, tolerated
+            pages = list(pages.values())
+        by_title = {p.get("title"): p for p in pages or [] if isinstance(p, dict)}
+        out: dict[str, FileInfo | BaseException] = {}
+        for title in titles:
+            page = by_title.get(renamed.get(title, title))
+            if page is None and len(titles) == 1 and len(by_title) == 1:
+                page = next(iter(by_title.values()))
+            try:
+                out[title] = self._parse_imageinfo(wiki, title, {"query": {"pages": [page] if page else []}})
+            except Exception as exc:
+                out[title] = exc
+        return out
 
     async def _api_get(self, wiki: WikiSection, url: URL) -> dict[str, Any]:
         lag_waits = 0

@@ -35,7 +35,7 @@ from service.models import (
     unscannable,
 )
 from service.sources.base import Source
-from service.store.base import NewAction, OutboxItem, ScanRecord, Store
+from service.store.base import NewAction, OutboxItem, PipelineStore, ScanRecord
 from service.watermark import Watermark
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Pipeline:
         cfg: Config,
         *,
         source: Source,
-        store: Store,
+        store: PipelineStore,
         fetcher: Fetcher,
         exact: ExactBank,
         matchers: Sequence[Matcher],
@@ -239,23 +239,37 @@ class Pipeline:
             await self._done(seq)
             return
         event = parsed
-        if event.event_id in self._inflight_ids or await self.store.event_seen(event.event_id):
+        if event.event_id in self._inflight_ids:
+            self.metrics.events_skipped.labels("duplicate").inc()
+            await self._done(seq)
+            return
+        now = time.monotonic()
+        work = Work(seq=seq, event=event, started=now, deadline=now + self.cfg.pipeline.event_deadline,
+                    sha1=event.sha1)
+        seen, cached = await self._admit_with_retry(event)
+        if seen:
             self.metrics.events_skipped.labels("duplicate").inc()
             await self._done(seq)
             return
         self._inflight_ids.add(event.event_id)
-        now = time.monotonic()
-        work = Work(seq=seq, event=event, started=now, deadline=now + self.cfg.pipeline.event_deadline,
-                    sha1=event.sha1)
-        try:
-            stage = await self._route(work)
-        except ServiceError as exc:
-            await self._finish(work, error(type(exc).__name__.lower()), exc)
-            return
+        stage = self._route(work, cached)
         await self.queues[stage].put(work)
         self._gauge()
 
-    async def _route(self, work: Work) -> str:
+    async def _admit_with_retry(self, event: UploadEvent) -> tuple[bool, ScanRecord | None]:
+        """Ask the store about an event; while the store fails, wait and retry (the source is held back)."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.store.admit(event.event_id, event.sha1)
+            except ServiceError as exc:
+                log.error("store unavailable at intake; retrying",
+                          extra={"event_id": event.event_id, "error": str(exc), "delay": delay})
+                self.metrics.errors.labels("intake", "store").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _route(self, work: Work, cached: ScanRecord | None) -> str:
         """Exact SHA-1 before any download; a SHA-1 already scanned against these banks is not fetched."""
         sha1 = work.sha1
         if sha1 is None:
@@ -264,7 +278,6 @@ class Pipeline:
         if hits:
             work.matches = hits
             return "act"
-        cached = await self.store.get_scan(sha1)
         if cached is not None and cached.bank_version == self.exact.version and cached.outcome in (CLEAN, MATCH):
             self.metrics.cache_hits.inc()
             work.cached = True
@@ -376,22 +389,21 @@ class Pipeline:
 
     async def _finish(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
         event = work.event
+        scan: ScanRecord | None = None
+        if work.sha1 and not work.cached and outcome in (CLEAN, MATCH):
+            media = work.prepared
+            scan = ScanRecord(
+                sha1=work.sha1,
+                outcome=outcome,
+                bank_version=self.exact.version,
+                scanned_at=time.time(),
+                pdq=media.pdq.hex if media and media.pdq else None,
+                pdq_quality=media.pdq.quality if media and media.pdq else None,
+                md5=media.md5 if media else None,
+                matches=tuple(work.matches),
+            )
         try:
-            if work.sha1 and not work.cached and outcome in (CLEAN, MATCH):
-                media = work.prepared
-                await self.store.put_scan(
-                    ScanRecord(
-                        sha1=work.sha1,
-                        outcome=outcome,
-                        bank_version=self.exact.version,
-                        scanned_at=time.time(),
-                        pdq=media.pdq.hex if media and media.pdq else None,
-                        pdq_quality=media.pdq.quality if media and media.pdq else None,
-                        md5=media.md5 if media else None,
-                        matches=tuple(work.matches),
-                    )
-                )
-            await self.store.record_event(event, outcome)
+            await self.store.finish(event, outcome, scan)
         except ServiceError as store_exc:
             # The outcome could not be recorded: do not move the checkpoint past this event.
             log.error("could not record outcome; event stays below the checkpoint",

@@ -20,6 +20,7 @@ from service.config import STANDARD_THUMB_WIDTHS, FetchSection, WikiSection
 from service.errors import FetchError, FileGone, HostNotAllowed, Unscannable
 from service.fetch import WikiClient, choose_width, parse_retry_after, thumb_size
 from service.metrics import Metrics
+from service.models import FileInfo
 
 UA = "mediamoderation-test/0.1 (https://example.org/mm; ts@example.org)"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,6 +68,7 @@ class FakeWiki:
     seen: list[Seen] = field(default_factory=list)
     script: dict[str, list[Handler]] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    batches: list[list[str]] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -118,7 +120,17 @@ class FakeWiki:
         width = int(q["iiurlwidth"])
         if width not in STANDARD_THUMB_WIDTHS:  # what Wikimedia's CDN does with odd widths
             return web.Response(status=429, text="Use thumbnail steps")
-        title = q["titles"]
+        titles = q["titles"].split("|")
+        self.batches.append(titles)
+        # Like MediaWiki: underscores become spaces, reported under "normalized".
+        normalized = [{"fromencoded": False, "from": t, "to": t.replace("_", " ")} for t in titles if "_" in t]
+        pages = [self.page(title.replace("_", " "), width) for title in titles]
+        query: dict = {"pages": pages}
+        if normalized:
+            query["normalized"] = normalized
+        return web.json_response({"batchcomplete": True, "query": query})
+
+    def page(self, title: str, width: int) -> dict:
         name = title.removeprefix("File:")
         f = self.files.get(name)
         if f is None:
@@ -137,8 +149,7 @@ class FakeWiki:
                     tw, th = thumb_size(f.width, f.height, width)
                     ii.update(thumburl=f"{self.base}/thumb/{width}/{name}", thumbwidth=tw, thumbheight=th)
             page = {"pageid": 7, "ns": 6, "title": title, "imagerepository": "local", "imageinfo": [ii]}
-        body = {"batchcomplete": True, "query": {"pages": [page]}}
-        return web.json_response(body)
+        return page
 
 
 @pytest.fixture
@@ -606,7 +617,7 @@ async def test_other_api_errors(fake: FakeWiki, make: Callable[..., Awaitable[Ha
     assert h.count("imageinfo", "error") == 3
 
 
-async def test_api_requests_to_one_wiki_are_serial(
+async def test_api_requests_to_one_wiki_are_serial_and_batched(
         fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
     for i in range(6):
         fake.add(f"F{i}.png", FakeFile(png(400, 300, seed=i), 400, 300))
@@ -628,3 +639,19 @@ async def test_api_requests_to_one_wiki_are_serial(
     h = await make(fake.wiki())
     results = await asyncio.gather(*(h.client.fetch(fake.wiki(), f"File:F{i}.png") for i in range(6)))
     assert len(results) == 6 and peak == 1
+    assert [r.info.title for r in results] == [f"File:F{i}.png" for i in range(6)]
+    # Six concurrent fetches share one imageinfo request (titles=A|B|...), as Wikimedia asks.
+    assert fake.batches == [[f"File:F{i}.png" for i in range(6)]]
+
+
+async def test_batch_maps_normalized_titles_and_mixed_results(fake: FakeWiki,
+                                                             make: Callable[..., Awaitable[Harness]]) -> None:
+    fake.add("Present file.png", FakeFile(png(400, 300), 400, 300))
+    h = await make(fake.wiki())
+    ok, gone = await asyncio.gather(h.client.imageinfo(fake.wiki(), "File:Present_file.png", 330),
+                                    h.client.imageinfo(fake.wiki(), "File:Absent.png", 330), return_exceptions=True)
+    assert isinstance(ok, FileInfo) and ok.title == "File:Present file.png" and ok.thumb_width == 330
+    assert fake.batches == [["File:Present_file.png", "File:Absent.png"]]
+    assert isinstance(gone, FileGone)
+    with pytest.raises(FetchError, match="invalid title"):
+        await h.client.fetch(fake.wiki(), "File:A.png|File:Present file.png")

@@ -90,7 +90,19 @@ class Outbox(Protocol):
     async def pending_count(self) -> int: ...
 
 
-class Store(CheckpointStore, EventLedger, ScanStore, MatchStore, Outbox, Protocol):
+class PipelineStore(MatchStore, Protocol):
+    """What the pipeline needs: one round trip when an event enters, one when it ends."""
+
+    async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, ScanRecord | None]:
+        """(already handled with a non-error outcome?, the scan record of ``sha1`` if any)."""
+        ...
+
+    async def finish(self, event: UploadEvent, outcome: str, scan: ScanRecord | None) -> None:
+        """Record the outcome, and a new scan result when given, atomically."""
+        ...
+
+
+class Store(CheckpointStore, EventLedger, ScanStore, PipelineStore, Outbox, Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...

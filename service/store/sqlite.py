@@ -76,6 +76,37 @@ def migrate(conn: sqlite3.Connection) -> int:
     return SCHEMA_VERSION
 
 
+_PUT_EVENT = (
+    "INSERT INTO events (event_id, wiki, title, sha1, log_action, outcome, finished_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET "
+    "outcome = excluded.outcome, finished_at = excluded.finished_at"
+)
+_PUT_SCAN = (
+    "INSERT INTO scans (sha1, outcome, bank_version, scanned_at, pdq, pdq_quality, md5, matches) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha1) DO UPDATE SET outcome = excluded.outcome, "
+    "bank_version = excluded.bank_version, scanned_at = excluded.scanned_at, pdq = excluded.pdq, "
+    "pdq_quality = excluded.pdq_quality, md5 = excluded.md5, matches = excluded.matches"
+)
+
+
+def _scan_params(r: ScanRecord) -> tuple[Any, ...]:
+    matches = json.dumps([m.to_dict() for m in r.matches])
+    return (r.sha1, r.outcome, r.bank_version, r.scanned_at, r.pdq, r.pdq_quality, r.md5, matches)
+
+
+def _scan(row: sqlite3.Row) -> ScanRecord:
+    return ScanRecord(
+        sha1=row["sha1"],
+        outcome=row["outcome"],
+        bank_version=row["bank_version"],
+        scanned_at=row["scanned_at"],
+        pdq=row["pdq"],
+        pdq_quality=row["pdq_quality"],
+        md5=row["md5"],
+        matches=tuple(Match.from_dict(m) for m in json.loads(row["matches"])),
+    )
+
+
 def _item(row: sqlite3.Row) -> OutboxItem:
     return OutboxItem(
         id=row["id"],
@@ -191,12 +222,43 @@ class SqliteStore:
         now = self._clock()
         await self._run(
             lambda c: c.execute(
-                "INSERT INTO events (event_id, wiki, title, sha1, log_action, outcome, finished_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET "
-                "outcome = excluded.outcome, finished_at = excluded.finished_at",
-                (event.event_id, event.wiki, event.title, event.sha1, event.log_action, outcome, now),
+                _PUT_EVENT, (event.event_id, event.wiki, event.title, event.sha1, event.log_action, outcome, now)
             )
         )
+
+    # ------------------------------------------------------------------ pipeline fast path
+
+    async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, ScanRecord | None]:
+        """One round trip at intake: was this event handled already, and what is known of its SHA-1."""
+
+        def q(c: sqlite3.Connection) -> tuple[bool, ScanRecord | None]:
+            seen = c.execute(
+                "SELECT 1 FROM events WHERE event_id = ? AND outcome NOT LIKE 'error:%'", (event_id,)
+            ).fetchone()
+            if seen is not None or sha1 is None:
+                return seen is not None, None
+            row = c.execute("SELECT * FROM scans WHERE sha1 = ?", (sha1,)).fetchone()
+            return False, None if row is None else _scan(row)
+
+        return await self._run(q)
+
+    async def finish(self, event: UploadEvent, outcome: str, scan: ScanRecord | None) -> None:
+        """Record an event's outcome (and the scan result, when there is a new one) in one transaction."""
+        now = self._clock()
+
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                if scan is not None:
+                    c.execute(_PUT_SCAN, _scan_params(scan))
+                c.execute(_PUT_EVENT, (event.event_id, event.wiki, event.title, event.sha1, event.log_action,
+                                       outcome, now))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        await self._run(tx)
 
     async def event_outcome(self, event_id: str) -> str | None:
         row = await self._run(
@@ -212,39 +274,10 @@ class SqliteStore:
 
     async def get_scan(self, sha1: str) -> ScanRecord | None:
         row = await self._run(lambda c: c.execute("SELECT * FROM scans WHERE sha1 = ?", (sha1,)).fetchone())
-        if row is None:
-            return None
-        return ScanRecord(
-            sha1=row["sha1"],
-            outcome=row["outcome"],
-            bank_version=row["bank_version"],
-            scanned_at=row["scanned_at"],
-            pdq=row["pdq"],
-            pdq_quality=row["pdq_quality"],
-            md5=row["md5"],
-            matches=tuple(Match.from_dict(m) for m in json.loads(row["matches"])),
-        )
+        return None if row is None else _scan(row)
 
     async def put_scan(self, record: ScanRecord) -> None:
-        matches = json.dumps([m.to_dict() for m in record.matches])
-        await self._run(
-            lambda c: c.execute(
-                "INSERT INTO scans (sha1, outcome, bank_version, scanned_at, pdq, pdq_quality, md5, matches) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha1) DO UPDATE SET outcome = excluded.outcome, "
-                "bank_version = excluded.bank_version, scanned_at = excluded.scanned_at, pdq = excluded.pdq, "
-                "pdq_quality = excluded.pdq_quality, md5 = excluded.md5, matches = excluded.matches",
-                (
-                    record.sha1,
-                    record.outcome,
-                    record.bank_version,
-                    record.scanned_at,
-                    record.pdq,
-                    record.pdq_quality,
-                    record.md5,
-                    matches,
-                ),
-            )
-        )
+        await self._run(lambda c: c.execute(_PUT_SCAN, _scan_params(record)))
 
     # ------------------------------------------------------------------ matches + outbox
 
