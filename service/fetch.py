@@ -205,8 +205,20 @@ class WikiClient:
 
         original: bytes | None = None
         if info.thumb_url is not None and info.thumb_url != info.url:
-            data = await self._download(wiki, info.thumb_url, kind="thumbnail", limit=cfg.max_bytes)
-            source = "thumbnail"
+            try:
+                data = await self._download(wiki, info.thumb_url, kind="thumbnail", limit=cfg.max_bytes)
+                source = "thumbnail"
+            except FetchError as exc:
+                # The wiki could not render a thumbnail (MediaWiki answers 400 for, e.g., a 40000 x
+                # 40000 PNG).  Decide from the original, within the byte cap, rather than give up.
+                refused = exc.reason.startswith("http-4") and not isinstance(exc, HostNotAllowed)
+                if not refused:
+                    raise  # transient, or a policy refusal (host, redirects): never work around it
+                if info.mediatype.upper() not in IMAGE_MEDIATYPES or info.size > cfg.max_bytes:
+                    raise Unscannable("thumbnail-failed", str(exc)) from exc
+                log.info("%s %r: thumbnail failed (%s); scanning the original", wiki.id, title, exc)
+                original = await self._download_original(wiki, info)
+                data, source = original, "original"
         else:
             # No thumbnail, or the "thumbnail" is the original itself (file narrower than the width asked).
             if info.thumb_url is None and info.mediatype.upper() not in IMAGE_MEDIATYPES:

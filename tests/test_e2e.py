@@ -239,3 +239,32 @@ async def _read_checkpoint(cfg: Config) -> Any:
         return await store.get_checkpoint("eventstreams")
     finally:
         await store.close()
+
+
+async def test_hostile_files_end_with_an_outcome_and_the_stream_goes_on(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+    running_list: list[Running],
+) -> None:
+    run_id = uuid.uuid4().hex[:8]
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+    files = {
+        f"Hostile {run_id} truncated.jpg": images.truncated_jpeg(),
+        f"Hostile {run_id} bomb.png": images.decompression_bomb_png(),
+        f"Hostile {run_id} animated.gif": images.animated_gif(),
+        f"Hostile {run_id} after.jpg": images.jpeg_bytes(images.photo(7400)),
+    }
+    events = [await upload_and_publish(mediawiki, sse_server, n, d) for n, d in files.items()]
+    deleted = await upload_and_publish(mediawiki, sse_server, f"Hostile {run_id} deleted.jpg",
+                                       images.jpeg_bytes(images.photo(7401)))
+    await asyncio.to_thread(mediawiki.delete, deleted["title"])
+    run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank))
+    running_list.append(run)
+    await run.finished(len(events) + 1)
+    store = run.service.store
+    got = {e["title"].rsplit(" ", 1)[1]: await store.event_outcome(e["meta"]["id"]) for e in [*events, deleted]}
+    assert got["animated.gif"] == "clean"
+    assert got["after.jpg"] == "clean"  # the stream went on
+    assert got["deleted.jpg"] == "gone"
+    assert got["bomb.png"] == "unscannable:decompression-bomb"
+    assert got["truncated.jpg"] is not None and got["truncated.jpg"] in ("clean", "unscannable:undecodable")

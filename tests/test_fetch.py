@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -379,11 +380,31 @@ async def test_other_4xx_is_permanent(fake: FakeWiki, make: Callable[..., Awaita
         return web.Response(status=403)
 
     fake.on("/thumb/330/P.png", forbidden)
+    fake.on("/images/P.png", forbidden)
     h = await make(fake.wiki())
     with pytest.raises(FetchError) as ei:
         await h.client.fetch(fake.wiki(), "File:P.png")
     assert (ei.value.retriable, ei.value.reason) == (False, "http-403")
     assert len(fake.requests_to("/thumb/")) == 1  # not retried
+    assert len(fake.requests_to("/images/")) == 1  # the original was tried once instead
+
+
+async def test_unrenderable_thumbnail_falls_back_to_the_original(
+        fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
+    fake.add("Huge.png", FakeFile(png(800, 600), 800, 600))
+
+    async def cannot_render(_: web.Request) -> web.Response:  # what MediaWiki does for a 40000 px PNG
+        return web.Response(status=400, text="<html>Error creating thumbnail</html>", content_type="text/html")
+
+    fake.on("/thumb/330/Huge.png", cannot_render, cannot_render)
+    h = await make(fake.wiki())
+    media = await h.client.fetch(fake.wiki(), "File:Huge.png")
+    assert media.data_source == "original" and media.data == fake.files["Huge.png"].data
+    # The original is over the cap: give up, with a reason.
+    small = await make(fake.wiki(), dataclasses.replace(FAST, max_bytes=100))
+    with pytest.raises(Unscannable) as ei:
+        await small.client.fetch(fake.wiki(), "File:Huge.png")
+    assert ei.value.reason in ("thumbnail-failed", "too-large")
 
 
 async def test_redirect_to_disallowed_host_refused(fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
