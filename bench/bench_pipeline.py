@@ -209,11 +209,120 @@ async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
             "matched": matched}
 
 
+class ListSource:
+    name = "list"
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        for i, data in enumerate(self.events):
+            await out.put(RawEvent(data=data, position=i))
+
+    async def commit(self, position: Any) -> None:
+        pass
+
+
+def real_wiki(n: int) -> None:
+    """(a): the same pipeline against the real local MediaWiki (php -S, thumbnails rendered by ImageMagick).
+
+    Every upload is scanned twice over fresh titles: once by the sequential baseline, once by the
+    pipeline, so both pay for first-time thumbnail rendering.
+    """
+    from tests.infra.mediawiki import MediaWikiServer
+
+    with tempfile.TemporaryDirectory() as d, MediaWikiServer() as wiki:
+        tmp = Path(d)
+        bank = tmp / "bank.csv"
+        bank.write_text("hash,category,source,id\n")
+        print(f"uploading {2 * n} generated images to the local wiki ...", flush=True)
+        runs: dict[str, list[str]] = {"baseline": [], "pipeline": []}
+        for kind in runs:
+            for i in range(n):
+                name = f"Bench {kind} {i}.jpg"
+                seed = 60_000 + i + (n if kind == "pipeline" else 0)
+                wiki.upload(name, jpeg_bytes(photo(seed, size=(1024, 768))))
+                runs[kind].append(json.dumps(wiki.recentchange_event(name)))
+        cfg = config_from_dict(
+            {
+                "service": {"user_agent": "mediamoderation-bench/0.1 (bench@example.org)", "log_level": "warning"},
+                "http": {"enabled": False},
+                "wikis": [{"id": wiki.wiki_id, "api_url": wiki.api_url}],
+                "banks": {"reload_interval": 0, "list": [{"name": "b", "path": str(bank), "category": "test"}]},
+                "actions": {"notify": {"sender": "mm@example.org", "recipients": ["ts@example.org"],
+                                       "outbox_dir": str(tmp / "outbox")}},
+                "store": {"path": str(tmp / "wiki.sqlite3")},
+            },
+            base=tmp,
+        )
+        # Baseline: one upload at a time through the same client and decoder.
+        from service.events import classify, decode
+        from service.fetch import WikiClient
+
+        async def baseline() -> tuple[float, float]:
+            banks = BankSet(cfg.banks, Metrics())
+            client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, Metrics())
+            await client.start()
+            c0, t0 = time.process_time(), time.perf_counter()
+            for data in runs["baseline"]:
+                event = classify(decode(data), {wiki.wiki_id})
+                fetched = await client.fetch(cfg.wikis[0], event.title)  # type: ignore[union-attr]
+                media = prepare(fetched.data, fetched.info.sha1, cfg.thumbnail)
+                banks.match_pdq(media.pdq) if media.pdq else None
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            await client.aclose()
+            return wall, cpu
+
+        async def pipeline() -> tuple[float, float]:
+            service = Service(cfg, source=ListSource(runs["pipeline"]))
+            c0, t0 = time.process_time(), time.perf_counter()
+            pool_cpu: dict[int, float] = {}
+
+            async def watch_pool() -> None:
+                wiki_side = {php_pid, *descendants(php_pid)}
+                while True:
+                    wiki_side |= set(descendants(php_pid))
+                    for c in descendants(os.getpid()):
+                        if c not in wiki_side:
+                            pool_cpu[c] = max(pool_cpu.get(c, 0.0), proc_cpu(c))
+                    await asyncio.sleep(0.2)
+
+            watcher = asyncio.create_task(watch_pool())
+            await service.run()
+            watcher.cancel()
+            return time.perf_counter() - t0, time.process_time() - c0 + sum(pool_cpu.values())
+
+        php_pid = wiki._process.pid if wiki._process is not None else 0
+
+        def php_cpu() -> float:  # php -S forks workers; ImageMagick runs below them
+            return sum(proc_cpu(p) for p in [php_pid, *descendants(php_pid)]) if php_pid else 0.0
+
+        php0 = php_cpu()
+        bw, bc = asyncio.run(baseline())
+        pw, pc = asyncio.run(pipeline())
+        php1 = php_cpu()
+    print(f"(a) real local MediaWiki, {n} uploads each, 1024x768 JPEG originals, 330 px thumbnails rendered on demand")
+    print(f"{'':28}{'uploads/s':>11}{'service CPU ms/upload':>23}")
+    print(f"{'baseline (sequential)':28}{n / bw:>11.1f}{bc * 1000 / n:>23.2f}")
+    print(f"{'pipeline (service)':28}{n / pw:>11.1f}{pc * 1000 / n:>23.2f}")
+    if php1:
+        print(f"MediaWiki (php -S + ImageMagick) CPU over both runs: {(php1 - php0) * 1000 / (2 * n):.1f} ms/upload")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--baseline-events", type=int, default=2_000)
+    parser.add_argument("--real-wiki", type=int, default=0, metavar="N",
+                        help="instead: (a) N uploads through the real local MediaWiki")
     args = parser.parse_args()
+    if args.real_wiki:
+        real_wiki(args.real_wiki)
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         thumbs = tmp / "thumbs"

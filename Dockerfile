@@ -1,0 +1,92 @@
+# syntax=docker/dockerfile:1
+# mediamoderation container image.
+#
+#   docker build -t mediamoderation .
+#   docker run --read-only --tmpfs /tmp -v mediamoderation-data:/data -p 8080:8080 mediamoderation
+#
+# Stage 1 builds wheels for the service and every dependency (pdqhash has no binary wheel and needs a
+# C++ compiler); stage 2 installs only those wheels on a clean slim image, runs as an unprivileged user
+# and needs no write access outside /data (store, outbox) and /tmp (the CPU pool's forkserver socket).
+# The default config in the image is ./config.yaml with its store and outbox moved under /data; mount
+# your own at /etc/mediamoderation/config.yaml (the Helm chart does) and bank files under
+# /etc/mediamoderation/banks/.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Compilers live in this stage only; they never reach the runtime image, so they are not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN pip wheel --wheel-dir /wheels .
+
+# The image's default configuration: the shipped config.yaml and example bank, with the writable
+# paths moved to the /data volume (the root filesystem is read-only at run time).
+COPY config.yaml /src/config.yaml
+COPY banks/example.csv /out/etc/mediamoderation/banks/example.csv
+RUN sed -e 's#^\(  path: \)\./data/#\1/data/#' \
+        -e 's#^\(    outbox_dir: \)\./outbox#\1/data/outbox#' \
+        /src/config.yaml > /out/etc/mediamoderation/config.yaml \
+    && grep -q '^  path: /data/' /out/etc/mediamoderation/config.yaml \
+    && grep -q '^    outbox_dir: /data/outbox' /out/etc/mediamoderation/config.yaml
+
+
+FROM ${PYTHON_IMAGE} AS runtime
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="mediamoderation" \
+      org.opencontainers.image.description="Keeps known child-sexual-abuse and terrorist media off a wiki: upload stream -> fetch -> thumbnail -> match -> act" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="GPL-3.0-or-later" \
+      org.opencontainers.image.source="https://github.com/mediamoderation/mediamoderation" \
+      org.opencontainers.image.url="https://github.com/mediamoderation/mediamoderation" \
+      org.opencontainers.image.documentation="https://github.com/mediamoderation/mediamoderation#readme" \
+      org.opencontainers.image.vendor="mediamoderation"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MEDIAMODERATION_CONFIG=/etc/mediamoderation/config.yaml \
+    TMPDIR=/tmp \
+    HEALTHCHECK_PORT=8080
+
+RUN groupadd --system --gid 10001 mediamoderation \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+       --shell /usr/sbin/nologin mediamoderation \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
+
+# Only the wheels built above; no compiler, no source tree, no pip cache in this image.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/mediamoderation-*.whl
+
+COPY --from=build /out/etc/mediamoderation /etc/mediamoderation
+
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+
+# /healthz answers 200 while the process and its event loop run (503 when the pipeline crashed).
+# The slim image has no curl: ask with Python.  HEALTHCHECK_PORT must match http.port in the config.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/healthz' % os.environ.get('HEALTHCHECK_PORT', '8080'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]
+
+ENTRYPOINT ["mediamoderation"]
+CMD ["run", "--config", "/etc/mediamoderation/config.yaml"]
