@@ -30,7 +30,8 @@ if [[ $(id -u) -ne 0 ]]; then
     as_root=(sudo -n)
 fi
 
-apt_packages=(mediawiki php-cli php-sqlite3 php-intl php-mbstring php-xml php-gd imagemagick)
+apt_packages=(mediawiki php-cli php-sqlite3 php-intl php-mbstring php-xml php-gd imagemagick
+    golang-go golang-github-masterminds-sprig-dev golang-github-ghodss-yaml-dev)  # Go + sprig: the chart renderer
 
 # 1. System packages.
 if [[ "${SKIP_APT:-0}" == 1 ]]; then
