@@ -4,10 +4,11 @@
 #   bash scripts/test.sh [pytest arguments...]
 #
 # Works on a fresh Debian 12 machine as root with Python 3.11 and pip:
-#   1. apt packages: Debian's MediaWiki 1.39, PHP (CLI + extensions) and ImageMagick
+#   1. apt packages: Debian's MediaWiki 1.39, PHP (CLI + extensions), ImageMagick, and Chromium for the
+#      review-queue browser tests (driven by Playwright from PyPI, which never downloads a browser itself)
 #      (skipped when dpkg already lists them all);
 #   2. the project with its test extras (pip install -e '.[test]');
-#   3. PostgreSQL started if it is installed but stopped;
+#   3. PostgreSQL installed if missing (trust auth on 127.0.0.1) and started if stopped;
 #   4. python -m pytest "$@".  "No tests collected" (exit code 5) counts as a failure.
 # Environment: PYTHON (default: python, else python3), SKIP_APT=1, SKIP_PIP=1.
 set -euo pipefail
@@ -31,7 +32,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 apt_packages=(mediawiki php-cli php-sqlite3 php-intl php-mbstring php-xml php-gd imagemagick
-    golang-go golang-github-masterminds-sprig-dev golang-github-ghodss-yaml-dev)  # Go + sprig: the chart renderer
+    golang-go golang-github-masterminds-sprig-dev golang-github-ghodss-yaml-dev  # Go + sprig: the chart renderer
+    chromium chromium-driver)  # the review-queue UI tests (Playwright drives /usr/bin/chromium)
 
 # 1. System packages.
 if [[ "${SKIP_APT:-0}" == 1 ]]; then
@@ -69,7 +71,23 @@ EOF
     run "$python_bin" -m pip install --disable-pip-version-check "${pip_args[@]}"
 fi
 
-# 3. PostgreSQL, when installed: start clusters that are down.
+# 3. PostgreSQL (the scale-out tests' store): installed from Debian when missing, with trust auth for
+#    127.0.0.1 as the tests expect (MM_TEST_POSTGRES overrides the server they use); clusters that are
+#    down are started.
+if ! command -v pg_lsclusters >/dev/null 2>&1 && [[ "${SKIP_APT:-0}" != 1 ]]; then
+    say "installing PostgreSQL"
+    export DEBIAN_FRONTEND=noninteractive
+    run "${as_root[@]}" apt-get update
+    run "${as_root[@]}" apt-get install -y --no-install-recommends postgresql
+    for hba in /etc/postgresql/*/main/pg_hba.conf; do
+        if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+            # First match wins: put the test rule before Debian's password rules.
+            run "${as_root[@]}" sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+            version=$(basename "$(dirname "$(dirname "$hba")")")
+            "${as_root[@]}" pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
+        fi
+    done
+fi
 if command -v pg_lsclusters >/dev/null 2>&1 && [[ -d /etc/postgresql ]]; then
     while read -r version cluster _port status _rest; do
         if [[ "$status" == down* ]]; then

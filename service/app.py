@@ -7,28 +7,33 @@ import contextlib
 import logging
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from service.actions.base import OutboxDispatcher
 from service.actions.notify import EmailNotifier
-from service.actions.plan import notify_planner
+from service.actions.plan import build_planners
+from service.actions.takedown import Takedowns
 from service.config import Config, warnings_for
 from service.fetch import WikiClient
 from service.matchers.banks import BankSet
 from service.matchers.exact import ExactMatcher
 from service.matchers.pdq import PdqMatcher
+from service.matchers.photodna import PhotoDnaMatcher, build_matcher
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.pipeline import Pipeline, Planner
+from service.rescan import Rescanner
 from service.sources.base import Source
-from service.sources.eventstreams import EventStreamsSource
-from service.store.sqlite import SqliteStore
+from service.sources.factory import live_source
+from service.store.factory import make_store
 from service.web.app import create_app
+from service.web.review.app import ReviewUI
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +53,40 @@ class Service:
         source: Source | None = None,
         since: datetime | None = None,
         registry: CollectorRegistry | None = None,
+        make_source: Callable[[Config, Any, Metrics], Source] | None = None,
+        store: Any = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = Metrics(registry)
-        self.store = SqliteStore(cfg.store.path)
+        # PostgreSQL when store.url is set, else SQLite; ``make_source`` builds a worker's or a replay's source.
+        self.store = store if store is not None else make_store(cfg.store)
         self.banks = BankSet(cfg.banks, self.metrics)
         self.exact = ExactMatcher(self.banks)
         self.matchers = [self.exact, PdqMatcher(self.banks)]
+        self.photodna: PhotoDnaMatcher | None = None
+        self.rescanner: Rescanner | None = None
+        if cfg.photodna.enabled:
+            self.photodna = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=self.store,
+                                          metrics=self.metrics, on_recover=self._photodna_recovered)
         self.wiki_client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, self.metrics)
-        self.source: Source = source or EventStreamsSource(
-            cfg.source.eventstreams,
-            user_agent=cfg.service.user_agent,
-            checkpoints=self.store,
-            metrics=self.metrics,
-            since=since,
+        self.source: Source = source or (
+            make_source(cfg, self.store, self.metrics) if make_source is not None
+            else live_source(cfg, self.store, self.metrics, since)
         )
         notify = cfg.actions.notify
         self.actions = {"notify": EmailNotifier(notify, self.metrics)} if notify.enabled else {}
-        self.planners: list[Planner] = [notify_planner(notify)] if notify.enabled else []
+        self.planners: list[Planner] = build_planners(cfg)
         self.dispatcher = OutboxDispatcher(self.store, self.actions, notify.retry, self.metrics)
+        # Takedowns have their own dispatcher: an email and a takedown of one match never wait for each other.
+        # The review queue, allowlist and audit log need the store's review tables (SQLite has them).
+        self.reviewable = hasattr(self.store, "record_decision")
+        self.takedowns = Takedowns(cfg, self.store, self.metrics, kick_notify=self.dispatcher.kick,
+                                   audit=self.store if self.reviewable else None)
+        self.review = (ReviewUI(cfg, store=self.store, fetcher=self.wiki_client, metrics=self.metrics,
+                                kick=self._kick_actions) if cfg.review.enabled and self.reviewable else None)
+        if not self.reviewable:
+            log.warning("the store %s has no review tables: review queue, allowlist and audit log are off",
+                        type(self.store).__name__)
         self.pipeline: Pipeline | None = None
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
@@ -96,6 +116,17 @@ class Service:
         missing = [b.name for b in self.cfg.banks.list if b.name not in loaded]
         return f"banks not loaded: {', '.join(missing)}" if missing else None
 
+    async def _ready_photodna(self) -> str | None:
+        return self.photodna.ready_reason() if self.photodna is not None else None
+
+    def _photodna_recovered(self) -> None:
+        if self.rescanner is not None:
+            self.rescanner.recovered()
+
+    def _ready_details(self) -> dict[str, object]:
+        details = getattr(self.source, "details", None)  # the Kafka source: per-partition lag
+        return {"source": details()} if details is not None else {}
+
     def _live_pipeline(self) -> str | None:
         return self.crashed
 
@@ -113,9 +144,13 @@ class Service:
             return
         app = create_app(
             self.metrics,
-            {"source": self._ready_source, "store": self._ready_store, "banks": self._ready_banks},
+            {"source": self._ready_source, "store": self._ready_store, "banks": self._ready_banks,
+             **({"photodna": self._ready_photodna} if self.photodna is not None else {})},
             {"pipeline": self._live_pipeline},
+            details=self._ready_details,
         )
+        if self.review is not None:
+            self.review.mount(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
@@ -133,6 +168,8 @@ class Service:
             await self.store.open()
             await self._start_http()
             await self.wiki_client.start()
+            if self.photodna is not None:
+                await self.photodna.client.start()
             self._cpu = self._make_cpu_pool()
             self.pipeline = Pipeline(
                 self.cfg,
@@ -145,14 +182,22 @@ class Service:
                 cpu=self._cpu,
                 prepare=prepare,
                 metrics=self.metrics,
-                on_actions=lambda items: self.dispatcher.kick(),
+                on_actions=lambda items: self._kick_actions(),
+                remote_matchers=[self.photodna] if self.photodna is not None else [],
+                remote_when_local=self.cfg.photodna.call_when_local_match,
+                remote_retry_delays=self.cfg.photodna.rescan.retry_delays,
+                allowlist=self.store if self.reviewable else None,
             )
             tasks = [
                 asyncio.create_task(self.dispatcher.run(self.stop_event), name="outbox"),
+                asyncio.create_task(self.takedowns.run(self.stop_event), name="takedown-outbox"),
                 asyncio.create_task(self.banks.watch(self.cfg.banks.reload_interval, self.stop_event),
                                     name="bank-watch"),
                 asyncio.create_task(self._maintenance(), name="maintenance"),
             ]
+            if self.photodna is not None:
+                self.rescanner = self._make_rescanner(self.photodna, self.pipeline)
+                tasks.append(asyncio.create_task(self.rescanner.run(self.stop_event), name="rescan"))
             stopper = asyncio.create_task(self._forward_stop(self.pipeline), name="stop-forward")
             self.started.set()
             log.info("service started", extra={"source": self.source.name, "wikis": [w.id for w in self.cfg.wikis]})
@@ -165,10 +210,34 @@ class Service:
                 stopper.cancel()
             # Give freshly written notifications a chance to go out before exiting.
             with contextlib.suppress(Exception):
-                await self.dispatcher.drain(timeout=min(10.0, self.cfg.service.shutdown_grace))
+                drain = min(10.0, self.cfg.service.shutdown_grace)
+                await asyncio.gather(self.dispatcher.drain(timeout=drain), self.takedowns.drain(timeout=drain))
         finally:
             self.stop_event.set()
             await self._close(tasks)
+
+    def _make_rescanner(self, photodna: PhotoDnaMatcher, pipeline: Pipeline) -> Rescanner:
+        return Rescanner(
+            self.cfg.photodna.rescan,
+            matcher=photodna,
+            budget=photodna.client.budget,
+            store=self.store,
+            fetcher=self.wiki_client,
+            wikis={w.id: w for w in self.cfg.wikis},
+            prepare=prepare,
+            cpu=self._cpu,
+            thumbnail_cfg=self.cfg.thumbnail,
+            planners=self.planners,
+            metrics=self.metrics,
+            scan_version=lambda: pipeline.scan_version,
+            on_actions=lambda items: self._kick_actions(),
+            allowlist=self.store,
+        )
+
+    def _kick_actions(self) -> None:
+        """New outbox items were written: both dispatchers look for due items now."""
+        self.dispatcher.kick()
+        self.takedowns.kick()
 
     async def _forward_stop(self, pipeline: Pipeline) -> None:
         await self.stop_event.wait()
@@ -197,6 +266,10 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.wiki_client.aclose()
+        await self.takedowns.aclose()
+        if self.photodna is not None:
+            with contextlib.suppress(Exception):
+                await self.photodna.aclose()  # gives the unspent budget lease back
         if self._cpu is not None:
             self._cpu.shutdown(wait=False, cancel_futures=True)
         if self._runner is not None:

@@ -1,4 +1,4 @@
-"""Command line: ``mediamoderation run | check-config | scan``."""
+"""Command line: ``mediamoderation run | check-config | scan | photodna check``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from service import __version__
 from service.config import Config, load_config, parse_time, warnings_for
 from service.errors import ConfigError, ServiceError
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
 
 EXIT_CONFIG = 2
 DEFAULT_CONFIG = os.environ.get("MEDIAMODERATION_CONFIG", "config.yaml")
@@ -55,6 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.logs import setup_logging
 
     setup_logging(cfg.service.log_level)
+    if args.role != "all":  # horizontal scale: see service.commands and service.work
+        from service.commands import run_role
+
+        return run_role(cfg, args.role, since)
     from service.app import Service
 
     async def main() -> None:
@@ -98,6 +106,94 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return worst
 
 
+def cmd_photodna_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if not (cfg.photodna.key.env or cfg.photodna.key.file):
+        print("photodna.key is not configured: set {env: VAR} or {file: PATH}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code, out = asyncio.run(photodna_check(cfg, args.target, raw=args.raw))
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    print(out)
+    return code
+
+
+async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tuple[int, str]:
+    """Send one image (a local file, or a URL on a configured wiki's hosts) the way the service does: the
+    thumbnail stage's JPEG.  Returns (exit code: 0 no match, 1 match, 3 unscannable; text to print).
+    PhotoDNA failures raise (:class:`ServiceError`), the request counts against the monthly budget."""
+    import dataclasses
+    import hashlib
+
+    from service.errors import Unscannable
+    from service.matchers.photodna import build_matcher, to_matches
+    from service.media.thumbnail import prepare
+    from service.metrics import Metrics
+    from service.store.sqlite import SqliteStore
+
+    metrics = Metrics()
+    data = await _read_target(cfg, target, metrics)
+    sha1 = hashlib.sha1(data).hexdigest()
+    thumb_cfg = dataclasses.replace(cfg.thumbnail, make_jpeg=True)
+    try:
+        media = await asyncio.to_thread(prepare, data, sha1, thumb_cfg, source="original")
+    except Unscannable as exc:
+        return 3, json.dumps({"target": target, "sha1": sha1, "outcome": f"unscannable:{exc.reason}",
+                              "detail": exc.detail}, indent=2)
+    if media.jpeg is None:
+        return 3, json.dumps({"target": target, "sha1": sha1, "outcome": "unscannable:photodna-no-jpeg",
+                              "detail": f"no JPEG >= 160 px under 4 MB from {media.width}x{media.height}"}, indent=2)
+    store = SqliteStore(cfg.store.path)
+    await store.open()
+    matcher = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=store, metrics=metrics)
+    try:
+        await matcher.client.start()
+        try:
+            result = await matcher.client.check(media.jpeg, "image/jpeg")
+        except Unscannable as exc:
+            return 3, json.dumps({"target": target, "sha1": sha1, "outcome": f"unscannable:{exc.reason}",
+                                  "detail": exc.detail}, indent=2)
+    finally:
+        await matcher.aclose()
+        await store.close()
+    if raw:
+        return (1 if result.is_match else 0), result.raw
+    report = {
+        "target": target, "sha1": sha1,
+        "sent": {"content_type": "image/jpeg", "bytes": len(media.jpeg), "width": media.width, "height": media.height},
+        **result.to_dict(),
+        "matches": [m.to_dict() for m in to_matches(result, cfg.photodna)],
+    }
+    return (1 if result.is_match else 0), json.dumps(report, indent=2)
+
+
+async def _read_target(cfg: Config, target: str, metrics: Metrics) -> bytes:
+    """A local file, or a URL fetched only from a configured wiki's hosts (checked on every redirect)."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from service.errors import HostNotAllowed
+    from service.fetch import WikiClient
+
+    if not target.startswith(("http://", "https://")):
+        try:
+            data = await asyncio.to_thread(Path(target).read_bytes)
+        except OSError as exc:
+            raise ServiceError(f"cannot read {target}: {exc.strerror or exc}") from exc
+        if len(data) > cfg.fetch.max_bytes:
+            raise ServiceError(f"{target} is larger than fetch.max_bytes ({cfg.fetch.max_bytes})")
+        return data
+    host = (urlsplit(target).hostname or "").lower()
+    wiki = next((w for w in cfg.wikis if host in w.allowed_hosts), None)
+    if wiki is None:
+        raise HostNotAllowed(target)
+    async with WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, metrics) as client:
+        return await client._download(wiki, target, kind="original", limit=cfg.fetch.max_bytes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mediamoderation", description="Scan a wiki's uploads against known-abuse hash banks."
@@ -108,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the service")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
     run.add_argument("--since", help="start reading at this time (ISO 8601), overriding the stored checkpoint")
+    run.add_argument("--role", choices=("all", "ingest", "worker"), default="all",
+                     help="all: one process does everything (default); ingest: read the source and publish scan "
+                     "requests to the work topic; worker: consume the work topic and scan")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file; exit 2 when invalid")
@@ -121,6 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("files", nargs="+")
     scan.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     scan.set_defaults(func=cmd_scan)
+
+    photodna = sub.add_parser("photodna", help="PhotoDNA tools")
+    pdna_sub = photodna.add_subparsers(dest="photodna_command", required=True)
+    check = pdna_sub.add_parser(
+        "check", help="send one image (a file, or a URL on a configured wiki) to PhotoDNA and print the result; "
+        "exit 0 no match, 1 match, 3 unscannable, 4 PhotoDNA error (e.g. the key is refused)"
+    )
+    check.add_argument("target", metavar="FILE|URL")
+    check.add_argument("--raw", action="store_true", help="print PhotoDNA's JSON answer as received")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    check.set_defaults(func=cmd_photodna_check)
+
+    from service.commands import add_commands
+
+    add_commands(sub, DEFAULT_CONFIG)  # replay, backfill
     return parser
 
 

@@ -68,3 +68,99 @@ class Metrics:
             self.in_flight.labels(stage)
             self.queue_depth.labels(stage)
             self.stage_latency.labels(stage)
+        self._init_photodna(r, p)
+        self._init_takedown_review(r, p)
+        self._init_scale(r, p)
+
+    def _init_photodna(self, r: CollectorRegistry, p: str) -> None:
+        """Remote matching (PhotoDNA) and the rescanner."""
+        self.photodna_requests = Counter(
+            f"{p}_photodna_requests", "PhotoDNA requests by HTTP status (or timeout / connection) and PhotoDNA "
+            "status code (none when the body had no status)", ["http_status", "code"], registry=r,
+        )
+        self.photodna_latency = Histogram(
+            f"{p}_photodna_request_duration_seconds", "Time of one PhotoDNA request, send to answer",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.photodna_wait = Histogram(
+            f"{p}_photodna_ratelimit_wait_seconds", "Time a call waited for the client-side rate limiter",
+            ["priority"], buckets=(0.001, *_LATENCY_BUCKETS), registry=r,
+        )
+        self.photodna_budget_used = Gauge(
+            f"{p}_photodna_budget_used", "PhotoDNA requests counted against this month's budget", registry=r
+        )
+        self.photodna_budget_limit = Gauge(f"{p}_photodna_budget_limit", "The monthly request budget", registry=r)
+        self.photodna_circuit = Gauge(
+            f"{p}_photodna_circuit_state", "Circuit breaker: 0 closed, 1 half-open (one trial), 2 open (paused)",
+            registry=r,
+        )
+        self.photodna_unauthorized = Gauge(
+            f"{p}_photodna_unauthorized", "1 while PhotoDNA refuses the key (HTTP 401/403) or no key is available",
+            registry=r,
+        )
+        self.photodna_failures = Counter(
+            f"{p}_photodna_failures", "PhotoDNA calls that ended without a verdict, by reason", ["reason"],
+            registry=r,
+        )
+        self.rescans = Counter(
+            f"{p}_rescans", "Rescan work by kind (retry: failed scan, rescan: old clean scan) and result",
+            ["kind", "result"], registry=r,
+        )
+
+    def _init_takedown_review(self, r: CollectorRegistry, p: str) -> None:
+        """Takedowns on the wiki and the review queue."""
+        self.takedowns = Counter(
+            f"{p}_takedowns", "Takedowns by result (deleted, already-gone, dry-run, permission-denied, "
+            "auth-failed, failed, verify-failed)", ["result"], registry=r,
+        )
+        self.takedown_duration = Histogram(
+            f"{p}_takedown_duration_seconds", "Time of one takedown: versions, delete, suppress, verify",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.suppressions = Counter(
+            f"{p}_suppressions", "Suppressions of deleted versions by result (suppressed, permission-denied)",
+            ["result"], registry=r,
+        )
+        self.wiki_api_requests = Counter(
+            f"{p}_wiki_api_requests", "Authenticated wiki API requests by action and result", ["action", "result"],
+            registry=r,
+        )
+        self.review_decisions = Counter(
+            f"{p}_review_decisions", "Review decisions by kind (confirm, dismiss, escalate)", ["decision"], registry=r
+        )
+        self.review_logins = Counter(
+            f"{p}_review_logins", "Review logins by result (ok, bad-password, throttled, proxy)", ["result"],
+            registry=r,
+        )
+        self.review_previews = Counter(
+            f"{p}_review_previews", "Previews served by mode (blurred, clear) and result", ["mode", "result"],
+            registry=r,
+        )
+        self.allowlisted = Counter(
+            f"{p}_allowlisted_matches", "Matches dropped because a reviewer allowlisted the content for the bank",
+            ["bank"], registry=r,
+        )
+
+    def _init_scale(self, r: CollectorRegistry, p: str) -> None:
+        """Kafka source, work topic, API polling and backfill."""
+        self.kafka_lag = Gauge(
+            f"{p}_kafka_consumer_lag", "Messages in a partition not yet finished and committed (log end - committed)",
+            ["topic", "partition"], registry=r,
+        )
+        self.kafka_paused = Gauge(f"{p}_kafka_paused_partitions", "Partitions paused because the pipeline is full",
+                                  registry=r)
+        self.kafka_commits = Counter(f"{p}_kafka_commits", "Offset commits by reason (interval, revoke, close) "
+                                     "and result", ["reason", "result"], registry=r)
+        self.kafka_rebalances = Counter(f"{p}_kafka_rebalances", "Partitions revoked or assigned", ["change"],
+                                        registry=r)
+        self.work_published = Counter(f"{p}_work_published", "Scan requests published to the work topic, by result",
+                                      ["result"], registry=r)
+        self.poll_requests = Counter(f"{p}_mwapi_requests", "Action API listing requests (logevents, allimages) "
+                                     "by list and result", ["list", "result"], registry=r)
+        self.backfill_files = Counter(
+            f"{p}_backfill_files", "Backfill files by state (listed, skipped: already scanned, queued)",
+            ["wiki", "state"], registry=r,
+        )
+        self.backfill_batches = Counter(f"{p}_backfill_batches", "list=allimages batches read", ["wiki"], registry=r)
+        self.backfill_done = Gauge(f"{p}_backfill_complete", "1 once the backfill listed its whole range",
+                                   ["wiki"], registry=r)

@@ -1,10 +1,17 @@
-"""The bounded asyncio pipeline: intake → fetch → thumbnail → match → act.
+"""The bounded asyncio pipeline: intake → fetch → thumbnail → match → [remote →] act.
 
 Each stage has its own worker count and a bounded queue in front of it, so a slow stage stops the
 source from reading (backpressure) and memory stays flat however far behind the stream we are.
 CPU work (decode, resize, PDQ) runs in an executor.  Every event that enters ends with exactly one
 recorded outcome, and the source position is committed only past events that are all finished
 (see :mod:`service.watermark`).
+
+Local matchers (exact, PDQ) run in the match stage.  Remote matchers (PhotoDNA) run in their own
+``remote`` stage, only for items without a local match (or for every item with
+``remote_when_local``; local matches are then recorded and acted on *before* the remote call, so
+they never wait for it).  Each remote matcher's verdict per SHA-1 is stored with the outcome
+(:class:`~service.store.base.RemoteScan`): a remote failure ends the upload as ``error:<reason>``
+and leaves a ``failed`` state that the rescanner retries on its schedule.
 """
 
 from __future__ import annotations
@@ -35,7 +42,19 @@ from service.models import (
     unscannable,
 )
 from service.sources.base import Source
-from service.store.base import NewAction, OutboxItem, PipelineStore, ScanRecord
+from service.store.base import (
+    REMOTE_CLEAN,
+    REMOTE_FAILED,
+    REMOTE_MATCH,
+    REMOTE_SEEN,
+    REMOTE_UNSCANNABLE,
+    AllowlistStore,
+    NewAction,
+    OutboxItem,
+    PipelineStore,
+    RemoteScan,
+    ScanRecord,
+)
 from service.watermark import Watermark
 
 log = logging.getLogger(__name__)
@@ -75,6 +94,9 @@ class Work:
     matches: list[Match] = field(default_factory=list)
     cached: bool = False
     outcome: str | None = None
+    recorded: bool = False  # local matches were already recorded (and acted on) before the remote stage
+    counted: int = 0  # matches already counted in the metrics
+    remote_states: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # matcher -> (state, error)
 
 
 class _Finished(Exception):
@@ -101,13 +123,21 @@ class Pipeline:
         metrics: Metrics,
         on_actions: Callable[[list[OutboxItem]], None] = lambda items: None,
         thumbnail_cfg: ThumbnailSection | None = None,
+        remote_matchers: Sequence[Matcher] = (),
+        remote_when_local: bool = False,
+        remote_retry_delays: tuple[float, ...] = (60.0,),
+        allowlist: AllowlistStore | None = None,
     ) -> None:
         self.cfg = cfg
+        self.allowlist = allowlist  # content a reviewer dismissed as a false positive, per bank
         self.source = source
         self.store = store
         self.fetcher = fetcher
         self.exact = exact
         self.matchers = list(matchers)
+        self.remote = list(remote_matchers)
+        self.remote_when_local = remote_when_local
+        self.remote_retry_delays = remote_retry_delays
         self.planners = list(planners)
         self.cpu = cpu
         self.prepare = prepare
@@ -117,11 +147,11 @@ class Pipeline:
         self.wikis = {w.id: w for w in cfg.wikis}
         size = cfg.pipeline.queue_size
         self.ingest: asyncio.Queue[RawEvent] = asyncio.Queue(size)
-        self.queues: dict[str, asyncio.Queue[Work]] = {
-            stage: asyncio.Queue(size) for stage in ("fetch", "thumbnail", "match", "act")
-        }
+        self.stages = ("fetch", "thumbnail", "match", *(("remote",) if self.remote else ()), "act")
+        self.queues: dict[str, asyncio.Queue[Work]] = {stage: asyncio.Queue(size) for stage in self.stages}
         self.watermark = Watermark()
         self._wm_changed = asyncio.Event()
+        self._ack: Callable[[Any], None] | None = getattr(source, "ack", None)
         self._inflight_ids: set[str] = set()
         self.stop_event = asyncio.Event()
         self.finished = 0
@@ -134,8 +164,8 @@ class Pipeline:
         """Run until the source ends (finite sources) or :meth:`stop` is called, then drain."""
         conc = self.cfg.pipeline.concurrency
         workers: list[asyncio.Task[None]] = [asyncio.create_task(self._intake(), name="intake")]
-        for stage, n in (("fetch", conc.fetch), ("thumbnail", conc.thumbnail), ("match", conc.match),
-                         ("act", conc.act)):
+        for stage in self.stages:
+            n = getattr(conc, stage)
             workers += [asyncio.create_task(self._worker(stage), name=f"{stage}-{i}") for i in range(n)]
         committer = asyncio.create_task(self._committer(), name="committer")
         source_task = asyncio.create_task(self.source.run(self.ingest, self.stop_event), name="source")
@@ -278,12 +308,18 @@ class Pipeline:
         if hits:
             work.matches = hits
             return "act"
-        if cached is not None and cached.bank_version == self.exact.version and cached.outcome in (CLEAN, MATCH):
+        if cached is not None and cached.bank_version == self.scan_version and cached.outcome in (CLEAN, MATCH):
             self.metrics.cache_hits.inc()
             work.cached = True
             work.matches = list(cached.matches)
             return "act"
         return "fetch"
+
+    @property
+    def scan_version(self) -> str:
+        """What a stored scan result is valid for: the banks' version plus the remote matchers asked."""
+        names = "+".join(m.name for m in self.remote)
+        return f"{self.exact.version}+{names}" if names else self.exact.version
 
     # ------------------------------------------------------------------ stages
 
@@ -317,7 +353,7 @@ class Pipeline:
                 self.metrics.errors.labels(stage, exc.reason).inc()
                 await self._finish(work, error(exc.reason), exc)
             except ServiceError as exc:
-                reason = type(exc).__name__.lower()
+                reason = str(getattr(exc, "reason", "") or type(exc).__name__.lower())
                 self.metrics.errors.labels(stage, reason).inc()
                 await self._finish(work, error(reason), exc)
             except Exception as exc:  # a bug in one item must not stop the stream; record and go on
@@ -365,37 +401,79 @@ class Pipeline:
         media = work.prepared
         assert media is not None
         results = await asyncio.gather(*(m.match(media) for m in self.matchers))
-        seen = {m.key for m in work.matches}
         for hits in results:
-            for hit in hits:
-                if hit.key not in seen:
-                    seen.add(hit.key)
-                    work.matches.append(hit)
+            _merge(work, hits)
+        if not self.remote or (work.matches and not self.remote_when_local):
+            return "act"
+        if work.matches:
+            await self._record(work)  # local matches are acted on now, never after the remote call
+            work.recorded = True
+        return "remote"
+
+    async def _remote(self, work: Work) -> str:
+        media = work.prepared
+        assert media is not None
+        for m in self.remote:  # until a verdict arrives (a deadline or a crash leaves "failed")
+            work.remote_states[m.name] = (REMOTE_FAILED, "interrupted")
+        results = await asyncio.gather(*(m.match(media) for m in self.remote), return_exceptions=True)
+        failure: BaseException | None = None
+        for matcher, result in zip(self.remote, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+                if isinstance(result, Unscannable):
+                    work.remote_states[matcher.name] = (REMOTE_UNSCANNABLE, result.reason)
+                else:
+                    reason = getattr(result, "reason", "") or type(result).__name__.lower()
+                    work.remote_states[matcher.name] = (REMOTE_FAILED, f"{reason}: {result}"[:300])
+                continue
+            before = len(work.matches)
+            _merge(work, result)
+            work.remote_states[matcher.name] = (REMOTE_MATCH if len(work.matches) > before else REMOTE_CLEAN, None)
+        if failure is not None:
+            if not work.recorded:
+                raise failure
+            log.warning("remote matcher failed after local matches were recorded; retried on its schedule",
+                        extra={"event_id": work.event.event_id, "error": str(failure)[:300]})
         return "act"
 
     async def _act(self, work: Work) -> None:
         outcome = MATCH if work.matches else CLEAN
-        if work.matches:
-            sha1 = work.sha1 or ""
-            actions = [a for plan in self.planners for a in plan(work.event, sha1, work.matches)]
-            new_items = await self.store.record_matches(work.event, sha1, work.matches, actions)
-            for m in work.matches:
-                self.metrics.matches.labels(m.category, m.matcher).inc()
-            if new_items:
-                self.on_actions(new_items)
+        if work.matches and not (work.recorded and work.counted == len(work.matches)):
+            await self._record(work)
         raise _Finished(outcome)
+
+    async def _record(self, work: Work) -> None:
+        """Store the matches and enqueue their actions (idempotent: recording twice adds nothing twice)."""
+        sha1 = work.sha1 or ""
+        matches = work.matches
+        if self.allowlist is not None and sha1:  # dismissed false positives never alert again
+            banks = await self.allowlist.allowlisted_banks(sha1)
+            matches = [m for m in work.matches if m.bank not in banks]
+            for m in work.matches[work.counted:]:
+                if m.bank in banks:
+                    self.metrics.allowlisted.labels(m.bank).inc()
+        actions = [a for plan in self.planners for a in plan(work.event, sha1, matches)] if matches else []
+        new_items = await self.store.record_matches(work.event, sha1, matches, actions) if matches else []
+        for m in work.matches[work.counted:]:
+            self.metrics.matches.labels(m.category, m.matcher).inc()
+        work.counted = len(work.matches)
+        if new_items:
+            self.on_actions(new_items)
 
     # ------------------------------------------------------------------ completion
 
     async def _finish(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
         event = work.event
+        if work.recorded and outcome.startswith("error:"):
+            # Local matches were recorded and acted on; only the remote part failed (retried on schedule).
+            outcome = MATCH
         scan: ScanRecord | None = None
         if work.sha1 and not work.cached and outcome in (CLEAN, MATCH):
             media = work.prepared
             scan = ScanRecord(
                 sha1=work.sha1,
                 outcome=outcome,
-                bank_version=self.exact.version,
+                bank_version=self.scan_version,
                 scanned_at=time.time(),
                 pdq=media.pdq.hex if media and media.pdq else None,
                 pdq_quality=media.pdq.quality if media and media.pdq else None,
@@ -403,7 +481,7 @@ class Pipeline:
                 matches=tuple(work.matches),
             )
         try:
-            await self.store.finish(event, outcome, scan)
+            await self.store.finish(event, outcome, scan, self._remote_scans(work, outcome))
         except ServiceError as store_exc:
             # The outcome could not be recorded: do not move the checkpoint past this event.
             log.error("could not record outcome; event stays below the checkpoint",
@@ -432,8 +510,24 @@ class Pipeline:
         self._inflight_ids.discard(event.event_id)
         await self._done(work.seq)
 
+    def _remote_scans(self, work: Work, outcome: str) -> list[RemoteScan]:
+        if not self.remote or not work.sha1:
+            return []
+        now = time.time()
+        if not work.remote_states:
+            if work.cached and outcome == CLEAN:  # remember the latest upload of this content for rescans
+                return [RemoteScan(work.sha1, m.name, REMOTE_SEEN, now, upload=work.event) for m in self.remote]
+            return []
+        return [
+            RemoteScan(work.sha1, name, state, now, upload=work.event, error=err,
+                       retry_delays=self.remote_retry_delays if state == REMOTE_FAILED else ())
+            for name, (state, err) in work.remote_states.items()
+        ]
+
     async def _done(self, seq: int) -> None:
-        self.watermark.done(seq)
+        position = self.watermark.done(seq)
+        if self._ack is not None:  # sources that commit per event (Kafka: per partition) hear of each one
+            self._ack(position)
         self._wm_changed.set()
         self.finished += 1
         async with self._idle:
@@ -442,6 +536,14 @@ class Pipeline:
     def _gauge(self) -> None:
         for stage, q in self.queues.items():
             self.metrics.queue_depth.labels(stage).set(q.qsize())
+
+
+def _merge(work: Work, hits: Sequence[Match]) -> None:
+    seen = {m.key for m in work.matches}
+    for hit in hits:
+        if hit.key not in seen:
+            seen.add(hit.key)
+            work.matches.append(hit)
 
 
 def _call_prepare(

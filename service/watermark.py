@@ -27,15 +27,18 @@ class Watermark:
         self._positions[seq] = position
         return seq
 
-    def done(self, seq: int) -> None:
+    def done(self, seq: int) -> Any:
+        """Mark ``seq`` finished; returns its position (for sources that acknowledge single events)."""
         if seq < self._low or seq not in self._positions:
             raise ValueError(f"sequence {seq} is not pending")
+        position = self._positions[seq]
         heapq.heappush(self._done, seq)
         while self._done and self._done[0] == self._low:
             heapq.heappop(self._done)
             self._safe = self._positions.pop(self._low)
             self._low += 1
             self._changed = True
+        return position
 
     @property
     def pending(self) -> int:

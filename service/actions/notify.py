@@ -148,7 +148,9 @@ def render_email(
     ]
     rows = _match_rows(matches)
 
-    text = [f"A file on {wiki} matched {len(matches)} known hash(es) ({category}).", ""]
+    alert = clean(payload.get("alert"), 2000) if payload.get("alert") else None
+    text = ([f"*** {alert} ***", ""] if alert else [])
+    text += [f"A file on {wiki} matched {len(matches)} known hash(es) ({category}).", ""]
     text.append(f"File page: {page_url or '(no valid link)'}")
     text += [f"{k}: {v}" for k, v in facts]
     text += ["", "Matches:"]
@@ -161,6 +163,7 @@ def render_email(
              "Do not forward it outside Trust & Safety.", ""]
 
     h = ['<!DOCTYPE html><html><body style="font-family:sans-serif">',
+         *([f'<p style="color:#a00000"><strong>{_e(alert, 2000)}</strong></p>'] if alert else []),
          f"<p>A file on {_e(wiki)} matched {len(matches)} known hash(es) (<strong>{_e(category)}</strong>).</p>",
          f"<p>File page: {_link(page_url, title)}</p>",
          "<table>"]
@@ -177,7 +180,9 @@ def render_email(
           "Do not forward it outside Trust &amp; Safety.</small></p>", "</body></html>"]
 
     msg = EmailMessage(policy=policy.SMTP)
-    msg["Subject"] = f"[mediamoderation] {category} match on {wiki}: {title}"
+    prefix = f"[mediamoderation] {clean(payload.get('subject_prefix'), 60)} " if payload.get("subject_prefix") \
+        else "[mediamoderation] "
+    msg["Subject"] = f"{prefix}{category} match on {wiki}: {title}"
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
     msg["Date"] = format_datetime(now or datetime.now(UTC))
@@ -211,7 +216,9 @@ class EmailNotifier:
     async def perform(self, item: OutboxItem) -> str:
         cfg = self._config
         try:
-            msg = render_email(item.payload, cfg.sender, cfg.recipients, key=item.key)
+            # Per-category routing and escalations name their recipients in the payload.
+            recipients = [str(r) for r in item.payload.get("recipients") or cfg.recipients]
+            msg = render_email(item.payload, cfg.sender, recipients, key=item.key)
         except (TypeError, ValueError, AttributeError) as exc:
             self._metrics.notifications.labels("rejected").inc()
             raise NotifyError(f"cannot render notification {item.key!r}: {exc}", retriable=False) from exc
@@ -221,14 +228,14 @@ class EmailNotifier:
             log.info("notification %s written to %s", msg["Message-ID"], path)
             return "spooled"
         try:
-            await self._send(msg)
+            await self._send(msg, recipients)
         except NotifyError as exc:
             self._metrics.notifications.labels("failed" if exc.retriable else "rejected").inc()
             raise
         self._metrics.notifications.labels("sent").inc()
         return "sent"
 
-    async def _send(self, msg: EmailMessage) -> None:
+    async def _send(self, msg: EmailMessage, recipients: Sequence[str] = ()) -> None:
         smtp = self._config.smtp
         assert smtp is not None
         password: str | None = None
@@ -242,7 +249,7 @@ class EmailNotifier:
             refused, _ = await aiosmtplib.send(
                 msg,
                 sender=self._config.sender,
-                recipients=list(self._config.recipients),
+                recipients=list(recipients or self._config.recipients),
                 hostname=smtp.host,
                 port=smtp.port,
                 username=smtp.username or None,

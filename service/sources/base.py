@@ -3,7 +3,12 @@
 A source runs until ``stop`` is set (or, for finite sources, until it is exhausted), putting
 :class:`RawEvent` items into the bounded ``out`` queue; a full queue blocks it (backpressure).
 ``commit(position)`` is called with the watermark position whenever it advances; the source decides
-how to persist it (the EventStreams source stores it in the checkpoint store, Kafka commits offsets).
+how to persist it (the EventStreams source stores it in the checkpoint store).
+
+A source may also define ``ack(position)`` (see :class:`AckingSource`): the pipeline then calls it,
+from the event loop, with the position of every event as soon as that one event is finished, in
+any order.  The Kafka source uses it to commit each partition up to its own last contiguous
+finished offset, so a slow event in one partition does not hold back the others.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ class Source(Protocol):
     async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None: ...
 
     async def commit(self, position: Any) -> None: ...
+
+
+class AckingSource(Source, Protocol):
+    def ack(self, position: Any) -> None: ...
 
 
 class MemorySource:

@@ -50,6 +50,46 @@ class NewAction:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+# States of a remote matcher's scan of one content (see RemoteScan).
+REMOTE_CLEAN = "clean"
+REMOTE_MATCH = "match"
+REMOTE_UNSCANNABLE = "unscannable"
+REMOTE_FAILED = "failed"  # retried on the schedule
+REMOTE_GONE = "gone"  # the upload to re-fetch it from no longer shows this content
+REMOTE_SEEN = "seen"  # not a verdict: only remember ``upload`` as the latest upload of this content
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteScan:
+    """What one remote matcher (PhotoDNA) made of one content (SHA-1), and where to fetch it again.
+
+    ``upload`` is the latest upload seen with this content: the rescanner re-fetches it from there and
+    reports a later match against it.  For ``failed``, the store counts consecutive failures and sets
+    the next attempt ``retry_delays[failures - 1]`` seconds after ``at`` (the last delay repeats).
+    """
+
+    sha1: str
+    matcher: str
+    state: str
+    at: float
+    upload: UploadEvent | None = None
+    error: str | None = None
+    retry_delays: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteScanRow:
+    sha1: str
+    matcher: str
+    state: str
+    scanned_at: float
+    clean_at: float | None
+    failures: int
+    next_attempt_at: float | None
+    upload: UploadEvent | None
+    last_error: str | None
+
+
 class CheckpointStore(Protocol):
     async def get_checkpoint(self, name: str) -> Any | None: ...
     async def set_checkpoint(self, name: str, value: Any) -> None: ...
@@ -97,12 +137,154 @@ class PipelineStore(MatchStore, Protocol):
         """(already handled with a non-error outcome?, the scan record of ``sha1`` if any)."""
         ...
 
-    async def finish(self, event: UploadEvent, outcome: str, scan: ScanRecord | None) -> None:
-        """Record the outcome, and a new scan result when given, atomically."""
+    async def finish(
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+    ) -> None:
+        """Record the outcome, and a new scan result and remote matchers' states when given, atomically."""
         ...
 
 
-class Store(CheckpointStore, EventLedger, ScanStore, PipelineStore, Outbox, Protocol):
+class RemoteScanStore(Protocol):
+    """Remote matchers' per-content states: what the rescanner retries and re-scans."""
+
+    async def put_remote_scans(self, scans: Sequence[RemoteScan]) -> None: ...
+    async def get_remote_scan(self, sha1: str, matcher: str) -> RemoteScanRow | None: ...
+
+    async def due_remote_retries(self, matcher: str, now: float, limit: int) -> list[RemoteScanRow]:
+        """Failed scans whose next attempt is due, the longest-waiting first."""
+        ...
+
+    async def stale_remote_scans(self, matcher: str, clean_before: float, limit: int) -> list[RemoteScanRow]:
+        """Contents found clean before ``clean_before``, the oldest clean verdict first."""
+        ...
+
+    async def retry_remote_failures_now(self, matcher: str, now: float) -> int:
+        """Make every failed scan due at once (the remote service works again); returns how many."""
+        ...
+
+
+class RescanStore(RemoteScanStore, ScanStore, MatchStore, Protocol):
+    """What the rescanner needs."""
+
+
+class BudgetStore(Protocol):
+    """Per-period request counters (a paid API's monthly budget) that survive restarts."""
+
+    async def reserve_budget(self, name: str, period: str, want: int, limit: int) -> tuple[int, int]:
+        """Add up to ``want`` (never past ``limit``) to the count; return (granted, count after)."""
+        ...
+
+    async def release_budget(self, name: str, period: str, count: int) -> None: ...
+    async def budget_used(self, name: str, period: str) -> int: ...
+
+
+class Store(CheckpointStore, EventLedger, ScanStore, PipelineStore, Outbox, RemoteScanStore, BudgetStore,
+            Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- review queue (issue 4)
+
+# Review states of one content (SHA-1).  "open" and "escalated" need a reviewer; "removed" means an
+# automatic takedown took it down with nobody having to look at it.
+REVIEW_STATES = ("open", "escalated", "confirmed", "removed", "dismissed")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str  # confirm, dismiss, escalate, takedown, login, logout, ...
+    sha1: str | None
+    wiki: str | None
+    title: str | None
+    note: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A reviewer's decision on one content, written with its audit line, allowlist rows and actions."""
+
+    sha1: str
+    state: str  # the case's new state: confirmed / dismissed / escalated
+    reviewer: str
+    action: str  # the audit action: confirm / dismiss / escalate
+    note: str = ""
+    allowlist_banks: tuple[str, ...] = ()
+    actions: tuple[NewAction, ...] = ()
+    retry_keys: tuple[str, ...] = ()  # failed outbox items to try again (e.g. a takedown after a fixed right)
+    title: str | None = None  # the latest upload's title, for the audit log
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewCase:
+    """One matched content (SHA-1) and everything the queue shows about it."""
+
+    sha1: str
+    first_seen: float
+    last_seen: float
+    state: str
+    categories: tuple[str, ...]
+    wikis: tuple[str, ...]
+    matchers: tuple[str, ...]
+    banks: tuple[str, ...]
+    uploads: int
+    decided_by: str | None = None
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFilter:
+    state: str | None = None  # one of REVIEW_STATES, "todo" (open + escalated) or None (all)
+    category: str | None = None
+    wiki: str | None = None
+    matcher: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewSession:
+    token_hash: str
+    reviewer: str
+    csrf: str
+    created_at: float
+    last_seen: float
+    expires_at: float
+
+
+class AllowlistStore(Protocol):
+    async def allowlisted_banks(self, sha1: str) -> frozenset[str]:
+        """The banks whose matches of this content a reviewer dismissed as false positives."""
+        ...
+
+
+class AuditStore(Protocol):
+    async def append_audit(
+        self, actor: str, action: str, *, sha1: str | None = None, wiki: str | None = None,
+        title: str | None = None, note: str = "", detail: dict[str, Any] | None = None,
+    ) -> int: ...
+
+    async def mark_removed(self, sha1: str, at: float) -> None:
+        """An automatic takedown removed this content: the case leaves the to-do list."""
+        ...
+
+
+class ReviewStore(AllowlistStore, AuditStore, Outbox, Protocol):
+    async def record_decision(self, decision: Decision) -> tuple[int, list[OutboxItem]]: ...
+    async def list_audit(self, limit: int, before_id: int | None = None,
+                         sha1: str | None = None) -> list[AuditEntry]: ...
+    async def review_cases(self, filt: CaseFilter, limit: int, offset: int) -> tuple[list[ReviewCase], int]: ...
+    async def review_case(self, sha1: str) -> ReviewCase | None: ...
+    async def case_matches(self, sha1: str) -> list[dict[str, Any]]: ...
+    async def case_actions(self, sha1: str) -> list[OutboxItem]: ...
+    async def case_titles(self, sha1s: Sequence[str]) -> dict[str, list[tuple[str, str]]]: ...
+    async def filter_values(self) -> dict[str, list[str]]: ...
+    async def create_session(self, session: ReviewSession) -> None: ...
+    async def get_session(self, token_hash: str) -> ReviewSession | None: ...
+    async def touch_session(self, token_hash: str, now: float) -> None: ...
+    async def delete_session(self, token_hash: str) -> None: ...
+    async def prune_sessions(self, now: float) -> int: ...

@@ -13,12 +13,23 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import ServiceError
 from service.models import Match, UploadEvent
-from service.store.base import NewAction, OutboxItem, ScanRecord
+from service.store.base import (
+    REMOTE_CLEAN,
+    REMOTE_FAILED,
+    REMOTE_SEEN,
+    NewAction,
+    OutboxItem,
+    RemoteScan,
+    RemoteScanRow,
+    ScanRecord,
+)
+from service.store.sqlite_review import ReviewSqliteMixin
 
 T = TypeVar("T")
 
@@ -53,6 +64,46 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT, result TEXT
     );
     CREATE INDEX outbox_due ON outbox (state, kind, next_attempt_at);
+    """,
+    # 2: remote matchers' per-content states (rescan, retry schedule) and request budgets
+    """
+    CREATE TABLE remote_scans (
+        sha1 TEXT NOT NULL, matcher TEXT NOT NULL, state TEXT NOT NULL, scanned_at REAL NOT NULL,
+        clean_at REAL, failures INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL, upload TEXT,
+        last_error TEXT,
+        PRIMARY KEY (sha1, matcher)
+    );
+    CREATE INDEX remote_scans_retry ON remote_scans (matcher, state, next_attempt_at);
+    CREATE INDEX remote_scans_clean ON remote_scans (matcher, state, clean_at);
+    CREATE TABLE budgets (
+        name TEXT NOT NULL, period TEXT NOT NULL, used INTEGER NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (name, period)
+    );
+    """,
+    # 3: review queue: append-only audit log, per-bank allowlist, review decisions, reviewer sessions
+    """
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        sha1 TEXT, wiki TEXT, title TEXT, note TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_log_sha1 ON audit_log (sha1, id);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TABLE allowlist (
+        bank TEXT NOT NULL, sha1 TEXT NOT NULL, added_by TEXT NOT NULL, added_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT '', PRIMARY KEY (sha1, bank)
+    );
+    CREATE TABLE review_state (
+        sha1 TEXT PRIMARY KEY, state TEXT NOT NULL, reviewer TEXT NOT NULL, decided_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE review_sessions (
+        token_hash TEXT PRIMARY KEY, reviewer TEXT NOT NULL, csrf TEXT NOT NULL, created_at REAL NOT NULL,
+        last_seen REAL NOT NULL, expires_at REAL NOT NULL
+    );
+    CREATE INDEX matches_sha1 ON matches (sha1);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -107,6 +158,62 @@ def _scan(row: sqlite3.Row) -> ScanRecord:
     )
 
 
+def upload_to_json(event: UploadEvent) -> str:
+    return json.dumps({
+        "event_id": event.event_id, "wiki": event.wiki, "title": event.title, "server_url": event.server_url,
+        "page_url": event.page_url, "uploader": event.uploader, "upload_time": event.upload_time.isoformat(),
+        "log_action": event.log_action, "sha1": event.sha1,
+    }, separators=(",", ":"))
+
+
+def upload_from_json(text: str | None) -> UploadEvent | None:
+    if not text:
+        return None
+    d = json.loads(text)
+    return UploadEvent(
+        event_id=d["event_id"], wiki=d["wiki"], title=d["title"], server_url=d.get("server_url", ""),
+        page_url=d.get("page_url", ""), uploader=d.get("uploader"),
+        upload_time=datetime.fromisoformat(d["upload_time"]), log_action=d.get("log_action", "upload"),
+        sha1=d.get("sha1"),
+    )
+
+
+def _remote_row(row: sqlite3.Row) -> RemoteScanRow:
+    return RemoteScanRow(
+        sha1=row["sha1"], matcher=row["matcher"], state=row["state"], scanned_at=row["scanned_at"],
+        clean_at=row["clean_at"], failures=row["failures"], next_attempt_at=row["next_attempt_at"],
+        upload=upload_from_json(row["upload"]), last_error=row["last_error"],
+    )
+
+
+def _put_remote(c: sqlite3.Connection, r: RemoteScan) -> None:
+    """Upsert one remote state (inside the caller's transaction)."""
+    upload = upload_to_json(r.upload) if r.upload is not None else None
+    old = c.execute("SELECT failures, clean_at FROM remote_scans WHERE sha1 = ? AND matcher = ?",
+                    (r.sha1, r.matcher)).fetchone()
+    if r.state == REMOTE_SEEN:
+        if old is not None and upload is not None:
+            c.execute("UPDATE remote_scans SET upload = ? WHERE sha1 = ? AND matcher = ?", (upload, r.sha1, r.matcher))
+        return
+    failures = 0
+    next_at: float | None = None
+    clean_at = old["clean_at"] if old is not None else None
+    if r.state == REMOTE_FAILED:
+        failures = (old["failures"] if old is not None else 0) + 1
+        if r.retry_delays:
+            next_at = r.at + r.retry_delays[min(failures, len(r.retry_delays)) - 1]
+    elif r.state == REMOTE_CLEAN:
+        clean_at = r.at
+    c.execute(
+        "INSERT INTO remote_scans (sha1, matcher, state, scanned_at, clean_at, failures, next_attempt_at, upload, "
+        "last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha1, matcher) DO UPDATE SET "
+        "state = excluded.state, scanned_at = excluded.scanned_at, clean_at = excluded.clean_at, "
+        "failures = excluded.failures, next_attempt_at = excluded.next_attempt_at, "
+        "upload = COALESCE(excluded.upload, remote_scans.upload), last_error = excluded.last_error",
+        (r.sha1, r.matcher, r.state, r.at, clean_at, failures, next_at, upload, r.error),
+    )
+
+
 def _item(row: sqlite3.Row) -> OutboxItem:
     return OutboxItem(
         id=row["id"],
@@ -122,7 +229,7 @@ def _item(row: sqlite3.Row) -> OutboxItem:
     )
 
 
-class SqliteStore:
+class SqliteStore(ReviewSqliteMixin):
     """Implements every protocol in :mod:`service.store.base`."""
 
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
@@ -242,8 +349,11 @@ class SqliteStore:
 
         return await self._run(q)
 
-    async def finish(self, event: UploadEvent, outcome: str, scan: ScanRecord | None) -> None:
-        """Record an event's outcome (and the scan result, when there is a new one) in one transaction."""
+    async def finish(
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+    ) -> None:
+        """Record an event's outcome (and the scan result, when there is a new one, and remote matchers'
+        states) in one transaction."""
         now = self._clock()
 
         def tx(c: sqlite3.Connection) -> None:
@@ -251,6 +361,8 @@ class SqliteStore:
             try:
                 if scan is not None:
                     c.execute(_PUT_SCAN, _scan_params(scan))
+                for r in remote:
+                    _put_remote(c, r)
                 c.execute(_PUT_EVENT, (event.event_id, event.wiki, event.title, event.sha1, event.log_action,
                                        outcome, now))
                 c.execute("COMMIT")
@@ -414,3 +526,82 @@ class SqliteStore:
     async def pending_count(self) -> int:
         row = await self._run(lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone())
         return int(row[0])
+
+    # ------------------------------------------------------------------ remote scans
+
+    async def put_remote_scans(self, scans: Sequence[RemoteScan]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for r in scans:
+                    _put_remote(c, r)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        await self._run(tx)
+
+    async def get_remote_scan(self, sha1: str, matcher: str) -> RemoteScanRow | None:
+        row = await self._run(lambda c: c.execute(
+            "SELECT * FROM remote_scans WHERE sha1 = ? AND matcher = ?", (sha1, matcher)).fetchone())
+        return None if row is None else _remote_row(row)
+
+    async def list_remote_scans(self, matcher: str) -> list[RemoteScanRow]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT * FROM remote_scans WHERE matcher = ? ORDER BY scanned_at", (matcher,)).fetchall())
+        return [_remote_row(r) for r in rows]
+
+    async def due_remote_retries(self, matcher: str, now: float, limit: int) -> list[RemoteScanRow]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT * FROM remote_scans WHERE matcher = ? AND state = ? AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at, scanned_at LIMIT ?", (matcher, REMOTE_FAILED, now, limit)).fetchall())
+        return [_remote_row(r) for r in rows]
+
+    async def stale_remote_scans(self, matcher: str, clean_before: float, limit: int) -> list[RemoteScanRow]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT * FROM remote_scans WHERE matcher = ? AND state = ? AND clean_at < ? "
+            "ORDER BY clean_at, sha1 LIMIT ?", (matcher, REMOTE_CLEAN, clean_before, limit)).fetchall())
+        return [_remote_row(r) for r in rows]
+
+    async def retry_remote_failures_now(self, matcher: str, now: float) -> int:
+        cur = await self._run(lambda c: c.execute(
+            "UPDATE remote_scans SET next_attempt_at = ? WHERE matcher = ? AND state = ? AND "
+            "(next_attempt_at IS NULL OR next_attempt_at > ?)", (now, matcher, REMOTE_FAILED, now)))
+        return cur.rowcount
+
+    # ------------------------------------------------------------------ budgets
+
+    async def reserve_budget(self, name: str, period: str, want: int, limit: int) -> tuple[int, int]:
+        now = self._clock()
+
+        def tx(c: sqlite3.Connection) -> tuple[int, int]:
+            c.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes too
+            try:
+                row = c.execute("SELECT used FROM budgets WHERE name = ? AND period = ?", (name, period)).fetchone()
+                used = int(row[0]) if row is not None else 0
+                granted = max(0, min(want, limit - used))
+                if granted:
+                    c.execute(
+                        "INSERT INTO budgets (name, period, used, updated_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (name, period) DO UPDATE SET used = budgets.used + ?, updated_at = ?",
+                        (name, period, granted, now, granted, now),
+                    )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return granted, used + granted
+
+        return await self._run(tx)
+
+    async def release_budget(self, name: str, period: str, count: int) -> None:
+        now = self._clock()
+        await self._run(lambda c: c.execute(
+            "UPDATE budgets SET used = MAX(0, used - ?), updated_at = ? WHERE name = ? AND period = ?",
+            (count, now, name, period)))
+
+    async def budget_used(self, name: str, period: str) -> int:
+        row = await self._run(lambda c: c.execute(
+            "SELECT used FROM budgets WHERE name = ? AND period = ?", (name, period)).fetchone())
+        return 0 if row is None else int(row[0])

@@ -17,6 +17,7 @@ LiveCheck = Callable[[], str | None]
 METRICS_KEY = web.AppKey("metrics", Metrics)
 READY_KEY = web.AppKey("ready_checks", dict)
 LIVE_KEY = web.AppKey("live_checks", dict)
+DETAILS_KEY: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("ready_details")
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -41,16 +42,26 @@ async def readyz(request: web.Request) -> web.Response:
         if reason is not None:
             reasons[name] = reason
     status = 200 if not reasons else 503
-    return web.json_response({"ready": not reasons, "reasons": reasons}, status=status)
+    body: dict[str, object] = {"ready": not reasons, "reasons": reasons}
+    details = request.app.get(DETAILS_KEY)
+    if details is not None:
+        try:
+            body["details"] = details()  # e.g. the Kafka source's per-partition lag
+        except Exception as exc:
+            body["details"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return web.json_response(body, status=status)
 
 
 def create_app(
     metrics: Metrics,
     ready_checks: dict[str, ReadyCheck],
     live_checks: dict[str, LiveCheck] | None = None,
+    details: Callable[[], dict[str, object]] | None = None,
 ) -> web.Application:
     app = web.Application()
     app[METRICS_KEY] = metrics
+    if details is not None:
+        app[DETAILS_KEY] = details
     app[READY_KEY] = ready_checks
     app[LIVE_KEY] = live_checks or {}
     app.router.add_get("/metrics", metrics_handler)

@@ -1,0 +1,338 @@
+"""Polling the MediaWiki Action API: for wikis without EventStreams or Kafka.
+
+:class:`ApiClient` makes listing requests to one wiki, one at a time (a lock per client), with
+``maxlag`` (a lagged wiki is waited for: ``Retry-After``, at least 5 s) and retries with backoff for
+transient failures.  :class:`LogEventsSource` polls ``list=logevents&letype=upload`` with
+continuation and turns each entry into the same recentchange-shaped event the stream sources
+deliver, so the pipeline, the de-duplication and the watermark work unchanged.  Its checkpoint
+(the last finished log entry of every polled wiki) is kept in the store and moves only past
+finished events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from service.config import Config, WikiSection, parse_time
+from service.errors import SourceError
+from service.metrics import Metrics
+from service.models import RawEvent
+from service.store.base import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+MAXLAG_MIN_WAIT = 5.0
+_MAX_BODY = 50_000_000
+_TRANSIENT_CODES = ("readonly", "internal_api_error", "ratelimited", "maxlag")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def mw_timestamp(iso: str) -> str:
+    """``2024-01-02T03:04:05Z`` -> ``20240102030405`` (MediaWiki's TS_MW)."""
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").strftime("%Y%m%d%H%M%S")
+
+
+def iso_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiClient:
+    """Serial, polite listing requests to one wiki's ``api.php``."""
+
+    def __init__(
+        self,
+        wiki: WikiSection,
+        *,
+        user_agent: str,
+        metrics: Metrics,
+        timeout: float = 30.0,
+        maxlag: int = 5,
+        retries: int = 6,
+        sleep: Sleep = asyncio.sleep,
+        maxlag_min_wait: float = MAXLAG_MIN_WAIT,
+    ) -> None:
+        self.wiki = wiki
+        self.user_agent = user_agent
+        self.metrics = metrics
+        self.timeout = timeout
+        self.maxlag = maxlag
+        self.retries = retries
+        self._sleep = sleep
+        self._maxlag_min_wait = maxlag_min_wait
+        self._lock = asyncio.Lock()  # one request at a time per wiki
+        self._session: aiohttp.ClientSession | None = None
+        self._siteinfo: dict[str, Any] | None = None
+        self.requests = 0
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": self.user_agent},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def siteinfo(self) -> dict[str, Any]:
+        if self._siteinfo is None:
+            data = await self.query({"meta": "siteinfo", "siprop": "general|statistics"}, what="siteinfo")
+            query = data.get("query") or {}
+            self._siteinfo = {**(query.get("general") or {}), "statistics": query.get("statistics") or {}}
+        return self._siteinfo
+
+    async def query(self, params: dict[str, str], *, what: str) -> dict[str, Any]:
+        """``action=query`` with ``params``; raises :class:`SourceError` (``retriable`` says if later may help)."""
+        full = {"action": "query", "format": "json", "formatversion": "2", "maxlag": str(self.maxlag), **params}
+        async with self._lock:
+            attempt = 0
+            while True:
+                try:
+                    data = await self._get(full)
+                except (aiohttp.ClientError, TimeoutError, _Transient) as exc:
+                    retry_after = exc.retry_after if isinstance(exc, _Transient) else None
+                    maxlag = isinstance(exc, _Transient) and exc.maxlag
+                    self.metrics.poll_requests.labels(what, "maxlag" if maxlag else "retry").inc()
+                    if attempt >= self.retries:
+                        self.metrics.poll_requests.labels(what, "error").inc()
+                        raise SourceError(f"{self.wiki.id} API {what}: {exc}", retriable=True) from exc
+                    if maxlag:
+                        delay = max(retry_after or 0.0, self._maxlag_min_wait)
+                    else:
+                        delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2 ** attempt)
+                        delay *= 0.5 + random.random()
+                    log.info("%s API %s: %s; retrying in %.1f s", self.wiki.id, what, exc, delay)
+                    await self._sleep(delay)
+                    attempt += 1
+                    continue
+                self.metrics.poll_requests.labels(what, "ok").inc()
+                return data
+
+    async def _get(self, params: dict[str, str]) -> dict[str, Any]:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        self.requests += 1
+        async with self._session.get(self.wiki.api_url, params=params, allow_redirects=False) as resp:
+            if resp.status == 429 or resp.status >= 500:
+                raise _Transient(f"HTTP {resp.status}", _retry_after(resp.headers.get("Retry-After")))
+            if resp.status != 200:
+                raise SourceError(f"{self.wiki.id} API answered HTTP {resp.status}", retriable=False)
+            retry_after = _retry_after(resp.headers.get("Retry-After"))
+            buf = bytearray()
+            async for chunk in resp.content.iter_chunked(65536):
+                buf += chunk
+                if len(buf) > _MAX_BODY:
+                    raise SourceError(f"{self.wiki.id} API answer larger than {_MAX_BODY} bytes", retriable=False)
+            body = bytes(buf)
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise _Transient("not JSON", None) from exc
+        if not isinstance(data, dict):
+            raise _Transient("unexpected JSON", None)
+        error = data.get("error")
+        if isinstance(error, dict):
+            code = str(error.get("code") or "unknown")
+            if code.startswith(_TRANSIENT_CODES):
+                raise _Transient(f"API error {code}: {error.get('info', '')}", retry_after, maxlag=code == "maxlag")
+            raise SourceError(f"{self.wiki.id} API error {code}: {error.get('info', '')}", retriable=False)
+        return data
+
+
+class _Transient(Exception):
+    def __init__(self, message: str, retry_after: float | None, *, maxlag: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.maxlag = maxlag
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def recentchange_event(wiki: WikiSection, site: dict[str, Any], *, event_id: str, title: str, timestamp: str,
+                       user: str | None, action: str, sha1_b36: str | None, img_timestamp: str | None,
+                       log_id: int | None = None, page_url: str | None = None) -> dict[str, Any]:
+    """A ``mediawiki.recentchange``-shaped upload event, as the stream sources deliver them."""
+    server = str(site.get("server") or "")
+    if server.startswith("//"):
+        server = f"{urlsplit(wiki.api_url).scheme}:{server}"
+    if not server:
+        parts = urlsplit(wiki.api_url)
+        server = f"{parts.scheme}://{parts.netloc}"
+    if page_url is None:
+        path = str(site.get("articlepath") or "/wiki/$1")
+        page_url = server + path.replace("$1", quote(title.replace(" ", "_"), safe=";@$!*(),/~:"))
+    when = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    params: dict[str, Any] = {}
+    if sha1_b36:
+        params["img_sha1"] = sha1_b36
+    if img_timestamp:
+        params["img_timestamp"] = img_timestamp
+    event: dict[str, Any] = {
+        "$schema": "/mediawiki/recentchange/1.0.0",
+        "meta": {"uri": page_url, "id": event_id, "dt": timestamp, "domain": site.get("servername") or "",
+                 "stream": "mediawiki.recentchange"},
+        "type": "log",
+        "namespace": 6,
+        "title": title,
+        "timestamp": int(when.timestamp()),
+        "log_type": "upload",
+        "log_action": action,
+        "log_params": params,
+        "server_url": server,
+        "server_name": site.get("servername") or "",
+        "server_script_path": site.get("scriptpath") or "",
+        "wiki": wiki.id,
+    }
+    if user:
+        event["user"] = user
+    if log_id is not None:
+        event["log_id"] = log_id
+    return event
+
+
+class LogEventsSource:
+    """Polls every configured wiki's upload log; checkpoint ``{wiki: {"ts": TS_MW, "id": log_id}}``."""
+
+    name = "mwapi"
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        checkpoints: CheckpointStore,
+        metrics: Metrics,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.mw = cfg.source.mwapi
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self.since = since
+        self.until = until
+        self._sleep = sleep
+        self._clock = clock
+        wanted = set(self.mw.wikis) or {w.id for w in cfg.wikis}
+        self.clients = {
+            w.id: ApiClient(w, user_agent=cfg.service.user_agent, metrics=metrics, timeout=self.mw.timeout,
+                            maxlag=cfg.fetch.maxlag, sleep=sleep)
+            for w in cfg.wikis if w.id in wanted
+        }
+        self._connected = False
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def commit(self, position: Any) -> None:
+        await self.checkpoints.set_checkpoint(self.mw.checkpoint_name, position)
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        stored = None if self.since is not None else await self.checkpoints.get_checkpoint(self.mw.checkpoint_name)
+        start = self.since
+        if start is None and self.mw.since:
+            start = parse_time(self.mw.since)
+        if start is None:
+            start = datetime.fromtimestamp(self._clock(), tz=UTC)
+        cursors: dict[str, dict[str, Any]] = {}
+        for wiki_id in self.clients:
+            saved = stored.get(wiki_id) if isinstance(stored, dict) else None
+            cursors[wiki_id] = dict(saved) if isinstance(saved, dict) else {"start": iso_time(start)}
+        log.info("api polling source starting", extra={"wikis": list(self.clients), "cursors": cursors})
+        try:
+            failures = 0
+            while not stop.is_set():
+                caught_up = True
+                try:
+                    for client in self.clients.values():
+                        more = await self._poll_once(client, cursors, out, stop)
+                        caught_up = caught_up and not more
+                    failures = 0
+                    self._connected = True
+                    self.last_error = None
+                except SourceError as exc:
+                    if not exc.retriable:
+                        raise
+                    failures += 1
+                    self._connected = False
+                    self.last_error = str(exc)
+                    self.metrics.source_reconnects.labels("mwapi").inc()
+                    await self._wait(stop, min(60.0, 2.0 ** min(failures, 6)))
+                    continue
+                if caught_up:
+                    if self.until is not None:
+                        log.info("api polling source reached --until")
+                        return
+                    await self._wait(stop, self.mw.poll_interval)
+        finally:
+            for client in self.clients.values():
+                await client.aclose()
+
+    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+    async def _poll_once(self, client: ApiClient, cursors: dict[str, dict[str, Any]], out: asyncio.Queue[RawEvent],
+                         stop: asyncio.Event) -> bool:
+        """One page of the wiki's upload log; True when the API says there is more."""
+        wiki = client.wiki
+        site = await client.siteinfo()
+        cursor = cursors[wiki.id]
+        params = {"list": "logevents", "letype": "upload", "ledir": "newer", "lelimit": str(self.mw.limit),
+                  "leprop": "ids|title|type|user|timestamp|details"}
+        if "ts" in cursor:
+            params["lecontinue"] = f"{cursor['ts']}|{int(cursor['id']) + 1}"
+        else:
+            params["lestart"] = str(cursor["start"])
+        if self.until is not None:
+            params["leend"] = iso_time(self.until)
+        data = await client.query(params, what="logevents")
+        entries = (data.get("query") or {}).get("logevents") or []
+        for entry in entries:
+            if stop.is_set():
+                return False
+            try:
+                log_id = int(entry["logid"])
+                ts = str(entry["timestamp"])
+                details = entry.get("params") if isinstance(entry.get("params"), dict) else {}
+                img_ts = details.get("img_timestamp")
+                event = recentchange_event(
+                    wiki, site, event_id=f"logevents:{wiki.id}:{log_id}", title=str(entry["title"]), timestamp=ts,
+                    user=entry.get("user"), action=str(entry.get("action") or ""),
+                    sha1_b36=details.get("img_sha1"),
+                    img_timestamp=mw_timestamp(img_ts) if isinstance(img_ts, str) and "T" in img_ts else img_ts,
+                    log_id=log_id,
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping an unreadable log entry", extra={"wiki": wiki.id, "entry": str(entry)[:300],
+                                                                        "error": str(exc)})
+                continue
+            cursors[wiki.id] = {"ts": mw_timestamp(ts), "id": log_id}
+            position = {k: dict(v) for k, v in cursors.items()}
+            self.metrics.events_received.labels(self.name).inc()
+            await out.put(RawEvent(data=json.dumps(event), position=position, label=f"{wiki.id} log {log_id}"))
+        return "continue" in data

@@ -1,0 +1,183 @@
+"""Who may use the review queue: argon2 passwords or a trusted proxy header, sessions, CSRF tokens.
+
+* Reviewers are listed in ``review.reviewers`` with an argon2 hash (``python -m service.web.review.auth
+  hash`` prints one).  Unknown names are verified against a dummy hash, so timing says nothing.
+* Failed logins are throttled per name and per client address (5 in 15 minutes).
+* A session is a random token in a cookie (``__Host-`` prefix, Secure, HttpOnly, SameSite=Lax); the
+  store keeps only its SHA-256, the reviewer, a per-session CSRF token and its expiry (idle and
+  absolute).  Logging in always starts a new session.
+* With ``review.proxy_auth.header`` set, a request from a trusted proxy address carrying that header
+  is the named reviewer; a session is created for it so that forms still carry CSRF tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import hashlib
+import hmac
+import secrets
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from service.config import ReviewSection
+from service.store.base import ReviewSession, ReviewStore
+
+_HASHER = PasswordHasher()
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+THROTTLE_FAILURES = 5
+THROTTLE_WINDOW = 900.0
+TOUCH_EVERY = 30.0  # seconds between last-seen writes of one session
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+class Throttle:
+    """At most ``failures`` failed logins per key within ``window`` seconds."""
+
+    def __init__(self, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._failures = failures
+        self._window = window
+        self._clock = clock
+        self._seen: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str) -> deque[float]:
+        q = self._seen.setdefault(key, deque())
+        limit = self._clock() - self._window
+        while q and q[0] < limit:
+            q.popleft()
+        return q
+
+    def blocked(self, *keys: str) -> bool:
+        return any(len(self._recent(k)) >= self._failures for k in keys)
+
+    def fail(self, *keys: str) -> None:
+        for k in keys:
+            self._recent(k).append(self._clock())
+        if len(self._seen) > 10_000:  # never grow without bound under a spray of names
+            self._seen = {k: v for k, v in self._seen.items() if v}
+
+    def clear(self, *keys: str) -> None:
+        for k in keys:
+            self._seen.pop(k, None)
+
+
+class Auth:
+    def __init__(self, cfg: ReviewSection, store: ReviewStore, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self._store = store
+        self._clock = clock
+        self._hashes = {r.name: r.password_hash for r in cfg.reviewers}
+        self.throttle = Throttle()
+        prefix = "__Host-" if cfg.secure_cookies else ""
+        self.cookie = f"{prefix}mm-review"
+        self.login_cookie = f"{prefix}mm-login"
+
+    # -- passwords
+
+    async def check_password(self, name: str, password: str) -> bool:
+        stored = self._hashes.get(name) or ""
+        candidate = stored if stored.startswith("$argon2") else _DUMMY_HASH
+        ok = await asyncio.to_thread(_verify, candidate, password)
+        return ok and candidate is stored
+
+    # -- proxy header
+
+    def proxy_user(self, remote: str | None, header_value: str | None) -> str | None:
+        """The reviewer a trusted proxy vouches for, or None."""
+        p = self.cfg.proxy_auth
+        if p.header is None or not header_value or remote not in p.trusted_proxies:
+            return None
+        name = header_value.strip()
+        if not name or (p.listed_only and name not in self._hashes):
+            return None
+        return name
+
+    # -- sessions
+
+    async def new_session(self, reviewer: str) -> tuple[str, ReviewSession]:
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        session = ReviewSession(token_hash=token_hash(token), reviewer=reviewer, csrf=secrets.token_urlsafe(32),
+                                created_at=now, last_seen=now, expires_at=now + self.cfg.session_max)
+        await self._store.prune_sessions(now)
+        await self._store.create_session(session)
+        return token, session
+
+    async def session(self, token: str | None) -> ReviewSession | None:
+        if not token or len(token) > 200:
+            return None
+        h = token_hash(token)
+        s = await self._store.get_session(h)
+        if s is None:
+            return None
+        now = self._clock()
+        if now >= s.expires_at or now - s.last_seen > self.cfg.session_idle or s.reviewer not in self._allowed():
+            await self._store.delete_session(h)
+            return None
+        if now - s.last_seen > TOUCH_EVERY:
+            await self._store.touch_session(h, now)
+        return s
+
+    def _allowed(self) -> set[str]:
+        # A reviewer removed from the config loses their sessions; proxy users may be unlisted.
+        if self.cfg.proxy_auth.header is not None and not self.cfg.proxy_auth.listed_only:
+            return _Everyone()
+        return set(self._hashes)
+
+    async def end_session(self, token: str | None) -> None:
+        if token:
+            await self._store.delete_session(token_hash(token))
+
+
+class _Everyone(set[str]):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _verify(stored: str, password: str) -> bool:
+    try:
+        return _HASHER.verify(stored, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m service.web.review.auth hash``: read a password (twice) and print its argon2 hash."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["hash"]:
+        print("usage: python -m service.web.review.auth hash   (reads the password from the terminal or stdin)",
+              file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if first != getpass.getpass("again: "):
+            print("the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        first = sys.stdin.readline().rstrip("\n")
+    if len(first) < 12:
+        print("use at least 12 characters", file=sys.stderr)
+        return 1
+    print(hash_password(first))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""HTML for the review queue.  Every value from the wiki, the store or a reviewer goes through ``e()``.
+
+Plain server-rendered pages: they work without JavaScript and without images (the queue has no
+images at all; previews have text alternatives); the small script only adds keyboard shortcuts.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from service.store.base import AuditEntry, OutboxItem, ReviewCase
+
+BASE = "/review"
+
+STATE_LABELS = {
+    "open": "Needs review",
+    "escalated": "Escalated",
+    "confirmed": "Confirmed",
+    "removed": "Removed automatically",
+    "dismissed": "Dismissed (false positive)",
+}
+STATE_FILTERS = (("todo", "To do (needs review + escalated)"), ("open", "Needs review"), ("escalated", "Escalated"),
+                 ("confirmed", "Confirmed"), ("removed", "Removed automatically"),
+                 ("dismissed", "Dismissed"), ("all", "All"))
+MODE_TEXT = {
+    "off": "takedown is off: the service never deletes; Confirm is disabled.",
+    "review": "review: nothing is removed until a reviewer confirms. Confirm deletes the file on the wiki.",
+    "dry-run": "dry-run: Confirm records what would be deleted; nothing is deleted.",
+    "auto": "auto: automatic categories are deleted at once; the rest wait here. Confirm deletes the file.",
+}
+
+
+def e(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return f'<time datetime="{dt.isoformat()}">{dt.strftime("%Y-%m-%d %H:%M:%S")} UTC</time>'
+
+
+def iso_when(text: str | None) -> str:
+    if not text:
+        return "-"
+    try:
+        return when(datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return e(text)
+
+
+def safe_href(url: object) -> str | None:
+    parts = urlsplit(str(url or ""))
+    return str(url) if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def badge(state: str) -> str:
+    return f'<span class="badge state-{e(state)}">{e(STATE_LABELS.get(state, state))}</span>'
+
+
+def layout(title: str, body: str, *, user: str | None = None, csrf: str | None = None, active: str = "") -> str:
+    nav = ""
+    if user is not None:
+        links = [("queue", f"{BASE}/", "Queue"), ("audit", f"{BASE}/audit", "Audit log")]
+        current = ' aria-current="page"'
+        nav = '<nav aria-label="Main">' + "".join(
+            f'<a href="{href}"{current if key == active else ""}>{label}</a>'
+            for key, href, label in links) + "</nav>"
+        nav += (f'<form class="logout" method="post" action="{BASE}/logout"><span>Signed in as '
+                f'<strong>{e(user)}</strong></span><input type="hidden" name="csrf" value="{e(csrf)}">'
+                '<button type="submit">Log out</button></form>')
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{e(title)} · mediamoderation review</title>
+<link rel="stylesheet" href="{BASE}/static/review.css">
+<script src="{BASE}/static/review.js" defer></script>
+</head><body>
+<a class="skip" href="#main">Skip to content</a>
+<header class="top"><span class="brand">mediamoderation <span>review</span></span>{nav}</header>
+<main id="main" tabindex="-1">
+{body}
+</main>
+<footer><p>Keys: <kbd>j</kbd>/<kbd>k</kbd> next/previous · <kbd>Enter</kbd> open · <kbd>u</kbd> unblur/blur
+the focused preview · <kbd>n</kbd> note · <kbd>/</kbd> filters · <kbd>g</kbd> queue.
+Previews are blurred and greyscale until you ask to see them.</p></footer>
+</body></html>
+"""
+
+
+def message_page(title: str, text: str, *, user: str | None = None, csrf: str | None = None) -> str:
+    body = (f'<h1>{e(title)}</h1><p class="notice" role="alert">{e(text)}</p>'
+            f'<p><a href="{BASE}/">Back to the queue</a></p>')
+    return layout(title, body, user=user, csrf=csrf)
+
+
+def login_page(*, csrf: str, next_url: str, error: str | None = None, proxy_header: str | None = None) -> str:
+    err = f'<p class="notice error" role="alert">{e(error)}</p>' if error else ""
+    sso = (f"<p>Single sign-on: a request through the configured proxy ({e(proxy_header)}) signs you in.</p>"
+           if proxy_header else "")
+    body = f"""<section class="login">
+<h1>Sign in to the review queue</h1>
+{err}
+<form method="post" action="{BASE}/login">
+<input type="hidden" name="csrf" value="{e(csrf)}">
+<input type="hidden" name="next" value="{e(next_url)}">
+<label for="name">Reviewer name</label>
+<input id="name" name="name" autocomplete="username" required autofocus>
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit" class="primary">Sign in</button>
+</form>
+{sso}
+<p class="small">Trust &amp; Safety staff only. Every decision is recorded in the audit log.</p>
+</section>"""
+    return layout("Sign in", body)
+
+
+# --------------------------------------------------------------------------- queue
+
+
+@dataclass(frozen=True)
+class QueueView:
+    cases: Sequence[ReviewCase]
+    total: int
+    page: int
+    page_size: int
+    filters: Mapping[str, str]
+    options: Mapping[str, list[str]]
+    titles: Mapping[str, list[tuple[str, str]]]
+    takedowns: Mapping[str, str] = field(default_factory=dict)
+    mode: str = "review"
+
+
+def _select(name: str, label: str, current: str, options: Iterable[tuple[str, str]]) -> str:
+    opts = "".join(f'<option value="{e(v)}"{" selected" if v == current else ""}>{e(t)}</option>' for v, t in options)
+    return f'<label>{e(label)} <select name="{e(name)}">{opts}</select></label>'
+
+
+def queue_page(v: QueueView, *, user: str, csrf: str) -> str:
+    f = v.filters
+    any_opt = [("", "any")]
+    filters = (
+        f'<form class="filters" method="get" action="{BASE}/" role="search" aria-label="Filter the queue">'
+        + _select("state", "State", f.get("state", "todo"), STATE_FILTERS)
+        + _select("category", "Category", f.get("category", ""), any_opt + [(c, c) for c in v.options["category"]])
+        + _select("wiki", "Wiki", f.get("wiki", ""), any_opt + [(w, w) for w in v.options["wiki"]])
+        + _select("matcher", "Matcher", f.get("matcher", ""), any_opt + [(m, m) for m in v.options["matcher"]])
+        + '<button type="submit">Filter</button></form>'
+    )
+    rows = []
+    for c in v.cases:
+        titles = v.titles.get(c.sha1, [])
+        first = titles[0][1] if titles else c.sha1
+        more = f' <span class="muted">+{len(titles) - 1} more</span>' if len(titles) > 1 else ""
+        rows.append(
+            f'<tr><td>{when(c.last_seen)}</td><td>{badge(c.state)}</td>'
+            f'<td>{e(", ".join(c.categories))}</td>'
+            f'<td><a class="case" href="{BASE}/matches/{e(c.sha1)}">{e(first)}</a>{more}</td>'
+            f'<td>{e(", ".join(c.wikis))}</td><td>{e(", ".join(c.matchers))}</td>'
+            f'<td>{e(v.takedowns.get(c.sha1, "none"))}</td></tr>')
+    table = ("<p class=\"empty\">Nothing here. The queue is empty for these filters.</p>" if not rows else
+             '<table class="queue"><caption class="sr">Matched files, newest first</caption><thead><tr>'
+             '<th scope="col">Last match</th><th scope="col">State</th><th scope="col">Category</th>'
+             '<th scope="col">File</th><th scope="col">Wiki</th><th scope="col">Matcher</th>'
+             '<th scope="col">Takedown</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+    pages = []
+    query = {k: val for k, val in f.items() if val}
+    if v.page > 1:
+        pages.append(f'<a rel="prev" href="{BASE}/?{e(urlencode({**query, "page": v.page - 1}))}">← Newer</a>')
+    if v.page * v.page_size < v.total:
+        pages.append(f'<a rel="next" href="{BASE}/?{e(urlencode({**query, "page": v.page + 1}))}">Older →</a>')
+    start = (v.page - 1) * v.page_size
+    count = f"{start + 1}–{start + len(v.cases)} of {v.total}" if v.cases else "0"
+    body = (f'<h1>Review queue</h1><p class="mode">Takedown mode: {e(MODE_TEXT.get(v.mode, v.mode))}</p>'
+            f'{filters}<p class="count" aria-live="polite">{count} matched file(s)</p>{table}'
+            f'<nav class="pages" aria-label="Pages">{" ".join(pages)}</nav>')
+    return layout("Queue", body, user=user, csrf=csrf, active="queue")
+
+
+# --------------------------------------------------------------------------- detail
+
+
+@dataclass(frozen=True)
+class Upload:
+    match_id: int
+    wiki: str
+    title: str
+    page_url: str
+    uploader: str | None
+    upload_time: str
+    log_action: str
+    recorded: float
+    takedown: OutboxItem | None
+    email: OutboxItem | None
+
+
+@dataclass(frozen=True)
+class DetailView:
+    case: ReviewCase
+    uploads: Sequence[Upload]
+    matches: Sequence[Mapping[str, Any]]
+    audit: Sequence[AuditEntry]
+    mode: str
+    escalations: Sequence[OutboxItem]
+    nonce: str
+    clear: int | None = None  # the upload whose preview shows unblurred (no-JS path)
+    flash: str | None = None
+
+
+def _action_status(item: OutboxItem | None, kind: str) -> str:
+    if item is None:
+        return {"takedown": "No takedown", "email": "No email"}[kind]
+    if item.state == "done":
+        if kind == "email":
+            return f'<span class="ok">Sent</span>{" (" + e(item.result) + ")" if item.result != "sent" else ""}'
+        label = "Dry run" if item.key.startswith("dryrun:") else "Done"
+        return f'<span class="ok">{e(label)}</span>: {e(item.result)}'
+    if item.state == "failed":
+        return f'<span class="bad">FAILED</span>: {e(item.last_error)}'
+    extra = f" (attempt {item.attempts + 1}; last error: {e(item.last_error)})" if item.last_error else ""
+    return f'<span class="pending">Pending</span>{extra}'
+
+
+def _details(d: Mapping[str, Any]) -> str:
+    if not d:
+        return "-"
+    labels = {"tracking_id": "Tracking id", "violations": "Violations", "source": "Source", "match_id": "Match id"}
+    parts = []
+    for k, v in d.items():
+        text = ", ".join(map(str, v)) if isinstance(v, list) else (json.dumps(v) if isinstance(v, dict) else v)
+        parts.append(f"<dt>{e(labels.get(k, k))}</dt><dd>{e(text)}</dd>")
+    return f'<dl class="details">{"".join(parts)}</dl>'
+
+
+def detail_page(v: DetailView, *, user: str, csrf: str) -> str:
+    c = v.case
+    flash = f'<p class="notice" role="status">{e(v.flash)}</p>' if v.flash else ""
+    uploads = []
+    for u in v.uploads:
+        clear = v.clear == u.match_id
+        mode = "clear" if clear else "blur"
+        src = f"{BASE}/matches/{e(c.sha1)}/preview/{u.match_id}"
+        toggle_href = f"{BASE}/matches/{e(c.sha1)}" + ("" if clear else f"?clear={u.match_id}") + f"#u{u.match_id}"
+        href = safe_href(u.page_url)
+        link = f'<a href="{e(href)}" rel="noreferrer noopener" target="_blank">{e(u.title)}</a>' if href else e(u.title)
+        uploads.append(f"""<article class="upload" id="u{u.match_id}">
+<figure class="preview {mode}" data-src="{src}">
+<img src="{src}?mode={mode}" width="240" alt="{'Unblurred' if clear else 'Blurred greyscale'} preview of {e(u.title)}"
+ data-mode="{mode}">
+<figcaption><a class="unblur" href="{toggle_href}" data-preview role="button"
+ aria-pressed="{'true' if clear else 'false'}">{'Blur again' if clear else 'Unblur'}</a>
+<span class="small">{'Shown unblurred' if clear else 'Blurred and greyscale'}</span></figcaption>
+</figure>
+<div class="facts"><h3>{link}</h3>
+<dl>
+<dt>Wiki</dt><dd>{e(u.wiki)}</dd>
+<dt>Uploader</dt><dd>{e(u.uploader or "(unknown)")}</dd>
+<dt>Uploaded</dt><dd>{iso_when(u.upload_time)} ({e(u.log_action)})</dd>
+<dt>Matched</dt><dd>{when(u.recorded)}</dd>
+<dt>Takedown</dt><dd>{_action_status(u.takedown, "takedown")}</dd>
+<dt>Email</dt><dd>{_action_status(u.email, "email")}</dd>
+</dl></div></article>""")
+    rows = "".join(
+        f"<tr><td>{e(m['matcher'])}</td><td>{e(m['bank'])}</td><td>{e(m['category'])}</td>"
+        f"<td class=\"mono\">{e(m['hash_id'] or m['hash_value'])}</td>"
+        f"<td>{'exact' if m['distance'] is None else e(m['distance'])}</td><td>{e(m['source'] or '-')}</td>"
+        f"<td>{_details(m.get('details') or {})}</td><td>{e(m['title'])}</td></tr>" for m in v.matches)
+    matches = ('<table class="matches"><caption>Every match</caption><thead><tr><th scope="col">Matcher</th>'
+               '<th scope="col">Bank</th><th scope="col">Category</th><th scope="col">Hash / match id</th>'
+               '<th scope="col">Distance</th><th scope="col">Source</th><th scope="col">Details</th>'
+               f'<th scope="col">File</th></tr></thead><tbody>{rows}</tbody></table>')
+    can_confirm = v.mode != "off"
+    confirm_label = "Confirm: record dry-run takedown" if v.mode == "dry-run" else "Confirm: take down"
+    confirm_note = "" if can_confirm else '<p class="small">Takedown is off (actions.takedown.mode: off).</p>'
+    decided = (f"<p>Last decision: {badge(c.state)} by <strong>{e(c.decided_by)}</strong> at {when(c.decided_at)}</p>"
+               if c.decided_by else "<p>No decision yet.</p>")
+    decide = f"""<section class="decide" aria-labelledby="decide-h"><h2 id="decide-h">Decision</h2>
+{decided}
+<form method="post" action="{BASE}/matches/{e(c.sha1)}/decide">
+<input type="hidden" name="csrf" value="{e(csrf)}">
+<input type="hidden" name="nonce" value="{e(v.nonce)}">
+<label for="note">Note for the audit log (optional)</label>
+<textarea id="note" name="note" rows="2" maxlength="2000"></textarea>
+<div class="buttons">
+<button type="submit" name="decision" value="confirm" class="danger" {"" if can_confirm else "disabled"}>
+{e(confirm_label)}</button>
+<button type="submit" name="decision" value="dismiss">Dismiss as false positive</button>
+<button type="submit" name="decision" value="escalate">Escalate</button>
+</div>{confirm_note}
+<p class="small">Confirm deletes every upload of this content listed above ({len(v.uploads)}).
+Dismiss adds the content to the allowlist of {e(", ".join(c.banks))}: the same file never alerts again.
+Escalate emails the escalation list.</p>
+</form></section>"""
+    audit = "".join(f"<li>{when(a.at)} <strong>{e(a.actor)}</strong> {e(a.action)}"
+                    f"{(': ' + e(a.note)) if a.note else ''}</li>" for a in v.audit) or "<li>Nothing yet.</li>"
+    body = f"""<p class="crumbs"><a href="{BASE}/">← Queue</a></p>
+<h1>{e(v.uploads[0].title if v.uploads else c.sha1)} {badge(c.state)}</h1>
+{flash}
+<p class="mode">Takedown mode: {e(MODE_TEXT.get(v.mode, v.mode))}</p>
+<dl class="summary"><dt>Content SHA-1</dt><dd class="mono">{e(c.sha1)}</dd>
+<dt>Categories</dt><dd>{e(", ".join(c.categories))}</dd><dt>First matched</dt><dd>{when(c.first_seen)}</dd>
+<dt>Last matched</dt><dd>{when(c.last_seen)}</dd><dt>Uploads</dt><dd>{c.uploads}</dd></dl>
+<section aria-labelledby="uploads-h"><h2 id="uploads-h">Uploads of this content</h2>{"".join(uploads)}</section>
+<section aria-labelledby="matches-h"><h2 id="matches-h" class="sr">Matches</h2>{matches}</section>
+{decide}
+<section aria-labelledby="history-h"><h2 id="history-h">History</h2><ul class="history">{audit}</ul></section>"""
+    return layout(v.uploads[0].title if v.uploads else "Match", body, user=user, csrf=csrf)
+
+
+# --------------------------------------------------------------------------- audit log
+
+
+def audit_page(entries: Sequence[AuditEntry], *, next_before: int | None, user: str, csrf: str) -> str:
+    def subject(a: AuditEntry) -> str:
+        if not a.sha1:
+            return e(a.title or "-")
+        return f'<a href="{BASE}/matches/{e(a.sha1)}">{e(a.title or a.sha1)}</a>'
+
+    rows = "".join(
+        f"<tr><td>{when(a.at)}</td><td>{e(a.actor)}</td><td>{e(a.action)}</td><td>{subject(a)}</td>"
+        f"<td>{e(a.note) or '-'}</td></tr>" for a in entries)
+    table = ('<table class="audit"><caption class="sr">Audit log, newest first</caption><thead><tr>'
+             '<th scope="col">Time</th><th scope="col">Who</th><th scope="col">What</th><th scope="col">File</th>'
+             f'<th scope="col">Note</th></tr></thead><tbody>{rows}</tbody></table>') if rows else "<p>Empty.</p>"
+    more = f'<p><a rel="next" href="{BASE}/audit?before={next_before}">Older →</a></p>' if next_before else ""
+    body = (f"<h1>Audit log</h1><p>Append-only: every decision, takedown, sign-in and unblurred preview, "
+            f"newest first.</p>{table}{more}")
+    return layout("Audit log", body, user=user, csrf=csrf, active="audit")

@@ -1,0 +1,265 @@
+"""Horizontal scale: the work topic between ``--role ingest`` and ``--role worker`` replicas.
+
+An ingest process runs one source (the stream, API polling or a backfill) and publishes each upload
+event to a partitioned Kafka topic, keyed by the file's SHA-1 so one content always lands on the
+same partition (and so, at any moment, on one worker).  Worker replicas consume the topic as one
+consumer group (:func:`service.sources.factory.worker_source`) and run fetch → thumbnail → match →
+act against the shared PostgreSQL store.  The message is the recentchange-shaped event itself.
+
+The source's checkpoint moves only past events the broker has acknowledged (the same watermark
+as the pipeline), so a crash of the ingest process never loses an upload; events skipped here
+(canaries, other wikis, non-uploads, backfill batch markers) are acknowledged at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import CollectorRegistry
+
+from service import events as ev
+from service.config import Config, KafkaConnectionSection, kafka_client_options
+from service.errors import MalformedEvent, ServiceError
+from service.metrics import Metrics
+from service.models import RawEvent
+from service.sources.base import Source
+from service.store.factory import make_store
+from service.watermark import Watermark
+from service.web.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+def work_connection(cfg: Config) -> KafkaConnectionSection:
+    return cfg.work.connection or cfg.source.kafka.connection
+
+
+def ensure_work_topic(cfg: Config) -> None:
+    """Create the work topic with ``work.partitions`` partitions unless it exists."""
+    admin = KafkaAdminClient(**kafka_client_options(work_connection(cfg)))
+    try:
+        if cfg.work.topic in set(admin.list_topics()):
+            return
+        admin.create_topics([NewTopic(cfg.work.topic, cfg.work.partitions, cfg.work.replication_factor)])
+        log.info("work topic created", extra={"topic": cfg.work.topic, "partitions": cfg.work.partitions})
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+class IngestService:
+    """``--role ingest``: source → filter → work topic, checkpointed behind the broker's acknowledgements."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        make_source: Callable[[Config, Any, Metrics], Source],
+        registry: CollectorRegistry | None = None,
+        store: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics(registry)
+        self.store = store if store is not None else make_store(cfg.store)
+        self.source = make_source(cfg, self.store, self.metrics)
+        self.wikis = {w.id for w in cfg.wikis}
+        self.watermark = Watermark()
+        self.stop_event = asyncio.Event()
+        self.started = asyncio.Event()
+        self.published = 0
+        self.http_port: int | None = None
+        self._producer: KafkaProducer | None = None
+        self._changed = asyncio.Event()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._published = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    async def run(self) -> None:
+        await self.store.open()
+        try:
+            await asyncio.to_thread(ensure_work_topic, self.cfg)
+            self._producer = await asyncio.to_thread(self._make_producer)
+            await self._start_http()
+            await self._run_pipeline()
+        finally:
+            if self._producer is not None:
+                producer, self._producer = self._producer, None
+                await asyncio.to_thread(producer.close, 10)
+            if self._runner is not None:
+                await self._runner.cleanup()
+            await self.store.close()
+
+    def _make_producer(self) -> KafkaProducer:
+        return KafkaProducer(acks="all", linger_ms=20, retries=10, max_in_flight_requests_per_connection=1,
+                             **kafka_client_options(work_connection(self.cfg)))
+
+    async def _start_http(self) -> None:
+        if not self.cfg.http.enabled:
+            return
+
+        async def ready_source() -> str | None:
+            return None if self.source.connected else f"source {self.source.name} not connected"
+
+        async def ready_store() -> str | None:
+            await asyncio.wait_for(self.store.ping(), timeout=5)
+            return None
+
+        app = create_app(self.metrics, {"source": ready_source, "store": ready_store})
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
+
+    async def _run_pipeline(self) -> None:
+        queue: asyncio.Queue[RawEvent] = asyncio.Queue(self.cfg.pipeline.queue_size)
+        source_task = asyncio.create_task(self.source.run(queue, self.stop_event), name="source")
+        publisher = asyncio.create_task(self._publish_loop(queue), name="publish")
+        committer = asyncio.create_task(self._committer(), name="commit")
+        self.started.set()
+        log.info("ingest started", extra={"source": self.source.name, "topic": self.cfg.work.topic})
+        stop_wait = asyncio.create_task(self.stop_event.wait())
+        try:
+            done, _ = await asyncio.wait({source_task, publisher, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if publisher in done:
+                publisher.result()
+            if source_task in done:
+                source_task.result()
+            else:
+                self.stop_event.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(source_task), self.cfg.service.shutdown_grace)
+            # Everything read is published (or given up at the deadline) before the last commit.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.join(), self.cfg.service.shutdown_grace)
+                await asyncio.wait_for(self._idle.wait(), self.cfg.service.shutdown_grace)
+        finally:
+            stop_wait.cancel()
+            for task in (source_task, publisher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self._producer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._producer.flush, 10)
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await asyncio.shield(self._commit())
+            log.info("ingest stopped", extra={"published": self.published})
+
+    async def _publish_loop(self, queue: asyncio.Queue[RawEvent]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            raw = await queue.get()
+            try:
+                seq = self.watermark.track(raw.position)
+                key = self._key(raw)
+                if key is None:
+                    self._done(seq)
+                else:
+                    self._send(loop, raw, key, seq)
+            finally:
+                queue.task_done()
+
+    def _key(self, raw: RawEvent) -> bytes | None:
+        """The partition key (SHA-1, else the title) of an upload to publish; None for anything to skip."""
+        try:
+            parsed = ev.classify(ev.decode(raw.data), self.wikis, raw.position)
+        except MalformedEvent as exc:
+            self.metrics.events_skipped.labels("malformed").inc()
+            log.warning("malformed event skipped", extra={"position": raw.label, "problem": str(exc)})
+            return None
+        if isinstance(parsed, ev.Skip):
+            self.metrics.events_skipped.labels(parsed.reason).inc()
+            return None
+        return (parsed.sha1 or f"{parsed.wiki}:{parsed.title}").encode()
+
+    def _send(self, loop: asyncio.AbstractEventLoop, raw: RawEvent, key: bytes, seq: int, attempt: int = 0) -> None:
+        assert self._producer is not None
+        data = raw.data.encode() if isinstance(raw.data, str) else raw.data
+        self._inflight += 1
+        self._idle.clear()
+
+        def ok(_: Any) -> None:
+            loop.call_soon_threadsafe(self._sent, seq, None, raw, key, attempt)
+
+        def failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(self._sent, seq, exc, raw, key, attempt)
+
+        try:
+            future = self._producer.send(self.cfg.work.topic, value=data, key=key)
+        except KafkaError as exc:
+            self._sent(seq, exc, raw, key, attempt)
+            return
+        future.add_callback(ok)
+        future.add_errback(failed)
+
+    def _sent(self, seq: int, exc: BaseException | None, raw: RawEvent, key: bytes, attempt: int) -> None:
+        self._inflight -= 1
+        if exc is None:
+            self.published += 1
+            self._published.set()
+            self.metrics.work_published.labels("ok").inc()
+            self._done(seq)
+        else:
+            # Never dropped: the checkpoint stays behind it until the broker takes it.
+            self.metrics.work_published.labels("retry").inc()
+            delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            log.warning("publishing to the work topic failed; retrying",
+                        extra={"position": raw.label, "error": str(exc), "delay": delay})
+            loop = asyncio.get_running_loop()
+            self._inflight += 1
+            loop.call_later(delay, self._resend, loop, raw, key, seq, attempt + 1)
+        if not self._inflight:
+            self._idle.set()
+
+    def _resend(self, loop: asyncio.AbstractEventLoop, raw: RawEvent, key: bytes, seq: int, attempt: int) -> None:
+        self._inflight -= 1
+        self._send(loop, raw, key, seq, attempt)
+
+    def _done(self, seq: int) -> None:
+        position = self.watermark.done(seq)
+        ack = getattr(self.source, "ack", None)
+        if ack is not None:
+            ack(position)
+        self._changed.set()
+
+    async def _committer(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await asyncio.shield(self._commit())
+            await asyncio.sleep(0.2)
+
+    async def _commit(self) -> None:
+        position = self.watermark.take_changed()
+        self.metrics.checkpoint_lag.set(self.watermark.pending)
+        if position is None:
+            return
+        try:
+            await self.source.commit(position)
+        except ServiceError as exc:
+            log.error("checkpoint write failed; will retry", extra={"error": str(exc)})
+            self._changed.set()
+
+    async def wait_published(self, count: int) -> None:
+        """Test helper: until ``count`` events were published."""
+        while self.published < count:
+            self._published.clear()
+            await self._published.wait()
