@@ -87,7 +87,8 @@ async def test_photodna_match_and_no_match(
                                                  f"File:PDNA {run_id} local bank.jpg"}
     body = by_title[f"File:PDNA {run_id} known resized.jpg"].message.get_body(
         preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    assert "photodna" in body and "mid-8201" in body and "NCMEC; violations A1; TrackingId STANDIN_" in body
+    assert "photodna" in body and "mid-8201" in body and "source: NCMEC" in body
+    assert "violations A1" in body and "TrackingId STANDIN_" in body  # kept for reports to NCMEC
 
     # Three uploads went to PhotoDNA (the local-bank match did not need to), each as the JPEG made by the
     # thumbnail stage, labelled image/jpeg, at least 160 px on both sides (the 50x40 PNG was grown).

@@ -119,8 +119,27 @@ def _match_rows(matches: Sequence[Mapping[str, Any]]) -> list[list[tuple[str, st
             ("Match id", clean(m.get("hash_id") or m.get("hash_value"))),
             ("Distance", "exact" if m.get("distance") is None else clean(m.get("distance"))),
             ("Source", clean(m.get("source") or "-")),
+            ("Details", _details(m.get("details"))),
         ])
     return rows
+
+
+def _details(details: object) -> str:
+    """The parts of a match's details a reviewer needs in the email (PhotoDNA violations and
+    TrackingId for reports; the PDQ variant that matched); the rest stays in the store."""
+    if not isinstance(details, Mapping):
+        return "-"
+    parts = []
+    violations = details.get("violations")
+    if isinstance(violations, list | tuple) and violations:
+        parts.append("violations " + ", ".join(clean(v, 20) for v in violations))
+    if details.get("tracking_id"):
+        parts.append(f"TrackingId {clean(details['tracking_id'], 200)}")
+    if details.get("variant") and details.get("variant") != "original":
+        parts.append(f"matched as {clean(details['variant'], 40)}")
+    if details.get("quality") is not None:
+        parts.append(f"PDQ quality {clean(details['quality'], 10)}")
+    return "; ".join(parts) or "-"
 
 
 def render_email(

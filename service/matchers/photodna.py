@@ -346,7 +346,6 @@ def to_matches(result: PhotoDnaResult, cfg: PhotoDnaSection) -> list[Match]:
     flags = result.flags or (MatchFlag(source="", violations=(), distance=None, match_id=None),)
     out = []
     for f in flags:
-        violations = ", ".join(f.violations) or "-"
         out.append(Match(
             matcher="photodna",
             bank=f"photodna:{f.source}" if f.source else "photodna",
@@ -354,8 +353,7 @@ def to_matches(result: PhotoDnaResult, cfg: PhotoDnaSection) -> list[Match]:
             hash_id=f.match_id or result.tracking_id or "",
             hash_value="",
             distance=f.distance,
-            # What the email shows in its Source column: the list, the violations and the TrackingId.
-            source=f"{f.source or 'PhotoDNA'}; violations {violations}; TrackingId {result.tracking_id or '-'}",
+            source=f.source or "PhotoDNA",  # the email's Details column shows violations and TrackingId
             details={
                 "source": f.source, "violations": list(f.violations), "match_distance": f.distance,
                 "match_id": f.match_id, "advanced_info": dict(f.advanced_info), "tracking_id": result.tracking_id,
