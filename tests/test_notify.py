@@ -340,6 +340,35 @@ async def test_timeout_is_retriable(tmp_path: Path, silent_server: int) -> None:
     assert ei.value.retriable
 
 
+async def test_stop_during_a_stuck_send_returns_at_once(tmp_path: Path) -> None:
+    """Cancelling a send whose server never answers DATA must not wait for the SMTP timeout."""
+    import threading
+
+    in_data = threading.Event()
+
+    class Stuck:
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            in_data.set()
+            await asyncio.sleep(3600)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Stuck(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        n, _ = notifier(SmtpSection(host="127.0.0.1", port=port, security="none", timeout=30), tmp_path)
+        task = asyncio.create_task(n.perform(item()))
+        await asyncio.to_thread(in_data.wait, 10)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert loop.time() - started < 2  # not the 30 s timeout waiting for a QUIT reply
+    finally:
+        controller.stop(no_assert=True)
+
+
 async def test_malformed_payload_is_permanent(tmp_path: Path) -> None:
     n, _ = notifier(None, tmp_path)
     with pytest.raises(NotifyError) as ei:

@@ -10,6 +10,7 @@ HTML part escapes everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html
 import logging
@@ -264,20 +265,28 @@ class EmailNotifier:
                 raise NotifyError(f"SMTP password for {smtp.username!r} is not available from {smtp.password!r}",
                                   retriable=True)
         where = f"{smtp.host}:{smtp.port}"
+        client = aiosmtplib.SMTP(
+            hostname=smtp.host,
+            port=smtp.port,
+            use_tls=smtp.security == "tls",
+            start_tls=smtp.security == "starttls",
+            tls_context=self._tls_context,
+            timeout=smtp.timeout,
+        )
         try:
-            refused, _ = await aiosmtplib.send(
-                msg,
-                sender=self._config.sender,
-                recipients=list(recipients or self._config.recipients),
-                hostname=smtp.host,
-                port=smtp.port,
-                username=smtp.username or None,
-                password=password,
-                use_tls=smtp.security == "tls",
-                start_tls=smtp.security == "starttls",
-                tls_context=self._tls_context,
-                timeout=smtp.timeout,
+            await client.connect()
+            if smtp.username:
+                await client.login(smtp.username, password or "")
+            refused, _ = await client.send_message(
+                msg, sender=self._config.sender, recipients=list(recipients or self._config.recipients)
             )
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await client.quit()
+        except asyncio.CancelledError:
+            # Shutting down: drop the connection at once instead of waiting (up to the timeout) for a
+            # QUIT reply from a stuck server.  The item stays pending and is sent after the restart.
+            client.close()
+            raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             permanent = bool(exc.recipients) and all(r.code >= 500 for r in exc.recipients)
             detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
@@ -293,6 +302,9 @@ class EmailNotifier:
             raise NotifyError(f"{where} answered {exc.code} {exc.message}", retriable=True) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise NotifyError(f"cannot send through {where}: {type(exc).__name__}: {exc}", retriable=True) from exc
+        finally:
+            if client.is_connected:
+                client.close()
         if refused:
             self._metrics.notifications.labels("partial").inc()
             log.warning("notification %s: %s refused some recipients: %s", msg["Message-ID"], where,
