@@ -64,6 +64,10 @@ class Metrics:
             f"{p}_outbox_actions", "Outbox items performed, by kind and result (done, retry, failed)",
             ["kind", "result"], registry=r,
         )
+        self.ready = Gauge(
+            f"{p}_ready", "1 while a readiness check passes, 0 while it fails (the checks of /readyz)", ["check"],
+            registry=r,
+        )
         for stage in STAGES:
             self.in_flight.labels(stage)
             self.queue_depth.labels(stage)

@@ -42,6 +42,10 @@ async def test_not_ready_with_reason_while_the_source_is_unreachable(
             assert "source eventstreams not connected" in body["reasons"]["source"]
             async with http.get(run.base + "/healthz") as r:
                 assert r.status == 200  # alive, just not ready
+            async with http.get(run.base + "/metrics") as r:
+                text = await r.text()
+            assert 'mediamoderation_ready{check="source"} 0.0' in text  # what the NotReady alert watches
+            assert 'mediamoderation_ready{check="store"} 1.0' in text
     finally:
         await run.stop()
 

@@ -20,7 +20,23 @@ LIVE_KEY = web.AppKey("live_checks", dict)
 DETAILS_KEY: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("ready_details")
 
 
+async def _evaluate(app: web.Application) -> dict[str, str]:
+    """Run the readiness checks; the result also feeds ``mediamoderation_ready{check}``."""
+    reasons: dict[str, str] = {}
+    ready = app[METRICS_KEY].ready
+    for name, check in app[READY_KEY].items():
+        try:
+            reason = await check()
+        except Exception as exc:  # a failing check is a reason, not a crash
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is not None:
+            reasons[name] = reason
+        ready.labels(name).set(0 if reason is not None else 1)
+    return reasons
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
+    await _evaluate(request.app)  # every scrape sees the same readiness /readyz reports
     body = generate_latest(request.app[METRICS_KEY].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -33,14 +49,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    reasons: dict[str, str] = {}
-    for name, check in request.app[READY_KEY].items():
-        try:
-            reason = await check()
-        except Exception as exc:  # a failing check is a reason, not a crash
-            reason = f"{type(exc).__name__}: {exc}"
-        if reason is not None:
-            reasons[name] = reason
+    reasons = await _evaluate(request.app)
     status = 200 if not reasons else 503
     body: dict[str, object] = {"ready": not reasons, "reasons": reasons}
     details = request.app.get(DETAILS_KEY)
