@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 2
 DEFAULT_CONFIG = os.environ.get("MEDIAMODERATION_CONFIG", "config.yaml")
-log = logging.getLogger("service.cli")
 
 
 def _load(path: str) -> Config:
@@ -59,36 +57,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.logs import setup_logging
 
     setup_logging(cfg.service.log_level)
-    if args.role != "all":  # horizontal scale: see service.commands and service.work
-        from service.commands import run_role
+    from service.commands import run_role, serve
 
+    if args.role != "all":  # horizontal scale: see service.commands and service.work
         return run_role(cfg, args.role, since)
     from service.app import Service
 
-    async def main() -> None:
-        service = Service(cfg, since=since)
-        loop = asyncio.get_running_loop()
-        signals_seen = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals_seen
-            signals_seen += 1
-            if signals_seen > 1:
-                log.warning("second signal: exiting at once", extra={"signal": signum})
-                os._exit(128 + signum)
-            service.stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        await service.run()
-
-    try:
-        asyncio.run(main())
-    except ServiceError as exc:
-        log.error("service stopped on an error", extra={"error": str(exc), "type": type(exc).__name__})
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve(lambda: Service(cfg, since=since))
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -191,7 +166,7 @@ async def _read_target(cfg: Config, target: str, metrics: Metrics) -> bytes:
     if wiki is None:
         raise HostNotAllowed(target)
     async with WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, metrics) as client:
-        return await client._download(wiki, target, kind="original", limit=cfg.fetch.max_bytes)
+        return await client.download(wiki, target, kind="original", limit=cfg.fetch.max_bytes)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,14 +24,13 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from service.backoff import exponential_backoff, parse_retry_after
 from service.config import STANDARD_THUMB_WIDTHS, FetchSection, WikiSection
 from service.errors import FetchError, FileGone, HostNotAllowed, Unscannable
 from service.metrics import Metrics
@@ -81,24 +80,6 @@ def choose_width(width: int, height: int, configured: int, min_side: int) -> int
         if min(thumb_size(width, height, w)) >= min_side or w >= width:
             return w
     return best
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 # --------------------------------------------------------------------------- client
@@ -181,7 +162,7 @@ class WikiClient:
     def wiki(self, wiki_id: str) -> WikiSection | None:
         return self._wikis.get(wiki_id)
 
-    # -- the one public operation
+    # -- the main operation
 
     async def fetch(self, wiki: WikiSection, title: str, *, expected_sha1: str | None = None) -> FetchedMedia:
         """File details plus the bytes to scan.
@@ -206,7 +187,7 @@ class WikiClient:
         original: bytes | None = None
         if info.thumb_url is not None and info.thumb_url != info.url:
             try:
-                data = await self._download(wiki, info.thumb_url, kind="thumbnail", limit=cfg.max_bytes)
+                data = await self.download(wiki, info.thumb_url, kind="thumbnail", limit=cfg.max_bytes)
                 source = "thumbnail"
             except FetchError as exc:
                 # The wiki could not render a thumbnail (MediaWiki answers 400 for, e.g., a 40000 x
@@ -398,7 +379,7 @@ class WikiClient:
     async def _download_original(self, wiki: WikiSection, info: FileInfo) -> bytes:
         if info.size > self._fetch.max_bytes:
             raise Unscannable("too-large", f"original is {info.size} bytes (> {self._fetch.max_bytes})")
-        data = await self._download(wiki, info.url, kind="original", limit=self._fetch.max_bytes)
+        data = await self.download(wiki, info.url, kind="original", limit=self._fetch.max_bytes)
         sha1 = hashlib.sha1(data).hexdigest()
         if sha1 != info.sha1:
             log.warning("%s %r: downloaded original has SHA-1 %s, imageinfo said %s",
@@ -407,7 +388,12 @@ class WikiClient:
                              retriable=True, reason="sha1-mismatch")
         return data
 
-    async def _download(self, wiki: WikiSection, url: str, *, kind: str, limit: int) -> bytes:
+    async def download(self, wiki: WikiSection, url: str, *, kind: str, limit: int) -> bytes:
+        """The bytes at ``url`` (at most ``limit``), fetched from ``wiki``'s allowed hosts with retries.
+
+        ``kind`` labels metrics and messages (``"thumbnail"``, ``"original"``).  Raises FileGone (HTTP
+        404/410), Unscannable (larger than ``limit``), HostNotAllowed, or FetchError.
+        """
         with self._counted(kind):
             try:
                 resp = await self._get(wiki, URL(url, encoded=True), kind=kind, limit=limit)
@@ -452,8 +438,8 @@ class WikiClient:
             attempt += 1
 
     def _backoff(self, attempt: int) -> float:
-        base = min(_MAX_BACKOFF, self._fetch.retry_delay * (2 ** attempt))
-        return base * (0.5 + self._rng.random())  # jitter: 0.5x .. 1.5x
+        return exponential_backoff(attempt, initial=self._fetch.retry_delay, maximum=_MAX_BACKOFF,
+                                   jitter=(0.5, 1.5), rng=self._rng)
 
     async def _get_once(self, wiki: WikiSection, url: URL, limit: int) -> _Response:
         session = self._session

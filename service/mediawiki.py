@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from service.backoff import parse_retry_after
 from service.config import WikiAuthSection, WikiSection
 from service.errors import ServiceError
-from service.fetch import parse_retry_after
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
 from service import events as ev
+from service.backoff import exponential_backoff
 from service.config import Config, KafkaConnectionSection, kafka_client_options
 from service.errors import MalformedEvent, ServiceError
 from service.metrics import Metrics
@@ -220,7 +221,7 @@ class IngestService:
         else:
             # Never dropped: the checkpoint stays behind it until the broker takes it.
             self.metrics.work_published.labels("retry").inc()
-            delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            delay = exponential_backoff(attempt, initial=0.5, maximum=30.0)
             log.warning("publishing to the work topic failed; retrying",
                         extra={"position": raw.label, "error": str(exc), "delay": delay})
             loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from service.backoff import exponential_backoff
 from service.config import RetrySection
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -53,9 +54,8 @@ def backoff_delay(failed_attempts: int, retry: RetrySection, rng: random.Random)
     ``initial_delay`` doubling per failure, capped at ``max_delay``, minus up to 20 % jitter so that
     items failing together do not retry together.
     """
-    exponent = min(max(failed_attempts - 1, 0), 60)
-    base = min(retry.max_delay, retry.initial_delay * (2 ** exponent))
-    return base * (1.0 - 0.2 * rng.random())
+    return exponential_backoff(failed_attempts - 1, initial=retry.initial_delay, maximum=retry.max_delay,
+                               jitter=(0.8, 1.0), rng=rng)
 
 
 class OutboxDispatcher:

@@ -35,9 +35,9 @@ from typing import Any
 
 import aiohttp
 
+from service.backoff import exponential_backoff, parse_retry_after
 from service.config import PhotoDnaSection
 from service.errors import Unscannable
-from service.fetch import parse_retry_after
 from service.matchers.photodna_api import (
     CONTENT_TYPES,
     IMAGE_SIZE,
@@ -259,8 +259,9 @@ class PhotoDnaClient:
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.cfg.max_retry_after)
-        base = min(self.cfg.backoff.max_delay, self.cfg.backoff.initial_delay * (2 ** attempt))
-        return base / 2 + self._rng.random() * base / 2  # "equal jitter": between half and all of base
+        backoff = self.cfg.backoff  # "equal jitter": between half and all of the exponential delay
+        return exponential_backoff(attempt, initial=backoff.initial_delay, maximum=backoff.max_delay,
+                                   jitter=(0.5, 1.0), rng=self._rng)
 
     async def _send(self, key: str, body: bytes, content_type: str, *,
                     on_send: Callable[[], None] = lambda: None) -> _Answer:

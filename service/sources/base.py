@@ -14,7 +14,9 @@ finished offset, so a slow event in one partition does not hold back the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from service.models import RawEvent
@@ -33,6 +35,39 @@ class Source(Protocol):
 
 class AckingSource(Source, Protocol):
     def ack(self, position: Any) -> None: ...
+
+
+def run_in_thread(fn: Callable[[], None], *, name: str) -> asyncio.Future[None]:
+    """Start ``fn`` in a daemon thread (for a blocking reader); the returned future gets its outcome.
+
+    Whatever ``fn`` raises is handed to the future, never swallowed.  Once the event loop is closed
+    nobody is waiting any more, and the outcome is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the owner, never swallowed
+            failure = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_exception(failure))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return finished
+
+
+async def until_done_or_stopped(finished: asyncio.Future[None], stop: asyncio.Event) -> None:
+    """Return as soon as ``finished`` is done or ``stop`` is set (``finished`` is left as it is)."""
+    stop_wait = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({finished, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
 
 
 class MemorySource:

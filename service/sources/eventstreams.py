@@ -14,7 +14,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import random
 import socket
 import threading
 import time
@@ -26,10 +25,12 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import requests
 import sseclient
 
+from service.backoff import exponential_backoff, parse_retry_after
 from service.config import EventStreamsSection
 from service.errors import SourceError
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.sources.base import run_in_thread, until_done_or_stopped
 from service.store.base import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -154,24 +155,11 @@ class EventStreamsSource:
         )
         loop = asyncio.get_running_loop()
         halt = threading.Event()
-        finished: asyncio.Future[None] = loop.create_future()
-
-        def target() -> None:
-            try:
-                self._read_loop(loop, out, halt, start_id, since)
-            except BaseException as exc:  # handed to the owner below, never swallowed
-                failure = exc
-                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_exception(failure))
-            else:
-                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
-
-        thread = threading.Thread(target=target, name="eventstreams-reader", daemon=True)
-        thread.start()
-        stop_wait = asyncio.ensure_future(stop.wait())
+        finished = run_in_thread(lambda: self._read_loop(loop, out, halt, start_id, since),
+                                 name="eventstreams-reader")
         try:
-            await asyncio.wait({finished, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await until_done_or_stopped(finished, stop)
         finally:
-            stop_wait.cancel()
             halt.set()
             self._interrupt()
             self._connected.clear()
@@ -226,8 +214,8 @@ class EventStreamsSource:
 
     def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
         rc = self.cfg.reconnect
-        delay = min(rc.max_delay, rc.initial_delay * (2 ** min(attempt, 16)))
-        delay = delay * (0.5 + random.random() / 2)
+        delay = exponential_backoff(min(attempt, 16), initial=rc.initial_delay, maximum=rc.max_delay,
+                                    jitter=(0.5, 1.0))
         if retry_after is not None:
             delay = max(delay, min(retry_after, rc.max_delay * 10))
         return delay
@@ -288,8 +276,7 @@ class EventStreamsSource:
                     if status == 429 or status >= 500 or status == 408:
                         cause = f"http-{status}"
                         header = exc.response.headers.get("Retry-After") if exc.response is not None else None
-                        if header and header.strip().isdigit():
-                            retry_after = float(header)
+                        retry_after = parse_retry_after(header)
                         self.last_error = f"HTTP {status} from {url}"
                     else:
                         raise SourceError(

@@ -37,10 +37,12 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from service.backoff import exponential_backoff
 from service.config import KafkaSection, kafka_client_options
 from service.errors import SourceError
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.sources.base import run_in_thread, until_done_or_stopped
 
 log = logging.getLogger(__name__)
 
@@ -179,26 +181,10 @@ class KafkaSource:
     async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         halt = threading.Event()
-        finished: asyncio.Future[None] = loop.create_future()
-
-        def target() -> None:
-            try:
-                self._thread_main(loop, out, halt)
-            except BaseException as exc:  # handed to the owner below, never swallowed
-                failure = exc
-                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
-                    loop.call_soon_threadsafe(lambda: finished.done() or finished.set_exception(failure))
-            else:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
-
-        thread = threading.Thread(target=target, name=f"{self.name}-consumer", daemon=True)
-        thread.start()
-        stop_wait = asyncio.ensure_future(stop.wait())
+        finished = run_in_thread(lambda: self._thread_main(loop, out, halt), name=f"{self.name}-consumer")
         try:
-            await asyncio.wait({finished, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await until_done_or_stopped(finished, stop)
         finally:
-            stop_wait.cancel()
             halt.set()
         # On stop the thread waits (up to shutdown_grace) for the events it handed out to finish, commits
         # them and leaves the group; the pipeline keeps working meanwhile.
@@ -220,16 +206,17 @@ class KafkaSource:
         )
 
     def _connect(self, halt: threading.Event) -> KafkaConsumer | None:
-        delay = 0.5
+        attempt = 0
         while not halt.is_set():
             try:
                 return self._make_consumer()
             except KafkaError as exc:
                 self.last_error = f"cannot reach Kafka {list(self.cfg.connection.bootstrap_servers)}: {exc}"
+                delay = exponential_backoff(attempt, initial=0.5, maximum=30.0)
                 log.warning("kafka: %s; retrying in %.1f s", self.last_error, delay)
                 self.metrics.source_reconnects.labels("kafka").inc()
                 halt.wait(delay)
-                delay = min(delay * 2, 30.0)
+                attempt += 1
         return None
 
     def _thread_main(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[RawEvent],
@@ -293,7 +280,7 @@ class KafkaSource:
                     raise SourceError(f"Kafka consumer failed: {self.last_error}", retriable=False) from exc
                 self.metrics.source_reconnects.labels("kafka").inc()
                 log.warning("kafka: %s; retrying", self.last_error)
-                halt.wait(min(0.5 * 2 ** min(failures, 6), 30.0))
+                halt.wait(exponential_backoff(failures, initial=0.5, maximum=30.0))
 
     def _take(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for records in batch.values():

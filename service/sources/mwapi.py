@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from service.backoff import exponential_backoff, parse_retry_after
 from service.config import Config, WikiSection, parse_time
 from service.errors import SourceError
 from service.metrics import Metrics
@@ -113,9 +114,10 @@ class ApiClient:
                         raise SourceError(f"{self.wiki.id} API {what}: {exc}", retriable=True) from exc
                     if maxlag:
                         delay = max(retry_after or 0.0, self._maxlag_min_wait)
+                    elif retry_after is not None:
+                        delay = retry_after * random.uniform(0.5, 1.5)
                     else:
-                        delay = retry_after if retry_after is not None else min(30.0, 0.5 * 2 ** attempt)
-                        delay *= 0.5 + random.random()
+                        delay = exponential_backoff(attempt, initial=0.5, maximum=30.0, jitter=(0.5, 1.5))
                     log.info("%s API %s: %s; retrying in %.1f s", self.wiki.id, what, exc, delay)
                     await self._sleep(delay)
                     attempt += 1
@@ -130,10 +132,10 @@ class ApiClient:
         self.requests += 1
         async with self._session.get(self.wiki.api_url, params=params, allow_redirects=False) as resp:
             if resp.status == 429 or resp.status >= 500:
-                raise _Transient(f"HTTP {resp.status}", _retry_after(resp.headers.get("Retry-After")))
+                raise _Transient(f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After")))
             if resp.status != 200:
                 raise SourceError(f"{self.wiki.id} API answered HTTP {resp.status}", retriable=False)
-            retry_after = _retry_after(resp.headers.get("Retry-After"))
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             buf = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 buf += chunk
@@ -160,13 +162,6 @@ class _Transient(Exception):
         super().__init__(message)
         self.retry_after = retry_after
         self.maxlag = maxlag
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 def recentchange_event(wiki: WikiSection, site: dict[str, Any], *, event_id: str, title: str, timestamp: str,

@@ -29,6 +29,7 @@ from service.store.base import (
     RemoteScanRow,
     ScanRecord,
 )
+from service.store.sqlite_common import fetch_outbox_items, insert_actions, outbox_item, transaction
 from service.store.sqlite_review import ReviewSqliteMixin
 
 T = TypeVar("T")
@@ -214,21 +215,6 @@ def _put_remote(c: sqlite3.Connection, r: RemoteScan) -> None:
     )
 
 
-def _item(row: sqlite3.Row) -> OutboxItem:
-    return OutboxItem(
-        id=row["id"],
-        key=row["key"],
-        kind=row["kind"],
-        payload=json.loads(row["payload"]),
-        attempts=row["attempts"],
-        state=row["state"],
-        next_attempt_at=row["next_attempt_at"],
-        created_at=row["created_at"],
-        last_error=row["last_error"],
-        result=row["result"],
-    )
-
-
 class SqliteStore(ReviewSqliteMixin):
     """Implements every protocol in :mod:`service.store.base`."""
 
@@ -357,18 +343,13 @@ class SqliteStore(ReviewSqliteMixin):
         now = self._clock()
 
         def tx(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(c):
                 if scan is not None:
                     c.execute(_PUT_SCAN, _scan_params(scan))
                 for r in remote:
                     _put_remote(c, r)
                 c.execute(_PUT_EVENT, (event.event_id, event.wiki, event.title, event.sha1, event.log_action,
                                        outcome, now))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
 
         await self._run(tx)
 
@@ -393,34 +374,13 @@ class SqliteStore(ReviewSqliteMixin):
 
     # ------------------------------------------------------------------ matches + outbox
 
-    @staticmethod
-    def _insert_actions(c: sqlite3.Connection, actions: Sequence[NewAction], now: float) -> list[int]:
-        ids: list[int] = []
-        for action in actions:
-            cur = c.execute(
-                "INSERT INTO outbox (key, kind, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (key) DO NOTHING",
-                (action.key, action.kind, json.dumps(action.payload), now, now),
-            )
-            if cur.rowcount:
-                ids.append(int(cur.lastrowid or 0))
-        return ids
-
-    def _fetch_items(self, c: sqlite3.Connection, ids: list[int]) -> list[OutboxItem]:
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = c.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
-        return [_item(r) for r in rows]
-
     async def record_matches(
         self, event: UploadEvent, sha1: str, matches: Sequence[Match], actions: Sequence[NewAction]
     ) -> list[OutboxItem]:
         now = self._clock()
 
         def tx(c: sqlite3.Connection) -> list[OutboxItem]:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(c):
                 for m in matches:
                     c.execute(
                         "INSERT INTO matches (event_id, wiki, title, sha1, uploader, upload_time, log_action, "
@@ -434,12 +394,8 @@ class SqliteStore(ReviewSqliteMixin):
                             json.dumps(dict(m.details)), now,
                         ),
                     )
-                ids = self._insert_actions(c, actions, now)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            return self._fetch_items(c, ids)
+                ids = insert_actions(c, actions, now)
+            return fetch_outbox_items(c, ids)
 
         return await self._run(tx)
 
@@ -453,14 +409,9 @@ class SqliteStore(ReviewSqliteMixin):
         now = self._clock()
 
         def tx(c: sqlite3.Connection) -> list[OutboxItem]:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                ids = self._insert_actions(c, actions, now)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            return self._fetch_items(c, ids)
+            with transaction(c):
+                ids = insert_actions(c, actions, now)
+            return fetch_outbox_items(c, ids)
 
         return await self._run(tx)
 
@@ -472,7 +423,7 @@ class SqliteStore(ReviewSqliteMixin):
                 (kind, now, limit),
             ).fetchall()
         )
-        return [_item(r) for r in rows]
+        return [outbox_item(r) for r in rows]
 
     async def next_due_time(self) -> float | None:
         row = await self._run(
@@ -482,7 +433,7 @@ class SqliteStore(ReviewSqliteMixin):
 
     async def get_action(self, item_id: int) -> OutboxItem | None:
         row = await self._run(lambda c: c.execute("SELECT * FROM outbox WHERE id = ?", (item_id,)).fetchone())
-        return None if row is None else _item(row)
+        return None if row is None else outbox_item(row)
 
     async def list_actions(self, state: str | None = None) -> list[OutboxItem]:
         if state is None:
@@ -491,7 +442,7 @@ class SqliteStore(ReviewSqliteMixin):
             rows = await self._run(
                 lambda c: c.execute("SELECT * FROM outbox WHERE state = ? ORDER BY id", (state,)).fetchall()
             )
-        return [_item(r) for r in rows]
+        return [outbox_item(r) for r in rows]
 
     async def mark_done(self, item_id: int, result: str) -> None:
         now = self._clock()
@@ -531,14 +482,9 @@ class SqliteStore(ReviewSqliteMixin):
 
     async def put_remote_scans(self, scans: Sequence[RemoteScan]) -> None:
         def tx(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(c):
                 for r in scans:
                     _put_remote(c, r)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
 
         await self._run(tx)
 
@@ -576,8 +522,7 @@ class SqliteStore(ReviewSqliteMixin):
         now = self._clock()
 
         def tx(c: sqlite3.Connection) -> tuple[int, int]:
-            c.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes too
-            try:
+            with transaction(c):
                 row = c.execute("SELECT used FROM budgets WHERE name = ? AND period = ?", (name, period)).fetchone()
                 used = int(row[0]) if row is not None else 0
                 granted = max(0, min(want, limit - used))
@@ -587,10 +532,6 @@ class SqliteStore(ReviewSqliteMixin):
                         "ON CONFLICT (name, period) DO UPDATE SET used = budgets.used + ?, updated_at = ?",
                         (name, period, granted, now, granted, now),
                     )
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
             return granted, used + granted
 
         return await self._run(tx)

@@ -19,6 +19,7 @@ from service.store.base import (
     ReviewCase,
     ReviewSession,
 )
+from service.store.sqlite_common import fetch_outbox_items, insert_actions, outbox_item, transaction
 
 T = TypeVar("T")
 
@@ -49,14 +50,6 @@ def _case(row: sqlite3.Row) -> ReviewCase:
         categories=_split(row["categories"]), wikis=_split(row["wikis"]), matchers=_split(row["matchers"]),
         banks=_split(row["banks"]), uploads=int(row["uploads"]), decided_by=row["decided_by"],
         decided_at=row["decided_at"],
-    )
-
-
-def _outbox_item(row: sqlite3.Row) -> OutboxItem:
-    return OutboxItem(
-        id=row["id"], key=row["key"], kind=row["kind"], payload=json.loads(row["payload"]),
-        attempts=row["attempts"], state=row["state"], next_attempt_at=row["next_attempt_at"],
-        created_at=row["created_at"], last_error=row["last_error"], result=row["result"],
     )
 
 
@@ -131,8 +124,7 @@ class ReviewSqliteMixin:
         d = decision
 
         def tx(c: sqlite3.Connection) -> tuple[int, list[OutboxItem]]:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(c):
                 audit_id = _insert_audit(c, now, d.reviewer, d.action, d.sha1, None, d.title, d.note, dict(d.detail))
                 c.execute(
                     "INSERT INTO review_state (sha1, state, reviewer, decided_at, note) VALUES (?, ?, ?, ?, ?) "
@@ -145,27 +137,14 @@ class ReviewSqliteMixin:
                         "INSERT INTO allowlist (bank, sha1, added_by, added_at, note) VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT DO NOTHING", (bank, d.sha1, d.reviewer, now, d.note),
                     )
-                ids = []
-                for a in d.actions:
-                    cur = c.execute(
-                        "INSERT INTO outbox (key, kind, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
-                        "ON CONFLICT (key) DO NOTHING", (a.key, a.kind, json.dumps(a.payload), now, now),
-                    )
-                    if cur.rowcount:
-                        ids.append(int(cur.lastrowid or 0))
+                ids = insert_actions(c, d.actions, now)
                 for key in d.retry_keys:
                     row = c.execute(
                         "UPDATE outbox SET state = 'pending', next_attempt_at = ?, updated_at = ? "
                         "WHERE key = ? AND state = 'failed' RETURNING id", (now, now, key)).fetchone()
                     if row is not None:
                         ids.append(int(row[0]))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            marks = ",".join("?" * len(ids))
-            rows = c.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", ids).fetchall() if ids else []
-            return audit_id, [_outbox_item(r) for r in rows]
+            return audit_id, fetch_outbox_items(c, ids)
 
         return await self._run(tx)
 
@@ -221,7 +200,7 @@ class ReviewSqliteMixin:
         rows = await self._run(lambda c: c.execute(
             "SELECT * FROM outbox WHERE key LIKE ? OR key LIKE ? ORDER BY id",
             (f"%:{sha1}", f"escalate:{sha1}:%")).fetchall())
-        return [_outbox_item(r) for r in rows]
+        return [outbox_item(r) for r in rows]
 
     async def case_titles(self, sha1s: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
         """The uploads (wiki, title) of each content, most recently matched first."""
