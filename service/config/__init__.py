@@ -1,0 +1,114 @@
+"""Configuration: YAML parsed once into frozen, typed dataclasses and injected everywhere.
+
+``load_config(path)`` returns a :class:`Config` or raises :class:`ConfigError` listing every
+problem with its key path.  No other module reads the YAML or the environment for settings;
+secrets are resolved through :class:`Secret` (an environment variable or a file), never the YAML.
+
+Layout (import from ``service.config``, which re-exports the public API):
+
+* ``core``, ``sources``, ``matching``, ``actions``, ``scale``: the section dataclasses, grouped by concern;
+  ``root``: :class:`Config`, the tree of sections.  Sections import nothing from the loader.
+* ``loader``: the generic typed YAML loader, ``config_from_dict`` and ``load_config``.
+* ``validate``: semantic checks (with ``problems``: the collected problems; ``values``: paths and times).
+* ``advice``: non-fatal warnings, ``warnings_for``.
+"""
+
+from service.config.actions import (
+    ActionsSection,
+    CategoryNotifySection,
+    NotifySection,
+    ProxyAuthSection,
+    RetrySection,
+    ReviewerSection,
+    ReviewSection,
+    SmtpSection,
+    TakedownSection,
+    WikiAuthSection,
+)
+from service.config.advice import warnings_for
+from service.config.core import (
+    ConcurrencySection,
+    HttpSection,
+    PipelineSection,
+    Secret,
+    ServiceSection,
+    StoreSection,
+    WikiSection,
+)
+from service.config.loader import config_from_dict, load_config
+from service.config.matching import (
+    STANDARD_THUMB_WIDTHS,
+    BackoffSection,
+    BankSection,
+    BanksSection,
+    CategoryRule,
+    CircuitSection,
+    FetchSection,
+    PhotoDnaSection,
+    RescanSection,
+    ThumbnailSection,
+)
+from service.config.root import Config
+from service.config.scale import BackfillSection, WorkSection
+from service.config.sources import (
+    EventStreamsSection,
+    KafkaConnectionSection,
+    KafkaSection,
+    MwApiSection,
+    ReconnectSection,
+    SourceSection,
+    kafka_client_options,
+)
+from service.config.validate import EMAIL_RE, GENERIC_AGENTS, PHOTODNA_MAX_BYTES, PHOTODNA_MIN_SIDE
+from service.config.values import parse_time, resolve_path
+from service.errors import ConfigError
+
+__all__ = [
+    "EMAIL_RE",
+    "GENERIC_AGENTS",
+    "PHOTODNA_MAX_BYTES",
+    "PHOTODNA_MIN_SIDE",
+    "STANDARD_THUMB_WIDTHS",
+    "ActionsSection",
+    "BackfillSection",
+    "BackoffSection",
+    "BankSection",
+    "BanksSection",
+    "CategoryNotifySection",
+    "CategoryRule",
+    "CircuitSection",
+    "ConcurrencySection",
+    "Config",
+    "ConfigError",
+    "EventStreamsSection",
+    "FetchSection",
+    "HttpSection",
+    "KafkaConnectionSection",
+    "KafkaSection",
+    "MwApiSection",
+    "NotifySection",
+    "PhotoDnaSection",
+    "PipelineSection",
+    "ProxyAuthSection",
+    "ReconnectSection",
+    "RescanSection",
+    "RetrySection",
+    "ReviewSection",
+    "ReviewerSection",
+    "Secret",
+    "ServiceSection",
+    "SmtpSection",
+    "SourceSection",
+    "StoreSection",
+    "TakedownSection",
+    "ThumbnailSection",
+    "WikiAuthSection",
+    "WikiSection",
+    "WorkSection",
+    "config_from_dict",
+    "kafka_client_options",
+    "load_config",
+    "parse_time",
+    "resolve_path",
+    "warnings_for",
+]

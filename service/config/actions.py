@@ -1,0 +1,102 @@
+"""What is done about a match: notification emails, takedowns and the review queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from service.config.core import Secret
+
+
+@dataclass(frozen=True)
+class SmtpSection:
+    host: str = ""
+    port: int = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: Secret = field(default_factory=Secret)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RetrySection:
+    initial_delay: float = 5.0
+    max_delay: float = 600.0
+
+
+@dataclass(frozen=True)
+class NotifySection:
+    enabled: bool = True
+    sender: str = ""
+    recipients: tuple[str, ...] = ()
+    smtp: SmtpSection | None = None
+    outbox_dir: str = "./outbox"
+    review_url: str | None = None  # base URL of the review queue, used for links in emails
+    retry: RetrySection = field(default_factory=RetrySection)
+    categories: tuple[CategoryNotifySection, ...] = ()  # per-category recipients (default: recipients)
+
+
+@dataclass(frozen=True)
+class ActionsSection:
+    notify: NotifySection = field(default_factory=NotifySection)
+    takedown: TakedownSection = field(default_factory=lambda: TakedownSection())
+
+
+@dataclass(frozen=True)
+class CategoryNotifySection:
+    """Who is emailed about one category's matches (instead of ``actions.notify.recipients``)."""
+
+    category: str = ""
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WikiAuthSection:
+    """The takedown account: a bot password (``User@Bot``) or an OAuth 2 owner-only access token."""
+
+    method: Literal["bot-password", "oauth2"] = "bot-password"
+    username: str = ""  # bot-password login name, "User@BotName"
+    password: Secret = field(default_factory=Secret)
+    token: Secret = field(default_factory=Secret)  # OAuth 2 owner-only access token
+
+
+@dataclass(frozen=True)
+class TakedownSection:
+    # off: never delete; review: delete when a reviewer confirms; dry-run: record and email what would be
+    # deleted; auto: delete at once (concurrently with the email) for ``categories``.
+    mode: Literal["off", "review", "dry-run", "auto"] = "review"
+    categories: tuple[str, ...] = ("child-protection",)
+    reason: str = "Matched a known-abuse hash list"
+    tags: tuple[str, ...] = ()  # change tags for the deletion (must be defined on the wiki)
+    suppress: bool = False  # also hide the deleted versions from administrators (needs suppressrevision)
+    auth: WikiAuthSection | None = None
+    timeout: float = 30.0
+    maxlag: int = 5
+    concurrency: int = 2
+    retry: RetrySection = field(default_factory=lambda: RetrySection(initial_delay=10.0, max_delay=600.0))
+
+
+@dataclass(frozen=True)
+class ReviewerSection:
+    name: str = ""
+    password_hash: str = ""  # argon2 hash (python -m service.web.review.auth hash); empty: proxy login only
+
+
+@dataclass(frozen=True)
+class ProxyAuthSection:
+    header: str | None = None  # e.g. X-Remote-User set by a single-sign-on proxy; None: off
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # the header is believed only from these
+    listed_only: bool = True  # the header's user must be one of review.reviewers
+
+
+@dataclass(frozen=True)
+class ReviewSection:
+    enabled: bool = True
+    reviewers: tuple[ReviewerSection, ...] = ()
+    proxy_auth: ProxyAuthSection = field(default_factory=ProxyAuthSection)
+    secure_cookies: bool = True
+    session_idle: float = 1800.0  # seconds without a request before a session ends
+    session_max: float = 43200.0  # seconds after login a session ends anyway
+    escalate_recipients: tuple[str, ...] = ()  # Escalate emails these (default: actions.notify.recipients)
+    blur_radius: float = 12.0
+    page_size: int = 50

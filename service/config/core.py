@@ -1,0 +1,89 @@
+"""Core sections: the service itself, its HTTP endpoint, the wikis, the pipeline, the store; and :class:`Secret`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Where a secret lives: an environment variable or a file.  Never the value itself."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def get(self) -> str | None:
+        if self.env:
+            value = os.environ.get(self.env)
+            if value:
+                return value
+        if self.file:
+            try:
+                return Path(self.file).read_text(encoding="utf-8").strip()
+            except OSError:
+                return None
+        return None
+
+    def __repr__(self) -> str:  # never show values; names are fine
+        return f"Secret(env={self.env!r}, file={self.file!r})"
+
+
+@dataclass(frozen=True)
+class ServiceSection:
+    user_agent: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The readiness probe fails when the source has delivered nothing for this long (0 disables).
+    ready_source_idle: float = 0.0
+
+
+@dataclass(frozen=True)
+class WikiSection:
+    id: str = ""
+    api_url: str = ""
+    media_hosts: tuple[str, ...] = ()
+
+    @property
+    def api_host(self) -> str:
+        return (urlsplit(self.api_url).hostname or "").lower()
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        return frozenset({self.api_host, *(h.lower() for h in self.media_hosts)})
+
+
+@dataclass(frozen=True)
+class ConcurrencySection:
+    fetch: int = 8
+    thumbnail: int = 4
+    match: int = 4
+    act: int = 4
+    remote: int = 8  # concurrent calls to remote matchers (PhotoDNA); needs >= rate x latency
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    queue_size: int = 64
+    concurrency: ConcurrencySection = field(default_factory=ConcurrencySection)
+    cpu_workers: int | None = None  # default: number of cores
+    cpu_pool: Literal["process", "thread"] = "process"
+    event_deadline: float = 300.0
+    dedupe_retention_days: float = 14.0
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    path: str = "./data/mediamoderation.sqlite3"
+    url: str | None = None  # postgresql://user@host/db selects the PostgreSQL store (then ``path`` is unused)
+    outbox_lease: float = 300.0  # seconds an outbox item claimed by one replica is hidden from the others

@@ -1,0 +1,99 @@
+"""Upload-event sources (EventStreams, Kafka, MediaWiki API polling) and kafka-python client options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from service.config.core import Secret
+
+
+@dataclass(frozen=True)
+class ReconnectSection:
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+
+@dataclass(frozen=True)
+class EventStreamsSection:
+    url: str = "https://stream.wikimedia.org/v2/stream/mediawiki.recentchange"
+    since: str | None = None
+    checkpoint_name: str = "eventstreams"
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    reconnect: ReconnectSection = field(default_factory=ReconnectSection)
+
+
+@dataclass(frozen=True)
+class SourceSection:
+    type: Literal["eventstreams", "kafka", "mwapi"] = "eventstreams"
+    eventstreams: EventStreamsSection = field(default_factory=EventStreamsSection)
+    kafka: KafkaSection = field(default_factory=lambda: KafkaSection())
+    mwapi: MwApiSection = field(default_factory=lambda: MwApiSection())
+
+
+@dataclass(frozen=True)
+class KafkaConnectionSection:
+    """How to reach one Kafka cluster (and the consumer-group timings used on it)."""
+
+    bootstrap_servers: tuple[str, ...] = ()
+    client_id: str = "mediamoderation"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret = field(default_factory=Secret)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: Secret = field(default_factory=Secret)
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    request_timeout_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class KafkaSection:
+    connection: KafkaConnectionSection = field(default_factory=KafkaConnectionSection)
+    topics: tuple[str, ...] = ("eqiad.mediawiki.recentchange", "codfw.mediawiki.recentchange")
+    group_id: str = "mediamoderation"
+    # Where a group with no committed offset starts: latest (new uploads only) or earliest (all retained).
+    auto_offset_reset: Literal["latest", "earliest"] = "latest"
+    max_poll_records: int = 500
+    commit_interval: float = 1.0  # seconds between offset commits (only finished offsets are committed)
+    lag_interval: float = 10.0  # seconds between consumer-lag measurements
+
+
+@dataclass(frozen=True)
+class MwApiSection:
+    """Polling ``list=logevents&letype=upload`` for wikis without EventStreams or Kafka."""
+
+    wikis: tuple[str, ...] = ()  # wiki ids to poll (default: every configured wiki)
+    poll_interval: float = 10.0  # seconds between polls once the log is read to its end
+    limit: int = 500  # entries per request (500 is the API's maximum without apihighlimits)
+    since: str | None = None  # ISO 8601 time to start at when there is no checkpoint (default: now)
+    checkpoint_name: str = "mwapi"
+    timeout: float = 30.0
+
+
+def kafka_client_options(c: KafkaConnectionSection) -> dict[str, Any]:
+    """kafka-python keyword arguments for one cluster (security settings included, secrets resolved)."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": list(c.bootstrap_servers),
+        "client_id": c.client_id,
+        "security_protocol": c.security_protocol,
+        "request_timeout_ms": c.request_timeout_ms,
+    }
+    if c.security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = c.sasl_mechanism
+        opts["sasl_plain_username"] = c.sasl_username
+        opts["sasl_plain_password"] = c.sasl_password.get()
+    if c.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_check_hostname"] = c.ssl_check_hostname
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(c, name):
+                opts[name] = getattr(c, name)
+        if c.ssl_password.env or c.ssl_password.file:
+            opts["ssl_password"] = c.ssl_password.get()
+    return opts

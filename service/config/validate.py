@@ -1,0 +1,346 @@
+"""Semantic checks on a built :class:`Config`: each problem is added with its key path, in a fixed order."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from service.config.matching import STANDARD_THUMB_WIDTHS
+from service.config.problems import _Problems
+from service.config.root import Config
+from service.config.values import parse_time, resolve_path
+
+EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+GENERIC_AGENTS = ("python-requests", "aiohttp", "python-urllib", "curl/", "wget/", "mozilla/")
+
+
+def _check_url(problems: _Problems, path: str, url: str, *, schemes: tuple[str, ...] = ("http", "https")) -> None:
+    parts = urlsplit(url or "")
+    if parts.scheme not in schemes or not parts.hostname:
+        problems.add(path, f"must be an absolute {'/'.join(schemes)} URL, got {url!r}")
+
+
+def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
+    ua = cfg.service.user_agent.strip()
+    if not ua:
+        problems.add("service.user_agent", "is required: a descriptive User-Agent with contact details")
+    elif not ("@" in ua or "http://" in ua or "https://" in ua) or ua.lower().startswith(GENERIC_AGENTS):
+        problems.add(
+            "service.user_agent",
+            "must name the client and a contact URL or email, e.g. 'mediamoderation/0.1 (https://…; ts@…)'",
+        )
+    if cfg.service.shutdown_grace < 0:
+        problems.add("service.shutdown_grace", "must be >= 0")
+    if not 0 <= cfg.http.port <= 65535:
+        problems.add("http.port", f"must be a TCP port (0-65535), got {cfg.http.port}")
+
+    es = cfg.source.eventstreams
+    _check_url(problems, "source.eventstreams.url", es.url)
+    if es.since is not None:
+        try:
+            parse_time(es.since)
+        except ValueError as exc:
+            problems.add("source.eventstreams.since", str(exc))
+    for name in ("connect_timeout", "read_timeout"):
+        if getattr(es, name) <= 0:
+            problems.add(f"source.eventstreams.{name}", "must be > 0")
+    if es.reconnect.initial_delay <= 0 or es.reconnect.max_delay < es.reconnect.initial_delay:
+        problems.add("source.eventstreams.reconnect", "needs 0 < initial_delay <= max_delay")
+
+    if not cfg.wikis:
+        problems.add("wikis", "at least one wiki is required")
+    seen: set[str] = set()
+    for i, w in enumerate(cfg.wikis):
+        p = f"wikis[{i}]"
+        if not w.id:
+            problems.add(f"{p}.id", "is required (the event's 'wiki' field, e.g. commonswiki)")
+        elif w.id in seen:
+            problems.add(f"{p}.id", f"duplicate wiki id {w.id!r}")
+        seen.add(w.id)
+        _check_url(problems, f"{p}.api_url", w.api_url)
+        for j, host in enumerate(w.media_hosts):
+            if not host or "/" in host or ":" in host.strip("[]"):
+                problems.add(f"{p}.media_hosts[{j}]", f"must be a bare host name, got {host!r}")
+
+    pl = cfg.pipeline
+    if pl.queue_size < 1:
+        problems.add("pipeline.queue_size", f"must be >= 1, got {pl.queue_size}")
+    for stage in ("fetch", "thumbnail", "match", "act", "remote"):
+        n = getattr(pl.concurrency, stage)
+        if isinstance(n, int) and n < 1:
+            problems.add(f"pipeline.concurrency.{stage}", f"must be >= 1, got {n}")
+    if pl.cpu_workers is not None and pl.cpu_workers < 1:
+        problems.add("pipeline.cpu_workers", f"must be >= 1, got {pl.cpu_workers}")
+    if pl.event_deadline <= 0:
+        problems.add("pipeline.event_deadline", "must be > 0 seconds")
+    if pl.dedupe_retention_days <= 0:
+        problems.add("pipeline.dedupe_retention_days", "must be > 0")
+
+    f = cfg.fetch
+    if f.thumb_width not in STANDARD_THUMB_WIDTHS:
+        problems.add("fetch.thumb_width", f"must be a standard thumbnail width {STANDARD_THUMB_WIDTHS}")
+    for name in ("min_side", "max_bytes", "max_redirects"):
+        if getattr(f, name) < 1:
+            problems.add(f"fetch.{name}", "must be >= 1")
+    if f.timeout <= 0:
+        problems.add("fetch.timeout", "must be > 0")
+    if f.retries < 0:
+        problems.add("fetch.retries", "must be >= 0")
+    if f.maxlag < 0:
+        problems.add("fetch.maxlag", "must be >= 0")
+    if not 1 <= f.batch_size <= 50:
+        problems.add("fetch.batch_size", f"must be between 1 and 50, got {f.batch_size}")
+
+    t = cfg.thumbnail
+    for name in ("max_pixels", "pdq_max_side", "jpeg_min_side", "jpeg_max_bytes"):
+        if getattr(t, name) < 1:
+            problems.add(f"thumbnail.{name}", "must be >= 1")
+    if not 1 <= t.jpeg_quality <= 95:
+        problems.add("thumbnail.jpeg_quality", "must be between 1 and 95")
+    known = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"}
+    for i, fmt in enumerate(t.formats):
+        if fmt not in known:
+            problems.add(f"thumbnail.formats[{i}]", f"unknown format {fmt!r} (known: {', '.join(sorted(known))})")
+
+    b = cfg.banks
+    if b.reload_interval < 0:
+        problems.add("banks.reload_interval", "must be >= 0 (0 disables reloading)")
+    if not 0 <= b.pdq_quality_min <= 100:
+        problems.add("banks.pdq_quality_min", "must be between 0 and 100")
+    names: set[str] = set()
+    for i, bank in enumerate(b.list):
+        p = f"banks.list[{i}]"
+        if not bank.name:
+            problems.add(f"{p}.name", "is required")
+        elif bank.name in names:
+            problems.add(f"{p}.name", f"duplicate bank name {bank.name!r}")
+        names.add(bank.name)
+        if not bank.category:
+            problems.add(f"{p}.category", "is required (e.g. child-protection, terrorism)")
+        if not 0 <= bank.pdq_threshold <= 256:
+            problems.add(f"{p}.pdq_threshold", "must be between 0 and 256")
+        if not bank.path:
+            problems.add(f"{p}.path", "is required")
+        elif not resolve_path(base, bank.path).is_file():
+            problems.add(f"{p}.path", f"file does not exist: {resolve_path(base, bank.path)}")
+
+    n = cfg.actions.notify
+    if n.enabled:
+        if not EMAIL_RE.match(n.sender or ""):
+            problems.add("actions.notify.sender", f"must be an email address, got {n.sender!r}")
+        if not n.recipients:
+            problems.add("actions.notify.recipients", "at least one recipient is required")
+        for i, r in enumerate(n.recipients):
+            if not EMAIL_RE.match(r):
+                problems.add(f"actions.notify.recipients[{i}]", f"not an email address: {r!r}")
+    if n.smtp is not None:
+        if not n.smtp.host:
+            problems.add("actions.notify.smtp.host", "is required when smtp is set")
+        if not 0 < n.smtp.port <= 65535:
+            problems.add("actions.notify.smtp.port", "must be a TCP port")
+        if n.smtp.username and not (n.smtp.password.env or n.smtp.password.file):
+            problems.add("actions.notify.smtp.password", "a username needs password.env or password.file")
+    if n.review_url is not None:
+        _check_url(problems, "actions.notify.review_url", n.review_url)
+    if n.retry.initial_delay <= 0 or n.retry.max_delay < n.retry.initial_delay:
+        problems.add("actions.notify.retry", "needs 0 < initial_delay <= max_delay")
+    _validate_photodna(cfg, problems)
+    _validate_takedown_review(cfg, problems)
+    _validate_scale(cfg, problems)
+    if not cfg.store.path:
+        problems.add("store.path", "is required")
+
+
+PHOTODNA_MIN_SIDE = 160
+PHOTODNA_MAX_BYTES = 4_000_000
+
+
+def _validate_photodna(cfg: Config, problems: _Problems) -> None:
+    p = cfg.photodna
+    _check_url(problems, "photodna.url", p.url)
+    if p.enabled and not (p.key.env or p.key.file):
+        problems.add("photodna.key", "is required when photodna is enabled: {env: VAR} or {file: PATH}")
+    for name in ("rate", "timeout", "max_retry_after", "auth_retry_interval"):
+        if getattr(p, name) <= 0:
+            problems.add(f"photodna.{name}", f"must be > 0, got {getattr(p, name)}")
+    for name in ("burst", "monthly_budget"):
+        if getattr(p, name) < 1:
+            problems.add(f"photodna.{name}", f"must be >= 1, got {getattr(p, name)}")
+    if p.retries < 0:
+        problems.add("photodna.retries", "must be >= 0")
+    if p.backoff.initial_delay <= 0 or p.backoff.max_delay < p.backoff.initial_delay:
+        problems.add("photodna.backoff", "needs 0 < initial_delay <= max_delay")
+    c = p.circuit
+    if c.failures < 1:
+        problems.add("photodna.circuit.failures", "must be >= 1")
+    if c.open_seconds <= 0 or c.max_open_seconds < c.open_seconds:
+        problems.add("photodna.circuit", "needs 0 < open_seconds <= max_open_seconds")
+    if not p.default_category:
+        problems.add("photodna.default_category", "is required (e.g. child-protection)")
+    for i, rule in enumerate(p.categories):
+        if not rule.category:
+            problems.add(f"photodna.categories[{i}].category", "is required")
+    r = p.rescan
+    for name in ("age_days", "interval"):
+        if getattr(r, name) <= 0:
+            problems.add(f"photodna.rescan.{name}", "must be > 0")
+    for name in ("batch", "concurrency"):
+        if getattr(r, name) < 1:
+            problems.add(f"photodna.rescan.{name}", "must be >= 1")
+    if not 0 <= r.budget_reserve < 1:
+        problems.add("photodna.rescan.budget_reserve", "must be >= 0 and < 1")
+    if not r.retry_delays:
+        problems.add("photodna.rescan.retry_delays", "at least one delay is required")
+    for i, delay in enumerate(r.retry_delays):
+        if delay <= 0:
+            problems.add(f"photodna.rescan.retry_delays[{i}]", "must be > 0 seconds")
+    if p.enabled:
+        t = cfg.thumbnail
+        if t.jpeg_min_side < PHOTODNA_MIN_SIDE:
+            problems.add("thumbnail.jpeg_min_side", f"must be >= {PHOTODNA_MIN_SIDE} when photodna is enabled")
+        if t.jpeg_max_bytes > PHOTODNA_MAX_BYTES:
+            problems.add("thumbnail.jpeg_max_bytes",
+                         f"must be <= {PHOTODNA_MAX_BYTES} when photodna is enabled (PhotoDNA's limit)")
+
+
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _check_emails(problems: _Problems, path: str, values: tuple[str, ...]) -> None:
+    for i, r in enumerate(values):
+        if not EMAIL_RE.match(r or ""):
+            problems.add(f"{path}[{i}]", f"not an email address: {r!r}")
+
+
+def _validate_takedown_review(cfg: Config, problems: _Problems) -> None:
+    n = cfg.actions.notify
+    seen: set[str] = set()
+    for i, route in enumerate(n.categories):
+        p = f"actions.notify.categories[{i}]"
+        if not route.category:
+            problems.add(f"{p}.category", "is required")
+        elif route.category in seen:
+            problems.add(f"{p}.category", f"duplicate category {route.category!r}")
+        seen.add(route.category)
+        if not route.recipients:
+            problems.add(f"{p}.recipients", "at least one recipient is required")
+        _check_emails(problems, f"{p}.recipients", route.recipients)
+
+    t = cfg.actions.takedown
+    for i, category in enumerate(t.categories):
+        if not category:
+            problems.add(f"actions.takedown.categories[{i}]", "must not be empty")
+    if not t.reason.strip():
+        problems.add("actions.takedown.reason", "is required (it is written to the deletion log)")
+    for i, tag in enumerate(t.tags):
+        if not tag or "|" in tag:
+            problems.add(f"actions.takedown.tags[{i}]", f"not a change tag: {tag!r}")
+    if t.timeout <= 0:
+        problems.add("actions.takedown.timeout", "must be > 0")
+    if t.maxlag < 0:
+        problems.add("actions.takedown.maxlag", "must be >= 0")
+    if t.concurrency < 1:
+        problems.add("actions.takedown.concurrency", "must be >= 1")
+    if t.retry.initial_delay <= 0 or t.retry.max_delay < t.retry.initial_delay:
+        problems.add("actions.takedown.retry", "needs 0 < initial_delay <= max_delay")
+    a = t.auth
+    if a is None:
+        if t.mode == "auto":
+            problems.add("actions.takedown.auth", "is required when mode is auto (the account that deletes)")
+    elif a.method == "bot-password":
+        if "@" not in a.username:
+            problems.add("actions.takedown.auth.username",
+                         f"must be a bot-password login 'User@Bot', got {a.username!r}")
+        if not (a.password.env or a.password.file):
+            problems.add("actions.takedown.auth.password", "is required: {env: VAR} or {file: PATH}")
+    elif not (a.token.env or a.token.file):
+        problems.add("actions.takedown.auth.token",
+                     "an OAuth 2 access token is required: {env: VAR} or {file: PATH}")
+
+    r = cfg.review
+    names: set[str] = set()
+    for i, reviewer in enumerate(r.reviewers):
+        p = f"review.reviewers[{i}]"
+        if not reviewer.name.strip():
+            problems.add(f"{p}.name", "is required")
+        elif reviewer.name in names:
+            problems.add(f"{p}.name", f"duplicate reviewer {reviewer.name!r}")
+        names.add(reviewer.name)
+        if reviewer.password_hash and not reviewer.password_hash.startswith("$argon2"):
+            problems.add(f"{p}.password_hash", "must be an argon2 hash (python -m service.web.review.auth hash)")
+        if not reviewer.password_hash and r.proxy_auth.header is None:
+            problems.add(f"{p}.password_hash", "is required unless review.proxy_auth.header is set")
+    if r.proxy_auth.header is not None and not _HEADER_NAME_RE.match(r.proxy_auth.header):
+        problems.add("review.proxy_auth.header", f"not an HTTP header name: {r.proxy_auth.header!r}")
+    if r.session_idle <= 0 or r.session_max < r.session_idle:
+        problems.add("review", "needs 0 < session_idle <= session_max")
+    if r.blur_radius < 4:
+        problems.add("review.blur_radius", "must be >= 4 (the preview must stay unrecognisable)")
+    if not 1 <= r.page_size <= 500:
+        problems.add("review.page_size", "must be between 1 and 500")
+    _check_emails(problems, "review.escalate_recipients", r.escalate_recipients)
+
+
+def _validate_scale(cfg: Config, problems: _Problems) -> None:
+    k = cfg.source.kafka
+    conns = [("source.kafka.connection", k.connection)]
+    if cfg.work.connection is not None:
+        conns.append(("work.connection", cfg.work.connection))
+    for path, c in conns:
+        for i, server in enumerate(c.bootstrap_servers):
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                problems.add(f"{path}.bootstrap_servers[{i}]", f"must be host:port, got {server!r}")
+        if c.security_protocol.startswith("SASL"):
+            if c.sasl_mechanism is None:
+                problems.add(f"{path}.sasl_mechanism", f"is required with {c.security_protocol}")
+            if not c.sasl_username:
+                problems.add(f"{path}.sasl_username", f"is required with {c.security_protocol}")
+            if not (c.sasl_password.env or c.sasl_password.file):
+                problems.add(f"{path}.sasl_password", "is required: {env: VAR} or {file: PATH}")
+        for name in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "request_timeout_ms"):
+            if getattr(c, name) < 1:
+                problems.add(f"{path}.{name}", "must be >= 1")
+        if c.heartbeat_interval_ms >= c.session_timeout_ms:
+            problems.add(f"{path}.heartbeat_interval_ms", "must be below session_timeout_ms")
+    if cfg.source.type == "kafka":
+        if not k.connection.bootstrap_servers:
+            problems.add("source.kafka.connection.bootstrap_servers", "at least one host:port is required")
+        if not k.topics:
+            problems.add("source.kafka.topics", "at least one topic is required")
+    if not k.group_id:
+        problems.add("source.kafka.group_id", "is required")
+    if k.max_poll_records < 1:
+        problems.add("source.kafka.max_poll_records", "must be >= 1")
+    if k.commit_interval <= 0 or k.lag_interval <= 0:
+        problems.add("source.kafka", "commit_interval and lag_interval must be > 0")
+    m = cfg.source.mwapi
+    known = {w.id for w in cfg.wikis}
+    for i, wiki in enumerate(m.wikis):
+        if wiki not in known:
+            problems.add(f"source.mwapi.wikis[{i}]", f"not a configured wiki: {wiki!r}")
+    if m.poll_interval <= 0 or m.timeout <= 0:
+        problems.add("source.mwapi", "poll_interval and timeout must be > 0")
+    if not 1 <= m.limit <= 5000:
+        problems.add("source.mwapi.limit", f"must be between 1 and 5000, got {m.limit}")
+    if m.since is not None:
+        try:
+            parse_time(m.since)
+        except ValueError as exc:
+            problems.add("source.mwapi.since", str(exc))
+    w = cfg.work
+    if not w.topic or not w.group_id:
+        problems.add("work", "topic and group_id are required")
+    if w.partitions < 1 or w.replication_factor < 1:
+        problems.add("work", "partitions and replication_factor must be >= 1")
+    b = cfg.backfill
+    if not 0 <= b.batch_size <= 5000:
+        problems.add("backfill.batch_size", f"must be between 0 (max) and 5000, got {b.batch_size}")
+    if b.progress_interval <= 0:
+        problems.add("backfill.progress_interval", "must be > 0")
+    s = cfg.store
+    if s.url is not None and not s.url.startswith(("postgresql://", "postgres://")):
+        problems.add("store.url", f"must be a postgresql:// URL, got {s.url.split('@')[-1]!r}")
+    if s.outbox_lease <= 0:
+        problems.add("store.outbox_lease", "must be > 0")
