@@ -9,7 +9,8 @@
 #      (skipped when dpkg already lists them all);
 #   2. the project with its test extras (pip install -e '.[test]');
 #   3. PostgreSQL installed if missing (trust auth on 127.0.0.1) and started if stopped;
-#   4. python -m pytest "$@".  "No tests collected" (exit code 5) counts as a failure.
+#   4. ruff check service tests bench, and mypy on service/ (both must be clean);
+#   5. python -m pytest "$@".  "No tests collected" (exit code 5) counts as a failure.
 # Environment: PYTHON (default: python, else python3), SKIP_APT=1, SKIP_PIP=1.
 set -euo pipefail
 
@@ -103,7 +104,12 @@ else
     say "PostgreSQL is not installed: skipping"
 fi
 
-# 4. The tests.
+# 4. Lint and types: ruff on the code, tests and benchmarks; mypy on the service.
+say "checking lint (ruff) and types (mypy)"
+run "$python_bin" -m ruff check service tests bench
+run "$python_bin" -m mypy
+
+# 5. The tests.
 say "running the tests"
 set +e
 run "$python_bin" -m pytest "$@"

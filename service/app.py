@@ -27,7 +27,7 @@ from service.matchers.pdq import PdqMatcher
 from service.matchers.photodna import PhotoDnaMatcher, build_matcher
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
-from service.pipeline import Pipeline, Planner
+from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
 from service.sources.base import Source
 from service.sources.factory import live_source
@@ -62,7 +62,7 @@ class Service:
         self.store = store if store is not None else make_store(cfg.store)
         self.banks = BankSet(cfg.banks, self.metrics)
         self.exact = ExactMatcher(self.banks)
-        self.matchers = [self.exact, PdqMatcher(self.banks)]
+        self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks)]
         self.photodna: PhotoDnaMatcher | None = None
         self.rescanner: Rescanner | None = None
         if cfg.photodna.enabled:

@@ -275,7 +275,8 @@ class WikiClient:
         }
         url = URL(wiki.api_url).update_query(params)
         data = await self._api_get(wiki, url)
-        query = data.get("query") if isinstance(data.get("query"), dict) else {}
+        raw_query = data.get("query")
+        query: dict[str, Any] = raw_query if isinstance(raw_query, dict) else {}
         renamed: dict[str, str] = {}
         for key in ("normalized", "converted"):
             for entry in query.get(key) or []:

@@ -51,11 +51,21 @@ def run_in_thread(fn: Callable[[], None], *, name: str) -> asyncio.Future[None]:
             fn()
         except BaseException as exc:  # handed to the owner, never swallowed
             failure = exc
+
+            def fail() -> None:
+                if not finished.done():
+                    finished.set_exception(failure)
+
             with contextlib.suppress(RuntimeError):  # the loop is gone
-                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_exception(failure))
+                loop.call_soon_threadsafe(fail)
         else:
+
+            def succeed() -> None:
+                if not finished.done():
+                    finished.set_result(None)
+
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+                loop.call_soon_threadsafe(succeed)
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return finished
@@ -63,9 +73,10 @@ def run_in_thread(fn: Callable[[], None], *, name: str) -> asyncio.Future[None]:
 
 async def until_done_or_stopped(finished: asyncio.Future[None], stop: asyncio.Event) -> None:
     """Return as soon as ``finished`` is done or ``stop`` is set (``finished`` is left as it is)."""
-    stop_wait = asyncio.ensure_future(stop.wait())
+    stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    waiting: list[asyncio.Future[Any]] = [finished, stop_wait]
     try:
-        await asyncio.wait({finished, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop_wait.cancel()
 
