@@ -12,6 +12,9 @@ Local matchers (exact, PDQ) run in the match stage.  Remote matchers (PhotoDNA) 
 they never wait for it).  Each remote matcher's verdict per SHA-1 is stored with the outcome
 (:class:`~service.store.base.RemoteScan`): a remote failure ends the upload as ``error:<reason>``
 and leaves a ``failed`` state that the rescanner retries on its schedule.
+
+What each stage does with an item is in :mod:`service.pipeline_steps`; the types the stages share
+(protocols, :class:`~service.stages.Work`) are in :mod:`service.stages`.
 """
 
 from __future__ import annotations
@@ -22,34 +25,30 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from service import events as ev
-from service.config import Config, ThumbnailSection, WikiSection
+from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, MalformedEvent, ServiceError, Unscannable
 from service.metrics import Metrics
-from service.models import (
-    CLEAN,
-    GONE,
-    MATCH,
-    FetchedMedia,
-    Match,
-    PreparedMedia,
-    RawEvent,
-    UploadEvent,
-    error,
-    unscannable,
-)
+from service.models import CLEAN, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
+from service.pipeline_steps import StageSteps
 from service.sources.base import Source
+
+# The stage types live in service.stages; re-exported so ``from service.pipeline import X`` keeps working.
+from service.stages import ExactBank as ExactBank
+from service.stages import Fetcher as Fetcher
+from service.stages import Matcher as Matcher
+from service.stages import Planner as Planner
+from service.stages import Prepare as Prepare
+from service.stages import Work as Work
+from service.stages import _call_prepare as _call_prepare
+from service.stages import _Finished as _Finished
+from service.stages import _merge as _merge
 from service.store.base import (
-    REMOTE_CLEAN,
     REMOTE_FAILED,
-    REMOTE_MATCH,
     REMOTE_SEEN,
-    REMOTE_UNSCANNABLE,
     AllowlistStore,
-    NewAction,
     OutboxItem,
     PipelineStore,
     RemoteScan,
@@ -60,54 +59,7 @@ from service.watermark import Watermark
 log = logging.getLogger(__name__)
 
 
-class Fetcher(Protocol):
-    async def fetch(self, wiki: WikiSection, title: str, *, expected_sha1: str | None = None) -> FetchedMedia: ...
-
-
-class Matcher(Protocol):
-    name: str
-
-    async def match(self, media: PreparedMedia) -> list[Match]: ...
-
-
-class ExactBank(Protocol):
-    @property
-    def version(self) -> str: ...
-
-    def match_sha1(self, sha1: str) -> list[Match]: ...
-
-
-Prepare = Callable[..., PreparedMedia]
-# A planner turns the matches of one upload into the effects to perform (notify, later takedown).
-Planner = Callable[[UploadEvent, str, Sequence[Match]], list[NewAction]]
-
-
-@dataclass(slots=True)
-class Work:
-    seq: int
-    event: UploadEvent
-    started: float
-    deadline: float
-    sha1: str | None = None
-    fetched: FetchedMedia | None = None
-    prepared: PreparedMedia | None = None
-    matches: list[Match] = field(default_factory=list)
-    cached: bool = False
-    outcome: str | None = None
-    recorded: bool = False  # local matches were already recorded (and acted on) before the remote stage
-    counted: int = 0  # matches already counted in the metrics
-    remote_states: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # matcher -> (state, error)
-
-
-class _Finished(Exception):
-    """Raised inside a stage to end an item early with ``outcome``."""
-
-    def __init__(self, outcome: str) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
-
-
-class Pipeline:
+class Pipeline(StageSteps):
     def __init__(
         self,
         cfg: Config,
@@ -366,100 +318,6 @@ class Pipeline:
                 queue.task_done()
                 self._gauge()
 
-    async def _fetch(self, work: Work) -> str:
-        wiki = self.wikis[work.event.wiki]
-        work.fetched = await self.fetcher.fetch(wiki, work.event.title, expected_sha1=work.sha1)
-        sha1 = work.fetched.info.sha1 or work.sha1
-        if sha1 and sha1 != work.sha1:
-            # The event had no SHA-1, or the file changed since: check the exact bank for what is there.
-            work.sha1 = sha1
-            hits = self.exact.match_sha1(sha1)
-            if hits:
-                work.matches = hits
-                work.fetched = None
-                return "act"
-        return "thumbnail"
-
-    async def _thumbnail(self, work: Work) -> str:
-        fetched = work.fetched
-        assert fetched is not None
-        loop = asyncio.get_running_loop()
-        work.prepared = await loop.run_in_executor(
-            self.cpu,
-            _call_prepare,
-            self.prepare,
-            fetched.data,
-            work.sha1 or fetched.info.sha1,
-            self.thumbnail_cfg,
-            fetched.original_md5,
-            fetched.data_source,
-        )
-        work.fetched = None  # drop the bytes as early as possible
-        return "match"
-
-    async def _match(self, work: Work) -> str:
-        media = work.prepared
-        assert media is not None
-        results = await asyncio.gather(*(m.match(media) for m in self.matchers))
-        for hits in results:
-            _merge(work, hits)
-        if not self.remote or (work.matches and not self.remote_when_local):
-            return "act"
-        if work.matches:
-            await self._record(work)  # local matches are acted on now, never after the remote call
-            work.recorded = True
-        return "remote"
-
-    async def _remote(self, work: Work) -> str:
-        media = work.prepared
-        assert media is not None
-        for m in self.remote:  # until a verdict arrives (a deadline or a crash leaves "failed")
-            work.remote_states[m.name] = (REMOTE_FAILED, "interrupted")
-        results = await asyncio.gather(*(m.match(media) for m in self.remote), return_exceptions=True)
-        failure: BaseException | None = None
-        for matcher, result in zip(self.remote, results, strict=True):
-            if isinstance(result, BaseException):
-                failure = failure or result
-                if isinstance(result, Unscannable):
-                    work.remote_states[matcher.name] = (REMOTE_UNSCANNABLE, result.reason)
-                else:
-                    reason = getattr(result, "reason", "") or type(result).__name__.lower()
-                    work.remote_states[matcher.name] = (REMOTE_FAILED, f"{reason}: {result}"[:300])
-                continue
-            before = len(work.matches)
-            _merge(work, result)
-            work.remote_states[matcher.name] = (REMOTE_MATCH if len(work.matches) > before else REMOTE_CLEAN, None)
-        if failure is not None:
-            if not work.recorded:
-                raise failure
-            log.warning("remote matcher failed after local matches were recorded; retried on its schedule",
-                        extra={"event_id": work.event.event_id, "error": str(failure)[:300]})
-        return "act"
-
-    async def _act(self, work: Work) -> None:
-        outcome = MATCH if work.matches else CLEAN
-        if work.matches and not (work.recorded and work.counted == len(work.matches)):
-            await self._record(work)
-        raise _Finished(outcome)
-
-    async def _record(self, work: Work) -> None:
-        """Store the matches and enqueue their actions (idempotent: recording twice adds nothing twice)."""
-        sha1 = work.sha1 or ""
-        matches = work.matches
-        if self.allowlist is not None and sha1:  # dismissed false positives never alert again
-            banks = await self.allowlist.allowlisted_banks(sha1)
-            matches = [m for m in work.matches if m.bank not in banks]
-            for m in work.matches[work.counted:]:
-                if m.bank in banks:
-                    self.metrics.allowlisted.labels(m.bank).inc()
-        actions = [a for plan in self.planners for a in plan(work.event, sha1, matches)] if matches else []
-        new_items = await self.store.record_matches(work.event, sha1, matches, actions) if matches else []
-        for m in work.matches[work.counted:]:
-            self.metrics.matches.labels(m.category, m.matcher).inc()
-        work.counted = len(work.matches)
-        if new_items:
-            self.on_actions(new_items)
-
     # ------------------------------------------------------------------ completion
 
     async def _finish(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
@@ -536,17 +394,3 @@ class Pipeline:
     def _gauge(self) -> None:
         for stage, q in self.queues.items():
             self.metrics.queue_depth.labels(stage).set(q.qsize())
-
-
-def _merge(work: Work, hits: Sequence[Match]) -> None:
-    seen = {m.key for m in work.matches}
-    for hit in hits:
-        if hit.key not in seen:
-            seen.add(hit.key)
-            work.matches.append(hit)
-
-
-def _call_prepare(
-    prepare: Prepare, data: bytes, sha1: str, cfg: ThumbnailSection, md5: str | None, source: str
-) -> PreparedMedia:
-    return prepare(data, sha1, cfg, md5=md5, source=source)

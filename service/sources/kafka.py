@@ -15,6 +15,9 @@ never holds back another partition's commits, and nothing unfinished is ever com
 * Replay: :class:`ReplayPlan` assigns partitions by hand, seeks to offsets for a time (or given
   offsets) and ends at ``until`` (or at the log end as it was when the replay started).  A replay
   commits under its own group id, so the live group's position never moves.
+
+Per-partition offsets, rebalance handling and its listener are in
+:mod:`service.sources.kafka_offsets`, the replay steps in :mod:`service.sources.kafka_replay`.
 """
 
 from __future__ import annotations
@@ -26,14 +29,9 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-
-# kafka-python >= 3 runs rebalance listeners on its IO loop: they must not block it (see _commit_from_listener).
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -44,85 +42,24 @@ from service.metrics import Metrics
 from service.models import RawEvent
 from service.sources.base import run_in_thread, until_done_or_stopped
 
+# Offset bookkeeping and replay live in their own modules; re-exported so
+# ``from service.sources.kafka import X`` keeps working.
+from service.sources.kafka_offsets import KafkaPosition as KafkaPosition
+from service.sources.kafka_offsets import KafkaRebalanceMixin
+from service.sources.kafka_offsets import _Listener as _Listener
+from service.sources.kafka_offsets import _Partition as _Partition
+from service.sources.kafka_replay import KafkaReplayMixin
+from service.sources.kafka_replay import ReplayPlan as ReplayPlan
+from service.sources.kafka_replay import _refine_stop as _refine_stop
+from service.sources.kafka_replay import parse_offsets as parse_offsets
+
 log = logging.getLogger(__name__)
 
 _POLL_MS = 200
 _BLOCKED_POLL_SECONDS = 0.25  # while the queue is full: how often to poll (paused) to stay in the group
 
 
-class KafkaPosition(NamedTuple):
-    """Where one event came from.  ``epoch`` tells acks of an earlier assignment of the same partition apart."""
-
-    topic: str
-    partition: int
-    offset: int
-    epoch: int
-
-
-@dataclass(frozen=True)
-class ReplayPlan:
-    """What to replay: from ``since`` (offsets for times) or from explicit ``offsets``, up to ``until``."""
-
-    since: datetime | None = None
-    until: datetime | None = None
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-
-
-def parse_offsets(text: str) -> dict[tuple[str, int], int]:
-    """``topic:partition:offset,...`` (topic names may contain dots, not colons)."""
-    out: dict[tuple[str, int], int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        pieces = item.rsplit(":", 2)
-        if len(pieces) != 3 or not pieces[0] or not pieces[1].isdigit() or not pieces[2].isdigit():
-            raise ValueError(f"not topic:partition:offset: {item!r}")
-        out[(pieces[0], int(pieces[1]))] = int(pieces[2])
-    if not out:
-        raise ValueError("no topic:partition:offset given")
-    return out
-
-
-class _Partition:
-    """Offsets of one assigned partition handed to the pipeline and not yet committed."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.outstanding: deque[int] = deque()  # handed out, in offset order
-        self.done: set[int] = set()
-        self.safe: int | None = None  # next offset to read: everything below is finished
-        self.committed: int | None = None  # what was last committed
-        self.first: int | None = None
-        self.end: int | None = None  # log end offset at the last lag measurement
-        self.stop_at: int | None = None  # replay: offsets from here on are not read
-        self.stop_at_log_end = False  # replay without ``until``: refine stop_at with the first fetch's log end
-        self.paused = False
-
-    def handed(self, offset: int) -> None:
-        if self.first is None:
-            self.first = offset
-        self.outstanding.append(offset)
-
-    def ack(self, offset: int) -> None:
-        self.done.add(offset)
-        while self.outstanding and self.outstanding[0] in self.done:
-            finished = self.outstanding.popleft()
-            self.done.discard(finished)
-            self.safe = finished + 1
-
-    def to_commit(self) -> int | None:
-        return self.safe if self.safe is not None and self.safe != self.committed else None
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.outstanding)
-
-    def lag(self) -> int | None:
-        base = self.committed if self.committed is not None else self.first
-        if self.end is None or base is None:
-            return None
-        return max(0, self.end - base)
-
-
-class KafkaSource:
+class KafkaSource(KafkaReplayMixin, KafkaRebalanceMixin):
     """A :class:`~service.sources.base.Source` that also acknowledges single events (``ack``)."""
 
     def __init__(
@@ -426,178 +363,3 @@ class KafkaSource:
                 lag = part.lag()
                 if lag is not None:
                     self.metrics.kafka_lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-    # -- rebalance (called on kafka-python's IO thread while the consumer thread waits in poll)
-
-    def partitions_assigned(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """Track newly assigned partitions; returns where partitions that come back must restart."""
-        rewinds = {tp: self._rewind.pop((tp.topic, tp.partition)) for tp in assigned
-                   if (tp.topic, tp.partition) in self._rewind}
-        self._rewind.clear()
-        with self._lock:
-            for tp in assigned:
-                key = (tp.topic, tp.partition)
-                if key not in self._parts:
-                    self._epoch += 1
-                    self._parts[key] = _Partition(self._epoch)
-        self.metrics.kafka_rebalances.labels("assigned").inc(len(assigned))
-        self._connected.set()
-        self.metrics.source_connected.set(1)
-        names = sorted(f"{t.topic}:{t.partition}" for t in assigned)
-        log.info("kafka: partitions assigned", extra={"group": self.group_id, "partitions": names})
-        return rewinds
-
-    def partitions_revoked(self, revoked: set[TopicPartition], *, lost: bool = False) -> None:
-        """Forget revoked partitions: their held records are dropped, later acks ignored."""
-        keys = {(tp.topic, tp.partition) for tp in revoked}
-        held: dict[tuple[str, int], int] = {}
-        for r in self._pending:
-            key = (r.topic, r.partition)
-            if key in keys:
-                held[key] = min(held.get(key, r.offset), r.offset)
-        with self._lock:
-            unfinished = sum(self._parts[k].in_flight for k in keys if k in self._parts)
-            for key in keys:
-                part = self._parts.pop(key, None)
-                first_unfinished = part.outstanding[0] if part is not None and part.outstanding else None
-                rewind = min((o for o in (first_unfinished, held.get(key)) if o is not None), default=None)
-                if rewind is not None and not lost:
-                    # kafka-python keeps the fetch position of a partition that is assigned to us again;
-                    # it must restart at the first event that did not finish.
-                    self._rewind[key] = rewind
-                with contextlib.suppress(KeyError):
-                    self.metrics.kafka_lag.remove(key[0], str(key[1]))
-        self._pending = deque(r for r in self._pending if (r.topic, r.partition) not in keys)
-        self.metrics.kafka_rebalances.labels("lost" if lost else "revoked").inc(len(revoked))
-        log.info("kafka: partitions %s", "lost" if lost else "revoked",
-                 extra={"group": self.group_id, "partitions": sorted(f"{t}:{p}" for t, p in keys),
-                        "unfinished_dropped": unfinished})
-
-    # -- replay
-
-    def _start_replay(self, consumer: KafkaConsumer) -> None:
-        plan = self.replay
-        assert plan is not None
-        if plan.offsets:
-            parts = [TopicPartition(t, p) for (t, p) in plan.offsets]
-        else:
-            parts = []
-            for topic in self.cfg.topics:
-                found = consumer.partitions_for_topic(topic)
-                if not found:
-                    raise SourceError(f"replay: topic {topic!r} does not exist", retriable=False)
-                parts += [TopicPartition(topic, p) for p in sorted(found)]
-        consumer.assign(parts)
-        ends = consumer.end_offsets(parts)
-        begins = consumer.beginning_offsets(parts)
-        def offsets_at(when: datetime) -> dict[TopicPartition, int]:
-            """The first offset at or after ``when`` per partition; the log end when there is none."""
-            found = consumer.offsets_for_times({tp: int(when.timestamp() * 1000) for tp in parts})
-            out = {}
-            for tp in parts:
-                hit = found.get(tp)
-                # Kafka answers None past the end; some compatible brokers answer timestamp -1.
-                out[tp] = hit.offset if hit is not None and hit.timestamp >= 0 else ends[tp]
-            return out
-
-        if plan.offsets:
-            starts = {tp: plan.offsets[(tp.topic, tp.partition)] for tp in parts}
-        else:
-            assert plan.since is not None
-            starts = offsets_at(plan.since)
-        stops = offsets_at(plan.until) if plan.until is not None else dict(ends)
-        with self._lock:
-            for tp in parts:
-                self._epoch += 1
-                part = _Partition(self._epoch)
-                part.stop_at = stops[tp]
-                part.stop_at_log_end = plan.until is None
-                part.end = ends[tp]
-                self._parts[(tp.topic, tp.partition)] = part
-        for tp in parts:
-            start = max(starts[tp], begins[tp])
-            if start < starts[tp] or starts[tp] < begins[tp]:
-                log.warning("replay: %s:%d starts at %d, the oldest retained offset", tp.topic, tp.partition, start)
-            consumer.seek(tp, start)
-        self._connected.set()
-        self.metrics.source_connected.set(1)
-        log.info("kafka replay", extra={
-            "group": self.group_id,
-            "ranges": {f"{tp.topic}:{tp.partition}": [max(starts[tp], begins[tp]), stops[tp]] for tp in parts}})
-
-    @staticmethod
-    def _at_stop(consumer: KafkaConsumer, tp: TopicPartition, part: _Partition) -> bool:
-        try:
-            return bool(part.stop_at is not None and consumer.position(tp, timeout_ms=1000) >= part.stop_at)
-        except Exception:
-            return False
-
-    def _replay_complete(self) -> bool:
-        consumer = self._consumer
-        if consumer is None or self._pending:
-            return False
-        with self._lock:
-            parts = list(self._parts.items())
-        for (topic, partition), part in parts:
-            tp = TopicPartition(topic, partition)
-            with self._lock:
-                _refine_stop(consumer, tp, part)
-            if part.stop_at is None or part.stop_at_log_end or not self._at_stop(consumer, tp, part):
-                return False
-            if tp not in consumer.paused():
-                consumer.pause(tp)
-        return True
-
-
-def _refine_stop(consumer: KafkaConsumer, tp: TopicPartition, part: _Partition) -> None:
-    """A replay to the log end takes the end from the first fetch's high watermark (exact on every broker)."""
-    if part.stop_at_log_end:
-        high = consumer.highwater(tp)
-        if high is not None:
-            part.stop_at = max(part.stop_at or 0, high)
-            part.stop_at_log_end = False
-
-
-class _Listener(AsyncConsumerRebalanceListener):
-    """Commits what is finished for revoked partitions before another consumer takes them over."""
-
-    def __init__(self, source: KafkaSource, consumer: KafkaConsumer) -> None:
-        self.source = source
-        self.consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        if not revoked:
-            return
-        keys = {(tp.topic, tp.partition) for tp in revoked}
-        offsets = self.source._committable(keys)
-        if offsets:
-            try:
-                await _commit_from_listener(self.consumer, offsets)
-                self.source._committed(offsets)
-                self.source.metrics.kafka_commits.labels("revoke", "ok").inc()
-            except Exception as exc:  # the partitions are given up anyway; the new owner re-reads
-                self.source.metrics.kafka_commits.labels("revoke", "failed").inc()
-                log.warning("kafka: commit on revoke failed: %s", exc)
-        self.source.partitions_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        for tp, offset in self.source.partitions_assigned(set(assigned)).items():
-            self.consumer.seek(tp, offset)
-
-    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        # Membership was lost: another consumer may already own them, so nothing is committed.
-        self.source.partitions_revoked(set(lost), lost=True)
-
-
-async def _commit_from_listener(consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-    """A synchronous commit from inside a rebalance callback (which runs on kafka-python's IO loop).
-
-    ``KafkaConsumer.commit`` would block that loop (kafka-python 3 refuses it), so await the
-    coordinator's own coroutine; where it does not exist, fall back to an asynchronous commit.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    commit = getattr(coordinator, "_commit_offsets_sync_async", None)
-    if commit is not None:
-        await commit(offsets)
-    else:  # pragma: no cover - other kafka-python versions
-        consumer.commit_async(offsets)

@@ -2,7 +2,9 @@
 
 One connection, used from one dedicated thread, so the event loop never blocks on disk and SQLite
 never sees two threads.  WAL journal; every write is its own transaction (or one transaction for
-matches plus their actions).  The schema is versioned with ``PRAGMA user_version``.
+matches plus their actions).  The schema is versioned with ``PRAGMA user_version``
+(:mod:`.sqlite_schema`); the review queue's and the remote matchers' queries are mixins
+(:mod:`.sqlite_review`, :mod:`.sqlite_remote`).
 """
 
 from __future__ import annotations
@@ -13,120 +15,24 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import ServiceError
 from service.models import Match, UploadEvent
-from service.store.base import (
-    REMOTE_CLEAN,
-    REMOTE_FAILED,
-    REMOTE_SEEN,
-    NewAction,
-    OutboxItem,
-    RemoteScan,
-    RemoteScanRow,
-    ScanRecord,
-)
+from service.store.base import NewAction, OutboxItem, RemoteScan, ScanRecord
+
+# Re-exported so ``from service.store.sqlite import X`` keeps working after the split.
+from service.store.sqlite_common import StoreError as StoreError
 from service.store.sqlite_common import fetch_outbox_items, insert_actions, outbox_item, transaction
+from service.store.sqlite_common import upload_from_json as upload_from_json
+from service.store.sqlite_common import upload_to_json as upload_to_json
+from service.store.sqlite_remote import RemoteSqliteMixin, _put_remote
 from service.store.sqlite_review import ReviewSqliteMixin
+from service.store.sqlite_schema import MIGRATIONS as MIGRATIONS
+from service.store.sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from service.store.sqlite_schema import migrate as migrate
 
 T = TypeVar("T")
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: initial schema
-    """
-    CREATE TABLE checkpoints (
-        name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
-    );
-    CREATE TABLE events (
-        event_id TEXT PRIMARY KEY, wiki TEXT NOT NULL, title TEXT NOT NULL, sha1 TEXT,
-        log_action TEXT NOT NULL, outcome TEXT NOT NULL, finished_at REAL NOT NULL
-    );
-    CREATE INDEX events_finished_at ON events (finished_at);
-    CREATE TABLE scans (
-        sha1 TEXT PRIMARY KEY, outcome TEXT NOT NULL, bank_version TEXT NOT NULL, scanned_at REAL NOT NULL,
-        pdq TEXT, pdq_quality INTEGER, md5 TEXT, matches TEXT NOT NULL DEFAULT '[]'
-    );
-    CREATE TABLE matches (
-        id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, wiki TEXT NOT NULL, title TEXT NOT NULL,
-        sha1 TEXT NOT NULL, uploader TEXT, upload_time TEXT NOT NULL, log_action TEXT NOT NULL,
-        page_url TEXT NOT NULL, matcher TEXT NOT NULL, bank TEXT NOT NULL, category TEXT NOT NULL,
-        hash_id TEXT NOT NULL, hash_value TEXT NOT NULL, distance INTEGER, source TEXT,
-        details TEXT NOT NULL, created_at REAL NOT NULL,
-        UNIQUE (wiki, title, sha1, matcher, bank, hash_id)
-    );
-    CREATE INDEX matches_created_at ON matches (created_at);
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, payload TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL,
-        last_error TEXT, result TEXT
-    );
-    CREATE INDEX outbox_due ON outbox (state, kind, next_attempt_at);
-    """,
-    # 2: remote matchers' per-content states (rescan, retry schedule) and request budgets
-    """
-    CREATE TABLE remote_scans (
-        sha1 TEXT NOT NULL, matcher TEXT NOT NULL, state TEXT NOT NULL, scanned_at REAL NOT NULL,
-        clean_at REAL, failures INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL, upload TEXT,
-        last_error TEXT,
-        PRIMARY KEY (sha1, matcher)
-    );
-    CREATE INDEX remote_scans_retry ON remote_scans (matcher, state, next_attempt_at);
-    CREATE INDEX remote_scans_clean ON remote_scans (matcher, state, clean_at);
-    CREATE TABLE budgets (
-        name TEXT NOT NULL, period TEXT NOT NULL, used INTEGER NOT NULL, updated_at REAL NOT NULL,
-        PRIMARY KEY (name, period)
-    );
-    """,
-    # 3: review queue: append-only audit log, per-bank allowlist, review decisions, reviewer sessions
-    """
-    CREATE TABLE audit_log (
-        id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
-        sha1 TEXT, wiki TEXT, title TEXT, note TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX audit_log_sha1 ON audit_log (sha1, id);
-    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-    CREATE TABLE allowlist (
-        bank TEXT NOT NULL, sha1 TEXT NOT NULL, added_by TEXT NOT NULL, added_at REAL NOT NULL,
-        note TEXT NOT NULL DEFAULT '', PRIMARY KEY (sha1, bank)
-    );
-    CREATE TABLE review_state (
-        sha1 TEXT PRIMARY KEY, state TEXT NOT NULL, reviewer TEXT NOT NULL, decided_at REAL NOT NULL,
-        note TEXT NOT NULL DEFAULT ''
-    );
-    CREATE TABLE review_sessions (
-        token_hash TEXT PRIMARY KEY, reviewer TEXT NOT NULL, csrf TEXT NOT NULL, created_at REAL NOT NULL,
-        last_seen REAL NOT NULL, expires_at REAL NOT NULL
-    );
-    CREATE INDEX matches_sha1 ON matches (sha1);
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StoreError(ServiceError):
-    """The store cannot be opened or used."""
-
-    retriable = True
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION; refuse a database written by a newer version."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise StoreError(f"database schema version {current} is newer than this program's ({SCHEMA_VERSION})")
-    for version in range(current, SCHEMA_VERSION):
-        with conn:
-            conn.executescript(MIGRATIONS[version])
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-    return SCHEMA_VERSION
-
 
 _PUT_EVENT = (
     "INSERT INTO events (event_id, wiki, title, sha1, log_action, outcome, finished_at) "
@@ -159,63 +65,7 @@ def _scan(row: sqlite3.Row) -> ScanRecord:
     )
 
 
-def upload_to_json(event: UploadEvent) -> str:
-    return json.dumps({
-        "event_id": event.event_id, "wiki": event.wiki, "title": event.title, "server_url": event.server_url,
-        "page_url": event.page_url, "uploader": event.uploader, "upload_time": event.upload_time.isoformat(),
-        "log_action": event.log_action, "sha1": event.sha1,
-    }, separators=(",", ":"))
-
-
-def upload_from_json(text: str | None) -> UploadEvent | None:
-    if not text:
-        return None
-    d = json.loads(text)
-    return UploadEvent(
-        event_id=d["event_id"], wiki=d["wiki"], title=d["title"], server_url=d.get("server_url", ""),
-        page_url=d.get("page_url", ""), uploader=d.get("uploader"),
-        upload_time=datetime.fromisoformat(d["upload_time"]), log_action=d.get("log_action", "upload"),
-        sha1=d.get("sha1"),
-    )
-
-
-def _remote_row(row: sqlite3.Row) -> RemoteScanRow:
-    return RemoteScanRow(
-        sha1=row["sha1"], matcher=row["matcher"], state=row["state"], scanned_at=row["scanned_at"],
-        clean_at=row["clean_at"], failures=row["failures"], next_attempt_at=row["next_attempt_at"],
-        upload=upload_from_json(row["upload"]), last_error=row["last_error"],
-    )
-
-
-def _put_remote(c: sqlite3.Connection, r: RemoteScan) -> None:
-    """Upsert one remote state (inside the caller's transaction)."""
-    upload = upload_to_json(r.upload) if r.upload is not None else None
-    old = c.execute("SELECT failures, clean_at FROM remote_scans WHERE sha1 = ? AND matcher = ?",
-                    (r.sha1, r.matcher)).fetchone()
-    if r.state == REMOTE_SEEN:
-        if old is not None and upload is not None:
-            c.execute("UPDATE remote_scans SET upload = ? WHERE sha1 = ? AND matcher = ?", (upload, r.sha1, r.matcher))
-        return
-    failures = 0
-    next_at: float | None = None
-    clean_at = old["clean_at"] if old is not None else None
-    if r.state == REMOTE_FAILED:
-        failures = (old["failures"] if old is not None else 0) + 1
-        if r.retry_delays:
-            next_at = r.at + r.retry_delays[min(failures, len(r.retry_delays)) - 1]
-    elif r.state == REMOTE_CLEAN:
-        clean_at = r.at
-    c.execute(
-        "INSERT INTO remote_scans (sha1, matcher, state, scanned_at, clean_at, failures, next_attempt_at, upload, "
-        "last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha1, matcher) DO UPDATE SET "
-        "state = excluded.state, scanned_at = excluded.scanned_at, clean_at = excluded.clean_at, "
-        "failures = excluded.failures, next_attempt_at = excluded.next_attempt_at, "
-        "upload = COALESCE(excluded.upload, remote_scans.upload), last_error = excluded.last_error",
-        (r.sha1, r.matcher, r.state, r.at, clean_at, failures, next_at, upload, r.error),
-    )
-
-
-class SqliteStore(ReviewSqliteMixin):
+class SqliteStore(ReviewSqliteMixin, RemoteSqliteMixin):
     """Implements every protocol in :mod:`service.store.base`."""
 
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
@@ -477,72 +327,3 @@ class SqliteStore(ReviewSqliteMixin):
     async def pending_count(self) -> int:
         row = await self._run(lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone())
         return int(row[0])
-
-    # ------------------------------------------------------------------ remote scans
-
-    async def put_remote_scans(self, scans: Sequence[RemoteScan]) -> None:
-        def tx(c: sqlite3.Connection) -> None:
-            with transaction(c):
-                for r in scans:
-                    _put_remote(c, r)
-
-        await self._run(tx)
-
-    async def get_remote_scan(self, sha1: str, matcher: str) -> RemoteScanRow | None:
-        row = await self._run(lambda c: c.execute(
-            "SELECT * FROM remote_scans WHERE sha1 = ? AND matcher = ?", (sha1, matcher)).fetchone())
-        return None if row is None else _remote_row(row)
-
-    async def list_remote_scans(self, matcher: str) -> list[RemoteScanRow]:
-        rows = await self._run(lambda c: c.execute(
-            "SELECT * FROM remote_scans WHERE matcher = ? ORDER BY scanned_at", (matcher,)).fetchall())
-        return [_remote_row(r) for r in rows]
-
-    async def due_remote_retries(self, matcher: str, now: float, limit: int) -> list[RemoteScanRow]:
-        rows = await self._run(lambda c: c.execute(
-            "SELECT * FROM remote_scans WHERE matcher = ? AND state = ? AND next_attempt_at <= ? "
-            "ORDER BY next_attempt_at, scanned_at LIMIT ?", (matcher, REMOTE_FAILED, now, limit)).fetchall())
-        return [_remote_row(r) for r in rows]
-
-    async def stale_remote_scans(self, matcher: str, clean_before: float, limit: int) -> list[RemoteScanRow]:
-        rows = await self._run(lambda c: c.execute(
-            "SELECT * FROM remote_scans WHERE matcher = ? AND state = ? AND clean_at < ? "
-            "ORDER BY clean_at, sha1 LIMIT ?", (matcher, REMOTE_CLEAN, clean_before, limit)).fetchall())
-        return [_remote_row(r) for r in rows]
-
-    async def retry_remote_failures_now(self, matcher: str, now: float) -> int:
-        cur = await self._run(lambda c: c.execute(
-            "UPDATE remote_scans SET next_attempt_at = ? WHERE matcher = ? AND state = ? AND "
-            "(next_attempt_at IS NULL OR next_attempt_at > ?)", (now, matcher, REMOTE_FAILED, now)))
-        return cur.rowcount
-
-    # ------------------------------------------------------------------ budgets
-
-    async def reserve_budget(self, name: str, period: str, want: int, limit: int) -> tuple[int, int]:
-        now = self._clock()
-
-        def tx(c: sqlite3.Connection) -> tuple[int, int]:
-            with transaction(c):
-                row = c.execute("SELECT used FROM budgets WHERE name = ? AND period = ?", (name, period)).fetchone()
-                used = int(row[0]) if row is not None else 0
-                granted = max(0, min(want, limit - used))
-                if granted:
-                    c.execute(
-                        "INSERT INTO budgets (name, period, used, updated_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (name, period) DO UPDATE SET used = budgets.used + ?, updated_at = ?",
-                        (name, period, granted, now, granted, now),
-                    )
-            return granted, used + granted
-
-        return await self._run(tx)
-
-    async def release_budget(self, name: str, period: str, count: int) -> None:
-        now = self._clock()
-        await self._run(lambda c: c.execute(
-            "UPDATE budgets SET used = MAX(0, used - ?), updated_at = ? WHERE name = ? AND period = ?",
-            (count, now, name, period)))
-
-    async def budget_used(self, name: str, period: str) -> int:
-        row = await self._run(lambda c: c.execute(
-            "SELECT used FROM budgets WHERE name = ? AND period = ?", (name, period)).fetchone())
-        return 0 if row is None else int(row[0])

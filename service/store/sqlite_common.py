@@ -1,4 +1,4 @@
-"""Helpers shared by the two halves of the SQLite store (:mod:`.sqlite` and its review mixin)."""
+"""Helpers shared by the parts of the SQLite store (:mod:`.sqlite`, its schema and its mixins)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 
+from service.errors import ServiceError
+from service.models import UploadEvent
 from service.store.base import NewAction, OutboxItem
+
+
+class StoreError(ServiceError):
+    """The store cannot be opened or used."""
+
+    retriable = True
 
 
 @contextmanager
@@ -53,3 +62,23 @@ def fetch_outbox_items(c: sqlite3.Connection, ids: list[int]) -> list[OutboxItem
     marks = ",".join("?" * len(ids))
     rows = c.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
     return [outbox_item(r) for r in rows]
+
+
+def upload_to_json(event: UploadEvent) -> str:
+    return json.dumps({
+        "event_id": event.event_id, "wiki": event.wiki, "title": event.title, "server_url": event.server_url,
+        "page_url": event.page_url, "uploader": event.uploader, "upload_time": event.upload_time.isoformat(),
+        "log_action": event.log_action, "sha1": event.sha1,
+    }, separators=(",", ":"))
+
+
+def upload_from_json(text: str | None) -> UploadEvent | None:
+    if not text:
+        return None
+    d = json.loads(text)
+    return UploadEvent(
+        event_id=d["event_id"], wiki=d["wiki"], title=d["title"], server_url=d.get("server_url", ""),
+        page_url=d.get("page_url", ""), uploader=d.get("uploader"),
+        upload_time=datetime.fromisoformat(d["upload_time"]), log_action=d.get("log_action", "upload"),
+        sha1=d.get("sha1"),
+    )

@@ -1,7 +1,8 @@
 """The review queue's part of the SQLite store: audit log, allowlist, decisions, sessions, queue queries.
 
-A mixin of :class:`service.store.sqlite.SqliteStore` (its schema is migration 3 there), kept apart so
-each file has one reason to change.  The audit log is append-only: triggers refuse UPDATE and DELETE.
+A mixin of :class:`service.store.sqlite.SqliteStore` (its schema is migration 3 in
+:mod:`.sqlite_schema`), kept apart so each file has one reason to change.  The audit log is
+append-only: triggers refuse UPDATE and DELETE.
 """
 
 from __future__ import annotations
