@@ -142,7 +142,10 @@ async def test_refused_key_makes_the_service_not_ready_and_loses_no_event(
         assert await store.event_outcome(e["meta"]["id"]) == "error:photodna-unauthorized"
     # Calls stopped after the first 401: at most one probe per auth_retry_interval since.
     assert all(r.kind == "unauthorized" for r in photodna.records)
-    assert len(photodna.records) <= 1 + (time.monotonic() - refused_at) / 1.0
+    # Requests already on their way before the first 401 came back (rate 20/s, several remote workers)
+    # are legitimate; after that round trip only the probes may arrive.
+    after_refusal = [r for r in photodna.records if r.t > refused_at + 0.5]
+    assert len(after_refusal) <= 1 + (time.monotonic() - refused_at) / 1.0
     status, ready = await get(run.base + "/readyz")
     assert status == 503 and isinstance(ready, dict)
     assert "HTTP 401" in ready["reasons"]["photodna"] and "invalid subscription key" in ready["reasons"]["photodna"]
