@@ -28,11 +28,19 @@ pytestmark = pytest.mark.wiki
 
 def make_config(tmp_path: Path, wiki: MediaWikiServer, sse: EventStreamsServer, smtp: SmtpServer,
                 bank: Path, **extra: Any) -> Config:
-    data: dict[str, Any] = {
+    data = base_config_data(tmp_path, wiki, smtp, bank)
+    data["source"] = {"eventstreams": {"url": sse.stream_url(), "since": "2000-01-01T00:00:00Z",
+                                       "reconnect": {"initial_delay": 0.05, "max_delay": 0.5}}}
+    for key, value in extra.items():
+        data[key] = {**data.get(key, {}), **value}
+    return config_from_dict(data, base=tmp_path)
+
+
+def base_config_data(tmp_path: Path, wiki: MediaWikiServer, smtp: SmtpServer, bank: Path) -> dict[str, Any]:
+    """Everything but the source: the real test wiki, the SMTP server, one bank, a SQLite store."""
+    return {
         "service": {"user_agent": "mediamoderation-test/0.1 (ts@example.org)", "shutdown_grace": 10},
         "http": {"host": "127.0.0.1", "port": 0},
-        "source": {"eventstreams": {"url": sse.stream_url(), "since": "2000-01-01T00:00:00Z",
-                                    "reconnect": {"initial_delay": 0.05, "max_delay": 0.5}}},
         "wikis": [{"id": wiki.wiki_id, "api_url": wiki.api_url}],
         "pipeline": {"cpu_pool": "thread", "event_deadline": 60},
         "fetch": {"retry_delay": 0.1},
@@ -44,9 +52,6 @@ def make_config(tmp_path: Path, wiki: MediaWikiServer, sse: EventStreamsServer, 
             "retry": {"initial_delay": 0.1, "max_delay": 0.5}}},
         "store": {"path": str(tmp_path / "store.sqlite3")},
     }
-    for key, value in extra.items():
-        data[key] = {**data.get(key, {}), **value}
-    return config_from_dict(data, base=tmp_path)
 
 
 class Running:

@@ -28,7 +28,7 @@ from tests.infra import images
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
-from tests.test_e2e import Running, metric
+from tests.test_e2e import Running, base_config_data, metric
 
 pytestmark = pytest.mark.wiki
 
@@ -41,24 +41,12 @@ def broker() -> Iterator[TansuBroker]:
 
 def config_data(tmp_path: Path, wiki: MediaWikiServer, broker: TansuBroker, smtp: SmtpServer, bank: Path,
                 topics: list[str], group: str) -> dict[str, Any]:
-    return {
-        "service": {"user_agent": "mediamoderation-test/0.1 (ts@example.org)", "shutdown_grace": 10},
-        "http": {"host": "127.0.0.1", "port": 0},
-        "source": {"type": "kafka", "kafka": {
-            "connection": {"bootstrap_servers": [broker.bootstrap], **GROUP_TIMING},
-            "topics": topics, "group_id": group, "auto_offset_reset": "earliest",
-            "commit_interval": 0.2, "lag_interval": 0.5}},
-        "wikis": [{"id": wiki.wiki_id, "api_url": wiki.api_url}],
-        "pipeline": {"cpu_pool": "thread", "event_deadline": 60},
-        "fetch": {"retry_delay": 0.1},
-        "banks": {"reload_interval": 0, "list": [
-            {"name": "cp-test", "path": str(bank), "category": "child-protection"}]},
-        "actions": {"notify": {
-            "sender": "mediamoderation@example.org", "recipients": ["ts@example.org"],
-            "smtp": {"host": "127.0.0.1", "port": smtp.port, "security": "none"},
-            "retry": {"initial_delay": 0.1, "max_delay": 0.5}}},
-        "store": {"path": str(tmp_path / "store.sqlite3")},
-    }
+    data = base_config_data(tmp_path, wiki, smtp, bank)
+    data["source"] = {"type": "kafka", "kafka": {
+        "connection": {"bootstrap_servers": [broker.bootstrap], **GROUP_TIMING},
+        "topics": topics, "group_id": group, "auto_offset_reset": "earliest",
+        "commit_interval": 0.2, "lag_interval": 0.5}}
+    return data
 
 
 async def start(service: Service) -> Running:

@@ -76,6 +76,22 @@ class RemoteScan:
     error: str | None = None
     retry_delays: tuple[float, ...] = ()
 
+    def transition(
+        self, old_failures: int | None, old_clean_at: float | None
+    ) -> tuple[int, float | None, float | None]:
+        """(failures, next_attempt_at, clean_at) to store, given the stored row's values (None: no row).
+
+        The one rule every store applies: a failure counts up and schedules the next attempt from
+        ``retry_delays`` (the last delay repeats); a clean verdict stamps ``clean_at``; anything else
+        resets the failures and keeps the last clean time.
+        """
+        if self.state == REMOTE_FAILED:
+            failures = (old_failures or 0) + 1
+            next_at = (self.at + self.retry_delays[min(failures, len(self.retry_delays)) - 1]
+                       if self.retry_delays else None)
+            return failures, next_at, old_clean_at
+        return 0, None, self.at if self.state == REMOTE_CLEAN else old_clean_at
+
 
 @dataclass(frozen=True, slots=True)
 class RemoteScanRow:

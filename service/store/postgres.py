@@ -41,7 +41,8 @@ from service.store.base import (
     ScanRecord,
 )
 from service.store.postgres_review import ReviewPostgresMixin
-from service.store.sqlite import StoreError, upload_from_json, upload_to_json
+from service.store.sqlite import StoreError, upload_to_json
+from service.store.sqlite_common import remote_row
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
@@ -157,12 +158,6 @@ def item_from_row(row: dict[str, Any]) -> OutboxItem:
     )
 
 
-def _remote_row(row: dict[str, Any]) -> RemoteScanRow:
-    return RemoteScanRow(
-        sha1=row["sha1"], matcher=row["matcher"], state=row["state"], scanned_at=row["scanned_at"],
-        clean_at=row["clean_at"], failures=row["failures"], next_attempt_at=row["next_attempt_at"],
-        upload=upload_from_json(row["upload"]), last_error=row["last_error"],
-    )
 
 
 async def _put_remote(c: Conn, r: RemoteScan) -> None:
@@ -176,15 +171,9 @@ async def _put_remote(c: Conn, r: RemoteScan) -> None:
             await c.execute("UPDATE remote_scans SET upload = %s WHERE sha1 = %s AND matcher = %s",
                             (upload, r.sha1, r.matcher))
         return
-    failures = 0
-    next_at: float | None = None
-    clean_at = old["clean_at"] if old is not None else None
-    if r.state == REMOTE_FAILED:
-        failures = (old["failures"] if old is not None else 0) + 1
-        if r.retry_delays:
-            next_at = r.at + r.retry_delays[min(failures, len(r.retry_delays)) - 1]
-    elif r.state == REMOTE_CLEAN:
-        clean_at = r.at
+    failures, next_at, clean_at = r.transition(
+        old["failures"] if old is not None else None, old["clean_at"] if old is not None else None
+    )
     await c.execute(
         "INSERT INTO remote_scans (sha1, matcher, state, scanned_at, clean_at, failures, next_attempt_at, upload, "
         "last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha1, matcher) DO UPDATE SET "
@@ -469,23 +458,23 @@ class PostgresStore(ReviewPostgresMixin):
 
     async def get_remote_scan(self, sha1: str, matcher: str) -> RemoteScanRow | None:
         row = await self._one("SELECT * FROM remote_scans WHERE sha1 = %s AND matcher = %s", (sha1, matcher))
-        return None if row is None else _remote_row(row)
+        return None if row is None else remote_row(row)
 
     async def list_remote_scans(self, matcher: str) -> list[RemoteScanRow]:
         rows = await self._all("SELECT * FROM remote_scans WHERE matcher = %s ORDER BY scanned_at", (matcher,))
-        return [_remote_row(r) for r in rows]
+        return [remote_row(r) for r in rows]
 
     async def due_remote_retries(self, matcher: str, now: float, limit: int) -> list[RemoteScanRow]:
         rows = await self._all(
             "SELECT * FROM remote_scans WHERE matcher = %s AND state = %s AND next_attempt_at <= %s "
             "ORDER BY next_attempt_at, scanned_at LIMIT %s", (matcher, REMOTE_FAILED, now, limit))
-        return [_remote_row(r) for r in rows]
+        return [remote_row(r) for r in rows]
 
     async def stale_remote_scans(self, matcher: str, clean_before: float, limit: int) -> list[RemoteScanRow]:
         rows = await self._all(
             "SELECT * FROM remote_scans WHERE matcher = %s AND state = %s AND clean_at < %s "
             "ORDER BY clean_at, sha1 LIMIT %s", (matcher, REMOTE_CLEAN, clean_before, limit))
-        return [_remote_row(r) for r in rows]
+        return [remote_row(r) for r in rows]
 
     async def retry_remote_failures_now(self, matcher: str, now: float) -> int:
         return await self._exec(

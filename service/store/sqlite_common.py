@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from service.errors import ServiceError
 from service.models import UploadEvent
-from service.store.base import NewAction, OutboxItem
+from service.store.base import NewAction, OutboxItem, RemoteScanRow
 
 
 class StoreError(ServiceError):
@@ -81,4 +82,13 @@ def upload_from_json(text: str | None) -> UploadEvent | None:
         page_url=d.get("page_url", ""), uploader=d.get("uploader"),
         upload_time=datetime.fromisoformat(d["upload_time"]), log_action=d.get("log_action", "upload"),
         sha1=d.get("sha1"),
+    )
+
+
+def remote_row(row: Mapping[str, Any]) -> RemoteScanRow:
+    """A ``remote_scans`` row (SQLite or PostgreSQL: same columns) as a :class:`RemoteScanRow`."""
+    return RemoteScanRow(
+        sha1=row["sha1"], matcher=row["matcher"], state=row["state"], scanned_at=row["scanned_at"],
+        clean_at=row["clean_at"], failures=row["failures"], next_attempt_at=row["next_attempt_at"],
+        upload=upload_from_json(row["upload"]), last_error=row["last_error"],
     )

@@ -11,17 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from service.store.base import REMOTE_CLEAN, REMOTE_FAILED, REMOTE_SEEN, RemoteScan, RemoteScanRow
-from service.store.sqlite_common import transaction, upload_from_json, upload_to_json
+from service.store.sqlite_common import remote_row, transaction, upload_to_json
 
 T = TypeVar("T")
 
 
-def _remote_row(row: sqlite3.Row) -> RemoteScanRow:
-    return RemoteScanRow(
-        sha1=row["sha1"], matcher=row["matcher"], state=row["state"], scanned_at=row["scanned_at"],
-        clean_at=row["clean_at"], failures=row["failures"], next_attempt_at=row["next_attempt_at"],
-        upload=upload_from_json(row["upload"]), last_error=row["last_error"],
-    )
 
 
 def _put_remote(c: sqlite3.Connection, r: RemoteScan) -> None:
@@ -33,15 +27,9 @@ def _put_remote(c: sqlite3.Connection, r: RemoteScan) -> None:
         if old is not None and upload is not None:
             c.execute("UPDATE remote_scans SET upload = ? WHERE sha1 = ? AND matcher = ?", (upload, r.sha1, r.matcher))
         return
-    failures = 0
-    next_at: float | None = None
-    clean_at = old["clean_at"] if old is not None else None
-    if r.state == REMOTE_FAILED:
-        failures = (old["failures"] if old is not None else 0) + 1
-        if r.retry_delays:
-            next_at = r.at + r.retry_delays[min(failures, len(r.retry_delays)) - 1]
-    elif r.state == REMOTE_CLEAN:
-        clean_at = r.at
+    failures, next_at, clean_at = r.transition(
+        old["failures"] if old is not None else None, old["clean_at"] if old is not None else None
+    )
     c.execute(
         "INSERT INTO remote_scans (sha1, matcher, state, scanned_at, clean_at, failures, next_attempt_at, upload, "
         "last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha1, matcher) DO UPDATE SET "
@@ -73,24 +61,24 @@ class RemoteSqliteMixin:
     async def get_remote_scan(self, sha1: str, matcher: str) -> RemoteScanRow | None:
         row = await self._run(lambda c: c.execute(
             "SELECT * FROM remote_scans WHERE sha1 = ? AND matcher = ?", (sha1, matcher)).fetchone())
-        return None if row is None else _remote_row(row)
+        return None if row is None else remote_row(row)
 
     async def list_remote_scans(self, matcher: str) -> list[RemoteScanRow]:
         rows = await self._run(lambda c: c.execute(
             "SELECT * FROM remote_scans WHERE matcher = ? ORDER BY scanned_at", (matcher,)).fetchall())
-        return [_remote_row(r) for r in rows]
+        return [remote_row(r) for r in rows]
 
     async def due_remote_retries(self, matcher: str, now: float, limit: int) -> list[RemoteScanRow]:
         rows = await self._run(lambda c: c.execute(
             "SELECT * FROM remote_scans WHERE matcher = ? AND state = ? AND next_attempt_at <= ? "
             "ORDER BY next_attempt_at, scanned_at LIMIT ?", (matcher, REMOTE_FAILED, now, limit)).fetchall())
-        return [_remote_row(r) for r in rows]
+        return [remote_row(r) for r in rows]
 
     async def stale_remote_scans(self, matcher: str, clean_before: float, limit: int) -> list[RemoteScanRow]:
         rows = await self._run(lambda c: c.execute(
             "SELECT * FROM remote_scans WHERE matcher = ? AND state = ? AND clean_at < ? "
             "ORDER BY clean_at, sha1 LIMIT ?", (matcher, REMOTE_CLEAN, clean_before, limit)).fetchall())
-        return [_remote_row(r) for r in rows]
+        return [remote_row(r) for r in rows]
 
     async def retry_remote_failures_now(self, matcher: str, now: float) -> int:
         cur = await self._run(lambda c: c.execute(
