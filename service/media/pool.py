@@ -91,11 +91,24 @@ def init_worker(memory_limit: int | None) -> None:  # pragma: no cover - runs in
     import service.media.thumbnail  # noqa: F401
 
 
+class _AllWorkersAtOnce(ProcessPoolExecutor):
+    """Starts every worker with the first call, before its manager thread begins to watch them.
+
+    With a non-fork context the executor spawns workers one by one as calls arrive, and wakes its manager
+    thread *before* spawning: a worker spawned while the manager waits is missing from the sentinels it
+    waits on, so that worker's death goes unnoticed and its call hangs (cpython#90622 is the same
+    bookkeeping).  Starting them all up front, as the executor does for ``fork``, closes that gap.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._safe_to_dynamically_spawn_children = False
+
+
 def process_executor(workers: int, memory_limit: int | None) -> ProcessPoolExecutor:
     """A forkserver ``ProcessPoolExecutor`` whose workers have the memory ceiling."""
     ctx = multiprocessing.get_context("forkserver")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                               initargs=(memory_limit,))
+    return _AllWorkersAtOnce(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(memory_limit,))
 
 
 class ExecutorPool:
