@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import Unscannable
+from service.config import config_from_dict
+from service.errors import ConfigError, Unscannable
 from service.media.pool import DecodePoolDown, ProcessPool, process_executor
 from service.metrics import Metrics
 
@@ -145,3 +146,36 @@ async def test_pool_that_cannot_restart_is_down_with_its_reason() -> None:
         assert down.value.reason == "decoder"
     finally:
         pool.shutdown()
+
+
+def _cfg_data(tmp_path: Path, **sections: dict[str, object]) -> dict[str, object]:
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+    return {
+        "service": {"user_agent": "mm-test/0 (ts@example.org)"},
+        "wikis": [{"id": "testwiki", "api_url": "http://127.0.0.1:1/api.php"}],
+        "banks": {"list": [{"name": "b", "path": str(bank), "category": "child-protection"}]},
+        "actions": {"notify": {"sender": "mm@example.org", "recipients": ["ts@example.org"]}},
+        **sections,
+    }
+
+
+def test_memory_settings_have_safe_defaults(tmp_path: Path) -> None:
+    cfg = config_from_dict(_cfg_data(tmp_path), base=tmp_path)
+    assert cfg.pipeline.decode_memory_limit == 1024 * 1024 * 1024
+    # The costliest common conversion (RGBA: the decoded image plus a white page and a mask) fits the ceiling.
+    assert cfg.thumbnail.max_decoded_bytes * 9 // 4 + 200 * 1024 * 1024 < cfg.pipeline.decode_memory_limit
+    assert config_from_dict(_cfg_data(tmp_path, pipeline={"decode_memory_limit": 0}),
+                            base=tmp_path).pipeline.decode_memory_limit == 0  # 0: no ceiling
+
+
+@pytest.mark.parametrize(("sections", "path"), [
+    ({"pipeline": {"decode_memory_limit": 100 * 1024 * 1024}}, "pipeline.decode_memory_limit"),
+    ({"pipeline": {"decode_memory_limit": -1}}, "pipeline.decode_memory_limit"),
+    ({"pipeline": {"decode_memory_limit": "1GiB"}}, "pipeline.decode_memory_limit"),
+    ({"thumbnail": {"max_decoded_bytes": 0}}, "thumbnail.max_decoded_bytes"),
+])
+def test_memory_settings_are_validated(tmp_path: Path, sections: dict[str, dict[str, object]], path: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(_cfg_data(tmp_path, **sections), base=tmp_path)
+    assert [p for p, _ in exc.value.problems] == [path]

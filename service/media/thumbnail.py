@@ -192,9 +192,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     elif mode.startswith("I;16") or mode in ("I", "F"):
         img = _wide_to_l(img)
     if img.mode in _ALPHA_MODES:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        # Pasted through its own alpha onto opaque white: the same blend as compositing, with one full-size
+        # copy (the white page) instead of four, so a large transparent image stays inside the memory budget.
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        page = Image.new("RGB", rgba.size, (255, 255, 255))
+        page.paste(rgba, mask=rgba.getchannel("A"))
+        return page
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
