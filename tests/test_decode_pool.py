@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import config_from_dict
+from service.config import config_from_dict, warnings_for
 from service.errors import ConfigError, Unscannable
 from service.media.pool import DecodePoolDown, ProcessPool, process_executor
 from service.metrics import Metrics
@@ -179,3 +179,9 @@ def test_memory_settings_are_validated(tmp_path: Path, sections: dict[str, dict[
     with pytest.raises(ConfigError) as exc:
         config_from_dict(_cfg_data(tmp_path, **sections), base=tmp_path)
     assert [p for p, _ in exc.value.problems] == [path]
+
+
+def test_a_budget_too_large_for_the_ceiling_is_warned_about(tmp_path: Path) -> None:
+    assert not [w for w in warnings_for(config_from_dict(_cfg_data(tmp_path), base=tmp_path)) if "decode" in w]
+    cfg = config_from_dict(_cfg_data(tmp_path, thumbnail={"max_decoded_bytes": 500_000_000}), base=tmp_path)
+    assert [w for w in warnings_for(cfg) if w.startswith("thumbnail.max_decoded_bytes")]

@@ -191,7 +191,11 @@ class ProcessPool:
         return await self._run_alone(fn, args)
 
     async def _rebuild(self, generation: int) -> None:
-        """Replace the broken executor of ``generation`` (once, whoever asks first)."""
+        """Replace the broken executor of ``generation`` (once, whoever asks first).  Shielded: an upload
+        that hits its deadline meanwhile stops waiting, the restart goes on (it raises nothing)."""
+        await asyncio.shield(self._rebuild_once(generation))
+
+    async def _rebuild_once(self, generation: int) -> None:
         async with self._rebuild_lock:
             if generation != self._generation or self._failure is not None or self._closed:
                 return
