@@ -98,6 +98,7 @@ async def test_sigkilled_worker_fails_only_its_own_call(pool: ProcessPool, marke
     assert await asyncio.wait_for(innocent, 120) == "done"  # retried alone, finished normally
     assert sample(pool.metrics, "mediamoderation_decode_worker_crashes_total", pool="retry") == 1  # the killer again
     assert sample(pool.metrics, "mediamoderation_decode_pool_restarts_total", result="ok") == 1
+    assert pool._quarantine is None  # the one-worker retry pool lives only while retries wait for it
     # The next calls run on the new pool, in parallel as before.
     assert await asyncio.wait_for(asyncio.gather(*(pool.run(allocate, 10) for _ in range(4))), 60) == [10] * 4
     assert pool.failure is None

@@ -164,6 +164,7 @@ class ProcessPool:
         self._rebuild_lock = asyncio.Lock()
         self._quarantine: Executor | None = None
         self._quarantine_lock = asyncio.Lock()
+        self._retries = 0  # calls waiting for or running in the quarantine worker
         self._failure: str | None = None
         self._closed = False
 
@@ -212,6 +213,9 @@ class ProcessPool:
                     log.error("decode pool restart failed", extra={"attempt": attempt, "error": last})
                     await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
                     continue
+                if self._closed:  # shut down while this one started
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    return
                 self._executor = executor
                 self._generation += 1
                 self.metrics.decode_pool_restarts.labels("ok").inc()
@@ -231,24 +235,34 @@ class ProcessPool:
         return executor
 
     async def _run_alone(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """The retry of a call whose executor broke: alone in a one-worker pool, so a second death is its own."""
-        async with self._quarantine_lock:
-            if self._failure is not None:
-                raise DecodePoolDown(self._failure)
-            if self._quarantine is None:
-                try:
-                    self._quarantine = await self._started(1)
-                except Exception as exc:
-                    raise DecodePoolDown(f"could not start a worker to retry in: {type(exc).__name__}: {exc}") \
-                        from exc
-            try:
-                return await asyncio.wrap_future(self._quarantine.submit(_guarded, fn, *args))
-            except BrokenProcessPool:
-                self.metrics.decode_worker_crashes.labels("retry").inc()
+        """The retry of a call whose executor broke: alone in a one-worker pool, so a second death is its own.
+        That worker exists only while retries wait for it (the pod's memory is planned for ``workers``)."""
+        self._retries += 1
+        try:
+            async with self._quarantine_lock:
+                return await self._in_quarantine(fn, args)
+        finally:
+            self._retries -= 1
+            if self._retries == 0 and self._quarantine is not None:
                 self._quarantine.shutdown(wait=False, cancel_futures=True)
                 self._quarantine = None
-                raise Unscannable(CRASHED, "the decode worker died on this file twice (killed, or out of "
-                                           "memory outside the ceiling)") from None
+
+    async def _in_quarantine(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._failure is not None:
+            raise DecodePoolDown(self._failure)
+        if self._quarantine is None:
+            try:
+                self._quarantine = await self._started(1)
+            except Exception as exc:
+                raise DecodePoolDown(f"could not start a worker to retry in: {type(exc).__name__}: {exc}") from exc
+        try:
+            return await asyncio.wrap_future(self._quarantine.submit(_guarded, fn, *args))
+        except BrokenProcessPool:
+            self.metrics.decode_worker_crashes.labels("retry").inc()
+            self._quarantine.shutdown(wait=False, cancel_futures=True)
+            self._quarantine = None
+            raise Unscannable(CRASHED, "the decode worker died on this file twice (killed, or out of memory "
+                                       "outside the ceiling)") from None
 
     def shutdown(self) -> None:
         self._closed = True
