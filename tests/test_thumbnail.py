@@ -381,3 +381,10 @@ def test_large_transparent_image_is_flattened_like_compositing() -> None:
     got = thumbnail._to_rgb(rgba)
     diff = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(expected, dtype=np.int16))
     assert got.mode == "RGB" and int(diff.max()) <= 1
+
+
+def test_float_image_with_nan_converts_without_warnings() -> None:
+    arr = np.linspace(0, 1000, 200 * 100, dtype=np.float32).reshape(100, 200)
+    arr[5, 5] = np.nan
+    out = np.asarray(thumbnail._wide_to_l(Image.fromarray(arr)))  # filterwarnings=error: no cast warning
+    assert out[5, 5] == 0 and out.max() == 255

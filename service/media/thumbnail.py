@@ -216,6 +216,7 @@ def _wide_to_l(img: Image.Image) -> Image.Image:
     step = max(1, _ROWS_BYTES // (w * 8))
     for top in range(0, h, step):
         rows = np.asarray(img.crop((0, top, w, min(h, top + step))), dtype=np.float64)
+        rows = np.nan_to_num(rows, nan=lo, posinf=hi, neginf=lo, copy=False)  # NaN in a float image: black
         out[top:top + rows.shape[0]] = ((rows - lo) * scale).astype(np.uint8)
     return Image.fromarray(out, "L")
 
