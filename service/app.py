@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +23,7 @@ from service.matchers.banks import BankSet
 from service.matchers.exact import ExactMatcher
 from service.matchers.pdq import PdqMatcher
 from service.matchers.photodna import PhotoDnaMatcher, build_matcher
+from service.media.pool import CpuPool, ProcessPool, thread_pool
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.pipeline import Matcher, Pipeline, Planner
@@ -36,11 +35,6 @@ from service.web.app import create_app
 from service.web.review.app import ReviewUI
 
 log = logging.getLogger(__name__)
-
-
-def _warm_up() -> None:  # pragma: no cover - runs in pool workers
-    import pdqhash  # noqa: F401
-    import PIL.Image  # noqa: F401
 
 
 class Service:
@@ -92,7 +86,7 @@ class Service:
         self.started = asyncio.Event()
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
-        self._cpu: Executor | None = None
+        self._cpu: CpuPool | None = None
         self.crashed: str | None = None
 
     # ------------------------------------------------------------------ health
@@ -128,16 +122,16 @@ class Service:
         return {"source": details()} if details is not None else {}
 
     def _live_pipeline(self) -> str | None:
-        return self.crashed
+        return self.crashed or (self._cpu.failure if self._cpu is not None else None)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _make_cpu_pool(self) -> Executor:
+    def _make_cpu_pool(self) -> CpuPool:
         n = self.cfg.cpu_workers
         if self.cfg.pipeline.cpu_pool == "thread":
-            return ThreadPoolExecutor(max_workers=n, thread_name_prefix="cpu")
-        ctx = multiprocessing.get_context("forkserver")
-        return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_warm_up)
+            return thread_pool(n)
+        # Restarted when a worker dies; each worker under the pipeline.decode_memory_limit ceiling.
+        return ProcessPool(n, memory_limit=self.cfg.pipeline.decode_memory_limit or None, metrics=self.metrics)
 
     async def _start_http(self) -> None:
         if not self.cfg.http.enabled:
@@ -271,7 +265,7 @@ class Service:
             with contextlib.suppress(Exception):
                 await self.photodna.aclose()  # gives the unspent budget lease back
         if self._cpu is not None:
-            self._cpu.shutdown(wait=False, cancel_futures=True)
+            self._cpu.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.store.close()

@@ -68,6 +68,14 @@ class Metrics:
             f"{p}_ready", "1 while a readiness check passes, 0 while it fails (the checks of /readyz)", ["check"],
             registry=r,
         )
+        self.decode_worker_crashes = Counter(
+            f"{p}_decode_worker_crashes", "Decode workers that died (pool: main, or retry: the one-worker pool "
+            "an upload whose worker died is retried in alone)", ["pool"], registry=r,
+        )
+        self.decode_pool_restarts = Counter(
+            f"{p}_decode_pool_restarts", "Decode pool restarts after a worker died, by result (ok, failed)",
+            ["result"], registry=r,
+        )
         for stage in STAGES:
             self.in_flight.labels(stage)
             self.queue_depth.labels(stage)

@@ -30,6 +30,7 @@ from typing import Any
 from service import events as ev
 from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, MalformedEvent, ServiceError, Unscannable
+from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
 from service.models import CLEAN, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
 from service.pipeline_steps import StageSteps
@@ -70,7 +71,7 @@ class Pipeline(StageSteps):
         exact: ExactBank,
         matchers: Sequence[Matcher],
         planners: Sequence[Planner],
-        cpu: Executor | None,
+        cpu: CpuPool | Executor | None,
         prepare: Prepare,
         metrics: Metrics,
         on_actions: Callable[[list[OutboxItem]], None] = lambda items: None,
@@ -91,7 +92,7 @@ class Pipeline(StageSteps):
         self.remote_when_local = remote_when_local
         self.remote_retry_delays = remote_retry_delays
         self.planners = list(planners)
-        self.cpu = cpu
+        self.cpu = as_cpu_pool(cpu)  # a process pool that survives its workers, threads, or the loop's default
         self.prepare = prepare
         self.metrics = metrics
         self.on_actions = on_actions

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 from service.config import ThumbnailSection, WikiSection
 from service.errors import Unscannable
+from service.media.pool import CpuPool
 from service.metrics import Metrics
 from service.models import CLEAN, MATCH
 from service.stages import ExactBank, Fetcher, Matcher, Planner, Prepare, Work, _call_prepare, _Finished, _merge
@@ -37,7 +37,7 @@ class StageSteps:
         wikis: dict[str, WikiSection]
         fetcher: Fetcher
         exact: ExactBank
-        cpu: Executor | None
+        cpu: CpuPool
         prepare: Prepare
         thumbnail_cfg: ThumbnailSection
         matchers: list[Matcher]
@@ -66,9 +66,7 @@ class StageSteps:
     async def _thumbnail(self, work: Work) -> str:
         fetched = work.fetched
         assert fetched is not None
-        loop = asyncio.get_running_loop()
-        work.prepared = await loop.run_in_executor(
-            self.cpu,
+        work.prepared = await self.cpu.run(
             _call_prepare,
             self.prepare,
             fetched.data,

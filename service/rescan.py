@@ -30,6 +30,7 @@ from typing import Protocol
 
 from service.config import RescanSection, ThumbnailSection, WikiSection
 from service.errors import FileGone, ServiceError, Unscannable
+from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
 from service.models import MATCH, Match, PreparedMedia, UploadEvent
 from service.pipeline import Fetcher, Planner, Prepare
@@ -73,7 +74,7 @@ class Rescanner:
         fetcher: Fetcher,
         wikis: Mapping[str, WikiSection],
         prepare: Prepare,
-        cpu: Executor | None,
+        cpu: CpuPool | Executor | None,
         thumbnail_cfg: ThumbnailSection,
         planners: Sequence[Planner],
         metrics: Metrics,
@@ -89,7 +90,7 @@ class Rescanner:
         self.fetcher = fetcher
         self.wikis = dict(wikis)
         self.prepare = prepare
-        self.cpu = cpu
+        self.cpu = as_cpu_pool(cpu)
         self.thumbnail_cfg = thumbnail_cfg
         self.planners = list(planners)
         self.metrics = metrics
@@ -200,9 +201,8 @@ class Rescanner:
             fetched = await self.fetcher.fetch(wiki, upload.title, expected_sha1=row.sha1)
             if fetched.info.sha1 and fetched.info.sha1.lower() != row.sha1:
                 raise FileGone(f"{upload.wiki} {upload.title!r} now shows {fetched.info.sha1}, not {row.sha1}")
-            loop = asyncio.get_running_loop()
-            media = await loop.run_in_executor(self.cpu, _prepare, self.prepare, fetched.data, row.sha1,
-                                               self.thumbnail_cfg, fetched.data_source)
+            media = await self.cpu.run(_prepare, self.prepare, fetched.data, row.sha1, self.thumbnail_cfg,
+                                       fetched.data_source)
             if not self.matcher.can_send():
                 return None
             matches = await self.matcher.match(media, background=True)

@@ -311,3 +311,80 @@ def test_mpo_counts_as_jpeg() -> None:
     assert media.pdq is not None
     assert images.hamming(media.pdq.hashes[0], pdq_of(first)) <= 10
     assert reason(out.getvalue(), dataclasses.replace(CFG, formats=("PNG",))) == "format-not-allowed"
+
+
+# --------------------------------------------------------------------------- decoded-size budget
+
+
+@pytest.mark.parametrize(("mode", "per_pixel"), [
+    ("1", 1), ("L", 1), ("P", 1), ("LA", 2), ("PA", 2), ("I;16", 2), ("I;16B", 2), ("RGB", 3), ("YCbCr", 3),
+    ("RGBA", 4), ("CMYK", 4), ("I", 4), ("F", 4),
+])
+def test_decoded_bytes_counts_every_band_at_its_depth(mode: str, per_pixel: int) -> None:
+    assert thumbnail.decoded_bytes(mode, 300, 200) == 300 * 200 * per_pixel
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "RGBA", "LA", "P", "L", "RGB", "CMYK"])
+def test_over_budget_is_refused_before_any_pixel_is_decoded(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = images.photo(12, (120, 80)).convert("L" if mode in ("I;16", "I", "F") else "RGB").convert(mode)
+    fmt = "TIFF" if mode in ("F", "CMYK", "I") else "PNG"
+    out = io.BytesIO()
+    img.save(out, fmt)
+    data = out.getvalue()
+    opened = Image.open(io.BytesIO(data))
+    size = thumbnail.decoded_bytes(opened.mode, *opened.size)
+    assert size >= 120 * 80
+    loads: list[str] = []
+    original_load = thumbnail.ImageFile.ImageFile.load
+
+    def spy(self: thumbnail.ImageFile.ImageFile):  # type: ignore[no-untyped-def]
+        loads.append(self.mode)
+        return original_load(self)
+
+    monkeypatch.setattr(thumbnail.ImageFile.ImageFile, "load", spy)
+    assert reason(data, dataclasses.replace(CFG, max_decoded_bytes=size - 1)) == "too-large-decoded"
+    assert loads == []  # refused from the header alone
+    assert run(data, dataclasses.replace(CFG, max_decoded_bytes=size)).pdq is not None  # at the budget: scanned
+
+
+def test_16bit_png_budget_counts_two_bytes_a_pixel() -> None:
+    img = Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)
+    data = images.png_bytes(img)
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    assert reason(data, dataclasses.replace(CFG, max_decoded_bytes=64 * 48 * 2 - 1)) == "too-large-decoded"
+    media = run(data, dataclasses.replace(CFG, max_decoded_bytes=64 * 48 * 2))
+    assert media.pdq is not None and media.pdq.quality > 0
+
+
+def test_jpeg_budget_applies_to_the_draft_size() -> None:
+    data = images.jpeg_bytes(images.photo(13, (2048, 1536)))
+    full = 2048 * 1536 * 3
+    drafted = 512 * 384 * 3  # decoded at 1/4 scale for a 512 px PDQ
+    assert run(data, dataclasses.replace(CFG, max_decoded_bytes=drafted)).pdq is not None
+    assert reason(data, dataclasses.replace(CFG, max_decoded_bytes=drafted - 1)) == "too-large-decoded"
+    assert drafted < full
+
+
+def test_wide_greyscale_is_stretched_in_bands_like_the_whole_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    arr = (np.random.default_rng(5).integers(1000, 50000, (300, 200))).astype(np.uint16)
+    img = Image.fromarray(arr)
+    assert img.mode == "I;16"
+    monkeypatch.setattr(thumbnail, "_ROWS_BYTES", 200 * 8 * 7)  # bands of 7 rows
+    lo, hi = float(arr.min()), float(arr.max())
+    expected = ((arr.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    assert np.array_equal(np.asarray(thumbnail._wide_to_l(img)), expected)
+
+
+def test_large_transparent_image_is_flattened_like_compositing() -> None:
+    rgba = Image.open(io.BytesIO(images.rgba_png()))
+    expected = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    got = thumbnail._to_rgb(rgba)
+    diff = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(expected, dtype=np.int16))
+    assert got.mode == "RGB" and int(diff.max()) <= 1
+
+
+def test_float_image_with_nan_converts_without_warnings() -> None:
+    arr = np.linspace(0, 1000, 200 * 100, dtype=np.float32).reshape(100, 200)
+    arr[5, 5] = np.nan
+    out = np.asarray(thumbnail._wide_to_l(Image.fromarray(arr)))  # filterwarnings=error: no cast warning
+    assert out[5, 5] == 0 and out.max() == 255

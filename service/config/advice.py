@@ -17,6 +17,10 @@ def warnings_for(cfg: Config) -> list[str]:
     if p.enabled and not p.key.get():
         out.append(f"photodna.key: no key is available from {p.key!r} right now; PhotoDNA stays not-ready "
                    "until it is")
+    pl, budget = cfg.pipeline, cfg.thumbnail.max_decoded_bytes
+    if pl.cpu_pool == "process" and pl.decode_memory_limit and budget * 9 // 4 + (200 << 20) > pl.decode_memory_limit:
+        out.append(f"thumbnail.max_decoded_bytes ({budget}) is large for pipeline.decode_memory_limit "
+                   f"({pl.decode_memory_limit}): images near the budget may end unscannable:decoder-memory")
     out += _takedown_review_warnings(cfg)
     return out
 

@@ -78,6 +78,8 @@ class PipelineSection:
     concurrency: ConcurrencySection = field(default_factory=ConcurrencySection)
     cpu_workers: int | None = None  # default: number of cores
     cpu_pool: Literal["process", "thread"] = "process"
+    # Address-space ceiling (RLIMIT_AS, bytes) of each decode worker process; 0: none.  Not for cpu_pool: thread.
+    decode_memory_limit: int = 1024 * 1024 * 1024
     event_deadline: float = 300.0
     dedupe_retention_days: float = 14.0
 

@@ -26,6 +26,9 @@ class FetchSection:
 @dataclass(frozen=True)
 class ThumbnailSection:
     max_pixels: int = 120_000_000
+    # Width x height x bytes per pixel (all bands, all bit depths) above which an image is refused before
+    # its pixels are decoded: converting it costs a few times this, which must fit the worker's memory ceiling.
+    max_decoded_bytes: int = 200_000_000
     formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
     pdq_max_side: int = 512
     jpeg_min_side: int = 160

@@ -12,6 +12,7 @@ from service.config.root import Config
 from service.config.values import parse_time, resolve_path
 
 EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+MIN_DECODE_MEMORY = 256 * 1024 * 1024  # a warmed-up worker already maps ~160 MB
 GENERIC_AGENTS = ("python-requests", "aiohttp", "python-urllib", "curl/", "wget/", "mozilla/")
 
 
@@ -72,6 +73,9 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
             problems.add(f"pipeline.concurrency.{stage}", f"must be >= 1, got {n}")
     if pl.cpu_workers is not None and pl.cpu_workers < 1:
         problems.add("pipeline.cpu_workers", f"must be >= 1, got {pl.cpu_workers}")
+    if pl.decode_memory_limit != 0 and pl.decode_memory_limit < MIN_DECODE_MEMORY:
+        problems.add("pipeline.decode_memory_limit", f"must be 0 (no limit) or at least {MIN_DECODE_MEMORY} "
+                     f"bytes (256 MiB), got {pl.decode_memory_limit}")
     if pl.event_deadline <= 0:
         problems.add("pipeline.event_deadline", "must be > 0 seconds")
     if pl.dedupe_retention_days <= 0:
@@ -93,7 +97,7 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         problems.add("fetch.batch_size", f"must be between 1 and 50, got {f.batch_size}")
 
     t = cfg.thumbnail
-    for name in ("max_pixels", "pdq_max_side", "jpeg_min_side", "jpeg_max_bytes"):
+    for name in ("max_pixels", "max_decoded_bytes", "pdq_max_side", "jpeg_min_side", "jpeg_max_bytes"):
         if getattr(t, name) < 1:
             problems.add(f"thumbnail.{name}", "must be >= 1")
     if not 1 <= t.jpeg_quality <= 95:

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 import pdqhash
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageMode, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from service.config import ThumbnailSection
@@ -35,6 +35,7 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _MAX_JPEG_SIDE = 65_000  # libjpeg's limit is 65,500
 _MIN_JPEG_QUALITY = 50
+_ROWS_BYTES = 16 * 1024 * 1024  # float working memory per band of rows in _wide_to_l
 
 # ``warnings.catch_warnings`` swaps process-global state: serialise the few lines that use it so that
 # concurrent calls (cpu_pool: thread) cannot restore each other's filters in the wrong order.
@@ -65,10 +66,13 @@ def prepare(
     """Decode ``data`` (first frame), apply EXIF orientation, flatten alpha onto white, compute PDQ and,
     when ``cfg.make_jpeg``, a JPEG for remote matchers.
 
-    Raises :class:`Unscannable` with reason ``decompression-bomb``, ``format-not-allowed`` or
+    Raises :class:`Unscannable` with reason ``decompression-bomb``, ``too-large-decoded`` (the decoded
+    pixels would exceed ``cfg.max_decoded_bytes``), ``decoder-memory``, ``format-not-allowed`` or
     ``undecodable``.
     """
     img = _open(data, cfg)
+    if not isinstance(img, JpegImageFile):  # before anything reads pixels (a PNG's EXIF lookup decodes it)
+        _check_decoded_size(img, cfg)
     width, height = img.size  # as stored, before any draft reduction
     if _orientation(img) in (5, 6, 7, 8):
         width, height = height, width
@@ -81,18 +85,21 @@ def prepare(
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: never below what we need.
         sw, sh = img.size
         img.draft("RGB", (max(1, math.ceil(sw * need_scale)), max(1, math.ceil(sh * need_scale))))
+        _check_decoded_size(img, cfg)  # at the size libjpeg will decode to
 
     try:
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Unscannable("decompression-bomb", str(exc)) from exc
     except MemoryError as exc:
-        raise Unscannable("decompression-bomb", "out of memory while decoding") from exc
+        raise Unscannable("decoder-memory", "out of memory while decoding") from exc
     except Exception as exc:  # any decoder failure on untrusted bytes means "undecodable"
         raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
 
     try:
         rgb = _to_rgb(_upright(img))
+    except MemoryError as exc:
+        raise Unscannable("decoder-memory", "out of memory while converting") from exc
     except Exception as exc:  # conversion of exotic modes
         raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
 
@@ -137,6 +144,26 @@ def _open(data: bytes, cfg: ThumbnailSection) -> ImageFile.ImageFile:
     return img
 
 
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """Memory for the decoded pixels: width x height x bytes per pixel, every band at its bit depth
+    (I;16: 2, I and F: 4, RGB: 3, RGBA and CMYK: 4, LA: 2, P and L: 1; mode 1 is stored a byte a pixel)."""
+    try:
+        spec = ImageMode.getmode(mode)
+        per_pixel = np.dtype(spec.typestr).itemsize * len(spec.bands)
+    except (KeyError, TypeError):  # a mode Pillow does not describe: assume the widest common one
+        per_pixel = 8
+    return width * height * per_pixel
+
+
+def _check_decoded_size(img: Image.Image, cfg: ThumbnailSection) -> None:
+    w, h = img.size
+    size = decoded_bytes(img.mode, w, h)
+    if size > cfg.max_decoded_bytes:
+        img.close()
+        raise Unscannable("too-large-decoded", f"{w}x{h} {img.mode} decodes to {size} bytes, over the budget of "
+                                               f"{cfg.max_decoded_bytes}")
+
+
 def _orientation(img: Image.Image) -> int:
     try:
         value = img.getexif().get(0x0112, 1)
@@ -165,19 +192,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     elif mode.startswith("I;16") or mode in ("I", "F"):
         img = _wide_to_l(img)
     if img.mode in _ALPHA_MODES:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        # Pasted through its own alpha onto opaque white: the same blend as compositing, with one full-size
+        # copy (the white page) instead of four, so a large transparent image stays inside the memory budget.
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        page = Image.new("RGB", rgba.size, (255, 255, 255))
+        page.paste(rgba, mask=rgba.getchannel("A"))
+        return page
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _wide_to_l(img: Image.Image) -> Image.Image:
-    """16-bit and float greyscale to 8 bits, stretched over the value range actually used."""
-    arr = np.asarray(img, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
+    """16-bit and float greyscale to 8 bits, stretched over the value range actually used.
+
+    Converted in bands of rows: a float copy of the whole image would need 8 bytes a pixel (about 1 GB at
+    120 megapixels, several times that during the arithmetic)."""
+    lo_v, hi_v = img.getextrema()
+    lo, hi = float(lo_v), float(hi_v)  # type: ignore[arg-type]
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:  # flat, or a float image with NaN/infinity
         return Image.new("L", img.size, 0)
-    return Image.fromarray(((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8), "L")
+    w, h = img.size
+    out = np.empty((h, w), dtype=np.uint8)
+    scale = 255.0 / (hi - lo)
+    step = max(1, _ROWS_BYTES // (w * 8))
+    for top in range(0, h, step):
+        rows = np.asarray(img.crop((0, top, w, min(h, top + step))), dtype=np.float64)
+        rows = np.nan_to_num(rows, nan=lo, posinf=hi, neginf=lo, copy=False)  # NaN in a float image: black
+        out[top:top + rows.shape[0]] = ((rows - lo) * scale).astype(np.uint8)
+    return Image.fromarray(out, "L")
 
 
 def _scaled(img: Image.Image, scale: float, *, at_least: int = 1) -> Image.Image:
