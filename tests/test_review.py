@@ -432,3 +432,39 @@ async def test_the_audit_log_is_append_only(make_ui: Callable[..., Any]) -> None
             conn.execute("DELETE FROM audit_log")
     finally:
         conn.close()
+
+
+def test_sign_in_throttle_counts_expire_and_only_the_pair_is_forgiven() -> None:
+    from service.web.review.auth import SignInThrottle, Verdict
+
+    now = [0.0]
+    t = SignInThrottle(lambda: now[0], pair_failures=2, address_failures=3, name_ceiling=4, slow_delay=1.5,
+                       window=60)
+    t.failed("alice", "a")
+    t.failed("alice", "a")
+    assert t.check("alice", "a").refused and not t.check("alice", "b").refused
+    t.failed("bob", "a")
+    assert t.check("carol", "a").refused  # three failures from one address: any name from it waits
+    t.failed("alice", "b")
+    t.failed("alice", "c")
+    assert t.check("alice", "d") == Verdict(refused=False, delay=1.5)  # a new address: slowed, never refused
+    t.succeeded("alice", "d")
+    assert t.check("alice", "d").delay == 1.5  # one success does not end the attack on the name
+    now[0] += 61
+    assert t.check("alice", "a").refused is False and t.check("alice", "a").delay == 0.0
+
+
+async def test_client_address_from_a_trusted_proxy_only(tmp_path: Path) -> None:
+    from service.web.review.auth import Auth
+
+    cfg = make_cfg(tmp_path, proxy_auth={"client_header": "X-Forwarded-For", "trusted_proxies": ["10.0.0.1", "::1"]})
+    auth = Auth(cfg.review, store=None)  # type: ignore[arg-type]  # the address needs no store
+    xff = "X-Forwarded-For"
+    assert auth.client_address("10.0.0.1", {xff: "198.51.100.7"}) == "198.51.100.7"
+    assert auth.client_address("10.0.0.1", {xff: "1.2.3.4, 2001:DB8::7, ::1"}) == "2001:db8::7"  # right-most hop
+    assert auth.client_address("10.0.0.1", {xff: "not an address"}) == "10.0.0.1"
+    assert auth.client_address("10.0.0.1", {}) == "10.0.0.1"
+    assert auth.client_address("192.0.2.1", {xff: "198.51.100.7"}) == "192.0.2.1"  # not a trusted proxy
+    assert auth.client_address(None, {}) == "unknown"
+    plain = Auth(make_cfg(tmp_path).review, store=None)  # type: ignore[arg-type]
+    assert plain.client_address("10.0.0.1", {xff: "198.51.100.7"}) == "10.0.0.1"  # no header configured
