@@ -42,7 +42,8 @@ def origin(url: str) -> Origin | None:
 
 def title_path(title: str) -> str:
     """A page title as MediaWiki puts it in a URL path."""
-    return quote(title.strip().replace(" ", "_"), safe=_MW_SAFE)
+    # errors="replace": a title that is not valid Unicode (a lone surrogate) still gets a link, never an exception.
+    return quote(title.strip().replace(" ", "_"), safe=_MW_SAFE, errors="replace")
 
 
 def page_url(wiki: WikiSection, title: str) -> str:

@@ -48,6 +48,7 @@ def test_titles_are_encoded_like_mediawiki() -> None:
     assert page_url(wiki, "File:A photo (1).jpg") == "https://commons.wikimedia.org/wiki/File:A_photo_(1).jpg"
     assert title_path("File:Évé?&#x=1 \"q\".jpg") == "File:%C3%89v%C3%A9%3F%26%23x%3D1_%22q%22.jpg"
     assert title_path("File:a/b;c@d$e!f*g,h~i.jpg") == "File:a/b;c@d$e!f*g,h~i.jpg"  # wfUrlencode keeps these
+    assert title_path("File:Bad\ud800.jpg") == "File:Bad%3F.jpg"  # a lone surrogate: a link, not an exception
     custom = WikiSection(id="w", api_url="http://10.0.0.5:8080/w/api.php", server_url="https://wiki.example.org/",
                          article_path="/index.php?title=$1")
     assert page_url(custom, "File:X y.png") == "https://wiki.example.org/index.php?title=File:X_y.png"
