@@ -401,16 +401,18 @@ def _placeholder(text: str) -> web.Response:
 def _next(value: str | None) -> str:
     """Where to go after signing in: only a path inside the review UI, never an open redirect.
 
-    Control or space characters (a header-splitting ``%0D%0A``) are a 400; anything else that is not a
+    Control or space characters (a header-splitting ``%0D%0A``, raw or encoded) are a 400; anything else that is not a
     plain path under /review/ (absolute URLs, ``//host``, backslashes, dot segments) becomes /review/.
     """
     if not value:
         return f"{BASE}/"
-    if len(value) > 2000 or any(unicodedata.category(c)[0] in "CZ" for c in value):
-        raise web.HTTPBadRequest(text="Bad 'next' parameter")
+    decoded = unquote(value)
+    if len(value) > 2000 or any(unicodedata.category(c)[0] in "CZ" for c in value) \
+            or any(unicodedata.category(c)[0] == "C" for c in decoded):
+        raise web.HTTPBadRequest(text="Bad 'next' parameter")  # also when percent-encoded once more
     parts = urlsplit(value)
     segments = unquote(parts.path).split("/")
-    if parts.scheme or parts.netloc or not value.startswith(f"{BASE}/") or "\\" in unquote(value) \
+    if parts.scheme or parts.netloc or not value.startswith(f"{BASE}/") or "\\" in decoded \
             or "." in segments or ".." in segments:
         return f"{BASE}/"
     return quote(value, safe="/?&=%:@!$'()*+,;-._~")  # stays ASCII in the Location header
