@@ -470,3 +470,10 @@ async def test_client_address_from_a_trusted_proxy_only(tmp_path: Path) -> None:
     assert auth.client_address(None, {}) == "unknown"
     plain = Auth(make_cfg(tmp_path).review, store=None)  # type: ignore[arg-type]
     assert plain.client_address("10.0.0.1", {xff: "198.51.100.7"}) == "10.0.0.1"  # no header configured
+
+
+def test_the_client_header_must_be_a_header_name(tmp_path: Path) -> None:
+    from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"review\.proxy_auth\.client_header"):
+        make_cfg(tmp_path, proxy_auth={"client_header": "X-Forwarded-For: 1.2.3.4"})
