@@ -68,7 +68,7 @@ class Service:
             else live_source(cfg, self.store, self.metrics, since)
         )
         notify = cfg.actions.notify
-        self.actions = {"notify": EmailNotifier(notify, self.metrics)} if notify.enabled else {}
+        self.actions = {"notify": EmailNotifier(notify, self.metrics, wikis=cfg.wikis)} if notify.enabled else {}
         self.planners: list[Planner] = build_planners(cfg)
         self.dispatcher = OutboxDispatcher(self.store, self.actions, notify.retry, self.metrics)
         # Takedowns have their own dispatcher: an email and a takedown of one match never wait for each other.

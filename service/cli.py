@@ -148,10 +148,11 @@ async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tupl
 async def _read_target(cfg: Config, target: str, metrics: Metrics) -> bytes:
     """A local file, or a URL fetched only from a configured wiki's hosts (checked on every redirect)."""
     from pathlib import Path
-    from urllib.parse import urlsplit
+
+    from yarl import URL
 
     from service.errors import HostNotAllowed
-    from service.fetch import WikiClient
+    from service.fetch import WikiClient, origin_allowed
 
     if not target.startswith(("http://", "https://")):
         try:
@@ -161,8 +162,11 @@ async def _read_target(cfg: Config, target: str, metrics: Metrics) -> bytes:
         if len(data) > cfg.fetch.max_bytes:
             raise ServiceError(f"{target} is larger than fetch.max_bytes ({cfg.fetch.max_bytes})")
         return data
-    host = (urlsplit(target).hostname or "").lower()
-    wiki = next((w for w in cfg.wikis if host in w.allowed_hosts), None)
+    try:
+        url = URL(target, encoded=True)
+    except ValueError as exc:
+        raise HostNotAllowed(target) from exc
+    wiki = next((w for w in cfg.wikis if origin_allowed(w, url)), None)
     if wiki is None:
         raise HostNotAllowed(target)
     async with WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, metrics) as client:

@@ -2,8 +2,8 @@
 
 Safety rules, all enforced here:
 
-* every URL (the API's, each media URL and each redirect hop) must be http(s) on one of the wiki's
-  ``allowed_hosts``; redirects are followed by hand, never by aiohttp;
+* every URL (the API's, each media URL and each redirect hop) must be on one of the wiki's origins
+  (scheme, host and port: see :func:`origin_allowed`); redirects are followed by hand, never by aiohttp;
 * downloads are streamed and aborted beyond ``fetch.max_bytes``;
 * each attempt is bounded by ``fetch.timeout``; transient failures (connection errors, timeouts,
   HTTP 429 and 5xx) are retried with exponential backoff and jitter, honouring ``Retry-After``;
@@ -51,6 +51,29 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 # --------------------------------------------------------------------------- pure helpers
+
+
+def origin_allowed(wiki: WikiSection, url: URL) -> bool:
+    """Whether ``url`` may be fetched for ``wiki``: its scheme, host and port must be one of the wiki's.
+
+    The API's own ``scheme://host:port``, and each of ``media_hosts`` (``host`` or ``host:port``) with the
+    API's scheme; a missing port is the scheme's default (443, 80), so ``https://h`` and ``https://h:443``
+    are the same origin and ``https://h:8443`` is another.  No user info, no other scheme.
+    """
+    api = URL(wiki.api_url)
+    scheme = (url.scheme or "").lower()
+    host = (url.host or "").lower().rstrip(".")
+    if scheme != (api.scheme or "").lower() or not host or url.user is not None or url.password is not None:
+        return False
+    try:
+        port = url.port
+    except ValueError:
+        return False
+    allowed = {((api.host or "").lower().rstrip("."), api.port)}
+    for entry in wiki.media_hosts:
+        media = URL(f"{scheme}://{entry}")
+        allowed.add(((media.host or "").lower().rstrip("."), media.port))
+    return (host, port) in allowed
 
 
 def thumb_size(width: int, height: int, requested: int) -> tuple[int, int]:
@@ -467,8 +490,7 @@ class WikiClient:
 
     @staticmethod
     def _check_allowed(wiki: WikiSection, url: URL) -> None:
-        host = (url.host or "").lower().rstrip(".")
-        if url.scheme not in ("http", "https") or not host or host not in wiki.allowed_hosts or url.user:
+        if not origin_allowed(wiki, url):
             raise HostNotAllowed(str(url))
 
     @staticmethod

@@ -23,6 +23,10 @@ class Metrics:
         self.events_malformed = Counter(
             f"{p}_events_malformed", "Events that could not be parsed, by problem", ["problem"], registry=r
         )
+        self.event_link_mismatch = Counter(
+            f"{p}_event_link_mismatch", "Upload events whose server_url or meta.uri is not their configured wiki "
+            "(the event is still scanned; links always come from the configuration)", ["wiki"], registry=r
+        )
         self.outcomes = Counter(f"{p}_outcomes", "Uploads that finished the pipeline, by outcome", ["outcome"],
                                 registry=r)
         self.stage_latency = Histogram(

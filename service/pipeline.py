@@ -28,6 +28,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from service import events as ev
+from service import links
 from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, MalformedEvent, ServiceError, Unscannable
 from service.media.pool import CpuPool, as_cpu_pool
@@ -221,7 +222,7 @@ class Pipeline(StageSteps):
             self.metrics.events_skipped.labels(parsed.reason).inc()
             await self._done(seq)
             return
-        event = parsed
+        event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics)
         if event.event_id in self._inflight_ids:
             self.metrics.events_skipped.labels("duplicate").inc()
             await self._done(seq)

@@ -447,6 +447,66 @@ async def test_media_url_on_disallowed_host_refused(
         await h.client.fetch(fake.wiki(), "File:X.png")
 
 
+@pytest.fixture
+async def other_port() -> AsyncIterator[FakeWiki]:
+    """A second server on 127.0.0.1 (the allowed API host) but on another port, serving the same paths."""
+    fw = FakeWiki()
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", fw.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    fw.port = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    yield fw
+    await runner.cleanup()
+
+
+async def test_redirect_to_another_port_on_an_allowed_host_refused(
+        fake: FakeWiki, other_port: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
+    fake.add("P.png", FakeFile(png(800, 600), 800, 600))
+    other_port.add("P.png", FakeFile(png(800, 600), 800, 600))
+    assert other_port.port != fake.port
+
+    async def to_other_port(_: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.1:{other_port.port}/thumb/330/P.png")
+
+    for name in ("127.0.0.1", f"127.0.0.1:{fake.port}", "localhost"):  # however the host itself is allowed
+        fake.on("/thumb/330/P.png", to_other_port)
+        h = await make(fake.wiki(name))
+        with pytest.raises(HostNotAllowed):
+            await h.client.fetch(fake.wiki(name), "File:P.png")
+        assert h.count("thumbnail", "host-not-allowed") == 1
+    assert other_port.seen == []  # not one request reached the other port
+    # Listed as host:port, the other port is allowed and the same redirect is followed.
+    fake.on("/thumb/330/P.png", to_other_port)
+    allowed = fake.wiki(f"127.0.0.1:{other_port.port}")
+    h = await make(allowed)
+    media = await h.client.fetch(allowed, "File:P.png")
+    assert Image.open(io.BytesIO(media.data)).size == (330, 248)
+    assert [s.path for s in other_port.seen] == ["/thumb/330/P.png"]
+
+
+def test_origin_allowed_compares_scheme_host_and_port() -> None:
+    from yarl import URL
+
+    from service.fetch import origin_allowed
+
+    wiki = WikiSection(id="w", api_url="https://commons.wikimedia.org/w/api.php",
+                       media_hosts=("upload.wikimedia.org", "media.example:8443", "[2001:db8::1]"))
+    for ok in ("https://commons.wikimedia.org/x", "https://commons.wikimedia.org:443/x",
+               "https://Upload.Wikimedia.org./a.jpg", "https://media.example:8443/a.jpg",
+               "https://[2001:db8::1]/a.jpg"):
+        assert origin_allowed(wiki, URL(ok)), ok
+    for bad in ("https://commons.wikimedia.org:8443/x", "http://commons.wikimedia.org/x",
+                "http://upload.wikimedia.org:443/a.jpg", "https://upload.wikimedia.org:80/a.jpg",
+                "https://media.example/a.jpg", "https://media.example:443/a.jpg", "https://[2001:db8::1]:8080/",
+                "https://user@upload.wikimedia.org/a.jpg", "ftp://upload.wikimedia.org/a.jpg",
+                "https://evil.example/a.jpg", "https://commons.wikimedia.org.evil.example/x"):
+        assert not origin_allowed(wiki, URL(bad)), bad
+
+
 async def test_redirect_within_allowed_hosts_followed(
         fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
     fake.add("P.png", FakeFile(png(800, 600), 800, 600))
@@ -459,8 +519,8 @@ async def test_redirect_within_allowed_hosts_followed(
 
     fake.on("/thumb/330/P.png", hop1)
     fake.on("/hop2", hop2)
-    h = await make(fake.wiki("localhost"))
-    media = await h.client.fetch(fake.wiki("localhost"), "File:P.png")
+    h = await make(fake.wiki(f"localhost:{fake.port}"))
+    media = await h.client.fetch(fake.wiki(f"localhost:{fake.port}"), "File:P.png")
     assert Image.open(io.BytesIO(media.data)).size == (330, 248)
     thumbs = fake.requests_to("/thumb/")
     assert [t.host.split(":")[0] for t in thumbs] == ["127.0.0.1", "localhost"]

@@ -24,8 +24,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from service.actions.base import OutboxDispatcher
-from service.actions.notify import EmailNotifier, message_id, notification_payload, render_email, spool_name
-from service.config import NotifySection, RetrySection, Secret, SmtpSection
+from service.actions.notify import (
+    EmailNotifier,
+    email_links,
+    message_id,
+    notification_payload,
+    render_email,
+    spool_name,
+)
+from service.config import NotifySection, RetrySection, Secret, SmtpSection, WikiSection
 from service.errors import NotifyError
 from service.metrics import Metrics
 from service.models import Match, UploadEvent
@@ -38,6 +45,12 @@ RCPT = ("ts@example.org",)
 HOSTILE_TITLE = 'File:<script>alert("x")</script> & <img src=x onerror=alert(1)>.jpg'
 HOSTILE_USER = '<b>Mallory</b>"&\r\nBcc: victim@example.net'
 MEDIA_HOST = "upload.wikimedia.org"
+COMMONS = WikiSection(id="commonswiki", api_url="https://commons.wikimedia.org/w/api.php",
+                      media_hosts=(MEDIA_HOST,))
+REVIEW = "https://review.example.org/mm/"
+# The hostile title as MediaWiki puts it in a URL: spaces to underscores, the rest percent-encoded.
+HOSTILE_PAGE = ("https://commons.wikimedia.org/wiki/File:%3Cscript%3Ealert(%22x%22)%3C/script%3E_%26_"
+                "%3Cimg_src%3Dx_onerror%3Dalert(1)%3E.jpg")
 
 
 def free_port() -> int:
@@ -77,7 +90,12 @@ def notifier(smtp: SmtpSection | None, tmp_path: Path, recipients: tuple[str, ..
              **kw: Any) -> tuple[EmailNotifier, Metrics]:
     metrics = Metrics()
     cfg = NotifySection(sender=SENDER, recipients=recipients, smtp=smtp, outbox_dir=str(tmp_path / "outbox"))
-    return EmailNotifier(cfg, metrics, **kw), metrics
+    return EmailNotifier(cfg, metrics, wikis=(COMMONS,), **kw), metrics
+
+
+def render(p: dict[str, Any], key: str = "k") -> EmailMessage:
+    page, review = email_links(p, {COMMONS.id: COMMONS}, REVIEW)
+    return render_email(p, SENDER, RCPT, page_url=page, review_url=review, key=key)
 
 
 def count(metrics: Metrics, result: str) -> float:
@@ -103,7 +121,7 @@ def test_payload_is_json_ready() -> None:
 
 
 def test_email_content_both_parts_escaped_no_media() -> None:
-    msg = render_email(payload(), SENDER, RCPT, key="notify:k1")
+    msg = render(payload(), key="notify:k1")
     assert msg["Subject"].startswith("[mediamoderation] child-protection, terrorism match on commonswiki: File:<")
     assert "\n" not in msg["Subject"] and msg["Bcc"] is None
     assert msg.get_content_type() == "multipart/alternative"
@@ -112,7 +130,7 @@ def test_email_content_both_parts_escaped_no_media() -> None:
     assert set(body) == {"text/plain", "text/html"}
     text, page = body["text/plain"], body["text/html"]
     for part in (text, page):
-        assert "https://commons.wikimedia.org/wiki/File:Evil.jpg" in part
+        assert HOSTILE_PAGE in part
         assert "2023-05-25T14:10:53+00:00" in part and "overwrite" in part
         for needle in ("pdq", "test-bank", "hash-42", "12", "test-source", "tve-7", "terrorism"):
             assert needle in part
@@ -126,15 +144,31 @@ def test_email_content_both_parts_escaped_no_media() -> None:
     raw = msg.as_bytes()
     assert MEDIA_HOST.encode() not in raw and b"thumb" not in raw.lower()
     assert msg["Message-ID"] == message_id("notify:k1", SENDER)
-    assert render_email(payload(), SENDER, RCPT, key="notify:k1")["Message-ID"] == msg["Message-ID"]
-    assert render_email(payload(), SENDER, RCPT, key="notify:k2")["Message-ID"] != msg["Message-ID"]
+    assert render(payload(), key="notify:k1")["Message-ID"] == msg["Message-ID"]
+    assert render(payload(), key="notify:k2")["Message-ID"] != msg["Message-ID"]
 
 
 def test_unsafe_links_are_not_linked() -> None:
-    p = payload(page_url="javascript:alert(1)")
-    page = parts(render_email(p, SENDER, RCPT, key="k"))["text/html"]
-    assert "javascript:" not in page and "<a href" in page  # only the review link remains a link
-    assert page.count("<a href") == 1
+    page = parts(render_email(payload(), SENDER, RCPT, page_url="javascript:alert(1)", review_url=None,
+                              key="k"))["text/html"]
+    assert "javascript:" not in page and "<a href" not in page
+
+
+@pytest.mark.parametrize("forged", ["https://phish.example/wiki/File:Evil.jpg",
+                                    "http://169.254.169.254/latest/meta-data/iam/"])
+def test_links_in_a_stored_payload_never_reach_the_email(forged: str) -> None:
+    """A payload stored by an older version carries the event's own URLs: the email rebuilds its links."""
+    p = {**payload(), "page_url": forged, "review_url": forged}
+    msg = render(p)
+    raw = msg.as_bytes().decode()
+    assert "phish.example" not in raw and "169.254.169.254" not in raw
+    for part in parts(msg).values():
+        assert HOSTILE_PAGE in part
+        assert "https://review.example.org/mm/matches/c6bafc12cb88488369fad574226e2b6d72617f8d" in part
+    # An unconfigured wiki has no link at all, rather than the stored one.
+    page, _ = email_links({**p, "wiki": "otherwiki"}, {COMMONS.id: COMMONS}, REVIEW)
+    assert page is None
+    assert "(no valid link)" in parts(render_email(p, SENDER, RCPT, page_url=page, review_url=None))["text/plain"]
 
 
 # --------------------------------------------------------------------------- SMTP

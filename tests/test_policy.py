@@ -174,7 +174,7 @@ async def test_email_goes_to_the_payload_recipients_with_its_alert(tmp_path: Pat
     [action] = notify_planner(cfg.actions.notify)(event(), SHA1, [match("terrorism")])
     payload = {**action.payload, "alert": "TAKEDOWN FAILED: no delete right", "subject_prefix": "ALERT:"}
     item = OutboxItem(id=1, key=action.key, kind="notify", payload=payload)
-    assert await EmailNotifier(cfg.actions.notify, Metrics()).perform(item) == "sent"
+    assert await EmailNotifier(cfg.actions.notify, Metrics(), wikis=cfg.wikis).perform(item) == "sent"
     [mail] = await smtp_server.wait_for_async(1)
     assert mail.rcpt_tos == ("ct@example.org",)
     assert str(mail.message["To"]) == "ct@example.org"

@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
+import json
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,11 +62,15 @@ class Ui:
     kicks: list[int] = field(default_factory=list)
     clock: list[float] = field(default_factory=lambda: [1_800_000_000.0])
 
-    async def login(self, name: str = "alice", password: str = PASSWORD) -> ClientResponse:
-        page = await self.client.get("/review/login")
+    async def login(self, name: str = "alice", password: str = PASSWORD, *, address: str | None = None,
+                    next_url: str = "/review/") -> ClientResponse:
+        """Sign in; ``address`` is sent as X-Forwarded-For (believed only when the config trusts this peer)."""
+        headers = {"X-Forwarded-For": address} if address else {}
+        page = await self.client.get("/review/login", headers=headers)
         csrf = field_value(await page.text(), "csrf")
         return await self.client.post("/review/login", data={"name": name, "password": password, "csrf": csrf,
-                                                             "next": "/review/"}, allow_redirects=False)
+                                                             "next": next_url},
+                                      headers=headers, allow_redirects=False)
 
     async def csrf(self, path: str = "/review/") -> str:
         return field_value(await (await self.client.get(path)).text(), "csrf")
@@ -106,7 +114,7 @@ def cp_match(category: str = "child-protection", bank: str = "cp-bank") -> Match
 async def make_ui(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     made: list[Ui] = []
 
-    async def make(**kwargs: Any) -> Ui:
+    async def make(sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **kwargs: Any) -> Ui:
         cfg = make_cfg(tmp_path, **kwargs)
         store = SqliteStore(cfg.store.path, clock=lambda: ui_clock[0])
         await store.open()
@@ -114,7 +122,7 @@ async def make_ui(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         kicks: list[int] = []
         ui_clock = [1_800_000_000.0]
         ui = ReviewUI(cfg, store=store, fetcher=fetcher, metrics=Metrics(), kick=lambda: kicks.append(1),
-                      clock=lambda: ui_clock[0])
+                      clock=lambda: ui_clock[0], sleep=sleep)
         app = web.Application()
         ui.mount(app)
         client = TestClient(TestServer(app, host="127.0.0.1"))
@@ -173,9 +181,87 @@ async def test_wrong_passwords_are_refused_then_throttled(make_ui: Callable[...,
     for name in ("alice", "alice", "mallory", "alice", "alice"):
         resp = await h.login(name, "wrong password")
         assert resp.status == 401 and "Unknown reviewer or wrong password" in await resp.text()
+    resp = await h.login("alice", "wrong password")
+    assert resp.status == 401
     resp = await h.login("alice", PASSWORD)
-    assert resp.status == 429  # five failures in 15 minutes: even the right password waits
+    assert resp.status == 429  # five failures for alice from this address: even the right password waits
     assert (await h.client.get("/review/", allow_redirects=False)).status == 303
+    assert (await h.login("bob")).status == 303  # another name from the same address is not locked
+
+
+async def test_an_attacker_cannot_lock_a_reviewer_out_from_another_address(make_ui: Callable[..., Any]) -> None:
+    """Wrong passwords hammered from one address stop that address only, never the reviewer elsewhere."""
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    h = await make_ui(sleep=sleep, proxy_auth={"client_header": "X-Forwarded-For", "trusted_proxies": ["127.0.0.1"]})
+    statuses = [(await h.login("alice", f"guess {i}", address="203.0.113.9")).status for i in range(12)]
+    assert statuses == [401] * 5 + [429] * 7
+    assert (await h.login("alice", PASSWORD, address="203.0.113.9")).status == 429
+    resp = await h.login("alice", PASSWORD, address="198.51.100.7, 127.0.0.1")  # through two trusted hops
+    assert resp.status == 303 and resp.headers["Location"] == "/review/"
+    assert sleeps == []  # five failures for the name: below the ceiling, nobody was slowed
+    assert [(a.action, a.note) for a in await h.store.list_audit(10)] == [("login", "from 198.51.100.7")]
+
+
+async def test_a_name_attacked_from_many_addresses_is_slowed_not_locked(make_ui: Callable[..., Any]) -> None:
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    h = await make_ui(sleep=sleep, proxy_auth={"client_header": "X-Forwarded-For", "trusted_proxies": ["127.0.0.1"]})
+    for i in range(12):  # a botnet: two guesses from each of six addresses
+        assert (await h.login("alice", "guess", address=f"203.0.113.{i // 2 + 1}")).status == 401
+    assert sleeps == [3.0, 3.0]  # the 11th and 12th guesses for alice already waited
+    resp = await h.login("alice", PASSWORD, address="2001:db8::7")
+    assert resp.status == 303  # the right password from a new address gets in ...
+    assert sleeps == [3.0, 3.0, 3.0]  # ... after the same short wait
+    h.client.session.cookie_jar.clear()
+    assert (await h.login("bob", address="203.0.113.1")).status == 303 and len(sleeps) == 3  # bob is not slowed
+
+
+async def test_the_client_header_is_believed_only_from_a_trusted_proxy(make_ui: Callable[..., Any]) -> None:
+    h = await make_ui(proxy_auth={"client_header": "X-Forwarded-For", "trusted_proxies": ["10.0.0.1"]})
+    for i in range(5):  # a forged header per attempt does not make a new address
+        assert (await h.login("alice", "guess", address=f"198.51.100.{i}")).status == 401
+    assert (await h.login("alice", PASSWORD, address="198.51.100.200")).status == 429
+
+
+@pytest.mark.parametrize("bad", ["/review/\r\nSet-Cookie: evil=1", "/review/%0D%0A".replace("%0D%0A", "\r\n"),
+                                 "/review/\x00", "/review/\u2028x", "/review/ x",
+                                 "/review/%0D%0ASet-Cookie:%20evil=1"])
+async def test_a_next_with_control_characters_is_a_400_without_a_traceback(
+    make_ui: Callable[..., Any], caplog: pytest.LogCaptureFixture, bad: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    h = await make_ui()
+    resp = await h.login(next_url=bad)  # the right password
+    assert resp.status == 400 and "evil" not in str(resp.headers)
+    resp = await h.client.get("/review/login", params={"next": bad}, allow_redirects=False)
+    assert resp.status == 400
+    assert (await h.login()).status == 303
+    resp = await h.client.get("/review/login", params={"next": bad}, allow_redirects=False)  # signed in
+    assert resp.status == 400 and "evil" not in str(resp.headers)
+    assert (await h.client.get("/review/", allow_redirects=False)).status == 200  # the server is fine
+    problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert problems == [], [r.getMessage() for r in problems]
+
+
+@pytest.mark.parametrize("bad", ["https://evil.example/review/", "//evil.example/review/", "/\\evil.example/review/",
+                                 "/review/\\..\\..\\evil", "/review/../logout", "/review/%2e%2e/x", "javascript:x",
+                                 "/elsewhere", "review/"])
+async def test_a_next_outside_the_review_ui_goes_to_the_queue(make_ui: Callable[..., Any], bad: str) -> None:
+    h = await make_ui()
+    resp = await h.login(next_url=bad)
+    assert resp.status == 303 and resp.headers["Location"] == "/review/"
+    resp = await h.client.get("/review/login", params={"next": bad}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/review/"
+    for good in ("/review/audit?before=5", "/review/?category=a%20b&state=all"):
+        ok = await h.client.get("/review/login", params={"next": good}, allow_redirects=False)
+        assert ok.status == 303 and ok.headers["Location"] == good
 
 
 async def test_login_needs_the_form_token_and_never_redirects_elsewhere(make_ui: Callable[..., Any]) -> None:
@@ -208,10 +294,33 @@ async def test_queue_and_detail_escape_everything_and_show_the_match(make_ui: Ca
     detail = await (await h.client.get(f"/review/matches/{SHA1}")).text()
     assert "<script>alert" not in detail and "Uploader&lt;1&gt;" in detail
     for text in ("photodna", "cp-bank", "NCMEC", "WUS_abc", "A1", "Tracking id", "2026-01-02 03:04:05 UTC",
-                 "https://w.example/wiki/File:Case", f"/review/matches/{SHA1}/preview/1?mode=blur"):
+                 # the file page from the configured wiki, not the URL stored from the event (w.example)
+                 'href="http://127.0.0.1:1/wiki/File:Case_%3Cscript%3Ealert(1)%3C/script%3E.jpg"',
+                 f"/review/matches/{SHA1}/preview/1?mode=blur"):
         assert text in detail, text
+    assert "w.example" not in detail
     filtered = await (await h.client.get("/review/?state=all&category=terrorism")).text()
     assert "Nothing here" in filtered
+
+
+@pytest.mark.parametrize("forged", ["https://phish.example/wiki/File:Case.jpg", "http://169.254.169.254/latest/"])
+async def test_links_stored_with_old_matches_never_reach_the_page_or_a_new_email(
+    make_ui: Callable[..., Any], forged: str,
+) -> None:
+    """Rows recorded before links came from the config carry the event's URL: the page rebuilds the link."""
+    h = await make_ui()
+    event = dataclasses.replace(upload_event("File:Old row.jpg", event_id="ev-old"), server_url=forged,
+                                page_url=forged)
+    await h.store.record_matches(event, SHA1, [cp_match()], [])
+    await h.login()
+    detail = await (await h.client.get(f"/review/matches/{SHA1}")).text()
+    host = forged.split("/")[2]
+    assert host not in detail
+    assert 'href="http://127.0.0.1:1/wiki/File:Old_row.jpg"' in detail
+    csrf = await h.csrf()
+    await h.client.post(f"/review/matches/{SHA1}/decide", data={"csrf": csrf, "decision": "escalate"})
+    [escalation] = [i for i in await h.store.list_actions() if i.key.startswith("escalate:")]
+    assert host not in json.dumps(escalation.payload)
 
 
 async def test_previews_are_blurred_greyscale_by_default_and_never_cached(make_ui: Callable[..., Any]) -> None:
@@ -325,3 +434,46 @@ async def test_the_audit_log_is_append_only(make_ui: Callable[..., Any]) -> None
             conn.execute("DELETE FROM audit_log")
     finally:
         conn.close()
+
+
+def test_sign_in_throttle_counts_expire_and_only_the_pair_is_forgiven() -> None:
+    from service.web.review.auth import SignInThrottle, Verdict
+
+    now = [0.0]
+    t = SignInThrottle(lambda: now[0], pair_failures=2, address_failures=3, name_ceiling=4, slow_delay=1.5,
+                       window=60)
+    t.failed("alice", "a")
+    t.failed("alice", "a")
+    assert t.check("alice", "a").refused and not t.check("alice", "b").refused
+    t.failed("bob", "a")
+    assert t.check("carol", "a").refused  # three failures from one address: any name from it waits
+    t.failed("alice", "b")
+    t.failed("alice", "c")
+    assert t.check("alice", "d") == Verdict(refused=False, delay=1.5)  # a new address: slowed, never refused
+    t.succeeded("alice", "d")
+    assert t.check("alice", "d").delay == 1.5  # one success does not end the attack on the name
+    now[0] += 61
+    assert t.check("alice", "a").refused is False and t.check("alice", "a").delay == 0.0
+
+
+async def test_client_address_from_a_trusted_proxy_only(tmp_path: Path) -> None:
+    from service.web.review.auth import Auth
+
+    cfg = make_cfg(tmp_path, proxy_auth={"client_header": "X-Forwarded-For", "trusted_proxies": ["10.0.0.1", "::1"]})
+    auth = Auth(cfg.review, store=None)  # type: ignore[arg-type]  # the address needs no store
+    xff = "X-Forwarded-For"
+    assert auth.client_address("10.0.0.1", {xff: "198.51.100.7"}) == "198.51.100.7"
+    assert auth.client_address("10.0.0.1", {xff: "1.2.3.4, 2001:DB8::7, ::1"}) == "2001:db8::7"  # right-most hop
+    assert auth.client_address("10.0.0.1", {xff: "not an address"}) == "10.0.0.1"
+    assert auth.client_address("10.0.0.1", {}) == "10.0.0.1"
+    assert auth.client_address("192.0.2.1", {xff: "198.51.100.7"}) == "192.0.2.1"  # not a trusted proxy
+    assert auth.client_address(None, {}) == "unknown"
+    plain = Auth(make_cfg(tmp_path).review, store=None)  # type: ignore[arg-type]
+    assert plain.client_address("10.0.0.1", {xff: "198.51.100.7"}) == "10.0.0.1"  # no header configured
+
+
+def test_the_client_header_must_be_a_header_name(tmp_path: Path) -> None:
+    from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"review\.proxy_auth\.client_header"):
+        make_cfg(tmp_path, proxy_auth={"client_header": "X-Forwarded-For: 1.2.3.4"})

@@ -4,7 +4,9 @@ The payload is built once, when the match is recorded (:func:`notification_paylo
 the outbox; :class:`EmailNotifier` renders and sends it later, as often as needed.  The email carries
 the file *page* link and the match details, never the media, its thumbnail or its original URL.
 Titles and user names are attacker-controlled: control characters are removed everywhere and the
-HTML part escapes everything.
+HTML part escapes everything.  Links are built when the email is rendered, from the configured wiki
+and review URL plus the title and SHA-1 (:func:`email_links`): a URL stored in a payload, even one
+written by an older version from a forged event, never reaches the message.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
-from service.config import NotifySection
+from service.config import NotifySection, WikiSection
 from service.errors import NotifyError
+from service.links import page_url as wiki_page_url
 from service.metrics import Metrics
 from service.models import Match, UploadEvent
 from service.store.base import OutboxItem
@@ -39,6 +42,7 @@ from service.store.base import OutboxItem
 log = logging.getLogger(__name__)
 
 _BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 # --------------------------------------------------------------------------- payload
@@ -48,7 +52,17 @@ def review_link(review_url: str | None, sha1: str | None) -> str | None:
     if not review_url:
         return None
     base = review_url.rstrip("/")
-    return f"{base}/matches/{sha1}" if sha1 else base
+    return f"{base}/matches/{sha1}" if sha1 and _SHA1_RE.match(sha1) else base
+
+
+def email_links(payload: Mapping[str, Any], wikis: Mapping[str, WikiSection],
+                review_url: str | None) -> tuple[str | None, str | None]:
+    """(file page, review page) for a payload, from the configuration and the payload's wiki, title and SHA-1."""
+    wiki = wikis.get(str(payload.get("wiki")))
+    title = payload.get("title")
+    page = wiki_page_url(wiki, title) if wiki is not None and isinstance(title, str) and title.strip() else None
+    sha1 = payload.get("sha1")
+    return page, review_link(review_url, sha1 if isinstance(sha1, str) else None)
 
 
 def notification_payload(
@@ -144,16 +158,20 @@ def _details(details: object) -> str:
 
 
 def render_email(
-    payload: Mapping[str, Any], sender: str, recipients: Sequence[str], *, key: str | None = None,
-    now: datetime | None = None,
+    payload: Mapping[str, Any], sender: str, recipients: Sequence[str], *, page_url: str | None,
+    review_url: str | None, key: str | None = None, now: datetime | None = None,
 ) -> EmailMessage:
-    """Build the notification: plain text and HTML alternatives, no attachments, no media URLs."""
+    """Build the notification: plain text and HTML alternatives, no attachments, no media URLs.
+
+    ``page_url`` and ``review_url`` are the only links (see :func:`email_links`); the payload's own
+    ``page_url`` / ``review_url`` are ignored.
+    """
     wiki = clean(payload.get("wiki"), 100)
     title = clean(payload.get("title"), 300)
     categories = [clean(c, 100) for c in payload.get("categories") or []]
     category = ", ".join(categories) or "unknown"
-    page_url = _safe_url(payload.get("page_url"))
-    review = _safe_url(payload.get("review_url")) if payload.get("review_url") else None
+    page_url = _safe_url(page_url) if page_url else None
+    review = _safe_url(review_url) if review_url else None
     uploader = clean(payload.get("uploader") or "(unknown)", 300)
     matches = list(payload.get("matches") or [])
     done = [clean(d, 300) for d in payload.get("done") or []]
@@ -227,9 +245,11 @@ class EmailNotifier:
 
     name = "notify"
 
-    def __init__(self, config: NotifySection, metrics: Metrics, *, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, config: NotifySection, metrics: Metrics, *, wikis: Sequence[WikiSection],
+                 tls_context: ssl.SSLContext | None = None) -> None:
         self._config = config
         self._metrics = metrics
+        self._wikis = {w.id: w for w in wikis}  # links are built from these, never taken from the payload
         self._tls_context = tls_context  # for a private CA; None means the system's trust store
         self._warned_spool = False
 
@@ -238,7 +258,8 @@ class EmailNotifier:
         try:
             # Per-category routing and escalations name their recipients in the payload.
             recipients = [str(r) for r in item.payload.get("recipients") or cfg.recipients]
-            msg = render_email(item.payload, cfg.sender, recipients, key=item.key)
+            page, review = email_links(item.payload, self._wikis, cfg.review_url)
+            msg = render_email(item.payload, cfg.sender, recipients, page_url=page, review_url=review, key=item.key)
         except (TypeError, ValueError, AttributeError) as exc:
             self._metrics.notifications.labels("rejected").inc()
             raise NotifyError(f"cannot render notification {item.key!r}: {exc}", retriable=False) from exc

@@ -87,6 +87,9 @@ class ProxyAuthSection:
     header: str | None = None  # e.g. X-Remote-User set by a single-sign-on proxy; None: off
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # the header is believed only from these
     listed_only: bool = True  # the header's user must be one of review.reviewers
+    # The header carrying the client's address (e.g. X-Forwarded-For), believed only from trusted_proxies;
+    # None: the peer address is the client's (sign-in throttling counts failures per client address).
+    client_header: str | None = None
 
 
 @dataclass(frozen=True)

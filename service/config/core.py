@@ -52,15 +52,27 @@ class HttpSection:
 class WikiSection:
     id: str = ""
     api_url: str = ""
-    media_hosts: tuple[str, ...] = ()
+    media_hosts: tuple[str, ...] = ()  # "host" (the API's scheme, its default port) or "host:port"
+    # Links in emails and the review queue are built from these, never from an event.
+    server_url: str = ""  # default: the API's scheme://host[:port]
+    article_path: str = "/wiki/$1"
 
     @property
     def api_host(self) -> str:
         return (urlsplit(self.api_url).hostname or "").lower()
 
     @property
+    def server(self) -> str:
+        """The wiki's own address, ``scheme://host[:port]`` with no trailing slash."""
+        if self.server_url:
+            return self.server_url.rstrip("/")
+        parts = urlsplit(self.api_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
     def allowed_hosts(self) -> frozenset[str]:
-        return frozenset({self.api_host, *(h.lower() for h in self.media_hosts)})
+        """Host names only (ports are compared by :func:`service.fetch.origin_allowed`)."""
+        return frozenset({self.api_host, *((urlsplit(f"//{h}").hostname or "").lower() for h in self.media_hosts)})
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,21 @@ MIN_DECODE_MEMORY = 256 * 1024 * 1024  # a warmed-up worker already maps ~160 MB
 GENERIC_AGENTS = ("python-requests", "aiohttp", "python-urllib", "curl/", "wget/", "mozilla/")
 
 
+_ARTICLE_PATH_RE = re.compile(r"^/(?!/)[A-Za-z0-9/._~!$&'()*+,;=:@%?-]*$")
+
+
+def _is_host_port(value: str) -> bool:
+    """``host`` or ``host:port`` (IPv6 in brackets), nothing else."""
+    if not value or any(c in value for c in "/\\?#@ ") or any(ord(c) < 33 or ord(c) > 126 for c in value):
+        return False
+    try:
+        parts = urlsplit(f"//{value}")
+        port = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and (port is None or 0 < port) and not value.endswith(":")
+
+
 def _check_url(problems: _Problems, path: str, url: str, *, schemes: tuple[str, ...] = ("http", "https")) -> None:
     parts = urlsplit(url or "")
     if parts.scheme not in schemes or not parts.hostname:
@@ -61,8 +76,15 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         seen.add(w.id)
         _check_url(problems, f"{p}.api_url", w.api_url)
         for j, host in enumerate(w.media_hosts):
-            if not host or "/" in host or ":" in host.strip("[]"):
-                problems.add(f"{p}.media_hosts[{j}]", f"must be a bare host name, got {host!r}")
+            if not _is_host_port(host):
+                problems.add(f"{p}.media_hosts[{j}]", f"must be a host name or host:port, got {host!r}")
+        if w.server_url:
+            parts = urlsplit(w.server_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") \
+                    or parts.query or parts.fragment or parts.username or not _is_host_port(parts.netloc):
+                problems.add(f"{p}.server_url", f"must be scheme://host[:port] only, got {w.server_url!r}")
+        if not _ARTICLE_PATH_RE.match(w.article_path) or w.article_path.count("$1") != 1:
+            problems.add(f"{p}.article_path", f"must be a path with one $1, e.g. /wiki/$1, got {w.article_path!r}")
 
     pl = cfg.pipeline
     if pl.queue_size < 1:
@@ -277,6 +299,8 @@ def _validate_takedown_review(cfg: Config, problems: _Problems) -> None:
             problems.add(f"{p}.password_hash", "is required unless review.proxy_auth.header is set")
     if r.proxy_auth.header is not None and not _HEADER_NAME_RE.match(r.proxy_auth.header):
         problems.add("review.proxy_auth.header", f"not an HTTP header name: {r.proxy_auth.header!r}")
+    if r.proxy_auth.client_header is not None and not _HEADER_NAME_RE.match(r.proxy_auth.client_header):
+        problems.add("review.proxy_auth.client_header", f"not an HTTP header name: {r.proxy_auth.client_header!r}")
     if r.session_idle <= 0 or r.session_max < r.session_idle:
         problems.add("review", "needs 0 < session_idle <= session_max")
     if r.blur_radius < 4:

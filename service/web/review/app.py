@@ -12,10 +12,11 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from service.actions.plan import takedown_payload, upload_key
 from service.actions.policy import TakedownPolicy
 from service.config import Config
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
+from service.links import page_url
 from service.metrics import Metrics
 from service.pipeline import Fetcher
 from service.store.base import CaseFilter, Decision, NewAction, OutboxItem, ReviewSession, ReviewStore
@@ -67,6 +69,7 @@ class ReviewUI:
         metrics: Metrics,
         kick: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.cfg = cfg
         self.rcfg = cfg.review
@@ -75,7 +78,7 @@ class ReviewUI:
         self.metrics = metrics
         self.kick = kick
         self.policy = TakedownPolicy(cfg.actions.takedown)
-        self.auth = Auth(cfg.review, store, clock)
+        self.auth = Auth(cfg.review, store, clock, sleep=sleep)
         self.app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
         r = self.app.router
         r.add_get("/", self.queue)
@@ -179,20 +182,18 @@ class ReviewUI:
             return self._login_page(request, next_url, "The sign-in form expired. Please try again.", 403)
         name = str(form.get("name", "")).strip()[:200]
         password = str(form.get("password", ""))[:1000]
-        keys = (f"name:{name}", f"ip:{request.remote}")
-        if self.auth.throttle.blocked(*keys):
-            self.metrics.review_logins.labels("throttled").inc()
-            return self._login_page(request, next_url, "Too many failed sign-ins. Wait 15 minutes.", 429)
-        if not await self.auth.check_password(name, password):
-            self.auth.throttle.fail(*keys)
-            self.metrics.review_logins.labels("bad-password").inc()
-            log.warning("review: failed sign-in for %r from %s", name, request.remote)
+        address = self.auth.client_address(request.remote, request.headers)
+        result = await self.auth.sign_in(name, password, address)
+        self.metrics.review_logins.labels(result).inc()
+        if result == "throttled":
+            return self._login_page(request, next_url, "Too many failed sign-ins from this address. Wait 15 "
+                                    "minutes.", 429)
+        if result != "ok":
+            log.warning("review: failed sign-in for %r from %s", name, address)
             return self._login_page(request, next_url, "Unknown reviewer or wrong password.", 401)
-        self.auth.throttle.clear(f"name:{name}")
         await self.auth.end_session(request.cookies.get(self.auth.cookie))
         token, _ = await self.auth.new_session(name)
-        self.metrics.review_logins.labels("ok").inc()
-        await self.store.append_audit(name, "login", note=f"from {request.remote}")
+        await self.store.append_audit(name, "login", note=f"from {address}")
         resp = _redirect(next_url)
         self._set_cookie(resp, self.auth.cookie, token, max_age=int(self.rcfg.session_max))
         resp.del_cookie(self.auth.login_cookie, path="/")
@@ -255,7 +256,8 @@ class ReviewUI:
         for row in _uploads(rows):
             wiki, title = row["wiki"], row["title"]
             uploads.append(views.Upload(
-                match_id=row["id"], wiki=wiki, title=title, page_url=row["page_url"], uploader=row["uploader"],
+                match_id=row["id"], wiki=wiki, title=title, page_url=self._page_url(wiki, title),
+                uploader=row["uploader"],
                 upload_time=row["upload_time"], log_action=row["log_action"], recorded=row["created_at"],
                 takedown=items.get(upload_key("takedown", wiki, title, sha1))
                 or items.get(upload_key("dryrun", wiki, title, sha1)),
@@ -269,6 +271,15 @@ class ReviewUI:
             mode=self.policy.mode, escalations=[i for k, i in items.items() if k.startswith("escalate:")],
             nonce=secrets.token_urlsafe(16), clear=clear, flash=FLASH.get(request.query.get("done", "")))
         return _html(views.detail_page(view, user=s.reviewer, csrf=s.csrf))
+
+    def _payload(self, sha1: str, upload: dict[str, Any], rows: Sequence[dict[str, Any]],
+                 link: str | None) -> dict[str, Any]:
+        return _payload(sha1, upload, rows, link, self._page_url(upload["wiki"], upload["title"]))
+
+    def _page_url(self, wiki_id: str, title: str) -> str | None:
+        """The file page from the configuration, never the URL stored with the match (it came from the event)."""
+        wiki = self.cfg.wiki(wiki_id)
+        return page_url(wiki, title) if wiki is not None else None
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
         s = self._session(request)
@@ -338,7 +349,7 @@ class ReviewUI:
                                                 "deleted from here.", user=s.reviewer, csrf=s.csrf), status=409)
             actions = tuple(
                 NewAction(key=upload_key(kind, u["wiki"], u["title"], sha1), kind="takedown",
-                          payload=takedown_payload(_payload(sha1, u, rows, link), dry_run=kind == "dryrun",
+                          payload=takedown_payload(self._payload(sha1, u, rows, link), dry_run=kind == "dryrun",
                                                    requested_by=s.reviewer))
                 for u in uploads)
             decision = Decision(sha1=sha1, state="confirmed", reviewer=s.reviewer, action="confirm", note=note,
@@ -353,7 +364,7 @@ class ReviewUI:
                 flash = "dismiss-removed"
         elif choice == "escalate":
             latest = uploads[0]
-            payload = _payload(sha1, latest, rows, link)
+            payload = self._payload(sha1, latest, rows, link)
             payload["recipients"] = list(self.rcfg.escalate_recipients or self.cfg.actions.notify.recipients)
             payload["alert"] = f"ESCALATED by {s.reviewer}" + (f": {note}" if note else "")
             payload["subject_prefix"] = "ESCALATED:"
@@ -388,11 +399,23 @@ def _placeholder(text: str) -> web.Response:
 
 
 def _next(value: str | None) -> str:
-    """Only a path inside the review UI: never an open redirect."""
-    parts = urlsplit(value or "")
-    if parts.scheme or parts.netloc or not (value or "").startswith(f"{BASE}/") or "\\" in (value or ""):
+    """Where to go after signing in: only a path inside the review UI, never an open redirect.
+
+    Control or space characters (a header-splitting ``%0D%0A``, raw or encoded) are a 400; anything else that is not a
+    plain path under /review/ (absolute URLs, ``//host``, backslashes, dot segments) becomes /review/.
+    """
+    if not value:
         return f"{BASE}/"
-    return str(value)
+    decoded = unquote(value)
+    if len(value) > 2000 or any(unicodedata.category(c)[0] in "CZ" for c in value) \
+            or any(unicodedata.category(c)[0] == "C" for c in decoded):
+        raise web.HTTPBadRequest(text="Bad 'next' parameter")  # also when percent-encoded once more
+    parts = urlsplit(value)
+    segments = unquote(parts.path).split("/")
+    if parts.scheme or parts.netloc or not value.startswith(f"{BASE}/") or "\\" in decoded \
+            or "." in segments or ".." in segments:
+        return f"{BASE}/"
+    return quote(value, safe="/?&=%:@!$'()*+,;-._~")  # stays ASCII in the Location header
 
 
 def _uploads(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -403,11 +426,12 @@ def _uploads(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _payload(sha1: str, upload: dict[str, Any], rows: Sequence[dict[str, Any]], link: str | None) -> dict[str, Any]:
-    """A notification-shaped payload for one upload, from the stored match rows."""
+def _payload(sha1: str, upload: dict[str, Any], rows: Sequence[dict[str, Any]], link: str | None,
+             page: str | None) -> dict[str, Any]:
+    """A notification-shaped payload for one upload, from the stored match rows (``page``: from the config)."""
     mine = [r for r in rows if (r["wiki"], r["title"]) == (upload["wiki"], upload["title"])]
     return {
-        "wiki": upload["wiki"], "title": upload["title"], "page_url": upload["page_url"],
+        "wiki": upload["wiki"], "title": upload["title"], "page_url": page,
         "uploader": upload["uploader"], "upload_time": upload["upload_time"], "log_action": upload["log_action"],
         "sha1": sha1, "event_id": upload["event_id"], "matches": [_match_dict(r) for r in mine],
         "categories": sorted({r["category"] for r in mine}), "done": [], "review_url": link,

@@ -194,7 +194,7 @@ class Upload:
     match_id: int
     wiki: str
     title: str
-    page_url: str
+    page_url: str | None  # built from the configured wiki and the title (None: the wiki is no longer configured)
     uploader: str | None
     upload_time: str
     log_action: str
