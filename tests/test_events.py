@@ -117,7 +117,7 @@ def test_malformed(obj: dict[str, Any], problem: str) -> None:
 
 
 def test_decode_rejects_bad_json_non_objects_and_huge_events() -> None:
-    for data, problem in [("{not json", "bad-json"), ("[1,2]", "not-an-object"), (b"\xff\xfe", "bad-json"),
+    for data, problem in [("{not json", "bad-json"), ("[1,2]", "not-an-object"), (b"\xff\xfe", "bad-utf8"),
                           ("x" * (ev.MAX_EVENT_BYTES + 1), "too-large")]:
         with pytest.raises(MalformedEvent) as info:
             ev.decode(data)
