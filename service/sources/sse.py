@@ -53,6 +53,11 @@ class SseParser:
         self._size = 0  # bytes of this event's finished field lines
         self._discarding = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the current line and event (at most about ``max_event_bytes``)."""
+        return len(self._line) + len(self._data)
+
     def feed(self, chunk: bytes) -> list[SseEvent]:
         out: list[SseEvent] = []
         pos = 0
