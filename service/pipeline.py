@@ -365,6 +365,7 @@ class Pipeline(StageSteps):
             self._inflight_ids.discard(event.event_id)
             return
         except Exception:  # not even error:internal can be recorded: move past it rather than stop
+            self.metrics.errors.labels("store", "unrecorded").inc()
             log.exception("could not record any outcome; moving past the event", extra={"event_id": event.event_id})
         duration = time.monotonic() - work.started
         self.metrics.outcomes.labels(outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome).inc()
