@@ -110,6 +110,8 @@ def decode(data: str | bytes) -> dict[str, Any]:
     within :data:`MAX_DEPTH` (checked by a linear scan before ``json.loads``, which recurses), and
     non-finite numbers (``NaN``, ``Infinity``, ``1e999``) are refused.
     """
+    if not isinstance(data, str | bytes):  # e.g. a Kafka tombstone's None
+        raise _Malformed("not-an-object", f"no event text ({type(data).__name__})")
     if len(data) > MAX_EVENT_BYTES:
         raise _Malformed("too-large", f"{len(data)} bytes")
     if isinstance(data, str):

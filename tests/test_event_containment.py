@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ class PoisonExact(FakeExact):
 class PoisonStore(SqliteStore):
     """Fails unexpectedly (not a ServiceError) for chosen events."""
 
-    def __init__(self, path: str, *, admit_fails: set[str] = frozenset(), finish_fails: set[str] = frozenset(),
-                 finish_always_fails: set[str] = frozenset()) -> None:
+    def __init__(self, path: str, *, admit_fails: Collection[str] = (), finish_fails: Collection[str] = (),
+                 finish_always_fails: Collection[str] = ()) -> None:
         super().__init__(path)
         self.admit_fails = admit_fails
         self.finish_fails = finish_fails

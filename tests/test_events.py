@@ -11,7 +11,7 @@ from service import events as ev
 from service.errors import MalformedEvent
 from service.models import RawEvent, UploadEvent
 
-REAL = {
+REAL: dict[str, Any] = {
     "$schema": "/mediawiki/recentchange/1.0.0",
     "meta": {
         "uri": "https://commons.wikimedia.org/wiki/File:Wissensturm_Linz,_Eingangsbereich_-_Panorama_(06).jpg",
@@ -226,6 +226,7 @@ def test_free_text_keeps_the_event_with_surrogates_replaced() -> None:
 
 def test_a_problem_found_by_the_source_is_the_same_error() -> None:
     assert problem_of(raw(b"", problem="too-large")) == "too-large"
+    assert problem_of(RawEvent(data=None, position=1)) == "not-an-object"  # type: ignore[arg-type]  # a Kafka tombstone
 
 
 def test_unsafe_page_uri_falls_back_to_one_built_from_the_title() -> None:
