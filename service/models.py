@@ -21,6 +21,7 @@ class RawEvent:
     data: str | bytes
     position: Any
     label: str = ""  # human-readable position for logs, e.g. "offset 42"
+    problem: str | None = None  # the source already found it malformed (e.g. "too-large", discarded unread)
 
 
 @dataclass(frozen=True, slots=True)

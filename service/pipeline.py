@@ -206,11 +206,7 @@ class Pipeline(StageSteps):
         seq = self.watermark.track(raw.position)
         self.last_event_at = time.time()
         try:
-            obj = ev.decode(raw.data)
-            when = ev.event_time(obj)
-            if when is not None:
-                self.metrics.source_lag.set(max(0.0, time.time() - when))
-            parsed = ev.classify(obj, self.wikis.keys(), raw.position)
+            read = ev.parse(raw, self.wikis.keys())
         except MalformedEvent as exc:
             problem = getattr(exc, "problem", "malformed")
             self.metrics.events_malformed.labels(problem).inc()
@@ -218,6 +214,9 @@ class Pipeline(StageSteps):
             log.warning("malformed event skipped", extra={"position": raw.label, "problem": str(exc)})
             await self._done(seq)
             return
+        if read.time is not None:
+            self.metrics.source_lag.set(max(0.0, time.time() - read.time))
+        parsed = read.result
         if isinstance(parsed, ev.Skip):
             self.metrics.events_skipped.labels(parsed.reason).inc()
             await self._done(seq)
@@ -230,13 +229,19 @@ class Pipeline(StageSteps):
         now = time.monotonic()
         work = Work(seq=seq, event=event, started=now, deadline=now + self.cfg.pipeline.event_deadline,
                     sha1=event.sha1)
-        seen, cached = await self._admit_with_retry(event)
-        if seen:
-            self.metrics.events_skipped.labels("duplicate").inc()
-            await self._done(seq)
+        try:
+            seen, cached = await self._admit_with_retry(event)
+            if seen:
+                self.metrics.events_skipped.labels("duplicate").inc()
+                await self._done(seq)
+                return
+            self._inflight_ids.add(event.event_id)
+            stage = self._route(work, cached)
+        except Exception as exc:  # a bug or poison in one event ends that event, never the intake
+            self.metrics.errors.labels("intake", "internal").inc()
+            log.exception("unexpected error at intake", extra={"event_id": event.event_id})
+            await self._finish(work, error("internal"), exc)
             return
-        self._inflight_ids.add(event.event_id)
-        stage = self._route(work, cached)
         await self.queues[stage].put(work)
         self._gauge()
 
@@ -341,7 +346,18 @@ class Pipeline(StageSteps):
                 matches=tuple(work.matches),
             )
         try:
-            await self.store.finish(event, outcome, scan, self._remote_scans(work, outcome))
+            try:
+                await self.store.finish(event, outcome, scan, self._remote_scans(work, outcome))
+            except ServiceError:
+                raise
+            except Exception:  # this event's data or a bug, not an outage: record that it failed
+                self.metrics.errors.labels("store", "internal").inc()
+                log.exception("could not record outcome; recording error:internal",
+                              extra={"event_id": event.event_id, "outcome": outcome})
+                if outcome == error("internal"):
+                    raise
+                outcome = error("internal")
+                await self.store.finish(event, outcome, None, [])
         except ServiceError as store_exc:
             # The outcome could not be recorded: do not move the checkpoint past this event.
             log.error("could not record outcome; event stays below the checkpoint",
@@ -349,6 +365,9 @@ class Pipeline(StageSteps):
             self.metrics.errors.labels("store", "write").inc()
             self._inflight_ids.discard(event.event_id)
             return
+        except Exception:  # not even error:internal can be recorded: move past it rather than stop
+            self.metrics.errors.labels("store", "unrecorded").inc()
+            log.exception("could not record any outcome; moving past the event", extra={"event_id": event.event_id})
         duration = time.monotonic() - work.started
         self.metrics.outcomes.labels(outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome).inc()
         self.metrics.event_latency.observe(duration)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,8 +126,8 @@ class UntilSource:
     @staticmethod
     def _time(raw: RawEvent) -> float | None:
         try:
-            return ev.event_time(ev.decode(raw.data))
-        except (MalformedEvent, json.JSONDecodeError):
+            return ev.parse(raw, ()).time
+        except MalformedEvent:
             return None
 
 

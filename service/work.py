@@ -181,8 +181,9 @@ class IngestService:
     def _key(self, raw: RawEvent) -> bytes | None:
         """The partition key (SHA-1, else the title) of an upload to publish; None for anything to skip."""
         try:
-            parsed = ev.classify(ev.decode(raw.data), self.wikis, raw.position)
+            parsed = ev.parse(raw, self.wikis).result
         except MalformedEvent as exc:
+            self.metrics.events_malformed.labels(getattr(exc, "problem", "malformed")).inc()
             self.metrics.events_skipped.labels("malformed").inc()
             log.warning("malformed event skipped", extra={"position": raw.label, "problem": str(exc)})
             return None

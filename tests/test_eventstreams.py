@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.infra.sse_server import EventStreamsServer
 from tests.test_events import REAL
 
 UA = "mediamoderation-test/0.1 (ts@example.org)"
+loop_time = time.monotonic  # the clock the test server stamps its writes with
 
 
 class MemoryCheckpoints:
@@ -190,3 +192,41 @@ def test_resume_id_rewinds_timestamps_and_starts_unread_partitions() -> None:
     exact = json.dumps([{"topic": "t", "partition": 0, "offset": 41}])
     assert json.loads(resume_id(exact)) == [{"topic": "t", "partition": 0, "offset": 41}]
     assert resume_id("not json") == "not json"
+
+
+async def test_giant_trickled_event_is_skipped_without_delaying_the_next(sse_server: EventStreamsServer) -> None:
+    """A 3 MB event sent in 1 KB transfer chunks held the next event up for 41 s with sseclient (it
+    rescanned its whole buffer per chunk): now it is discarded as it arrives and handed on as a
+    ``too-large`` malformed event whose position is its own id, so the checkpoint passes it."""
+    giant = event(0)
+    giant["comment"] = "x" * 3_000_000
+    sse_server.publish(giant, ts_ms=1_700_000_000_000, trickle=1024)
+    sse_server.publish(event(1), ts_ms=1_700_000_000_001)
+    metrics = Metrics()
+    queue: asyncio.Queue[RawEvent] = asyncio.Queue(4)
+    stop = asyncio.Event()
+    task = asyncio.create_task(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC),
+                                          metrics=metrics).run(queue, stop))
+    try:
+        skipped = await asyncio.wait_for(queue.get(), 60)
+        following = await asyncio.wait_for(queue.get(), 60)
+        arrived = loop_time()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    conn = sse_server.connections[0]
+    assert skipped.problem == "too-large" and skipped.data == b""
+    assert json.loads(skipped.position) == conn.ids[0]
+    assert ids([following]) == ["id-1"] and json.loads(following.position) == conn.ids[1]
+    delay = arrived - conn.write_started[0]
+    assert delay < 5, f"the next event came {delay:.1f} s after the giant one started"
+    assert metrics.registry.get_sample_value("mediamoderation_events_received_total",
+                                             {"source": "eventstreams"}) == 2
+
+
+async def test_many_events_in_one_read_and_one_event_in_many_reads(sse_server: EventStreamsServer) -> None:
+    """Several events in one transfer chunk and events split across chunks both come through."""
+    for n in range(3):
+        sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n, trickle=7 if n == 1 else None)
+    got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 3)
+    assert ids(got) == ["id-0", "id-1", "id-2"]

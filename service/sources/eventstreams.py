@@ -1,10 +1,13 @@
 """Wikimedia EventStreams (SSE) source.
 
-One connection at a time, read by ``sseclient`` in a thread that feeds the pipeline's bounded
-queue and blocks while it is full.  The SSE ``id`` (a JSON array with the position of every
-topic-partition) is the checkpoint: it is stored verbatim once the watermark passes an event and
-sent back as ``Last-Event-ID`` on every reconnect.  ``since`` starts a historical read when there is
-no checkpoint (or when the command line overrides it).
+One connection at a time, read in a thread that feeds the pipeline's bounded queue and blocks while
+it is full.  The HTTP stack is ``requests`` (urllib3); the bytes go through the incremental parser
+in :mod:`service.sources.sse`, so reading costs time linear in the bytes received and an event over
+:data:`service.events.MAX_EVENT_BYTES` is discarded as it arrives (and handed on as a ``too-large``
+malformed event, so it is counted and the checkpoint moves past it).  The SSE ``id`` (a JSON array
+with the position of every topic-partition) is the checkpoint: it is stored verbatim once the
+watermark passes an event and sent back as ``Last-Event-ID`` on every reconnect.  ``since`` starts a
+historical read when there is no checkpoint (or when the command line overrides it).
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
-import sseclient
 
 from service.backoff import exponential_backoff, parse_retry_after
 from service.config import EventStreamsSection
 from service.errors import SourceError
+from service.events import MAX_EVENT_BYTES
 from service.metrics import Metrics
 from service.models import RawEvent
 from service.sources.base import run_in_thread, until_done_or_stopped
+from service.sources.sse import SseParser
 from service.store.base import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -38,33 +42,42 @@ log = logging.getLogger(__name__)
 # A connection that lasted this long before the server closed it was cut normally (the CDN's
 # 15-minute limit): reconnect at once.  Shorter ones back off.
 _HEALTHY_CONNECTION_SECONDS = 10.0
+# Largest read handed to the parser: a transfer chunk bigger than this is read in pieces, so a
+# hostile upstream's giant chunk is never held whole.
+_READ_BYTES = 65536
 
 
 class _Disconnected(Exception):
-    """The stream ended or failed while reading; raised through sseclient so we own reconnects."""
+    """The stream ended or failed while reading."""
 
 
-class _Client(sseclient.SSEClient):  # type: ignore[misc]
-    """sseclient with its own silent reconnect loop disabled: every disconnect reaches our loop."""
+class _HttpStatus(Exception):
+    """The server answered the stream request with an error status."""
 
-    def iter_content(self) -> Iterator[bytes]:
-        raw = self.resp.raw
-        if getattr(raw, "chunked", False) and hasattr(raw, "read_chunked"):
-            # sseclient reads the socket file directly, which leaks chunked transfer-encoding
-            # framing into the data (and never sees the end of a chunked stream): let urllib3
-            # decode chunks and hand each over as it arrives.
-            inner: Iterator[bytes] = raw.read_chunked(amt=None, decode_content=True)
+    def __init__(self, status: int, retry_after: str | None, body: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The response body as it arrives, in pieces of at most ``_READ_BYTES``.
+
+    Chunked transfer-encoding is decoded by urllib3 (each transfer chunk is handed over as soon as
+    it is in); anything else is read with ``read1``, which returns whatever the socket has.  Every
+    way the body can end raises :class:`_Disconnected`.
+    """
+    raw = resp.raw
+    try:
+        if getattr(raw, "chunked", False):
+            yield from raw.read_chunked(amt=_READ_BYTES, decode_content=True)
         else:
-            inner = super().iter_content()
-
-        def generate() -> Iterator[bytes]:
-            try:
-                yield from inner
-            except Exception as exc:
-                raise _Disconnected(f"{type(exc).__name__}: {exc}") from exc
-            raise _Disconnected("server closed the stream")
-
-        return generate()
+            while chunk := raw.read1(_READ_BYTES, decode_content=True):
+                yield chunk
+    except Exception as exc:
+        raise _Disconnected(f"{type(exc).__name__}: {exc}") from exc
+    raise _Disconnected("server closed the stream")
 
 
 def resume_id(last_id: str) -> str:
@@ -128,7 +141,7 @@ class EventStreamsSource:
         self.checkpoint_name = checkpoint_name or cfg.checkpoint_name
         self._sleep = sleep
         self._connected = threading.Event()
-        self._client: _Client | None = None
+        self._response: requests.Response | None = None
         self.last_error: str | None = None
 
     @property
@@ -178,10 +191,10 @@ class EventStreamsSource:
         Closing the response here would wait for the reader's buffered-reader lock (up to a whole
         read timeout, with the event loop blocked); shutting the socket down makes the read return.
         """
-        client = self._client
-        if client is None:
+        response = self._response
+        if response is None:
             return
-        raw = client.resp.raw
+        raw = response.raw
         sock = getattr(getattr(raw, "_connection", None), "sock", None)
         if sock is None:
             fp = getattr(getattr(raw, "_fp", None), "fp", None)
@@ -190,12 +203,12 @@ class EventStreamsSource:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _close_client(self) -> None:
+    def _close_response(self) -> None:
         """Close the current response; only ever called from the reader thread."""
-        client = self._client
-        if client is not None:
+        response = self._response
+        if response is not None:
             with contextlib.suppress(Exception):
-                client.resp.close()
+                response.close()
 
     # ------------------------------------------------------------------ reader thread
 
@@ -226,6 +239,32 @@ class EventStreamsSource:
         else:
             self._sleep(seconds)
 
+    def _connect(self, session: requests.Session, url: str, last_id: str | None) -> requests.Response:
+        """Open the stream; :class:`_HttpStatus` (with the start of the body) for an error status."""
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache",
+                   "Accept-Encoding": "identity"}  # no compression: nothing to inflate
+        if last_id:
+            headers["Last-Event-ID"] = resume_id(last_id)
+        response = session.get(url, stream=True, headers=headers,
+                               timeout=(self.cfg.connect_timeout, self.cfg.read_timeout))
+        if response.status_code < 400:
+            return response
+        try:
+            body = response.raw.read(300, decode_content=True)
+        except Exception as exc:  # the body is only for the message
+            body = f"(body unreadable: {type(exc).__name__})".encode()
+        finally:
+            response.close()
+        raise _HttpStatus(response.status_code, response.headers.get("Retry-After"),
+                          body.decode("utf-8", "replace"))
+
+    def _too_large(self, position: str | None, size: int) -> RawEvent:
+        """An event discarded for its size: handed on so it is counted and the checkpoint passes it."""
+        self.metrics.events_received.labels(self.name).inc()
+        log.warning("eventstreams event over the size limit discarded while reading",
+                    extra={"position": position, "bytes": size, "limit": MAX_EVENT_BYTES})
+        return RawEvent(data=b"", position=position, label=f"id={position}", problem="too-large")
+
     def _read_loop(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -244,44 +283,44 @@ class EventStreamsSource:
                 retry_after: float | None = None
                 cause = "network"
                 try:
-                    self._client = _Client(
-                        url,
-                        last_id=resume_id(last_id) if last_id else None,
-                        retry=0,
-                        session=session,
-                        timeout=(self.cfg.connect_timeout, self.cfg.read_timeout),
-                    )
+                    response = self._response = self._connect(session, url, last_id)
                     self._connected.set()
                     self.metrics.source_connected.set(1)
                     self.last_error = None
                     log.info("eventstreams connected", extra={"url": url, "resume": bool(last_id)})
-                    for msg in self._client:
+                    parser = SseParser(MAX_EVENT_BYTES)
+                    for chunk in _chunks(response):
                         if halt.is_set():
                             return
-                        if msg.event == "error":
-                            log.error("eventstreams sent an error event", extra={"data": msg.data[:500]})
-                            continue
-                        if msg.event != "message" or not msg.data:
-                            continue
-                        if msg.id:
-                            last_id = msg.id
-                        self.metrics.events_received.labels(self.name).inc()
-                        item = RawEvent(data=msg.data, position=last_id, label=f"id={last_id}")
-                        if not self._put(loop, out, item, halt):
-                            return
-                        attempt = 0
-                except requests.HTTPError as exc:
-                    status = exc.response.status_code if exc.response is not None else 0
-                    body = exc.response.text[:300] if exc.response is not None else ""
+                        for msg in parser.feed(chunk):
+                            if msg.too_large:
+                                item = self._too_large(msg.id or last_id, msg.size)
+                                if msg.id:
+                                    last_id = msg.id
+                            elif msg.event == "error":
+                                log.error("eventstreams sent an error event",
+                                          extra={"data": msg.data[:500].decode("utf-8", "replace")})
+                                continue
+                            elif msg.event != "message" or not msg.data:
+                                continue
+                            else:
+                                if msg.id:
+                                    last_id = msg.id
+                                self.metrics.events_received.labels(self.name).inc()
+                                item = RawEvent(data=msg.data, position=last_id, label=f"id={last_id}")
+                            if not self._put(loop, out, item, halt):
+                                return
+                            attempt = 0
+                except _HttpStatus as exc:
+                    status = exc.status
                     if status == 429 or status >= 500 or status == 408:
                         cause = f"http-{status}"
-                        header = exc.response.headers.get("Retry-After") if exc.response is not None else None
-                        retry_after = parse_retry_after(header)
+                        retry_after = parse_retry_after(exc.retry_after)
                         self.last_error = f"HTTP {status} from {url}"
                     else:
                         raise SourceError(
                             f"EventStreams refused the stream with HTTP {status} (not retrying; check "
-                            f"source.eventstreams.url and service.user_agent): {body}",
+                            f"source.eventstreams.url and service.user_agent): {exc.body}",
                             retriable=False,
                         ) from exc
                 except (_Disconnected, requests.RequestException, OSError) as exc:
@@ -294,8 +333,8 @@ class EventStreamsSource:
                 finally:
                     self._connected.clear()
                     self.metrics.source_connected.set(0)
-                    self._close_client()
-                    self._client = None
+                    self._close_response()
+                    self._response = None
                 if halt.is_set():
                     return
                 self.metrics.source_reconnects.labels(cause).inc()

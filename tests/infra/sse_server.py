@@ -10,7 +10,8 @@ latest; ``?since=`` (ms epoch or ISO 8601) applies only without ``Last-Event-ID`
 
 Knobs for fault tests: ``disconnect_after``, ``reject_next`` (429/503, optional Retry-After),
 ``keepalive_interval``, ``publish_raw`` (malformed ``data:``), explicit ``ts_ms`` (many events in one
-millisecond).  Every connection is recorded (headers, query, events sent) and tests can await
+millisecond), ``trickle`` (write one message in pieces of that many bytes, each its own write and
+transfer chunk, like a slow upstream).  Every connection is recorded (headers, query, events sent) and tests can await
 conditions with ``wait_for`` instead of sleeping.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +38,14 @@ DEFAULT_STREAMS: Mapping[str, Sequence[str]] = {
 }
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON like EventStreams (node's well-formed ``JSON.stringify``): non-ASCII text as is,
+    lone surrogates as ``\\uXXXX`` escapes (they cannot be encoded as UTF-8)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class StoredMessage:
     offset: int
     ts_ms: int
     data: dict[str, Any] | str
+    trickle: int | None = None  # written in pieces of this many bytes
 
 
 @dataclass
@@ -66,6 +75,8 @@ class ConnectionRecord:
     ids: list[list[dict[str, Any]]] = field(default_factory=list)
     keepalives: int = 0
     closed: bool = False
+    write_started: list[float] = field(default_factory=list)  # time.monotonic() per sent message
+    write_ended: list[float] = field(default_factory=list)
 
     @property
     def user_agent(self) -> str | None:
@@ -140,32 +151,34 @@ class EventStreamsServer:
 
     # -- publishing and fault knobs ------------------------------------------------------------
     def publish(self, event: dict[str, Any], ts_ms: int | None = None, *,
-                stream: str = "mediawiki.recentchange", topic: str | None = None) -> StoredMessage:
+                stream: str = "mediawiki.recentchange", topic: str | None = None,
+                trickle: int | None = None) -> StoredMessage:
         """Append ``event`` to ``topic`` (default: the stream's first, the eqiad one), partition 0.
 
         Like EventStreams' deserializer, ``meta.topic/partition/offset`` are stamped into the data.
         """
         data = copy.deepcopy(event)
-        message = self._append(data, ts_ms, stream, topic)
+        message = self._append(data, ts_ms, stream, topic, trickle)
         meta = data.setdefault("meta", {})
         if isinstance(meta, dict):
             meta.update(topic=message.topic, partition=message.partition, offset=message.offset)
         return message
 
     def publish_raw(self, data: str, ts_ms: int | None = None, *,
-                    stream: str = "mediawiki.recentchange", topic: str | None = None) -> StoredMessage:
+                    stream: str = "mediawiki.recentchange", topic: str | None = None,
+                    trickle: int | None = None) -> StoredMessage:
         """Append a message whose ``data:`` line is ``data`` verbatim (e.g. truncated JSON)."""
-        return self._append(data, ts_ms, stream, topic)
+        return self._append(data, ts_ms, stream, topic, trickle)
 
     def _append(self, data: dict[str, Any] | str, ts_ms: int | None, stream: str,
-                topic: str | None) -> StoredMessage:
+                topic: str | None, trickle: int | None = None) -> StoredMessage:
         topic = topic or self.streams[stream][0]
         key = (topic, 0)
         offset = self._partition_lengths.get(key, 0)
         self._partition_lengths[key] = offset + 1
         message = StoredMessage(
             seq=len(self.messages), topic=topic, partition=0, offset=offset,
-            ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms, data=data,
+            ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms, data=data, trickle=trickle,
         )
         self.messages.append(message)
         self._wake()
@@ -329,7 +342,12 @@ class EventStreamsServer:
                 data = message.data if isinstance(message.data, str) else _compact(message.data)
                 lines = ["event: message", f"id: {_compact(event_id)}"]
                 lines += [f"data: {line}" for line in data.split("\n")]
-                await response.write(("\n".join(lines) + "\n\n").encode())
+                frame = ("\n".join(lines) + "\n\n").encode()
+                record.write_started.append(time.monotonic())
+                step = message.trickle or len(frame)
+                for start in range(0, len(frame), step):
+                    await response.write(frame[start:start + step])
+                record.write_ended.append(time.monotonic())
                 record.sent.append(message)
                 record.ids.append(event_id)
                 next_keepalive = None if interval is None else loop.time() + interval
