@@ -230,3 +230,39 @@ async def test_many_events_in_one_read_and_one_event_in_many_reads(sse_server: E
         sse_server.publish(event(n), ts_ms=1_700_000_000_000 + n, trickle=7 if n == 1 else None)
     got = await collect(source_for(sse_server, since=datetime.fromtimestamp(1_600_000_000, tz=UTC)), 3)
     assert ids(got) == ["id-0", "id-1", "id-2"]
+
+
+async def test_a_redirect_is_never_followed(unused_port: Any) -> None:
+    """A stream URL that redirects (to another port here) is a clear fatal error, never followed."""
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        hits.append(request.path)
+        return web.Response(text="data: {}\n\n", content_type="text/event-stream")
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"http://127.0.0.1:{other}/stream")
+
+    other = unused_port()
+    port = unused_port()
+    runners = []
+    for p, handler in ((port, redirect), (other, elsewhere)):
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", p).start()
+        runners.append(runner)
+    try:
+        cfg = EventStreamsSection(url=f"http://127.0.0.1:{port}/v2/stream/mediawiki.recentchange",
+                                  reconnect=ReconnectSection(initial_delay=0.01, max_delay=0.02))
+        source = EventStreamsSource(cfg, user_agent=UA, checkpoints=MemoryCheckpoints(), metrics=Metrics())
+        with pytest.raises(SourceError, match=r"redirect to .* not followed") as info:
+            await asyncio.wait_for(source.run(asyncio.Queue(1), asyncio.Event()), 10)
+        assert not info.value.retriable
+        assert hits == []
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -245,10 +245,17 @@ class EventStreamsSource:
                    "Accept-Encoding": "identity"}  # no compression: nothing to inflate
         if last_id:
             headers["Last-Event-ID"] = resume_id(last_id)
-        response = session.get(url, stream=True, headers=headers,
+        # Redirects are never followed: the stream comes only from the configured scheme, host and port.
+        response = session.get(url, stream=True, headers=headers, allow_redirects=False,
                                timeout=(self.cfg.connect_timeout, self.cfg.read_timeout))
-        if response.status_code < 400:
+        if response.status_code < 300:
             return response
+        if response.status_code < 400:
+            response.close()
+            location = response.headers.get("Location", "(no Location)")[:200]
+            raise _HttpStatus(response.status_code, None,
+                              f"redirect to {location!r} not followed; set source.eventstreams.url to the "
+                              "stream's final URL")
         try:
             body = response.raw.read(300, decode_content=True)
         except Exception as exc:  # the body is only for the message
