@@ -19,7 +19,7 @@ from service.app import Service
 from service.config import WikiSection, config_from_dict
 from service.metrics import Metrics
 from service.models import RawEvent, UploadEvent
-from service.sources.mwapi import ApiClient, LogEventsSource
+from service.sources.mwapi import LogEventsSource, polling_client
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -168,7 +168,7 @@ async def test_maxlag_is_waited_for_and_requests_to_one_wiki_are_serial(
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    client = ApiClient(WikiSection(id="w", api_url=url), user_agent=UA, metrics=Metrics(), sleep=sleep)
+    client = polling_client(WikiSection(id="w", api_url=url), user_agent=UA, metrics=Metrics(), sleep=sleep)
     try:
         await asyncio.gather(*(client.query({"list": "logevents"}, what="logevents") for _ in range(3)))
     finally:

@@ -13,8 +13,8 @@ from service.config import config_from_dict
 from service.errors import ConfigError
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.replay import ReplayRequest, RescanAdmission, UntilSource, replay_source
 from service.sources.eventstreams import EventStreamsSource
+from service.sources.replay import ReplayRequest, RescanAdmission, UntilSource, replay_source
 from tests.infra.sse_server import EventStreamsServer
 from tests.test_events import REAL
 from tests.test_eventstreams import MemoryCheckpoints

@@ -29,7 +29,7 @@ from service.config import Config
 from service.errors import ConfigError, MalformedEvent
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.sources.base import Source
+from service.sources.base import Source, SourceStatus
 from service.store.base import ScanRecord
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,6 @@ class UntilSource:
         self.name = inner.name
         self.until = until.timestamp()
         self.slack = slack
-        ack = getattr(inner, "ack", None)
-        if ack is not None:
-            self.ack = ack
 
     @property
     def connected(self) -> bool:
@@ -94,6 +91,12 @@ class UntilSource:
 
     async def commit(self, position: Any) -> None:
         await self.inner.commit(position)
+
+    def ack(self, position: Any) -> None:
+        self.inner.ack(position)
+
+    def status(self) -> SourceStatus:
+        return self.inner.status()
 
     async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
         middle: asyncio.Queue[RawEvent] = asyncio.Queue(1)
