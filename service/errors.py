@@ -125,7 +125,7 @@ class HostNotAllowed(WikiApiError, FetchError):
     reason = "host-not-allowed"
 
     def __init__(self, url: str) -> None:
-        super().__init__(f"not in the allowlist (scheme, host and port): {url}")
+        super().__init__(f"host not in allowlist (scheme, host and port must match): {url}")
         self.url = url
 
 

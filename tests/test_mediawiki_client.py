@@ -30,7 +30,8 @@ from service.errors import (
     WikiTooManyRedirects,
     WikiUnreachable,
 )
-from service.mediawiki.client import MediaWikiClient, RetryPolicy, allowed_origins, api_error
+from service.mediawiki.allowlist import allowed_origins
+from service.mediawiki.client import MediaWikiClient, RetryPolicy, api_error
 from service.mediawiki.transport import MockTransport, Request, Response, response
 
 UA = "mediamoderation-test/0.1 (ts@example.org)"

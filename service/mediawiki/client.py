@@ -51,6 +51,7 @@ from service.errors import (
     WikiTooManyRedirects,
     WikiUnreachable,
 )
+from service.mediawiki.allowlist import allowed_origins, is_allowed, origin
 from service.mediawiki.transport import AiohttpTransport, Request, Response, Transport
 
 log = logging.getLogger(__name__)
@@ -86,41 +87,6 @@ def api_error(message: str, code: str, info: str, retry_after: float | None = No
     if code in RELOGIN_CODES:
         return WikiSessionLost(message, code=code, info=info)
     return WikiApiRefused(message, code=code, info=info)
-
-
-Origin = tuple[str, str, int]
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def origin(url: URL) -> Origin | None:
-    """(scheme, host, port) with the default port made explicit; None for anything but http(s)."""
-    scheme = (url.scheme or "").lower()
-    host = (url.host or "").lower().rstrip(".")
-    if scheme not in _DEFAULT_PORTS or not host:
-        return None
-    return scheme, host, url.port or _DEFAULT_PORTS[scheme]
-
-
-def allowed_origins(wiki: WikiSection) -> frozenset[Origin]:
-    """The API URL's origin, and each media host: ``host`` (the API's scheme and port), ``host:port`` or a URL."""
-    api = origin(URL(wiki.api_url))
-    if api is None:
-        return frozenset()
-    out = {api}
-    for entry in wiki.media_hosts:
-        entry = entry.strip().lower()
-        if "://" in entry:
-            parsed = origin(URL(entry))
-        else:
-            host, _, port = entry.partition(":")
-            parsed = (api[0], host.rstrip("."), int(port) if port.isdigit() else api[2]) if host else None
-        if parsed is not None:
-            out.add(parsed)
-    return frozenset(out)
-
-
-def is_allowed(url: URL, origins: frozenset[Origin]) -> bool:
-    return not url.user and origin(url) in origins
 
 
 @dataclass(frozen=True, slots=True)

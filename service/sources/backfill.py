@@ -203,7 +203,7 @@ class Progress:
         self.metrics = metrics
         self.interval = interval
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = self.stream.isatty()
         self._scanned = scanned or self._outcomes
         self._clock = clock
         self.started = clock()
