@@ -3,6 +3,7 @@ test_fetch, test_mwapi, test_backfill and test_takedown, which all go through th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable
@@ -30,9 +31,11 @@ from service.errors import (
     WikiTooManyRedirects,
     WikiUnreachable,
 )
+from service.mediawiki import WikiApi
 from service.mediawiki.allowlist import allowed_origins
 from service.mediawiki.client import MediaWikiClient, RetryPolicy, api_error
 from service.mediawiki.transport import MockTransport, Request, Response, response
+from service.metrics import Metrics
 
 UA = "mediamoderation-test/0.1 (ts@example.org)"
 API = "https://wiki.example/w/api.php"
@@ -381,8 +384,6 @@ async def test_pages_follow_continuation_to_the_end() -> None:
 
 
 async def test_api_requests_to_one_wiki_are_serial() -> None:
-    import asyncio
-
     active = peak = 0
 
     async def handler(request: Request) -> Response:
@@ -404,3 +405,25 @@ async def test_api_requests_to_one_wiki_are_serial() -> None:
 def test_mock_transport_answers_json() -> None:
     r = response(json={"a": 1})
     assert json.loads(r.body) == {"a": 1} and r.status == 200
+
+
+# --------------------------------------------------------------------------- the takedown's operations on the client
+
+
+async def test_takedown_filearchive_follows_continuation_through_the_client(tmp_path: Path) -> None:
+    def handler(request: Request) -> Response:
+        p = params_of(request)
+        assert request.headers.get("Authorization") == "Bearer t0ken" and p["assert"] == "user"
+        if p.get("facontinue") is None:
+            rows = [{"id": 1, "name": "A_b.jpg", "sha1": "AA", "timestamp": "t1"},
+                    {"id": 2, "name": "A_b.jpg.old", "sha1": "bb"}]  # a longer name with the same prefix
+            return response(json={"query": {"filearchive": rows}, "continue": {"facontinue": "A_b.jpg|2"}})
+        return response(json={"query": {"filearchive": [{"id": 3, "name": "A_b.jpg", "suppressed": True}]}})
+
+    metrics = Metrics()
+    auth = WikiAuthSection(method="oauth2", token=secret(tmp_path, "t", "t0ken"))
+    api = WikiApi(WikiSection(id="w", api_url=API), auth, UA, metrics, transport=MockTransport(handler))
+    rows = await api.filearchive("File:A b.jpg")
+    assert [(r.id, r.sha1, r.suppressed) for r in rows] == [(1, "aa", False), (3, None, True)]
+    assert metrics.registry.get_sample_value("mediamoderation_wiki_api_requests_total",
+                                             {"action": "query", "result": "ok"}) == 2
