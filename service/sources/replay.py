@@ -30,7 +30,7 @@ from service.errors import ConfigError, MalformedEvent
 from service.metrics import Metrics
 from service.models import RawEvent
 from service.sources.base import Source, SourceStatus
-from service.store.base import ScanRecord
+from service.store.base import CheckpointStore, ScanRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ReplayRequest:
     name: str = "replay"
 
 
-def replay_source(cfg: Config, store: Any, metrics: Metrics, req: ReplayRequest) -> Source:
+def replay_source(cfg: Config, store: CheckpointStore, metrics: Metrics, req: ReplayRequest) -> Source:
     kind = cfg.source.type
     if req.offsets and kind != "kafka":
         raise ConfigError([("--offsets", f"only the Kafka source has offsets (source.type is {kind})")])
