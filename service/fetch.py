@@ -1,7 +1,8 @@
 """Fetch file details and bytes from a wiki: ``prop=imageinfo``, then the thumbnail (and the original).
 
 Every request goes through the one MediaWiki client (:mod:`service.mediawiki.client`), which enforces
-the safety rules: every URL and redirect hop on the wiki's allowlist (scheme, host and port), downloads
+the safety rules: every URL and redirect hop on the wiki's allowlist (scheme, host and port: see
+:func:`~service.mediawiki.allowlist.origin_allowed`), downloads
 aborted beyond ``fetch.max_bytes``, each attempt bounded by ``fetch.timeout``, transient failures
 retried with backoff honouring ``Retry-After``, API requests serial per wiki and carrying ``maxlag``.
 This module turns the client's errors into the fetch outcomes (FileGone, Unscannable, FetchError).
@@ -35,6 +36,7 @@ from service.errors import (
     WikiApiError,
     WikiResponseTooLarge,
 )
+from service.mediawiki.allowlist import origin_allowed as origin_allowed  # re-exported: `photodna check` uses it
 from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
 from service.mediawiki.transport import AiohttpTransport, Transport
 from service.metrics import Metrics

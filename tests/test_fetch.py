@@ -421,38 +421,6 @@ async def test_redirect_to_disallowed_host_refused(fake: FakeWiki, make: Callabl
     assert h.count("thumbnail", "host-not-allowed") == 1
 
 
-async def test_redirect_to_another_port_on_an_allowed_host_refused(
-        fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
-    """Two real servers on 127.0.0.1: the allowlist names the host, but only the API's port."""
-    fake.add("P.png", FakeFile(png(800, 600), 800, 600))
-    other_hits: list[str] = []
-
-    async def other(request: web.Request) -> web.Response:
-        other_hits.append(request.path)
-        return web.Response(body=fake.files["P.png"].data, content_type="image/png")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", other)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    other_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def to_other_port(_: web.Request) -> web.Response:
-        raise web.HTTPFound(f"http://127.0.0.1:{other_port}/thumb/330/P.png")
-
-    fake.on("/thumb/330/P.png", to_other_port)
-    try:
-        h = await make(fake.wiki("127.0.0.1"))
-        with pytest.raises(HostNotAllowed):
-            await h.client.fetch(fake.wiki("127.0.0.1"), "File:P.png")
-    finally:
-        await runner.cleanup()
-    assert other_hits == []
-    assert h.count("thumbnail", "host-not-allowed") == 1
-
-
 async def test_redirect_to_other_scheme_refused(fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
     fake.add("P.png", FakeFile(png(800, 600), 800, 600))
 

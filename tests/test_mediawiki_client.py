@@ -32,7 +32,7 @@ from service.errors import (
     WikiUnreachable,
 )
 from service.mediawiki import WikiApi
-from service.mediawiki.allowlist import allowed_origins
+from service.mediawiki.allowlist import origin_allowed
 from service.mediawiki.client import MediaWikiClient, RetryPolicy, api_error
 from service.mediawiki.transport import MockTransport, Request, Response, response
 from service.metrics import Metrics
@@ -184,12 +184,15 @@ async def test_redirects_within_the_allowlist_are_followed() -> None:
     assert len(looping.transport.requests) == 3
 
 
-def test_allowed_origins_compare_scheme_host_and_port() -> None:
+def test_allowlist_compares_scheme_host_and_port() -> None:
     wiki = WikiSection(id="w", api_url="http://127.0.0.1:8080/w/api.php",
-                       media_hosts=("localhost", "media.example:9000", "https://cdn.example"))
-    assert allowed_origins(wiki) == {("http", "127.0.0.1", 8080), ("http", "localhost", 8080),
-                                     ("http", "media.example", 9000), ("https", "cdn.example", 443)}
-    assert allowed_origins(WikiSection(id="w", api_url=API)) == {("https", "wiki.example", 443)}
+                       media_hosts=("localhost", "media.example:9000"))
+    for ok in ("http://127.0.0.1:8080/x", "http://localhost/a.png", "http://localhost:80/a.png",
+               "http://media.example:9000/a.png"):
+        assert origin_allowed(wiki, URL(ok)), ok
+    for bad in ("http://127.0.0.1/x", "http://127.0.0.1:8081/x", "https://127.0.0.1:8080/x",
+                "http://localhost:8080/a.png", "http://media.example/a.png", "http://u:p@localhost/a.png"):
+        assert not origin_allowed(wiki, URL(bad)), bad
 
 
 async def test_api_url_outside_the_allowlist_is_never_contacted() -> None:

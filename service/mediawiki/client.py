@@ -1,8 +1,8 @@
 """The one MediaWiki Action API client: every request the service makes to a wiki goes through here.
 
 * **Allowlist**: every URL, and every redirect hop, must match one of the wiki's origins (scheme, host
-  and port; see :func:`allowed_origins`).  Redirects are followed by hand (GET only), at most
-  ``policy.max_redirects``; an OAuth bearer token is sent to the API's own origin only.
+  and port; see :func:`~service.mediawiki.allowlist.origin_allowed`).  Redirects are followed by hand
+  (GET only), at most ``policy.max_redirects``; an OAuth bearer token goes to the API's origin only.
 * **Byte caps** per call: a body beyond ``limit`` stops being read (WikiResponseTooLarge).
 * **Retries**: connection failures, timeouts (``timeout`` bounds each attempt), HTTP 429 and 5xx are
   retried ``policy.retries`` times with exponential backoff and jitter, honouring ``Retry-After``.
@@ -51,7 +51,7 @@ from service.errors import (
     WikiTooManyRedirects,
     WikiUnreachable,
 )
-from service.mediawiki.allowlist import allowed_origins, is_allowed, origin
+from service.mediawiki.allowlist import origin, origin_allowed
 from service.mediawiki.transport import AiohttpTransport, Request, Response, Transport
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,6 @@ class MediaWikiClient:
         self.requests = 0  # HTTP requests sent, redirect hops included
         self._api_url = URL(wiki.api_url)
         self._api_origin = origin(self._api_url)
-        self._origins = allowed_origins(wiki)
         self._owns_transport = transport is None
         self._transport: Transport = transport or AiohttpTransport(
             user_agent=user_agent, timeout=timeout, cookies=auth is not None)
@@ -199,7 +198,7 @@ class MediaWikiClient:
     async def _follow(self, method: str, url: URL, data: Mapping[str, str] | None, limit: int) -> Response:
         hops = 0
         while True:
-            if not is_allowed(url, self._origins):
+            if not origin_allowed(self.wiki, url):
                 raise HostNotAllowed(str(url))
             headers = {"Authorization": f"Bearer {self._bearer}"} \
                 if self._bearer and origin(url) == self._api_origin else {}
