@@ -92,8 +92,9 @@ class Service:
     # ------------------------------------------------------------------ health
 
     async def _ready_source(self) -> str | None:
-        if not self.source.connected:
-            err = getattr(self.source, "last_error", None)
+        status = self.source.status()
+        if not status.connected:
+            err = status.last_error
             return f"source {self.source.name} not connected" + (f": {err}" if err else "")
         idle = self.cfg.http.ready_source_idle
         last = self.pipeline.last_event_at if self.pipeline else None
@@ -118,8 +119,8 @@ class Service:
             self.rescanner.recovered()
 
     def _ready_details(self) -> dict[str, object]:
-        details = getattr(self.source, "details", None)  # the Kafka source: per-partition lag
-        return {"source": details()} if details is not None else {}
+        details = self.source.status().details  # the Kafka source: per-partition lag
+        return {"source": dict(details)} if details is not None else {}
 
     def _live_pipeline(self) -> str | None:
         return self.crashed or (self._cpu.failure if self._cpu is not None else None)

@@ -100,7 +100,7 @@ def run_role(cfg: Config, role: str, since: datetime | None) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
-    from service.replay import ReplayRequest, RescanAdmission, replay_source
+    from service.sources.replay import ReplayRequest, RescanAdmission, replay_source
     from service.store.factory import make_store
 
     offsets = None
@@ -129,8 +129,8 @@ def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
-    from service.backfill import BackfillSource, Progress
     from service.matchers.banks import BankSet
+    from service.sources.backfill import BackfillSource, Progress
 
     start, end = _time("--start", args.start), _time("--end", args.end)
     if cfg.wiki(args.wiki) is None:

@@ -1,13 +1,11 @@
 """Fetch file details and bytes from a wiki: ``prop=imageinfo``, then the thumbnail (and the original).
 
-Safety rules, all enforced here:
-
-* every URL (the API's, each media URL and each redirect hop) must be on one of the wiki's origins
-  (scheme, host and port: see :func:`origin_allowed`); redirects are followed by hand, never by aiohttp;
-* downloads are streamed and aborted beyond ``fetch.max_bytes``;
-* each attempt is bounded by ``fetch.timeout``; transient failures (connection errors, timeouts,
-  HTTP 429 and 5xx) are retried with exponential backoff and jitter, honouring ``Retry-After``;
-* API requests to one wiki are serial and carry ``maxlag`` (Wikimedia's API etiquette).
+Every request goes through the one MediaWiki client (:mod:`service.mediawiki.client`), which enforces
+the safety rules: every URL and redirect hop on the wiki's allowlist (scheme, host and port: see
+:func:`~service.mediawiki.allowlist.origin_allowed`), downloads
+aborted beyond ``fetch.max_bytes``, each attempt bounded by ``fetch.timeout``, transient failures
+retried with backoff honouring ``Retry-After``, API requests serial per wiki and carrying ``maxlag``.
+This module turns the client's errors into the fetch outcomes (FileGone, Unscannable, FetchError).
 
 Thumbnail widths are only ever the wiki's standard steps (see :func:`choose_width`); thumbnail URLs
 are taken from the API, never constructed.
@@ -18,21 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
-from service.backoff import exponential_backoff, parse_retry_after
+from service.backoff import parse_retry_after as parse_retry_after  # re-exported for callers and tests
 from service.config import STANDARD_THUMB_WIDTHS, FetchSection, WikiSection
-from service.errors import FetchError, FileGone, HostNotAllowed, Unscannable
+from service.errors import (
+    FetchError,
+    FileGone,
+    HostNotAllowed,
+    TransientFetchError,
+    Unscannable,
+    WikiApiError,
+    WikiResponseTooLarge,
+)
+from service.mediawiki.allowlist import origin_allowed as origin_allowed  # re-exported: `photodna check` uses it
+from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
+from service.mediawiki.transport import AiohttpTransport, Transport
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo
 
@@ -41,39 +47,20 @@ log = logging.getLogger(__name__)
 MAX_THUMB_WIDTH = 3840
 IMAGE_MEDIATYPES = frozenset({"BITMAP", "DRAWING"})  # the original may be decoded when there is no thumbnail
 MAXLAG_MIN_WAIT = 5.0  # Wikimedia: on a maxlag error wait Retry-After, at least 5 seconds
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_API_MAX_BYTES = 2_000_000  # one title's imageinfo is a few hundred bytes
-_MAX_RETRY_AFTER = 120.0  # never let a server park us longer than this per attempt
+_API_MAX_BYTES = 2_000_000  # one batch of imageinfo is a few hundred bytes per title
 _MAX_BACKOFF = 60.0
-_TRANSIENT_API_CODES = ("readonly", "internal_api_error", "ratelimited")  # prefixes of retriable API errors
 
-Sleep = Callable[[float], Awaitable[None]]
+
+def fetch_error(exc: WikiApiError) -> FetchError:
+    """The fetch outcome for a client error: the same reason, retriable when the cause is."""
+    if isinstance(exc, FetchError):  # HostNotAllowed: a policy refusal, kept as it is
+        return exc
+    reason = "bad-response" if isinstance(exc, WikiResponseTooLarge) else exc.reason
+    cls = TransientFetchError if exc.retriable else FetchError
+    return cls(str(exc), reason=reason)
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def origin_allowed(wiki: WikiSection, url: URL) -> bool:
-    """Whether ``url`` may be fetched for ``wiki``: its scheme, host and port must be one of the wiki's.
-
-    The API's own ``scheme://host:port``, and each of ``media_hosts`` (``host`` or ``host:port``) with the
-    API's scheme; a missing port is the scheme's default (443, 80), so ``https://h`` and ``https://h:443``
-    are the same origin and ``https://h:8443`` is another.  No user info, no other scheme.
-    """
-    api = URL(wiki.api_url)
-    scheme = (url.scheme or "").lower()
-    host = (url.host or "").lower().rstrip(".")
-    if scheme != (api.scheme or "").lower() or not host or url.user is not None or url.password is not None:
-        return False
-    try:
-        port = url.port
-    except ValueError:
-        return False
-    allowed = {((api.host or "").lower().rstrip("."), api.port)}
-    for entry in wiki.media_hosts:
-        media = URL(f"{scheme}://{entry}")
-        allowed.add(((media.host or "").lower().rstrip("."), media.port))
-    return (host, port) in allowed
 
 
 def thumb_size(width: int, height: int, requested: int) -> tuple[int, int]:
@@ -108,20 +95,6 @@ def choose_width(width: int, height: int, configured: int, min_side: int) -> int
 # --------------------------------------------------------------------------- client
 
 
-@dataclass(frozen=True, slots=True)
-class _Response:
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes  # only read for 2xx
-    url: URL
-
-
-class _TooLarge(Exception):
-    def __init__(self, seen: int) -> None:
-        super().__init__(seen)
-        self.seen = seen
-
-
 class WikiClient:
     """Reads file details and media bytes from the configured wikis."""
 
@@ -133,6 +106,7 @@ class WikiClient:
         metrics: Metrics,
         session: aiohttp.ClientSession | None = None,
         *,
+        transport: Transport | None = None,
         maxlag_min_wait: float = MAXLAG_MIN_WAIT,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -141,28 +115,23 @@ class WikiClient:
             raise ValueError("a descriptive User-Agent is required")
         self._fetch = fetch
         self._wikis = {w.id: w for w in wikis}
-        self._headers = {"User-Agent": user_agent}
+        self._user_agent = user_agent
         self._metrics = metrics
-        self._session = session
-        self._owns_session = session is None
-        self._maxlag_min_wait = maxlag_min_wait
+        self._transport: Transport = transport or AiohttpTransport(user_agent=user_agent, timeout=fetch.timeout,
+                                                                   session=session)
+        self._policy = RetryPolicy(retries=fetch.retries, initial_delay=fetch.retry_delay, max_delay=_MAX_BACKOFF,
+                                   maxlag_retries=fetch.retries, maxlag_min_wait=maxlag_min_wait,
+                                   max_redirects=fetch.max_redirects)
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._clients: dict[WikiSection, MediaWikiClient] = {}
         self._pending: dict[str, list[tuple[str, int, asyncio.Future[FileInfo]]]] = {}
         self._flushers: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                # asyncio.timeout(fetch.timeout) bounds each whole attempt; these bound each socket step.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._fetch.timeout,
-                                              sock_read=self._fetch.timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            self._owns_session = True
+        """Nothing to open: the transport connects on first use.  Kept for the ``async with`` protocol."""
 
     async def aclose(self) -> None:
         for task in self._flushers.values():
@@ -171,9 +140,8 @@ class WikiClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._flushers.clear()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._clients.clear()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> WikiClient:
         await self.start()
@@ -181,6 +149,21 @@ class WikiClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def client(self, wiki: WikiSection) -> MediaWikiClient:
+        """The MediaWiki client for ``wiki`` (all of them share this fetcher's transport)."""
+        client = self._clients.get(wiki)
+        if client is None:
+            counter = self._metrics.fetch_requests
+
+            def observe(what: str, result: str) -> None:
+                if result in ("retry", "maxlag"):  # results of whole requests are counted by _counted
+                    counter.labels(what, result).inc()
+
+            client = self._clients[wiki] = MediaWikiClient(
+                wiki, user_agent=self._user_agent, transport=self._transport, timeout=self._fetch.timeout,
+                maxlag=self._fetch.maxlag, policy=self._policy, observe=observe, sleep=self._sleep, rng=self._rng)
+        return client
 
     def wiki(self, wiki_id: str) -> WikiSection | None:
         return self._wikis.get(wiki_id)
@@ -247,7 +230,7 @@ class WikiClient:
         Wikimedia asks): callers that arrive while a request is in flight share the next one.
         """
         if "|" in title or not title.strip():
-            raise FetchError(f"{wiki.id} {title!r}: invalid title", retriable=False, reason="invalid-title")
+            raise FetchError(f"{wiki.id} {title!r}: invalid title", reason="invalid-title")
         future: asyncio.Future[FileInfo] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(wiki.id, []).append((title, width, future))
         flusher = self._flushers.get(wiki.id)
@@ -292,12 +275,11 @@ class WikiClient:
             "titles": "|".join(dict.fromkeys(titles)),
             "iiprop": "url|sha1|size|mime|mediatype",
             "iiurlwidth": str(width),
-            "format": "json",
-            "formatversion": "2",
-            "maxlag": str(self._fetch.maxlag),
         }
-        url = URL(wiki.api_url).update_query(params)
-        data = await self._api_get(wiki, url)
+        try:
+            data = await self.client(wiki).api(params, what="imageinfo", limit=_API_MAX_BYTES)
+        except WikiApiError as exc:
+            raise fetch_error(exc) from exc
         raw_query = data.get("query")
         query: dict[str, Any] = raw_query if isinstance(raw_query, dict) else {}
         renamed: dict[str, str] = {}
@@ -320,54 +302,16 @@ class WikiClient:
                 out[title] = exc
         return out
 
-    async def _api_get(self, wiki: WikiSection, url: URL) -> dict[str, Any]:
-        lag_waits = 0
-        while True:
-            try:
-                resp = await self._get(wiki, url, kind="imageinfo", limit=_API_MAX_BYTES)
-            except _TooLarge as exc:
-                raise FetchError(f"{wiki.id} API response larger than {_API_MAX_BYTES} bytes",
-                                 retriable=False, reason="bad-response") from exc
-            if resp.status != 200:
-                raise FetchError(f"{wiki.id} API answered HTTP {resp.status}", retriable=False,
-                                 reason=f"http-{resp.status}")
-            try:
-                data = json.loads(resp.body)
-            except ValueError as exc:
-                raise FetchError(f"{wiki.id} API answered something other than JSON", retriable=True,
-                                 reason="bad-response") from exc
-            if not isinstance(data, dict):
-                raise FetchError(f"{wiki.id} API answered unexpected JSON", retriable=True,
-                                 reason="bad-response")
-            error = data.get("error")
-            if not isinstance(error, dict):
-                return data
-            code = str(error.get("code") or "unknown")
-            info = str(error.get("info") or "")
-            if code != "maxlag":
-                raise FetchError(f"{wiki.id} API error {code}: {info}", reason=f"api-{code}",
-                                 retriable=code.startswith(_TRANSIENT_API_CODES))
-            self._metrics.fetch_requests.labels("imageinfo", "maxlag").inc()
-            if lag_waits >= self._fetch.retries:
-                raise FetchError(f"{wiki.id} replication lag persists: {info}", retriable=True,
-                                 reason="maxlag")
-            wait = min(max(parse_retry_after(resp.headers.get("Retry-After")) or 0.0, self._maxlag_min_wait),
-                       _MAX_RETRY_AFTER)
-            log.info("%s is lagged (%s); waiting %.1f s", wiki.id, info, wait)
-            await self._sleep(wait)
-            lag_waits += 1
-
     def _parse_imageinfo(self, wiki: WikiSection, title: str, data: dict[str, Any]) -> FileInfo:
         pages = (data.get("query") or {}).get("pages")
         if isinstance(pages, dict):  # formatversion=1 layout, tolerated
             pages = list(pages.values())
         if not isinstance(pages, list) or not pages or not isinstance(pages[0], dict):
-            raise FetchError(f"{wiki.id} {title!r}: no page in the API answer", retriable=True,
-                             reason="bad-response")
+            raise TransientFetchError(f"{wiki.id} {title!r}: no page in the API answer", reason="bad-response")
         page = pages[0]
         if page.get("invalid"):
             raise FetchError(f"{wiki.id} {title!r}: invalid title ({page.get('invalidreason', '')})",
-                             retriable=False, reason="invalid-title")
+                             reason="invalid-title")
         infos = page.get("imageinfo")
         if page.get("missing") or page.get("filemissing") or not infos:
             raise FileGone(f"{wiki.id} {title!r}: no such file")
@@ -395,8 +339,8 @@ class WikiClient:
                 thumb_height=int(ii["thumbheight"]) if thumb and ii.get("thumbheight") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise FetchError(f"{wiki.id} {title!r}: incomplete imageinfo ({exc!r})", retriable=True,
-                             reason="bad-response") from exc
+            raise TransientFetchError(f"{wiki.id} {title!r}: incomplete imageinfo ({exc!r})",
+                                      reason="bad-response") from exc
 
     # -- media
 
@@ -408,8 +352,8 @@ class WikiClient:
         if sha1 != info.sha1:
             log.warning("%s %r: downloaded original has SHA-1 %s, imageinfo said %s",
                         wiki.id, info.title, sha1, info.sha1)
-            raise FetchError(f"{wiki.id} {info.title!r}: original's SHA-1 {sha1} != imageinfo {info.sha1}",
-                             retriable=True, reason="sha1-mismatch")
+            raise TransientFetchError(f"{wiki.id} {info.title!r}: original's SHA-1 {sha1} != imageinfo {info.sha1}",
+                                      reason="sha1-mismatch")
         return data
 
     async def download(self, wiki: WikiSection, url: str, *, kind: str, limit: int) -> bytes:
@@ -420,89 +364,17 @@ class WikiClient:
         """
         with self._counted(kind):
             try:
-                resp = await self._get(wiki, URL(url, encoded=True), kind=kind, limit=limit)
-            except _TooLarge as exc:
+                resp = await self.client(wiki).get(url, what=kind, limit=limit)
+            except WikiResponseTooLarge as exc:
                 raise Unscannable("too-large", f"{kind} exceeds {limit} bytes") from exc
+            except WikiApiError as exc:
+                raise fetch_error(exc) from exc
             if resp.status == 404 or resp.status == 410:
                 raise FileGone(f"{kind} {url}: HTTP {resp.status}")
             if not 200 <= resp.status < 300:
-                raise FetchError(f"{kind} {url}: HTTP {resp.status}", retriable=False,
-                                 reason=f"http-{resp.status}")
+                raise FetchError(f"{kind} {url}: HTTP {resp.status}", reason=f"http-{resp.status}")
             self._metrics.bytes_fetched.labels(kind).inc(len(resp.body))
             return resp.body
-
-    # -- HTTP with allowlist, manual redirects, byte cap, timeout and retries
-
-    async def _get(self, wiki: WikiSection, url: URL, *, kind: str, limit: int) -> _Response:
-        attempt = 0
-        while True:
-            retry_after: float | None = None
-            try:
-                async with asyncio.timeout(self._fetch.timeout):
-                    resp = await self._get_once(wiki, url, limit)
-            except TimeoutError:
-                reason = "timeout"
-            except aiohttp.InvalidURL as exc:
-                raise FetchError(f"{kind}: invalid URL {url}", retriable=False, reason="bad-url") from exc
-            except aiohttp.ClientError as exc:
-                reason = "connection"
-                log.debug("%s %s: %r", kind, url, exc)
-            else:
-                if resp.status != 429 and resp.status < 500:
-                    return resp
-                reason = f"http-{resp.status}"
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            if attempt >= self._fetch.retries:
-                raise FetchError(f"{kind} {url}: {reason} after {attempt + 1} attempt(s)", retriable=True,
-                                 reason=reason)
-            delay = min(retry_after, _MAX_RETRY_AFTER) if retry_after is not None else self._backoff(attempt)
-            self._metrics.fetch_requests.labels(kind, "retry").inc()
-            log.info("%s %s: %s, retrying in %.2f s", kind, url, reason, delay)
-            await self._sleep(delay)
-            attempt += 1
-
-    def _backoff(self, attempt: int) -> float:
-        return exponential_backoff(attempt, initial=self._fetch.retry_delay, maximum=_MAX_BACKOFF,
-                                   jitter=(0.5, 1.5), rng=self._rng)
-
-    async def _get_once(self, wiki: WikiSection, url: URL, limit: int) -> _Response:
-        session = self._session
-        if session is None:
-            raise RuntimeError("WikiClient.start() was not called")
-        hops = 0
-        while True:
-            self._check_allowed(wiki, url)
-            async with session.get(url, allow_redirects=False, headers=self._headers) as resp:
-                location = resp.headers.get("Location")
-                if resp.status in _REDIRECTS and location:
-                    hops += 1
-                    if hops > self._fetch.max_redirects:
-                        raise FetchError(f"more than {self._fetch.max_redirects} redirects from {url}",
-                                         retriable=False, reason="too-many-redirects")
-                    try:
-                        url = resp.url.join(URL(location))
-                    except ValueError as exc:
-                        raise FetchError(f"bad redirect target {location!r}", retriable=False,
-                                         reason="bad-url") from exc
-                    continue
-                body = await self._read_capped(resp, limit) if 200 <= resp.status < 300 else b""
-                return _Response(resp.status, CIMultiDict(resp.headers), body, resp.url)
-
-    @staticmethod
-    def _check_allowed(wiki: WikiSection, url: URL) -> None:
-        if not origin_allowed(wiki, url):
-            raise HostNotAllowed(str(url))
-
-    @staticmethod
-    async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-        if resp.content_length is not None and resp.content_length > limit:
-            raise _TooLarge(resp.content_length)
-        buf = bytearray()
-        async for chunk in resp.content.iter_chunked(65536):
-            buf += chunk
-            if len(buf) > limit:
-                raise _TooLarge(len(buf))
-        return bytes(buf)
 
     @contextmanager
     def _counted(self, kind: str) -> Iterator[None]:

@@ -105,7 +105,6 @@ class Pipeline(StageSteps):
         self.queues: dict[str, asyncio.Queue[Work]] = {stage: asyncio.Queue(size) for stage in self.stages}
         self.watermark = Watermark()
         self._wm_changed = asyncio.Event()
-        self._ack: Callable[[Any], None] | None = getattr(source, "ack", None)
         self._inflight_ids: set[str] = set()
         self.stop_event = asyncio.Event()
         self.finished = 0
@@ -312,7 +311,7 @@ class Pipeline(StageSteps):
                 self.metrics.errors.labels(stage, exc.reason).inc()
                 await self._finish(work, error(exc.reason), exc)
             except ServiceError as exc:
-                reason = str(getattr(exc, "reason", "") or type(exc).__name__.lower())
+                reason = exc.reason
                 self.metrics.errors.labels(stage, reason).inc()
                 await self._finish(work, error(reason), exc)
             except Exception as exc:  # a bug in one item must not stop the stream; record and go on
@@ -405,8 +404,7 @@ class Pipeline(StageSteps):
 
     async def _done(self, seq: int) -> None:
         position = self.watermark.done(seq)
-        if self._ack is not None:  # sources that commit per event (Kafka: per partition) hear of each one
-            self._ack(position)
+        self.source.ack(position)  # sources that commit per event (Kafka: per partition) hear of each one
         self._wm_changed.set()
         self.finished += 1
         async with self._idle:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from service.config import ThumbnailSection, WikiSection
-from service.errors import Unscannable
+from service.errors import ServiceError, Unscannable
 from service.media.pool import CpuPool
 from service.metrics import Metrics
 from service.models import CLEAN, MATCH
@@ -104,7 +104,7 @@ class StageSteps:
                 if isinstance(result, Unscannable):
                     work.remote_states[matcher.name] = (REMOTE_UNSCANNABLE, result.reason)
                 else:
-                    reason = getattr(result, "reason", "") or type(result).__name__.lower()
+                    reason = result.reason if isinstance(result, ServiceError) else type(result).__name__.lower()
                     work.remote_states[matcher.name] = (REMOTE_FAILED, f"{reason}: {result}"[:300])
                 continue
             before = len(work.matches)

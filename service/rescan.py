@@ -26,10 +26,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Protocol
 
 from service.config import RescanSection, ThumbnailSection, WikiSection
 from service.errors import FileGone, ServiceError, Unscannable
+from service.matchers.base import RemoteMatcher
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
 from service.models import MATCH, Match, PreparedMedia, UploadEvent
@@ -50,17 +50,6 @@ from service.store.base import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class RemoteMatcher(Protocol):
-    name: str
-
-    async def match(self, media: PreparedMedia, *, background: bool = False) -> list[Match]: ...
-
-    def can_send(self) -> bool: ...
-
-    @property
-    def authorized(self) -> bool: ...
 
 
 class Rescanner:
@@ -212,7 +201,7 @@ class Rescanner:
         except Unscannable as exc:
             state, error = REMOTE_UNSCANNABLE, exc.reason
         except ServiceError as exc:
-            reason = getattr(exc, "reason", "") or type(exc).__name__.lower()
+            reason = exc.reason
             state, error = REMOTE_FAILED, f"{reason}: {exc}"[:300]
         if matches and upload is not None:
             await self._record(upload, row.sha1, matches)

@@ -1,8 +1,9 @@
 """What flows through the pipeline's stages: the plug-in protocols and the per-upload work item.
 
 :mod:`service.pipeline` runs the stages; this module holds the plain types they share (the fetcher,
-matcher, exact bank, prepare and planner contracts, :class:`Work`) and two small helpers, so they can
-change (or be imported) without the orchestration.  ``from service.pipeline import X`` still works.
+exact bank, prepare and planner contracts, :class:`Work`) and two small helpers, so they can change
+(or be imported) without the orchestration.  The matcher's contract is :mod:`service.matchers.base`,
+re-exported here.  ``from service.pipeline import X`` still works.
 """
 
 from __future__ import annotations
@@ -12,18 +13,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.config import ThumbnailSection, WikiSection
+from service.matchers.base import Matcher as Matcher  # declared once, in service.matchers.base
 from service.models import FetchedMedia, Match, PreparedMedia, UploadEvent
 from service.store.base import NewAction
 
 
 class Fetcher(Protocol):
     async def fetch(self, wiki: WikiSection, title: str, *, expected_sha1: str | None = None) -> FetchedMedia: ...
-
-
-class Matcher(Protocol):
-    name: str
-
-    async def match(self, media: PreparedMedia) -> list[Match]: ...
 
 
 class ExactBank(Protocol):

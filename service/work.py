@@ -237,9 +237,7 @@ class IngestService:
 
     def _done(self, seq: int) -> None:
         position = self.watermark.done(seq)
-        ack = getattr(self.source, "ack", None)
-        if ack is not None:
-            ack(position)
+        self.source.ack(position)
         self._changed.set()
 
     async def _committer(self) -> None:

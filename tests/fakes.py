@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.errors import NotifyError
+from service.errors import NotifyError, PermanentNotifyError
 from service.store.base import NewAction, OutboxItem
 
 
@@ -164,4 +164,5 @@ class ScriptedAction:
 
 def flaky(failures: int, *, retriable: bool = True) -> list[BaseException | str]:
     """A script: ``failures`` NotifyErrors, then success."""
-    return [NotifyError(f"attempt {i + 1} failed", retriable=retriable) for i in range(failures)]
+    error = NotifyError if retriable else PermanentNotifyError
+    return [error(f"attempt {i + 1} failed") for i in range(failures)]

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from service.app import Service
-from service.backfill import BackfillSource, Progress, checkpoint_name
 from service.config import Config, config_from_dict
 from service.metrics import Metrics
+from service.sources.backfill import BackfillSource, Progress, checkpoint_name
 from service.store.sqlite import SqliteStore
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.wikifiles import GeneratedFile, add_files, utc
@@ -201,7 +201,7 @@ def test_progress_is_a_live_line_on_a_terminal_and_log_lines_otherwise(caplog: p
     assert text.startswith("\r\x1b[2Kbackfill w: listed 400  scanned 300  matched 2  skipped 100  30.0 files/s")
     assert "ETA 00:00:" in text  # ~800 files in the range at 30/s: about half a minute left
     plain = Progress(source, metrics, interval=30, stream=io.StringIO())
-    with caplog.at_level(logging.INFO, logger="service.backfill"):
+    with caplog.at_level(logging.INFO, logger="service.sources.backfill"):
         plain.emit()
     record = next(r for r in caplog.records if r.getMessage() == "backfill progress")
     assert record.listed == 400 and record.scanned == 300 and record.matched == 2  # type: ignore[attr-defined]

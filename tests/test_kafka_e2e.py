@@ -22,7 +22,7 @@ import yaml
 from service.app import Service
 from service.config import Config, ThumbnailSection, config_from_dict
 from service.media.thumbnail import prepare
-from service.replay import ReplayRequest, RescanAdmission, replay_source
+from service.sources.replay import ReplayRequest, RescanAdmission, replay_source
 from service.store.sqlite import SqliteStore
 from tests.infra import images
 from tests.infra.kafka import GROUP_TIMING, TansuBroker

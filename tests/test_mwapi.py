@@ -17,9 +17,11 @@ from aiohttp import web
 from service import events as ev
 from service.app import Service
 from service.config import WikiSection, config_from_dict
+from service.errors import PermanentSourceError
+from service.mediawiki.transport import MockTransport, Request, Response, response
 from service.metrics import Metrics
 from service.models import RawEvent, UploadEvent
-from service.sources.mwapi import ApiClient, LogEventsSource
+from service.sources.mwapi import LogEventsSource, polling_client
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -168,7 +170,7 @@ async def test_maxlag_is_waited_for_and_requests_to_one_wiki_are_serial(
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    client = ApiClient(WikiSection(id="w", api_url=url), user_agent=UA, metrics=Metrics(), sleep=sleep)
+    client = polling_client(WikiSection(id="w", api_url=url), user_agent=UA, metrics=Metrics(), sleep=sleep)
     try:
         await asyncio.gather(*(client.query({"list": "logevents"}, what="logevents") for _ in range(3)))
     finally:
@@ -176,3 +178,53 @@ async def test_maxlag_is_waited_for_and_requests_to_one_wiki_are_serial(
     assert slept == [7.0]  # Retry-After honoured (never less than 5 s)
     assert state["max_active"] == 1 and state["calls"] == 4
     assert all(p["maxlag"] == "5" for p in state["params"])
+
+
+def mock_config() -> Any:
+    return config_from_dict({
+        "service": {"user_agent": UA},
+        "source": {"type": "mwapi"},
+        "wikis": [{"id": "w", "api_url": "https://wiki.example/w/api.php"}],
+        "actions": {"notify": {"enabled": False}},
+    })
+
+
+def mock_source(handler: Any) -> tuple[LogEventsSource, MockTransport, Metrics]:
+    cfg = mock_config()
+    metrics = Metrics()
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    source = LogEventsSource(cfg, checkpoints=MemoryCheckpoints(), metrics=metrics, sleep=no_wait)
+    transport = MockTransport(handler)
+    source.clients["w"] = polling_client(cfg.wikis[0], user_agent=UA, metrics=metrics, transport=transport,
+                                         sleep=no_wait)
+    return source, transport, metrics
+
+
+async def test_a_refused_listing_stops_the_source_with_a_permanent_error() -> None:
+    source, transport, metrics = mock_source(
+        lambda r: response(json={"error": {"code": "badvalue", "info": "Unrecognized value for letype"}}))
+    with pytest.raises(PermanentSourceError, match="badvalue"):
+        await source.run(asyncio.Queue(4), asyncio.Event())
+    assert len(transport.requests) == 1  # not retried
+    assert metrics.registry.get_sample_value("mediamoderation_mwapi_requests_total",
+                                             {"list": "siteinfo", "result": "error"}) == 1
+
+
+async def test_a_wiki_that_keeps_failing_is_reported_in_status_and_polled_again() -> None:
+    stop = asyncio.Event()
+
+    def down(request: Request) -> Response:
+        if len(transport.requests) == 7:  # the first try and six retries: the source gives up this round
+            stop.set()
+        return response(503)
+
+    source, transport, metrics = mock_source(down)
+    await asyncio.wait_for(source.run(asyncio.Queue(4), stop), 10)
+    status = source.status()
+    assert not status.connected and status.last_error is not None and "HTTP 503" in status.last_error
+    assert metrics.registry.get_sample_value("mediamoderation_source_reconnects_total", {"cause": "mwapi"}) == 1
+    assert metrics.registry.get_sample_value("mediamoderation_mwapi_requests_total",
+                                             {"list": "siteinfo", "result": "retry"}) == 6

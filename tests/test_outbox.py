@@ -11,7 +11,7 @@ import pytest
 
 from service.actions.base import OutboxDispatcher, backoff_delay
 from service.config import RetrySection
-from service.errors import NotifyError
+from service.errors import PermanentNotifyError
 from service.metrics import Metrics
 from service.store.base import NewAction
 from tests.fakes import FakeClock, MemoryOutbox, ScriptedAction, flaky
@@ -98,7 +98,7 @@ async def test_run_loop_retries_on_its_own() -> None:
 async def test_permanent_failure_marks_failed() -> None:
     clock = FakeClock()
     outbox = MemoryOutbox(clock)
-    action = ScriptedAction(script=[NotifyError("550 no such user", retriable=False)])
+    action = ScriptedAction(script=[PermanentNotifyError("550 no such user")])
     d, metrics = make(outbox, action, clock=clock)
     [item] = await outbox.add_actions([NewAction("notify:k1", "notify")])
     assert await d.drain(5) == 1

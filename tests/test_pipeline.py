@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from service.config import Config, WikiSection, config_from_dict
-from service.errors import FetchError, FileGone, Unscannable
+from service.errors import FileGone, TransientFetchError, Unscannable
 from service.events import sha1_to_base36
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, PreparedMedia, RawEvent, UploadEvent
 from service.pipeline import Pipeline
+from service.sources.base import SourceBase
 from service.store.base import NewAction
 from service.store.sqlite import SqliteStore
 from tests.test_events import REAL
@@ -60,7 +61,7 @@ class FakeFetcher:
         if sha1 == SHA_GONE:
             raise FileGone(title)
         if sha1 == SHA_FAIL:
-            raise FetchError("HTTP 503", retriable=True, reason="http-503")
+            raise TransientFetchError("HTTP 503", reason="http-503")
         info = FileInfo(title=title, url="u", description_url="d", sha1=sha1, size=3, width=10, height=10,
                         mime="image/jpeg", mediatype="BITMAP")
         return FetchedMedia(info=info, data=sha1.encode(), data_source="thumbnail")
@@ -87,7 +88,7 @@ class FakePdq:
         return [HIT] if media.sha1 == SHA_PDQ else []
 
 
-class ListSource:
+class ListSource(SourceBase):
     name = "list"
 
     def __init__(self, events: Sequence[str]) -> None:

@@ -21,7 +21,7 @@ from service.errors import ServiceError
 from service.matchers.photodna import build_matcher
 from service.mediawiki import WikiApi
 from service.metrics import Metrics
-from service.sources.mwapi import ApiClient
+from service.sources.mwapi import polling_client
 from service.store.sqlite import SqliteStore
 from tests.infra import images
 
@@ -69,7 +69,7 @@ async def redirecting() -> AsyncIterator[tuple[Server, Server]]:
 async def test_the_polling_source_does_not_follow_a_redirect(redirecting: tuple[Server, Server]) -> None:
     entry, trap = redirecting
     wiki = WikiSection(id="w", api_url=f"http://127.0.0.1:{entry.port}/api.php")
-    client = ApiClient(wiki, user_agent=UA, metrics=Metrics(), retries=0)
+    client = polling_client(wiki, user_agent=UA, metrics=Metrics(), retries=0)
     try:
         with pytest.raises(ServiceError):
             await client.query({"list": "logevents"}, what="logevents")

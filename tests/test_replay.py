@@ -13,8 +13,9 @@ from service.config import config_from_dict
 from service.errors import ConfigError
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.replay import ReplayRequest, RescanAdmission, UntilSource, replay_source
+from service.sources.base import SourceBase, SourceStatus
 from service.sources.eventstreams import EventStreamsSource
+from service.sources.replay import ReplayRequest, RescanAdmission, UntilSource, replay_source
 from tests.infra.sse_server import EventStreamsServer
 from tests.test_events import REAL
 from tests.test_eventstreams import MemoryCheckpoints
@@ -83,3 +84,31 @@ async def test_rescan_view_hides_what_was_handled_and_keeps_everything_else() ->
     view = RescanAdmission(Store())
     assert await view.admit("e", "a" * 40) == (False, None)
     assert await view.get_checkpoint("x") == "cp:x"
+
+
+def test_until_source_passes_acks_and_status_to_the_source_it_ends() -> None:
+    class Acking(SourceBase):
+        name = "acking"
+
+        def __init__(self) -> None:
+            self.acked: list[Any] = []
+            self.last_error = "broker unreachable"
+
+        @property
+        def connected(self) -> bool:
+            return False
+
+        async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+            return None
+
+        async def commit(self, position: Any) -> None:
+            return None
+
+        def ack(self, position: Any) -> None:
+            self.acked.append(position)
+
+    inner = Acking()
+    source = UntilSource(inner, T0)
+    source.ack(("t", 0, 7))
+    assert inner.acked == [("t", 0, 7)]
+    assert source.status() == SourceStatus(connected=False, last_error="broker unreachable")

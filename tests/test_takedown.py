@@ -238,7 +238,7 @@ async def test_expired_csrf_token_is_fetched_again(
     [sha_b] = await asyncio.to_thread(upload, mediawiki, second, photo_bytes(132))
     await h.action.perform(h.item(first, sha_a))
     api = h.action._apis[mediawiki.wiki_id]
-    api._csrf = "0123456789abcdef0123456789abcdef+\\"  # what an expired token looks like to the wiki
+    api.client._csrf = "0123456789abcdef0123456789abcdef+\\"  # what an expired token looks like to the wiki
 
     result = await h.action.perform(h.item(second, sha_b))
 

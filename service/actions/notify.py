@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import aiosmtplib
 
 from service.config import NotifySection, WikiSection
-from service.errors import NotifyError
+from service.errors import NotifyError, PermanentNotifyError
 from service.links import page_url as wiki_page_url
 from service.metrics import Metrics
 from service.models import Match, UploadEvent
@@ -262,7 +262,7 @@ class EmailNotifier:
             msg = render_email(item.payload, cfg.sender, recipients, page_url=page, review_url=review, key=item.key)
         except (TypeError, ValueError, AttributeError) as exc:
             self._metrics.notifications.labels("rejected").inc()
-            raise NotifyError(f"cannot render notification {item.key!r}: {exc}", retriable=False) from exc
+            raise PermanentNotifyError(f"cannot render notification {item.key!r}: {exc}") from exc
         if cfg.smtp is None:
             path = await self._spool(msg, item.key)
             self._metrics.notifications.labels("spooled").inc()
@@ -283,8 +283,7 @@ class EmailNotifier:
         if smtp.username:
             password = smtp.password.get()
             if not password:
-                raise NotifyError(f"SMTP password for {smtp.username!r} is not available from {smtp.password!r}",
-                                  retriable=True)
+                raise NotifyError(f"SMTP password for {smtp.username!r} is not available from {smtp.password!r}")
         where = f"{smtp.host}:{smtp.port}"
         client = aiosmtplib.SMTP(
             hostname=smtp.host,
@@ -311,18 +310,19 @@ class EmailNotifier:
         except aiosmtplib.SMTPRecipientsRefused as exc:
             permanent = bool(exc.recipients) and all(r.code >= 500 for r in exc.recipients)
             detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-            raise NotifyError(f"{where} refused every recipient: {detail}", retriable=not permanent) from exc
+            raise (PermanentNotifyError if permanent else NotifyError)(
+                f"{where} refused every recipient: {detail}") from exc
         except aiosmtplib.SMTPDataError as exc:
-            raise NotifyError(f"{where} refused the message: {exc.code} {exc.message}",
-                              retriable=exc.code < 500) from exc
+            raise (NotifyError if exc.code < 500 else PermanentNotifyError)(
+                f"{where} refused the message: {exc.code} {exc.message}") from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
             # A credentials problem is fixed by an operator; keep the notification until then.
             log.error("SMTP login as %r at %s refused: %s %s", smtp.username, where, exc.code, exc.message)
-            raise NotifyError(f"{where} refused the login: {exc.code}", retriable=True) from exc
+            raise NotifyError(f"{where} refused the login: {exc.code}") from exc
         except aiosmtplib.SMTPResponseException as exc:
-            raise NotifyError(f"{where} answered {exc.code} {exc.message}", retriable=True) from exc
+            raise NotifyError(f"{where} answered {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise NotifyError(f"cannot send through {where}: {type(exc).__name__}: {exc}", retriable=True) from exc
+            raise NotifyError(f"cannot send through {where}: {type(exc).__name__}: {exc}") from exc
         finally:
             if client.is_connected:
                 client.close()
@@ -340,8 +340,7 @@ class EmailNotifier:
             return await asyncio.to_thread(write_atomically, Path(self._config.outbox_dir) / spool_name(key),
                                            msg.as_bytes(policy=policy.default))
         except OSError as exc:
-            raise NotifyError(f"cannot write the notification to {self._config.outbox_dir}: {exc}",
-                              retriable=True) from exc
+            raise NotifyError(f"cannot write the notification to {self._config.outbox_dir}: {exc}") from exc
 
 
 def write_atomically(path: Path, data: bytes) -> Path:

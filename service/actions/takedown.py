@@ -45,13 +45,23 @@ ApiFactory = Callable[[WikiSection], WikiApi]
 
 
 class TakedownError(ServiceError):
-    """A takedown did not complete; ``permission`` means a human must fix the account first."""
+    """A takedown did not complete, and trying again will not help."""
 
-    def __init__(self, message: str, *, retriable: bool, reason: str, permission: bool = False) -> None:
-        super().__init__(message)
-        self.retriable = retriable
-        self.reason = reason
-        self.permission = permission
+    reason = "failed"
+    permission: bool = False
+
+
+class TransientTakedownError(TakedownError):
+    """A takedown did not complete for now (the wiki lagged or was unreachable, verification lagged)."""
+
+    retriable = True
+
+
+class TakedownPermissionError(TakedownError):
+    """The account may not do it (no right, grant or credentials): a human must fix the account first."""
+
+    reason = "permission-denied"
+    permission = True
 
 
 def _versions_text(delete_page: bool, old: list[FileVersion], total: int) -> str:
@@ -95,10 +105,10 @@ class TakedownAction:
         if api is None:
             wiki = self._wikis.get(wiki_id)
             if wiki is None:
-                raise TakedownError(f"wiki {wiki_id!r} is not configured", retriable=False, reason="no-wiki")
+                raise TakedownError(f"wiki {wiki_id!r} is not configured", reason="no-wiki")
             if self._factory is None:
-                raise TakedownError("actions.takedown.auth is not configured: no account to delete with",
-                                    retriable=False, reason="no-credentials", permission=True)
+                raise TakedownPermissionError("actions.takedown.auth is not configured: no account to delete with",
+                                              reason="no-credentials")
             api = self._apis[wiki_id] = self._factory(wiki)
         return api
 
@@ -124,9 +134,9 @@ class TakedownAction:
             raise
         except WikiApiError as exc:
             auth = exc.code.startswith("login-") or exc.code == "no-credentials"
-            err = TakedownError(f"{title}: {exc}", retriable=exc.retriable and not exc.permission,
-                                reason="auth-failed" if auth else "permission-denied" if exc.permission else "failed",
-                                permission=exc.permission)
+            cls = (TakedownPermissionError if exc.permission else
+                   TransientTakedownError if exc.retriable else TakedownError)
+            err = cls(f"{title}: {exc}", reason="auth-failed" if auth else cls.reason)
             await self._failed(item, err)
             raise err from exc
         finally:
@@ -199,8 +209,8 @@ class TakedownAction:
         left = [v for v in after or [] if not sha1 or v.sha1 == sha1]
         if left:
             self._metrics.takedowns.labels("verify-failed").inc()
-            raise TakedownError(f"{title}: verification failed: {len(left)} version(s) with SHA-1 {sha1} still "
-                                "visible after the delete", retriable=True, reason="verify-failed")
+            raise TransientTakedownError(f"{title}: verification failed: {len(left)} version(s) with SHA-1 {sha1} "
+                                         "still visible after the delete", reason="verify-failed")
         parts.append("verified: file missing" if after is None else "verified: no version with this content left")
         return "; ".join(parts), outcome
 
@@ -223,8 +233,8 @@ class TakedownAction:
         hidden = [r for r in check.values() if r.file_hidden and r.comment_hidden and r.user_hidden and r.suppressed]
         if len(hidden) != len(ids):
             self._metrics.takedowns.labels("verify-failed").inc()
-            raise TakedownError(f"{title}: verification failed: {len(ids) - len(hidden)} archived version(s) are not "
-                                "hidden after suppression", retriable=True, reason="verify-failed")
+            raise TransientTakedownError(f"{title}: verification failed: {len(ids) - len(hidden)} archived "
+                                         "version(s) are not hidden after suppression", reason="verify-failed")
         if ids:
             self._metrics.suppressions.labels("suppressed").inc()
         already = sum(1 for r in rows if r.suppressed and (not sha1 or r.sha1 in (sha1, None)))
@@ -239,9 +249,8 @@ class TakedownAction:
             detail = f" (account {account.name!r}, groups {', '.join(account.groups) or '-'})"
         except WikiApiError:
             pass
-        return TakedownError(f"{api.wiki.id}: the wiki account {api.account_label!r} may not {what}{detail}: "
-                             f"{exc.code}. It needs {needs}.", retriable=False, reason="permission-denied",
-                             permission=True)
+        return TakedownPermissionError(f"{api.wiki.id}: the wiki account {api.account_label!r} may not "
+                                       f"{what}{detail}: {exc.code}. It needs {needs}.")
 
     async def _failed(self, item: OutboxItem, exc: TakedownError) -> None:
         p = item.payload

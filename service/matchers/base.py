@@ -3,7 +3,11 @@
 A matcher is constructed with what it needs (banks, an HTTP session, ...), is called concurrently by
 the match stage and closed once at shutdown.  It returns ``[]`` for "no match", raises
 :class:`~service.errors.Unscannable` when it cannot judge this item (e.g. no JPEG for a remote
-service) and another :class:`~service.errors.ServiceError` (``retriable`` set) when it failed.
+service) and another :class:`~service.errors.ServiceError` (``retriable`` on its class) when it failed.
+
+A :class:`RemoteMatcher` (PhotoDNA) is a matcher behind a metered, rate-limited remote service: it
+can say whether a request may be sent now, whether it is authorised, and take background work
+(rescans) at a lower priority.  This is the one place these protocols are declared.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ class Matcher(Protocol):
     async def match(self, media: PreparedMedia) -> list[Match]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class RemoteMatcher(Matcher, Protocol):
+    async def match(self, media: PreparedMedia, *, background: bool = False) -> list[Match]: ...
+
+    def can_send(self) -> bool: ...
+
+    @property
+    def authorized(self) -> bool: ...
 
 
 class StaticMatcher:

@@ -5,10 +5,13 @@ A source runs until ``stop`` is set (or, for finite sources, until it is exhaust
 ``commit(position)`` is called with the watermark position whenever it advances; the source decides
 how to persist it (the EventStreams source stores it in the checkpoint store).
 
-A source may also define ``ack(position)`` (see :class:`AckingSource`): the pipeline then calls it,
-from the event loop, with the position of every event as soon as that one event is finished, in
-any order.  The Kafka source uses it to commit each partition up to its own last contiguous
-finished offset, so a slow event in one partition does not hold back the others.
+``ack(position)`` is called, from the event loop, with the position of every event as soon as that
+one event is finished, in any order.  Most sources ignore it (:class:`SourceBase` does); the Kafka
+source uses it to commit each partition up to its own last contiguous finished offset, so a slow
+event in one partition does not hold back the others.
+
+``status()`` says how the source is doing for the readiness probe: connected or not, the last error,
+and source-specific details (the Kafka source's per-partition lag).
 """
 
 from __future__ import annotations
@@ -16,10 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.models import RawEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    connected: bool
+    last_error: str | None = None
+    details: Mapping[str, Any] | None = field(default=None)  # shown under "source" on /readyz
 
 
 class Source(Protocol):
@@ -30,11 +41,31 @@ class Source(Protocol):
 
     async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None: ...
 
-    async def commit(self, position: Any) -> None: ...
+    async def commit(self, position: Any) -> None:
+        """Persist the watermark position (every event up to it is finished)."""
+        ...
+
+    def ack(self, position: Any) -> None:
+        """One event is finished (any order); sources that only commit the watermark ignore it."""
+        ...
+
+    def status(self) -> SourceStatus: ...
 
 
-class AckingSource(Source, Protocol):
-    def ack(self, position: Any) -> None: ...
+class SourceBase:
+    """Defaults for the optional parts of :class:`Source`: ``ack`` ignored, ``status`` from ``last_error``."""
+
+    last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    def ack(self, position: Any) -> None:
+        return None
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(connected=self.connected, last_error=self.last_error)
 
 
 def run_in_thread(fn: Callable[[], None], *, name: str) -> asyncio.Future[None]:
@@ -81,7 +112,7 @@ async def until_done_or_stopped(finished: asyncio.Future[None], stop: asyncio.Ev
         stop_wait.cancel()
 
 
-class MemorySource:
+class MemorySource(SourceBase):
     """A finite in-memory source for tests: yields the given events, then returns."""
 
     name = "memory"

@@ -29,11 +29,11 @@ import requests
 
 from service.backoff import exponential_backoff, parse_retry_after
 from service.config import EventStreamsSection
-from service.errors import SourceError
+from service.errors import PermanentSourceError
 from service.events import MAX_EVENT_BYTES
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.sources.base import run_in_thread, until_done_or_stopped
+from service.sources.base import SourceBase, run_in_thread, until_done_or_stopped
 from service.sources.sse import SseParser
 from service.store.base import CheckpointStore
 
@@ -119,7 +119,7 @@ def _with_since(url: str, since: datetime) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-class EventStreamsSource:
+class EventStreamsSource(SourceBase):
     name = "eventstreams"
 
     def __init__(
@@ -325,10 +325,9 @@ class EventStreamsSource:
                         retry_after = parse_retry_after(exc.retry_after)
                         self.last_error = f"HTTP {status} from {url}"
                     else:
-                        raise SourceError(
+                        raise PermanentSourceError(
                             f"EventStreams refused the stream with HTTP {status} (not retrying; check "
                             f"source.eventstreams.url and service.user_agent): {exc.body}",
-                            retriable=False,
                         ) from exc
                 except (_Disconnected, requests.RequestException, OSError) as exc:
                     self.last_error = str(exc)[:300]

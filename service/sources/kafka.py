@@ -37,10 +37,10 @@ from kafka.structs import OffsetAndMetadata
 
 from service.backoff import exponential_backoff
 from service.config import KafkaSection, kafka_client_options
-from service.errors import SourceError
+from service.errors import PermanentSourceError
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.sources.base import run_in_thread, until_done_or_stopped
+from service.sources.base import SourceStatus, run_in_thread, until_done_or_stopped
 
 # Offset bookkeeping and replay live in their own modules; re-exported so
 # ``from service.sources.kafka import X`` keeps working.
@@ -114,6 +114,9 @@ class KafkaSource(KafkaReplayMixin, KafkaRebalanceMixin):
                 for (t, p), s in sorted(self._parts.items())
             }
         return {"group": self.group_id, "replay": self.replay is not None, "partitions": parts}
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(connected=self.connected, last_error=self.last_error, details=self.details())
 
     async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -214,7 +217,7 @@ class KafkaSource(KafkaReplayMixin, KafkaRebalanceMixin):
                 self._connected.clear()
                 self.metrics.source_connected.set(0)
                 if not getattr(exc, "retriable", True) and failures > 5:
-                    raise SourceError(f"Kafka consumer failed: {self.last_error}", retriable=False) from exc
+                    raise PermanentSourceError(f"Kafka consumer failed: {self.last_error}") from exc
                 self.metrics.source_reconnects.labels("kafka").inc()
                 log.warning("kafka: %s; retrying", self.last_error)
                 halt.wait(exponential_backoff(failures, initial=0.5, maximum=30.0))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, TopicPartition
 
 from service.config import KafkaSection
-from service.errors import SourceError
+from service.errors import PermanentSourceError
 from service.metrics import Metrics
 from service.sources.kafka_offsets import _Partition
 
@@ -82,7 +82,7 @@ class KafkaReplayMixin:
             for topic in self.cfg.topics:
                 found = consumer.partitions_for_topic(topic)
                 if not found:
-                    raise SourceError(f"replay: topic {topic!r} does not exist", retriable=False)
+                    raise PermanentSourceError(f"replay: topic {topic!r} does not exist")
                 parts += [TopicPartition(topic, p) for p in sorted(found)]
         consumer.assign(parts)
         ends = consumer.end_offsets(parts)

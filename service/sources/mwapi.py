@@ -1,8 +1,9 @@
 """Polling the MediaWiki Action API: for wikis without EventStreams or Kafka.
 
-:class:`ApiClient` makes listing requests to one wiki, one at a time (a lock per client), with
-``maxlag`` (a lagged wiki is waited for: ``Retry-After``, at least 5 s) and retries with backoff for
-transient failures.  :class:`LogEventsSource` polls ``list=logevents&letype=upload`` with
+:func:`polling_client` configures the one MediaWiki client (:mod:`service.mediawiki.client`) for
+listing requests: one at a time per wiki, with ``maxlag`` (a lagged wiki is waited for:
+``Retry-After``, at least 5 s) and retries with backoff for transient failures, unreadable answers
+included.  :class:`LogEventsSource` polls ``list=logevents&letype=upload`` with
 continuation and turns each entry into the same recentchange-shaped event the stream sources
 deliver, so the pipeline, the de-duplication and the watermark work unchanged.  Its checkpoint
 (the last finished log entry of every polled wiki) is kept in the store and moves only past
@@ -15,29 +16,24 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-
-from service.backoff import exponential_backoff, parse_retry_after
 from service.config import Config, WikiSection, parse_time
-from service.errors import SourceError
+from service.errors import PermanentSourceError, SourceError, WikiApiError
+from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
+from service.mediawiki.transport import Transport
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.sources.base import SourceBase
 from service.store.base import CheckpointStore
 
 log = logging.getLogger(__name__)
 
 MAXLAG_MIN_WAIT = 5.0
-_MAX_BODY = 50_000_000
-_TRANSIENT_CODES = ("readonly", "internal_api_error", "ratelimited", "maxlag")
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 def mw_timestamp(iso: str) -> str:
@@ -49,119 +45,33 @@ def iso_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class ApiClient:
-    """Serial, polite listing requests to one wiki's ``api.php``."""
+def polling_client(
+    wiki: WikiSection,
+    *,
+    user_agent: str,
+    metrics: Metrics,
+    timeout: float = 30.0,
+    maxlag: int = 5,
+    retries: int = 6,
+    sleep: Sleep = asyncio.sleep,
+    maxlag_min_wait: float = MAXLAG_MIN_WAIT,
+    transport: Transport | None = None,
+) -> MediaWikiClient:
+    """The MediaWiki client as listing sources use it; its results are counted in ``mwapi_requests``."""
+    counter = metrics.poll_requests
 
-    def __init__(
-        self,
-        wiki: WikiSection,
-        *,
-        user_agent: str,
-        metrics: Metrics,
-        timeout: float = 30.0,
-        maxlag: int = 5,
-        retries: int = 6,
-        sleep: Sleep = asyncio.sleep,
-        maxlag_min_wait: float = MAXLAG_MIN_WAIT,
-    ) -> None:
-        self.wiki = wiki
-        self.user_agent = user_agent
-        self.metrics = metrics
-        self.timeout = timeout
-        self.maxlag = maxlag
-        self.retries = retries
-        self._sleep = sleep
-        self._maxlag_min_wait = maxlag_min_wait
-        self._lock = asyncio.Lock()  # one request at a time per wiki
-        self._session: aiohttp.ClientSession | None = None
-        self._siteinfo: dict[str, Any] | None = None
-        self.requests = 0
+    def observe(what: str, result: str) -> None:
+        counter.labels(what, result if result in ("ok", "retry", "maxlag") else "error").inc()
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": self.user_agent},
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def siteinfo(self) -> dict[str, Any]:
-        if self._siteinfo is None:
-            data = await self.query({"meta": "siteinfo", "siprop": "general|statistics"}, what="siteinfo")
-            query = data.get("query") or {}
-            self._siteinfo = {**(query.get("general") or {}), "statistics": query.get("statistics") or {}}
-        return self._siteinfo
-
-    async def query(self, params: dict[str, str], *, what: str) -> dict[str, Any]:
-        """``action=query`` with ``params``; raises :class:`SourceError` (``retriable`` says if later may help)."""
-        full = {"action": "query", "format": "json", "formatversion": "2", "maxlag": str(self.maxlag), **params}
-        async with self._lock:
-            attempt = 0
-            while True:
-                try:
-                    data = await self._get(full)
-                except (aiohttp.ClientError, TimeoutError, _Transient) as exc:
-                    retry_after = exc.retry_after if isinstance(exc, _Transient) else None
-                    maxlag = isinstance(exc, _Transient) and exc.maxlag
-                    self.metrics.poll_requests.labels(what, "maxlag" if maxlag else "retry").inc()
-                    if attempt >= self.retries:
-                        self.metrics.poll_requests.labels(what, "error").inc()
-                        raise SourceError(f"{self.wiki.id} API {what}: {exc}", retriable=True) from exc
-                    if maxlag:
-                        delay = max(retry_after or 0.0, self._maxlag_min_wait)
-                    elif retry_after is not None:
-                        delay = retry_after * random.uniform(0.5, 1.5)
-                    else:
-                        delay = exponential_backoff(attempt, initial=0.5, maximum=30.0, jitter=(0.5, 1.5))
-                    log.info("%s API %s: %s; retrying in %.1f s", self.wiki.id, what, exc, delay)
-                    await self._sleep(delay)
-                    attempt += 1
-                    continue
-                self.metrics.poll_requests.labels(what, "ok").inc()
-                return data
-
-    async def _get(self, params: dict[str, str]) -> dict[str, Any]:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        self.requests += 1
-        async with self._session.get(self.wiki.api_url, params=params, allow_redirects=False) as resp:
-            if resp.status == 429 or resp.status >= 500:
-                raise _Transient(f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After")))
-            if resp.status != 200:
-                raise SourceError(f"{self.wiki.id} API answered HTTP {resp.status}", retriable=False)
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            buf = bytearray()
-            async for chunk in resp.content.iter_chunked(65536):
-                buf += chunk
-                if len(buf) > _MAX_BODY:
-                    raise SourceError(f"{self.wiki.id} API answer larger than {_MAX_BODY} bytes", retriable=False)
-            body = bytes(buf)
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise _Transient("not JSON", None) from exc
-        if not isinstance(data, dict):
-            raise _Transient("unexpected JSON", None)
-        error = data.get("error")
-        if isinstance(error, dict):
-            code = str(error.get("code") or "unknown")
-            if code.startswith(_TRANSIENT_CODES):
-                raise _Transient(f"API error {code}: {error.get('info', '')}", retry_after, maxlag=code == "maxlag")
-            raise SourceError(f"{self.wiki.id} API error {code}: {error.get('info', '')}", retriable=False)
-        return data
+    policy = RetryPolicy(retries=retries, initial_delay=0.5, max_delay=30.0, maxlag_retries=retries,
+                         maxlag_min_wait=maxlag_min_wait, retry_answers=True)
+    return MediaWikiClient(wiki, user_agent=user_agent, transport=transport, timeout=timeout, maxlag=maxlag,
+                           policy=policy, observe=observe, sleep=sleep)
 
 
-class _Transient(Exception):
-    def __init__(self, message: str, retry_after: float | None, *, maxlag: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.maxlag = maxlag
+def source_error(exc: WikiApiError) -> SourceError:
+    """A listing failure as the sources report it: retriable (reconnect later) when the cause is."""
+    return (SourceError if exc.retriable else PermanentSourceError)(str(exc))
 
 
 def recentchange_event(wiki: WikiSection, site: dict[str, Any], *, event_id: str, title: str, timestamp: str,
@@ -206,7 +116,7 @@ def recentchange_event(wiki: WikiSection, site: dict[str, Any], *, event_id: str
     return event
 
 
-class LogEventsSource:
+class LogEventsSource(SourceBase):
     """Polls every configured wiki's upload log; checkpoint ``{wiki: {"ts": TS_MW, "id": log_id}}``."""
 
     name = "mwapi"
@@ -232,8 +142,8 @@ class LogEventsSource:
         self._clock = clock
         wanted = set(self.mw.wikis) or {w.id for w in cfg.wikis}
         self.clients = {
-            w.id: ApiClient(w, user_agent=cfg.service.user_agent, metrics=metrics, timeout=self.mw.timeout,
-                            maxlag=cfg.fetch.maxlag, sleep=sleep)
+            w.id: polling_client(w, user_agent=cfg.service.user_agent, metrics=metrics, timeout=self.mw.timeout,
+                                 maxlag=cfg.fetch.maxlag, sleep=sleep)
             for w in cfg.wikis if w.id in wanted
         }
         self._connected = False
@@ -291,11 +201,14 @@ class LogEventsSource:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
 
-    async def _poll_once(self, client: ApiClient, cursors: dict[str, dict[str, Any]], out: asyncio.Queue[RawEvent],
-                         stop: asyncio.Event) -> bool:
+    async def _poll_once(self, client: MediaWikiClient, cursors: dict[str, dict[str, Any]],
+                         out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> bool:
         """One page of the wiki's upload log; True when the API says there is more."""
         wiki = client.wiki
-        site = await client.siteinfo()
+        try:
+            site = await client.siteinfo()
+        except WikiApiError as exc:
+            raise source_error(exc) from exc
         cursor = cursors[wiki.id]
         params = {"list": "logevents", "letype": "upload", "ledir": "newer", "lelimit": str(self.mw.limit),
                   "leprop": "ids|title|type|user|timestamp|details"}
@@ -305,7 +218,10 @@ class LogEventsSource:
             params["lestart"] = str(cursor["start"])
         if self.until is not None:
             params["leend"] = iso_time(self.until)
-        data = await client.query(params, what="logevents")
+        try:
+            data = await client.query(params, what="logevents")
+        except WikiApiError as exc:
+            raise source_error(exc) from exc
         entries = (data.get("query") or {}).get("logevents") or []
         for entry in entries:
             if stop.is_set():

@@ -29,8 +29,8 @@ from service.config import Config
 from service.errors import ConfigError, MalformedEvent
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.sources.base import Source
-from service.store.base import ScanRecord
+from service.sources.base import Source, SourceStatus
+from service.store.base import CheckpointStore, ScanRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ReplayRequest:
     name: str = "replay"
 
 
-def replay_source(cfg: Config, store: Any, metrics: Metrics, req: ReplayRequest) -> Source:
+def replay_source(cfg: Config, store: CheckpointStore, metrics: Metrics, req: ReplayRequest) -> Source:
     kind = cfg.source.type
     if req.offsets and kind != "kafka":
         raise ConfigError([("--offsets", f"only the Kafka source has offsets (source.type is {kind})")])
@@ -84,9 +84,6 @@ class UntilSource:
         self.name = inner.name
         self.until = until.timestamp()
         self.slack = slack
-        ack = getattr(inner, "ack", None)
-        if ack is not None:
-            self.ack = ack
 
     @property
     def connected(self) -> bool:
@@ -94,6 +91,12 @@ class UntilSource:
 
     async def commit(self, position: Any) -> None:
         await self.inner.commit(position)
+
+    def ack(self, position: Any) -> None:
+        self.inner.ack(position)
+
+    def status(self) -> SourceStatus:
+        return self.inner.status()
 
     async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
         middle: asyncio.Queue[RawEvent] = asyncio.Queue(1)

@@ -25,15 +25,23 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from service.config import Config
+from service.errors import WikiApiError
 from service.events import sha1_to_base36
+from service.mediawiki.client import MediaWikiClient
 from service.metrics import Metrics
 from service.models import CLEAN, RawEvent
-from service.sources.mwapi import ApiClient, iso_time, mw_timestamp, recentchange_event
+from service.sources.base import SourceBase
+from service.sources.mwapi import iso_time, mw_timestamp, polling_client, recentchange_event, source_error
+from service.store.base import CheckpointStore, ScanStore
 
 log = logging.getLogger(__name__)
+
+
+class BackfillStore(CheckpointStore, ScanStore, Protocol):
+    """What a backfill needs: its checkpoint, and earlier scans (to skip files already found clean)."""
 
 
 def checkpoint_name(cfg: Config, wiki: str, start: datetime | None, end: datetime | None) -> str:
@@ -47,7 +55,7 @@ def marker(batch: int, position: dict[str, Any]) -> RawEvent:
     return RawEvent(data=data, position=position, label=f"backfill batch {batch}")
 
 
-class BackfillSource:
+class BackfillSource(SourceBase):
     """A finite source: every file of ``wiki`` between ``start`` and ``end``, oldest first."""
 
     name = "backfill"
@@ -57,12 +65,12 @@ class BackfillSource:
         cfg: Config,
         wiki_id: str,
         *,
-        store: Any,
+        store: BackfillStore,
         metrics: Metrics,
         start: datetime | None = None,
         end: datetime | None = None,
         scan_version: Callable[[], str | None] = lambda: None,
-        client: ApiClient | None = None,
+        client: MediaWikiClient | None = None,
     ) -> None:
         wiki = cfg.wiki(wiki_id)
         if wiki is None:
@@ -75,8 +83,8 @@ class BackfillSource:
         self.start = start
         self.end = end
         self.scan_version = scan_version
-        self.client = client or ApiClient(wiki, user_agent=cfg.service.user_agent, metrics=metrics,
-                                          maxlag=cfg.fetch.maxlag)
+        self.client = client or polling_client(wiki, user_agent=cfg.service.user_agent, metrics=metrics,
+                                               maxlag=cfg.fetch.maxlag)
         self.checkpoint = checkpoint_name(cfg, wiki.id, start, end)
         self.listed = 0
         self.skipped = 0
@@ -110,23 +118,32 @@ class BackfillSource:
             log.info("backfill resuming", extra={"checkpoint": self.checkpoint, "aicontinue": token,
                                                  "listed_before": self.listed})
         try:
-            site = await self.client.siteinfo()
-            if self.start is None and self.end is None:
-                self.total_hint = int((site.get("statistics") or {}).get("images") or 0) or None
-            self._connected = True
-            while not stop.is_set():
-                params = {"list": "allimages", "aisort": "timestamp", "aidir": "newer",
-                          "ailimit": str(self.cfg.backfill.batch_size or "max"),
-                          "aiprop": "timestamp|user|url|sha1|size|mime|mediatype"}
-                if self.start is not None:
-                    params["aistart"] = iso_time(self.start)
-                if self.end is not None:
-                    params["aiend"] = iso_time(self.end)
-                if token:
-                    params["aicontinue"] = token
-                data = await self.client.query(params, what="allimages")
-                files = (data.get("query") or {}).get("allimages") or []
-                following = (data.get("continue") or {}).get("aicontinue")
+            await self._list(token, out, stop)
+        except WikiApiError as exc:
+            raise source_error(exc) from exc
+        finally:
+            self._connected = False
+            await self.client.aclose()
+
+    async def _list(self, token: str | None, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        site = await self.client.siteinfo()
+        if self.start is None and self.end is None:
+            self.total_hint = int((site.get("statistics") or {}).get("images") or 0) or None
+        self._connected = True
+        params = {"list": "allimages", "aisort": "timestamp", "aidir": "newer",
+                  "ailimit": str(self.cfg.backfill.batch_size or "max"),
+                  "aiprop": "timestamp|user|url|sha1|size|mime|mediatype"}
+        if self.start is not None:
+            params["aistart"] = iso_time(self.start)
+        if self.end is not None:
+            params["aiend"] = iso_time(self.end)
+        pages = self.client.pages(params, what="allimages", start={"aicontinue": token} if token else None)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                if stop.is_set():
+                    return
+                files = (page.data.get("query") or {}).get("allimages") or []
+                following = (page.next or {}).get("aicontinue")
                 self.batches += 1
                 self.metrics.backfill_batches.labels(self.wiki.id).inc()
                 batch_position = {"aicontinue": token, "listed": self.listed}
@@ -138,13 +155,9 @@ class BackfillSource:
                 if done:
                     self.finished = True
                     self.metrics.backfill_done.labels(self.wiki.id).set(1)
-                    log.info("backfill listed its whole range", extra={"listed": self.listed,
-                                                                       "skipped": self.skipped})
+                    log.info("backfill listed its whole range", extra={"listed": self.listed, "skipped": self.skipped})
                     return
-                token = str(following)
-        finally:
-            self._connected = False
-            await self.client.aclose()
+                token = following
 
     async def _send_batch(self, files: list[dict[str, Any]], site: dict[str, Any], position: dict[str, Any],
                           out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
@@ -190,7 +203,7 @@ class Progress:
         self.metrics = metrics
         self.interval = interval
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = self.stream.isatty()
         self._scanned = scanned or self._outcomes
         self._clock = clock
         self.started = clock()
