@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from service.config.core import WikiSection
 from service.config.matching import STANDARD_THUMB_WIDTHS
 from service.config.problems import _Problems
 from service.config.root import Config
@@ -37,6 +40,33 @@ def _check_url(problems: _Problems, path: str, url: str, *, schemes: tuple[str, 
         problems.add(path, f"must be an absolute {'/'.join(schemes)} URL, got {url!r}")
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: a connection that never leaves the machine."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_https_url(problems: _Problems, path: str, url: str) -> None:
+    """An absolute https:// URL; http:// only to a loopback host (tests, a local proxy)."""
+    _check_url(problems, path, url)
+    parts = urlsplit(url if isinstance(url, str) else "")
+    if parts.scheme == "http" and parts.hostname and not is_loopback(parts.hostname):
+        problems.add(path, f"must be an https:// URL (http:// only for localhost, 127.0.0.0/8 or ::1), got {url!r}")
+
+
+def _check_wiki_urls(problems: _Problems, path: str, wiki: WikiSection) -> None:
+    """Every URL of a wiki (``api_url`` and any other ``*_url`` setting) is checked the same way."""
+    for f in dataclasses.fields(wiki):
+        value = getattr(wiki, f.name)
+        if f.name.endswith("_url") and (f.name == "api_url" or value):
+            _check_https_url(problems, f"{path}.{f.name}", value)
+
+
 def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
     ua = cfg.service.user_agent.strip()
     if not ua:
@@ -52,7 +82,7 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         problems.add("http.port", f"must be a TCP port (0-65535), got {cfg.http.port}")
 
     es = cfg.source.eventstreams
-    _check_url(problems, "source.eventstreams.url", es.url)
+    _check_https_url(problems, "source.eventstreams.url", es.url)
     if es.since is not None:
         try:
             parse_time(es.since)
@@ -74,7 +104,7 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         elif w.id in seen:
             problems.add(f"{p}.id", f"duplicate wiki id {w.id!r}")
         seen.add(w.id)
-        _check_url(problems, f"{p}.api_url", w.api_url)
+        _check_wiki_urls(problems, p, w)
         for j, host in enumerate(w.media_hosts):
             if not _is_host_port(host):
                 problems.add(f"{p}.media_hosts[{j}]", f"must be a host name or host:port, got {host!r}")
@@ -184,7 +214,7 @@ PHOTODNA_MAX_BYTES = 4_000_000
 
 def _validate_photodna(cfg: Config, problems: _Problems) -> None:
     p = cfg.photodna
-    _check_url(problems, "photodna.url", p.url)
+    _check_https_url(problems, "photodna.url", p.url)
     if p.enabled and not (p.key.env or p.key.file):
         problems.add("photodna.key", "is required when photodna is enabled: {env: VAR} or {file: PATH}")
     for name in ("rate", "timeout", "max_retry_after", "auth_retry_interval"):
