@@ -73,10 +73,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    from service.errors import BankError
+    from service.matchers.banks import BankSet
+    from service.metrics import Metrics
     from service.scan import scan_paths
 
+    try:
+        banks = BankSet(cfg.banks, Metrics())
+    except BankError as exc:
+        print(f"error: banks.list: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     worst = 0
-    for result in scan_paths(args.files, cfg):
+    for result in scan_paths(args.files, cfg, banks=banks):
         print(json.dumps(result, sort_keys=True))
         outcome = str(result.get("outcome", ""))
         if outcome == "match":

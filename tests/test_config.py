@@ -220,13 +220,13 @@ def test_every_wiki_url_setting_is_checked(tmp_path: Path) -> None:
     import dataclasses
 
     from service.config import WikiSection
+    from service.config.fields import check_wiki_urls
     from service.config.problems import _Problems
-    from service.config.validate import _check_wiki_urls
 
     extended = dataclasses.make_dataclass("ExtendedWiki", [("server_url", str, "")], bases=(WikiSection,),
                                           frozen=True)
     found = _Problems()
-    _check_wiki_urls(found, "wikis[0]", extended(id="w", api_url="https://w.example/api.php",
+    check_wiki_urls(found, "wikis[0]", extended(id="w", api_url="https://w.example/api.php",
                                                  server_url="http://w.example"))
     assert [p for p, _ in found.items] == ["wikis[0].server_url"]
 
@@ -393,3 +393,31 @@ def test_port_in_use_is_a_config_error_naming_the_setting() -> None:
             asyncio.run(attempt(port))
     assert info.value.problems == [("http.port", f"port {port} on 127.0.0.1 is already in use "
                                                  "(another process listens there)")]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("wikis[0].api_url", "http://[::1", "must be an absolute http/https URL"),
+    ("photodna.key", {"env": "NOT-A-NAME"}, "env must be an environment variable name"),
+    ("photodna.key", {"env": 12}, "env must be an environment variable name"),
+    ("photodna.key", {"env": "\ud800"}, "env must be an environment variable name"),
+    ("photodna.key", {"file": "a\0b"}, "file is not a valid path (NUL character)"),
+    ("photodna.key", {"file": "\ud800"}, "file is not a valid path (unpaired surrogate)"),
+    ("store.path", "~no_such_user_zz/db.sqlite3", "cannot expand '~no_such_user_zz/db.sqlite3': no such user"),
+    ("banks.list[0].path", "x" * 5000, "not a usable path"),
+], ids=["ipv6-bracket", "env-name", "env-int", "env-surrogate", "file-nul", "file-surrogate", "tilde-user",
+        "name-too-long"])
+def test_hostile_values_are_problems_not_exceptions(tmp_path: Path, key: str, value: object, message: str) -> None:
+    data = minimal(tmp_path)
+    set_path(data, key, value)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8", errors="surrogatepass")
+    found = load_problems(path, secrets=True, bank_files=True)
+    assert message in found[key], found
+
+
+@pytest.mark.parametrize("text", ["\0\n", "service: !!timestamp 2001-13-45\n", "service: " + "1" * 5000 + "\n"],
+                         ids=["nul", "bad-timestamp", "int-too-long"])
+def test_unbuildable_yaml_is_a_file_problem(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert list(load_problems(path)) == ["<file>"]

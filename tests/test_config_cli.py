@@ -170,3 +170,11 @@ def test_run_refuses_unset_secret_and_malformed_bank(tmp_path: Path) -> None:
     bad_bank(data, tmp_path)
     result = command(["run", "-c", str(write(tmp_path, data))], tmp_path)
     assert_refused(result, "error: banks.list: ", "bank.csv:3: hash must be 40")
+
+
+def test_scan_refuses_a_malformed_bank(tmp_path: Path) -> None:
+    data = base_config(tmp_path)
+    bad_bank(data, tmp_path)
+    (tmp_path / "some.bin").write_bytes(b"x")
+    result = command(["scan", "-c", str(write(tmp_path, data)), str(tmp_path / "some.bin")], tmp_path)
+    assert_refused(result, "error: banks.list: ", "bank.csv:3: hash must be 40")

@@ -122,7 +122,11 @@ def read_yaml(path: Path) -> tuple[Any, list[tuple[str, str]]]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([(FILE, f"cannot read {path}: {exc.strerror or exc}")]) from exc
-    loader = BoundedLoader(decode(raw, str(path)))
+    text = decode(raw, str(path))
+    try:
+        loader = BoundedLoader(text)  # the reader refuses non-printable characters here
+    except yaml.YAMLError as exc:
+        raise ConfigError([(FILE, f"invalid YAML in {path}: {exc}")]) from None
     try:
         root = loader.get_single_node()
         problems = duplicate_keys(root)
@@ -131,6 +135,8 @@ def read_yaml(path: Path) -> tuple[Any, list[tuple[str, str]]]:
         raise ConfigError([(FILE, f"refused {path}: {exc.problem}{_where(exc)}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([(FILE, f"invalid YAML in {path}: {exc}")]) from None
+    except (ValueError, OverflowError) as exc:  # a tagged value PyYAML cannot build, e.g. !!timestamp 2001-13-45
+        raise ConfigError([(FILE, f"invalid YAML value in {path}: {exc}")]) from None
     finally:
         loader.dispose()
     return data, problems
