@@ -421,3 +421,31 @@ def test_unbuildable_yaml_is_a_file_problem(tmp_path: Path, text: str) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(text)
     assert list(load_problems(path)) == ["<file>"]
+
+
+def test_ingest_role_reports_a_port_in_use_the_same_way(tmp_path: Path) -> None:
+    """``run --role ingest`` binds through the same helper (its broker is not needed to see that)."""
+    import asyncio
+    import socket
+
+    from service.work import IngestService
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        data = minimal(tmp_path)
+        data["http"] = {"host": "127.0.0.1", "port": port}
+        cfg = config_from_dict(data, base=tmp_path)
+
+        async def start() -> None:
+            service = IngestService(cfg, make_source=lambda c, store, m: object())
+            try:
+                await service._start_http()
+            finally:
+                if service._runner is not None:
+                    await service._runner.cleanup()
+
+        with pytest.raises(ConfigError) as info:
+            asyncio.run(start())
+    assert info.value.problems[0][0] == "http.port" and str(port) in info.value.problems[0][1]
