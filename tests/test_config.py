@@ -216,19 +216,22 @@ def test_plain_http_to_loopback_stays_allowed(tmp_path: Path, host: str) -> None
 
 
 def test_every_wiki_url_setting_is_checked(tmp_path: Path) -> None:
-    """Any ``*_url`` of a wiki (server_url and the like, added later) gets the same check as api_url."""
+    """Any ``*_url`` of a wiki (api_url, server_url, and any added later) gets the same check."""
     import dataclasses
 
     from service.config import WikiSection
     from service.config.fields import check_wiki_urls
     from service.config.problems import _Problems
 
-    extended = dataclasses.make_dataclass("ExtendedWiki", [("server_url", str, "")], bases=(WikiSection,),
+    extended = dataclasses.make_dataclass("ExtendedWiki", [("upload_url", str, "")], bases=(WikiSection,),
                                           frozen=True)
     found = _Problems()
     check_wiki_urls(found, "wikis[0]", extended(id="w", api_url="https://w.example/api.php",
-                                                 server_url="http://w.example"))
-    assert [p for p, _ in found.items] == ["wikis[0].server_url"]
+                                                server_url="http://w.example", upload_url="http://up.example"))
+    assert [p for p, _ in found.items] == ["wikis[0].server_url", "wikis[0].upload_url"]
+    data = minimal(tmp_path)
+    data["wikis"][0]["server_url"] = "http://commons.wikimedia.org"
+    assert problems(data, tmp_path)["wikis[0].server_url"].startswith("must be an https:// URL")
 
 
 def set_path(data: dict, key: str, value: object) -> None:
@@ -397,6 +400,7 @@ def test_port_in_use_is_a_config_error_naming_the_setting() -> None:
 
 @pytest.mark.parametrize("key, value, message", [
     ("wikis[0].api_url", "http://[::1", "must be an absolute http/https URL"),
+    ("wikis[0].server_url", "http://[::1", "must be an absolute http/https URL"),
     ("photodna.key", {"env": "NOT-A-NAME"}, "env must be an environment variable name"),
     ("photodna.key", {"env": 12}, "env must be an environment variable name"),
     ("photodna.key", {"env": "\ud800"}, "env must be an environment variable name"),
@@ -404,8 +408,8 @@ def test_port_in_use_is_a_config_error_naming_the_setting() -> None:
     ("photodna.key", {"file": "\ud800"}, "file is not a valid path (unpaired surrogate)"),
     ("store.path", "~no_such_user_zz/db.sqlite3", "cannot expand '~no_such_user_zz/db.sqlite3': no such user"),
     ("banks.list[0].path", "x" * 5000, "not a usable path"),
-], ids=["ipv6-bracket", "env-name", "env-int", "env-surrogate", "file-nul", "file-surrogate", "tilde-user",
-        "name-too-long"])
+], ids=["ipv6-bracket", "server-ipv6-bracket", "env-name", "env-int", "env-surrogate", "file-nul",
+        "file-surrogate", "tilde-user", "name-too-long"])
 def test_hostile_values_are_problems_not_exceptions(tmp_path: Path, key: str, value: object, message: str) -> None:
     data = minimal(tmp_path)
     set_path(data, key, value)
