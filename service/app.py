@@ -32,6 +32,7 @@ from service.sources.base import Source
 from service.sources.factory import live_source
 from service.store.factory import make_store
 from service.web.app import create_app
+from service.web.listen import listen
 from service.web.review.app import ReviewUI
 
 log = logging.getLogger(__name__)
@@ -148,11 +149,7 @@ class Service:
             self.review.mount(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
+        self.http_port = await listen(self._runner, self.cfg.http)
         log.info("http server listening", extra={"host": self.cfg.http.host, "port": self.http_port})
 
     async def run(self) -> None:

@@ -23,9 +23,14 @@ EXIT_CONFIG = 2
 DEFAULT_CONFIG = os.environ.get("MEDIAMODERATION_CONFIG", "config.yaml")
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, secrets: bool = False, bank_files: bool = False) -> Config:
+    """Load the config or exit with :data:`EXIT_CONFIG`, listing every problem with its key path.
+
+    ``secrets`` / ``bank_files``: also require every secret to be available and every bank file to parse
+    (commands that start the service check secrets; ``check-config`` checks both).
+    """
     try:
-        return load_config(path)
+        return load_config(path, secrets=secrets, bank_files=bank_files)
     except ConfigError as exc:
         print(f"configuration {path} is invalid:", file=sys.stderr)
         for key, problem in exc.problems:
@@ -34,7 +39,7 @@ def _load(path: str) -> Config:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.path)
+    cfg = _load(args.path, secrets=True, bank_files=True)
     for warning in warnings_for(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.path}: OK ({len(cfg.wikis)} wiki(s), {len(cfg.banks.list)} bank(s))")
@@ -52,7 +57,7 @@ def _since(value: str | None) -> datetime | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, secrets=True)  # the banks are parsed as the service starts
     since = _since(args.since)
     from service.logs import setup_logging
 
@@ -68,10 +73,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    from service.errors import BankError
+    from service.matchers.banks import BankSet
+    from service.metrics import Metrics
     from service.scan import scan_paths
 
+    try:
+        banks = BankSet(cfg.banks, Metrics())
+    except BankError as exc:
+        print(f"error: banks.list: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     worst = 0
-    for result in scan_paths(args.files, cfg):
+    for result in scan_paths(args.files, cfg, banks=banks):
         print(json.dumps(result, sort_keys=True))
         outcome = str(result.get("outcome", ""))
         if outcome == "match":
@@ -188,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "requests to the work topic; worker: consume the work topic and scan")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file; exit 2 when invalid")
+    check = sub.add_parser("check-config", help="validate a config file, the secrets it names (environment "
+                           "variables, files) and its bank files; exit 2 when invalid")
     check.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
     check.set_defaults(func=cmd_check_config)
 

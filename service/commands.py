@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from service.config import Config, parse_time
-from service.errors import ConfigError, ServiceError
+from service.errors import BankError, ConfigError, ServiceError
 from service.metrics import Metrics
 from service.sources.base import Source
 
@@ -55,8 +55,11 @@ def serve(make: Callable[[], _Runnable], on_started: Callable[[_Runnable], Any] 
 
     try:
         asyncio.run(main())
-    except ConfigError as exc:
+    except ConfigError as exc:  # found while starting, e.g. http.port in use
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BankError as exc:  # banks are parsed only as the service starts (check-config parses them too)
+        print(f"error: banks.list: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ServiceError as exc:
         log.error("service stopped on an error", extra={"error": str(exc), "type": type(exc).__name__})
@@ -210,7 +213,7 @@ def _with_config(fn: Callable[[argparse.Namespace, Config], int]) -> Callable[[a
         from service.cli import _load
         from service.logs import setup_logging
 
-        cfg = _load(args.config)
+        cfg = _load(args.config, secrets=True)
         setup_logging(cfg.service.log_level)
         return fn(args, cfg)
 

@@ -35,6 +35,7 @@ from service.sources.base import Source
 from service.store.factory import make_store
 from service.watermark import Watermark
 from service.web.app import create_app
+from service.web.listen import listen
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ class IngestService:
         app = create_app(self.metrics, {"source": ready_source, "store": ready_store})
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
+        self.http_port = await listen(self._runner, self.cfg.http)
 
     async def _run_pipeline(self) -> None:
         queue: asyncio.Queue[RawEvent] = asyncio.Queue(self.cfg.pipeline.queue_size)

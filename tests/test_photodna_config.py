@@ -55,8 +55,8 @@ def test_the_key_never_lives_in_the_yaml(tmp_path: Path) -> None:
     assert "secrets are not allowed" in problems(data, tmp_path)["photodna.key"]
 
 
-def test_check_config_exits_2_and_warns_about_a_missing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_config_exits_2_on_a_missing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PHOTODNA_TEST_KEY", raising=False)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(minimal(tmp_path) | {"photodna": {"enabled": True, "rate": -1}}))
@@ -68,8 +68,13 @@ def test_check_config_exits_2_and_warns_about_a_missing_key(tmp_path: Path, caps
 
     path.write_text(yaml.safe_dump(minimal(tmp_path) | {"photodna": {"enabled": True,
                                                                      "key": {"env": "PHOTODNA_TEST_KEY"}}}))
-    assert main(["check-config", str(path)]) == 0
-    assert "photodna.key: no key is available" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # issue 9: an unset secret is an error, not a warning
+        main(["check-config", str(path)])
+    assert info.value.code == 2
+    assert "photodna.key: no secret available: environment variable PHOTODNA_TEST_KEY is not set" in \
+        capsys.readouterr().err
     cfg = config_from_dict(yaml.safe_load(path.read_text()), base=tmp_path)
+    assert any("photodna.key: no key is available" in w for w in warnings_for(cfg))  # at run time, if it goes
     monkeypatch.setenv("PHOTODNA_TEST_KEY", "k")
+    assert main(["check-config", str(path)]) == 0
     assert not any("photodna" in w for w in warnings_for(cfg))

@@ -8,8 +8,12 @@ Layout (import from ``service.config``, which re-exports the public API):
 
 * ``core``, ``sources``, ``matching``, ``actions``, ``scale``: the section dataclasses, grouped by concern;
   ``root``: :class:`Config`, the tree of sections.  Sections import nothing from the loader.
+* ``yamlfile``: reading the file (strict UTF-8, alias expansion and nesting bounded, duplicate keys found).
 * ``loader``: the generic typed YAML loader, ``config_from_dict`` and ``load_config``.
-* ``validate``: semantic checks (with ``problems``: the collected problems; ``values``: paths and times).
+* ``validate``: semantic checks (with ``problems``: the collected problems; ``values``: paths and times;
+  ``fields``: URL, path and secret checks).
+* ``environment``: what the config refers to outside the file (secrets available, bank files parse), checked
+  by ``check-config`` and by the commands that start the service (``load_config(secrets=, bank_files=)``).
 * ``advice``: non-fatal warnings, ``warnings_for``.
 """
 

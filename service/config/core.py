@@ -24,9 +24,31 @@ class Secret:
         if self.file:
             try:
                 return Path(self.file).read_text(encoding="utf-8").strip()
-            except OSError:
+            except (OSError, UnicodeDecodeError):
                 return None
         return None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.env or self.file)
+
+    def problem(self) -> str | None:
+        """Why :meth:`get` finds no value right now, naming the variable or file (never a value); None when
+        it finds one or when no source is configured."""
+        if not self.configured or self.get():
+            return None
+        reasons = []
+        if self.env:
+            reasons.append(f"environment variable {self.env} is {'empty' if self.env in os.environ else 'not set'}")
+        if self.file:
+            try:
+                Path(self.file).read_bytes().decode("utf-8")
+                reasons.append(f"file {self.file} is empty")
+            except OSError as exc:
+                reasons.append(f"file {self.file} cannot be read: {exc.strerror or type(exc).__name__}")
+            except UnicodeDecodeError:
+                reasons.append(f"file {self.file} is not UTF-8 text")
+        return " and ".join(reasons)
 
     def __repr__(self) -> str:  # never show values; names are fine
         return f"Secret(env={self.env!r}, file={self.file!r})"

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
+from service.config.environment import bank_file_problems, secret_problems
 from service.config.problems import _Problems
 from service.config.root import Config
 from service.config.validate import _validate
 from service.config.values import resolve_path
+from service.config.yamlfile import read_yaml
 from service.errors import ConfigError
 
 
@@ -61,12 +62,23 @@ def _convert(value: Any, tp: Any, path: str, problems: _Problems) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.add(path, f"must be a number, got {value!r}")
             return value
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):  # .nan / .inf: every comparison with them is False, so refuse here
+            problems.add(path, f"must be a finite number, got {_short(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             problems.add(path, f"must be a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover - programming error
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _build(cls: Any, data: Any, path: str, problems: _Problems) -> Any:
@@ -116,17 +128,31 @@ def _find_inline_secrets(data: Any, path: str, problems: _Problems) -> None:
             _find_inline_secrets(v, f"{path}[{i}]", problems)
 
 
-def config_from_dict(data: Any, *, base: Path | None = None, source: str = "") -> Config:
-    problems = _Problems()
+def config_from_dict(data: Any, *, base: Path | None = None, source: str = "", secrets: bool = False,
+                     bank_files: bool = False) -> Config:
+    """Build and validate a :class:`Config` from parsed YAML; raise :class:`ConfigError` listing every problem.
+
+    ``secrets``: every ``{env: VAR}`` / ``{file: PATH}`` must yield a value now; ``bank_files``: every bank
+    file must parse (both are for ``check-config`` and for starting the service, see ``environment``).
+    """
+    return _from_dict(data, base=base or Path.cwd(), source=source, problems=_Problems(), secrets=secrets,
+                      bank_files=bank_files)
+
+
+def _from_dict(data: Any, *, base: Path, source: str, problems: _Problems, secrets: bool,
+               bank_files: bool) -> Config:
     data = _yaml_off_is_a_mode(data)
     _find_inline_secrets(data, "", problems)
     cfg = _build(Config, data, "", problems)
-    base = base or Path.cwd()
     try:
         _validate(cfg, base, problems)
     except (TypeError, AttributeError, ValueError):
         if not problems.items:  # only tolerated when a wrong type was already reported
             raise
+    if secrets:
+        secret_problems(cfg, problems)
+    if bank_files:
+        bank_file_problems(cfg.banks, base, problems)
     if problems.items:
         raise ConfigError(problems.items)
     # Resolve relative paths against the config file's directory, once.
@@ -149,14 +175,12 @@ def config_from_dict(data: Any, *, base: Path | None = None, source: str = "") -
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, secrets: bool = False, bank_files: bool = False) -> Config:
+    """Read, parse (see ``yamlfile``) and validate the config file at ``path``; see :func:`config_from_dict`."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([("<file>", f"cannot read {p}: {exc.strerror or exc}")]) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([("<file>", f"invalid YAML in {p}: {exc}")]) from exc
-    return config_from_dict(data, base=p.resolve().parent, source=str(p))
+    data, file_problems = read_yaml(p)
+    problems = _Problems()
+    for key, message in file_problems:
+        problems.add(key, message)
+    return _from_dict(data, base=p.resolve().parent, source=str(p), problems=problems, secrets=secrets,
+                      bank_files=bank_files)

@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from service.config.fields import check_https_url, check_path, check_secret_shapes, check_url, check_wiki_urls
 from service.config.matching import STANDARD_THUMB_WIDTHS
 from service.config.problems import _Problems
 from service.config.root import Config
-from service.config.values import parse_time, resolve_path
+from service.config.values import parse_time
 
 EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 MIN_DECODE_MEMORY = 256 * 1024 * 1024  # a warmed-up worker already maps ~160 MB
@@ -31,10 +32,14 @@ def _is_host_port(value: str) -> bool:
     return bool(parts.hostname) and (port is None or 0 < port) and not value.endswith(":")
 
 
-def _check_url(problems: _Problems, path: str, url: str, *, schemes: tuple[str, ...] = ("http", "https")) -> None:
-    parts = urlsplit(url or "")
-    if parts.scheme not in schemes or not parts.hostname:
-        problems.add(path, f"must be an absolute {'/'.join(schemes)} URL, got {url!r}")
+def _is_server(url: str) -> bool:
+    """``scheme://host[:port]`` and nothing more (a wiki's ``server_url``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path.strip("/") \
+        and not (parts.query or parts.fragment or parts.username) and _is_host_port(parts.netloc)
 
 
 def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
@@ -52,7 +57,7 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         problems.add("http.port", f"must be a TCP port (0-65535), got {cfg.http.port}")
 
     es = cfg.source.eventstreams
-    _check_url(problems, "source.eventstreams.url", es.url)
+    check_https_url(problems, "source.eventstreams.url", es.url)
     if es.since is not None:
         try:
             parse_time(es.since)
@@ -74,15 +79,12 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         elif w.id in seen:
             problems.add(f"{p}.id", f"duplicate wiki id {w.id!r}")
         seen.add(w.id)
-        _check_url(problems, f"{p}.api_url", w.api_url)
+        check_wiki_urls(problems, p, w)
         for j, host in enumerate(w.media_hosts):
             if not _is_host_port(host):
                 problems.add(f"{p}.media_hosts[{j}]", f"must be a host name or host:port, got {host!r}")
-        if w.server_url:
-            parts = urlsplit(w.server_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") \
-                    or parts.query or parts.fragment or parts.username or not _is_host_port(parts.netloc):
-                problems.add(f"{p}.server_url", f"must be scheme://host[:port] only, got {w.server_url!r}")
+        if w.server_url and not _is_server(w.server_url):
+            problems.add(f"{p}.server_url", f"must be scheme://host[:port] only, got {w.server_url!r}")
         if not _ARTICLE_PATH_RE.match(w.article_path) or w.article_path.count("$1") != 1:
             problems.add(f"{p}.article_path", f"must be a path with one $1, e.g. /wiki/$1, got {w.article_path!r}")
 
@@ -148,8 +150,8 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
             problems.add(f"{p}.pdq_threshold", "must be between 0 and 256")
         if not bank.path:
             problems.add(f"{p}.path", "is required")
-        elif not resolve_path(base, bank.path).is_file():
-            problems.add(f"{p}.path", f"file does not exist: {resolve_path(base, bank.path)}")
+        else:
+            check_path(problems, f"{p}.path", base, bank.path, must_exist=True)
 
     n = cfg.actions.notify
     if n.enabled:
@@ -168,7 +170,7 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         if n.smtp.username and not (n.smtp.password.env or n.smtp.password.file):
             problems.add("actions.notify.smtp.password", "a username needs password.env or password.file")
     if n.review_url is not None:
-        _check_url(problems, "actions.notify.review_url", n.review_url)
+        check_url(problems, "actions.notify.review_url", n.review_url)
     if n.retry.initial_delay <= 0 or n.retry.max_delay < n.retry.initial_delay:
         problems.add("actions.notify.retry", "needs 0 < initial_delay <= max_delay")
     _validate_photodna(cfg, problems)
@@ -176,6 +178,9 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
     _validate_scale(cfg, problems)
     if not cfg.store.path:
         problems.add("store.path", "is required")
+    check_path(problems, "store.path", base, cfg.store.path)
+    check_path(problems, "actions.notify.outbox_dir", base, cfg.actions.notify.outbox_dir)
+    check_secret_shapes(cfg, problems)
 
 
 PHOTODNA_MIN_SIDE = 160
@@ -184,7 +189,7 @@ PHOTODNA_MAX_BYTES = 4_000_000
 
 def _validate_photodna(cfg: Config, problems: _Problems) -> None:
     p = cfg.photodna
-    _check_url(problems, "photodna.url", p.url)
+    check_https_url(problems, "photodna.url", p.url)
     if p.enabled and not (p.key.env or p.key.file):
         problems.add("photodna.key", "is required when photodna is enabled: {env: VAR} or {file: PATH}")
     for name in ("rate", "timeout", "max_retry_after", "auth_retry_interval"):

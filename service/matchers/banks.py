@@ -119,6 +119,13 @@ def parse_bank(config: BankSection, data: bytes, *, path: str = "") -> Bank:
     )
 
 
+def load_bank(config: BankSection) -> Bank:
+    """Read and parse one bank file the way :class:`BankSet` loads it (``check-config`` validates with this);
+    raise :class:`BankError` naming the file, and the line, of any problem."""
+    _, data = BankSet._read(config)
+    return parse_bank(config, data)
+
+
 def pdq_words(signal: PdqSignal) -> np.ndarray:
     """A signal's eight hashes as a (8, 4) uint64 array, in the same word layout as the banks."""
     return np.frombuffer(b"".join(signal.hashes), dtype=np.uint64).reshape(-1, 4)
