@@ -252,7 +252,7 @@ def test_unset_and_unreadable_secrets_name_key_and_source_never_values(
     data = minimal(tmp_path)
     data["actions"]["notify"]["smtp"] = {"host": "127.0.0.1", "username": "u", "password": {"env": "MM_UNSET_SECRET"}}
     data["actions"]["takedown"] = {"auth": {"username": "A@b", "password": {"file": str(tmp_path / "missing")}}}
-    data["photodna"] = {"key": {"env": "MM_EMPTY_SECRET", "file": str(tmp_path / "empty-secret")}}
+    data["photodna"] = {"enabled": True, "key": {"env": "MM_EMPTY_SECRET", "file": str(tmp_path / "empty-secret")}}
     data["source"] = {"kafka": {"connection": {"sasl_password": {"env": "MM_GOOD_SECRET"}}}}
     path = write_yaml(tmp_path, data)
     assert load_config(path).photodna.key.env == "MM_EMPTY_SECRET"  # not checked unless asked
@@ -269,6 +269,18 @@ def test_unset_and_unreadable_secrets_name_key_and_source_never_values(
     (tmp_path / "missing").write_text("pw")
     (tmp_path / "empty-secret").write_text("k")
     assert load_config(path, secrets=True).actions.notify.smtp is not None
+
+
+def test_secrets_of_a_disabled_section_are_not_required(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MM_UNSET_SECRET", raising=False)
+    data = minimal(tmp_path)
+    data["photodna"] = {"enabled": False, "key": {"env": "MM_UNSET_SECRET"}}
+    path = write_yaml(tmp_path, data)
+    assert load_config(path, secrets=True).photodna.key.env == "MM_UNSET_SECRET"  # loads: not needed
+    data["photodna"]["enabled"] = True
+    path = write_yaml(tmp_path, data)
+    assert load_problems(path, secrets=True)["photodna.key"] == \
+        "no secret available: environment variable MM_UNSET_SECRET is not set"
 
 
 def test_secret_file_that_is_not_utf8(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def bad_bank(data: dict, tmp_path: Path) -> None:
 
 CASES: dict[str, tuple[Callable[[dict, Path], None], tuple[str, ...]]] = {
     "malformed-bank": (bad_bank, ("banks.list[0].path: ", "bank.csv:3: hash must be 40 (SHA-1)")),
-    "unset-env-secret": (with_("photodna.key", {"env": "MM_CLI_UNSET"}),
+    "unset-env-secret": (with_("photodna", {"enabled": True, "key": {"env": "MM_CLI_UNSET"}}),
                          ("photodna.key: no secret available: environment variable MM_CLI_UNSET is not set",)),
     "missing-secret-file": (with_("actions.takedown.auth", {"username": "A@b", "password": {"file": "nope"}}),
                             ("actions.takedown.auth.password: no secret available: file nope cannot be read",)),

@@ -18,8 +18,8 @@ from service.errors import BankError
 
 
 def secret_problems(cfg: Config, problems: _Problems) -> None:
-    """Every ``{env: VAR}`` / ``{file: PATH}`` in the configuration must yield a value now."""
-    for path, secret in secrets_in(cfg):
+    """Every ``{env: VAR}`` / ``{file: PATH}`` of an enabled section must yield a value now."""
+    for path, secret in secrets_in(cfg, enabled_only=True):
         if secret_shape_problem(secret) is not None:
             continue  # reported by the validation
         why = secret.problem()

@@ -77,15 +77,22 @@ def check_path(problems: _Problems, key: str, base: Path, value: Any, *, must_ex
         problems.add(key, f"not a usable path {shown!r}: {getattr(exc, 'strerror', None) or exc}")
 
 
-def secrets_in(node: Any, path: str = "") -> list[tuple[str, Secret]]:
-    """Every :class:`Secret` in a configuration tree, with its key path."""
+def secrets_in(node: Any, path: str = "", *, enabled_only: bool = False) -> list[tuple[str, Secret]]:
+    """Every :class:`Secret` in a configuration tree, with its key path.
+
+    ``enabled_only`` leaves out sections switched off with ``enabled: false`` (their secrets are not needed).
+    """
     if isinstance(node, Secret):
         return [(path, node)]
     if isinstance(node, tuple):
-        return [found for i, item in enumerate(node) for found in secrets_in(item, f"{path}[{i}]")]
+        return [found for i, item in enumerate(node)
+                for found in secrets_in(item, f"{path}[{i}]", enabled_only=enabled_only)]
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        if enabled_only and getattr(node, "enabled", True) is False:
+            return []
         return [found for f in dataclasses.fields(node) if not f.metadata.get("internal")
-                for found in secrets_in(getattr(node, f.name), f"{path}.{f.name}" if path else f.name)]
+                for found in secrets_in(getattr(node, f.name), f"{path}.{f.name}" if path else f.name,
+                                        enabled_only=enabled_only)]
     return []
 
 
