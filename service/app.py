@@ -153,7 +153,7 @@ class Service:
             self.metrics,
             {"source": self._ready_source, "store": self._ready_store, "banks": self._ready_banks,
              **({"photodna": self._ready_photodna} if self.photodna is not None else {})},
-            {"pipeline": self._live_pipeline},
+            {"pipeline": self._live_pipeline, "tasks": self.supervisor.problem},
             details=self._ready_details,
         )
         if self.review is not None:
@@ -214,8 +214,9 @@ class Service:
             raise self.supervisor.failure
 
     def _task_failed(self, failure: TaskFailed) -> None:
-        """The supervisor stops the service: /healthz reports the cause until the process exits."""
-        self.crashed = str(failure)
+        """A task failure stops the service; /healthz reports it (``tasks``) until the process exits."""
+        if failure.task == "pipeline":
+            self.crashed = str(failure)
 
     async def _drain_actions(self) -> None:
         """Give freshly written notifications and takedowns a chance to go out before exiting."""
