@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from service.metrics import Metrics
-from service.runtime.supervisor import CRITICAL, RestartPolicy, Supervisor, TaskExited, TaskFailed
+from service.runtime.supervisor import CRITICAL, RestartPolicy, Supervisor, TaskExited, TaskFailed, reap
 
 FAST = RestartPolicy(initial_delay=0.0, max_delay=0.0, max_restarts=3, window=60.0)
 
@@ -286,3 +286,19 @@ async def test_names_are_unique_and_a_closed_supervisor_starts_nothing() -> None
         sup.start("late", body)
     with pytest.raises(ValueError):
         RestartPolicy(jitter=(1.5, 0.5))
+
+
+async def test_reap_logs_what_a_stopped_task_raised_unless_it_is_already_on_its_way_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise OSError("close failed")
+
+    first = asyncio.create_task(fails(), name="flusher")
+    second = asyncio.create_task(fails(), name="worker")
+    await asyncio.wait({first, second})
+    await reap(first)
+    await reap(second, raised=second.exception())
+    logged = [r for r in caplog.records if "failed while stopping" in r.getMessage()]
+    assert [r.getMessage() for r in logged] == ["task flusher failed while stopping: OSError: close failed"]
+    assert logged[0].exc_info is not None

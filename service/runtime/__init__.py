@@ -8,6 +8,7 @@ from service.runtime.supervisor import (
     Supervisor,
     TaskExited,
     TaskFailed,
+    reap,
 )
 
-__all__ = ["CRITICAL", "RESTART", "RestartPolicy", "Supervised", "Supervisor", "TaskExited", "TaskFailed"]
+__all__ = ["CRITICAL", "RESTART", "RestartPolicy", "Supervised", "Supervisor", "TaskExited", "TaskFailed", "reap"]

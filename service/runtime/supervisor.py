@@ -272,3 +272,16 @@ class Supervisor:
         self._stopping.set()
         if self._on_failure is not None:
             self._on_failure(failure)
+
+
+async def reap(task: asyncio.Task[Any], *, raised: BaseException | None = None) -> None:
+    """Await a (cancelled) task its owner stops: what it raised is logged, never dropped, unless it is
+    ``raised``, the error already on its way up.  Its cancellation is not passed on: the owner's cleanup goes on."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:
+        if exc is not raised:
+            log.error("task %s failed while stopping: %s: %s", task.get_name(), type(exc).__name__, exc, exc_info=exc,
+                      extra={"task": task.get_name()})
