@@ -17,6 +17,7 @@ import pytest
 from service.config import Config, config_from_dict
 from service.models import RawEvent
 from service.runtime.supervisor import RestartPolicy, TaskFailed
+from service.sources.base import SourceBase
 from service.work import IngestService
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.test_events import REAL
@@ -28,7 +29,7 @@ def broker() -> Iterator[TansuBroker]:
         yield b
 
 
-class FeedSource:
+class FeedSource(SourceBase):
     """Events handed over by the test one at a time; ends when the service stops (once ``release`` is set, if
     ``held``: a source slow to stop)."""
 

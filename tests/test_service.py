@@ -16,10 +16,11 @@ import pytest
 from service.app import Service
 from service.cli import main
 from service.config import ThumbnailSection
-from service.errors import SourceError
+from service.errors import PermanentSourceError
 from service.media.thumbnail import prepare
 from service.models import RawEvent
 from service.runtime.supervisor import RestartPolicy, TaskFailed
+from service.sources.base import SourceBase
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -109,7 +110,7 @@ def test_scan_command_prints_json_lines(tmp_path: Path, capsys: pytest.CaptureFi
 # ---------------------------------------------------------------------------------------------- supervision
 
 
-class HeldSource:
+class HeldSource(SourceBase):
     """A source that stays connected, sends nothing, and (like a slow upstream) ends only when released."""
 
     name = "held"
@@ -259,11 +260,11 @@ async def test_a_pipeline_crash_stops_the_service_through_the_supervisor(
 
     class BrokenSource(HeldSource):
         async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
-            raise SourceError("stream gone for good", retriable=False)
+            raise PermanentSourceError("stream gone for good")
 
     service = Service(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank), source=BrokenSource())
-    with pytest.raises(TaskFailed, match="task pipeline failed: SourceError: stream gone for good") as info:
+    with pytest.raises(TaskFailed, match="task pipeline failed: PermanentSourceError: stream gone for good") as info:
         await asyncio.wait_for(service.run(), 60)
-    assert isinstance(info.value.__cause__, SourceError)
+    assert isinstance(info.value.__cause__, PermanentSourceError)
     assert service.crashed == str(info.value)  # what /healthz reported until the end
     assert restarts(service, "pipeline") == 0  # never restarted
