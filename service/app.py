@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from service.actions.notify import EmailNotifier
 from service.actions.plan import build_planners
 from service.actions.takedown import Takedowns
 from service.config import Config, warnings_for
+from service.errors import ServiceError
 from service.fetch import WikiClient
 from service.matchers.banks import BankSet
 from service.matchers.exact import ExactMatcher
@@ -28,6 +29,7 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
+from service.runtime.supervisor import RESTART, RestartPolicy, Supervisor, TaskFailed
 from service.sources.base import Source
 from service.sources.factory import live_source
 from service.store.factory import make_store
@@ -36,6 +38,10 @@ from service.web.listen import listen
 from service.web.review.app import ReviewUI
 
 log = logging.getLogger(__name__)
+
+# The pipeline is never restarted: if it dies the service stops with the cause (and Kubernetes restarts
+# the pod, which resumes from the checkpoint).  It returns by itself when a finite source ends.
+PIPELINE = RestartPolicy(critical=True, may_return=True)
 
 
 class Service:
@@ -50,6 +56,7 @@ class Service:
         registry: CollectorRegistry | None = None,
         make_source: Callable[[Config, Any, Metrics], Source] | None = None,
         store: Any = None,
+        restart: RestartPolicy = RESTART,
     ) -> None:
         self.cfg = cfg
         self.metrics = Metrics(registry)
@@ -89,6 +96,10 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._cpu: CpuPool | None = None
         self.crashed: str | None = None
+        # Owns every long-lived task; ``restart`` is the policy of those that may be restarted.
+        self.restart = restart
+        self.supervisor = Supervisor(self.metrics, self.stop_event, on_failure=self._task_failed,
+                                     stop_timeout=max(10.0, cfg.service.shutdown_grace))
 
     # ------------------------------------------------------------------ health
 
@@ -142,7 +153,7 @@ class Service:
             self.metrics,
             {"source": self._ready_source, "store": self._ready_store, "banks": self._ready_banks,
              **({"photodna": self._ready_photodna} if self.photodna is not None else {})},
-            {"pipeline": self._live_pipeline},
+            {"pipeline": self._live_pipeline, "tasks": self.supervisor.problem},
             details=self._ready_details,
         )
         if self.review is not None:
@@ -155,7 +166,6 @@ class Service:
     async def run(self) -> None:
         for warning in warnings_for(self.cfg):
             log.warning(warning)
-        tasks: list[asyncio.Task[None]] = []
         try:
             await self.store.open()
             await self._start_http()
@@ -180,33 +190,43 @@ class Service:
                 remote_retry_delays=self.cfg.photodna.rescan.retry_delays,
                 allowlist=self.store if self.reviewable else None,
             )
-            tasks = [
-                asyncio.create_task(self.dispatcher.run(self.stop_event), name="outbox"),
-                asyncio.create_task(self.takedowns.run(self.stop_event), name="takedown-outbox"),
-                asyncio.create_task(self.banks.watch(self.cfg.banks.reload_interval, self.stop_event),
-                                    name="bank-watch"),
-                asyncio.create_task(self._maintenance(), name="maintenance"),
-            ]
+            pipeline = self.pipeline
+            sup, policy = self.supervisor, self.restart
+            sup.start("outbox", lambda: self.dispatcher.run(self.stop_event), restart=policy)
+            sup.start("takedown-outbox", lambda: self.takedowns.run(self.stop_event), restart=policy)
+            if self.cfg.banks.reload_interval > 0:
+                sup.start("bank-watch", lambda: self.banks.watch(self.cfg.banks.reload_interval, self.stop_event),
+                          restart=policy)
+            sup.start("maintenance", self._maintenance, restart=policy)
             if self.photodna is not None:
-                self.rescanner = self._make_rescanner(self.photodna, self.pipeline)
-                tasks.append(asyncio.create_task(self.rescanner.run(self.stop_event), name="rescan"))
-            stopper = asyncio.create_task(self._forward_stop(self.pipeline), name="stop-forward")
+                rescanner = self.rescanner = self._make_rescanner(self.photodna, pipeline)
+                sup.start("rescan", lambda: rescanner.run(self.stop_event), restart=policy)
+            sup.start("stop-forward", lambda: self._forward_stop(pipeline), restart=policy)
+            running = sup.start("pipeline", pipeline.run, restart=PIPELINE)
             self.started.set()
             log.info("service started", extra={"source": self.source.name, "wikis": [w.id for w in self.cfg.wikis]})
-            try:
-                await self.pipeline.run()
-            except BaseException as exc:
-                self.crashed = f"{type(exc).__name__}: {exc}"
-                raise
-            finally:
-                stopper.cancel()
-            # Give freshly written notifications a chance to go out before exiting.
-            with contextlib.suppress(Exception):
-                drain = min(10.0, self.cfg.service.shutdown_grace)
-                await asyncio.gather(self.dispatcher.drain(timeout=drain), self.takedowns.drain(timeout=drain))
+            await running.wait()  # the source ended, the service was asked to stop, or a task failure stops it
+            await self._drain_actions()
         finally:
             self.stop_event.set()
-            await self._close(tasks)
+            await self._close()
+        if self.supervisor.failure is not None:
+            raise self.supervisor.failure
+
+    def _task_failed(self, failure: TaskFailed) -> None:
+        """A task failure stops the service; /healthz reports it (``tasks``) until the process exits."""
+        if failure.task == "pipeline":
+            self.crashed = str(failure)
+
+    async def _drain_actions(self) -> None:
+        """Give freshly written notifications and takedowns a chance to go out before exiting."""
+        drain = min(10.0, self.cfg.service.shutdown_grace)
+        results = await asyncio.gather(self.dispatcher.drain(timeout=drain), self.takedowns.drain(timeout=drain),
+                                       return_exceptions=True)
+        for name, result in zip(("outbox", "takedown-outbox"), results, strict=True):
+            if isinstance(result, Exception):
+                log.error("draining the %s before exit failed; its items stay pending in the store", name,
+                          exc_info=result)
 
     def _make_rescanner(self, photodna: PhotoDnaMatcher, pipeline: Pipeline) -> Rescanner:
         return Rescanner(
@@ -238,11 +258,13 @@ class Service:
     async def _maintenance(self) -> None:
         retention = self.cfg.pipeline.dedupe_retention_days * 86400
         while not self.stop_event.is_set():
-            with contextlib.suppress(Exception):
+            try:
                 removed = await self.store.prune_events(time.time() - retention)
                 if removed:
                     log.info("pruned handled-event records", extra={"removed": removed})
                 self.metrics.outbox_pending.set(await self.store.pending_count())
+            except ServiceError as exc:  # the store is down: try again next round
+                log.error("maintenance round failed", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=3600)
 
@@ -251,17 +273,15 @@ class Service:
             log.info("stopping: finishing in-flight events", extra={"grace": self.cfg.service.shutdown_grace})
         self.stop_event.set()
 
-    async def _close(self, tasks: Sequence[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def _close(self) -> None:
+        await self.supervisor.close()  # every long-lived task, in reverse start order
         await self.wiki_client.aclose()
         await self.takedowns.aclose()
         if self.photodna is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.photodna.aclose()  # gives the unspent budget lease back
+            except Exception:
+                log.exception("closing the PhotoDNA client failed")
         if self._cpu is not None:
             self._cpu.shutdown()
         if self._runner is not None:

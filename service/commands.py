@@ -27,7 +27,7 @@ class _Runnable(Protocol):
     def stop(self) -> None: ...
 
 
-def serve(make: Callable[[], _Runnable], on_started: Callable[[_Runnable], Any] | None = None) -> int:
+def serve(make: Callable[[], _Runnable], on_started: Callable[[_Runnable], None] | None = None) -> int:
     """Run one service until it ends or SIGTERM/SIGINT stop it (a second signal exits at once)."""
 
     async def main() -> None:
@@ -45,13 +45,9 @@ def serve(make: Callable[[], _Runnable], on_started: Callable[[_Runnable], Any] 
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        extra = on_started(service) if on_started is not None else None
-        try:
-            await service.run()
-        finally:
-            if isinstance(extra, asyncio.Task):
-                extra.cancel()
-                await asyncio.gather(extra, return_exceptions=True)
+        if on_started is not None:
+            on_started(service)
+        await service.run()
 
     try:
         asyncio.run(main())
@@ -142,12 +138,11 @@ def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_CONFIG
     holder: dict[str, BackfillSource] = {}
 
-    def progress(service: Any) -> asyncio.Task[None] | None:
+    def progress(service: Any) -> None:
         source = holder.get("source")
-        if source is None:
-            return None
-        return asyncio.create_task(Progress(source, service.metrics, interval=cfg.backfill.progress_interval)
-                                   .run(service.stop_event))
+        if source is not None:  # owned by the service's supervisor, stopped with the service's other tasks
+            report = Progress(source, service.metrics, interval=cfg.backfill.progress_interval)
+            service.supervisor.start("backfill-progress", lambda: report.run(service.stop_event))
 
     if args.role == "ingest":
         from service.work import IngestService

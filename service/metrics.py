@@ -80,6 +80,10 @@ class Metrics:
             f"{p}_decode_pool_restarts", "Decode pool restarts after a worker died, by result (ok, failed)",
             ["result"], registry=r,
         )
+        self.task_restarts = Counter(
+            f"{p}_task_restarts", "Long-lived tasks restarted by the supervisor after they died, by task", ["task"],
+            registry=r,
+        )
         for stage in STAGES:
             self.in_flight.labels(stage)
             self.queue_depth.labels(stage)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -35,6 +36,7 @@ from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
 from service.models import CLEAN, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
 from service.pipeline_steps import StageSteps
+from service.runtime.supervisor import reap
 from service.sources.base import Source
 
 # The stage types live in service.stages; re-exported so ``from service.pipeline import X`` keeps working.
@@ -142,9 +144,9 @@ class Pipeline(StageSteps):
             self.stop_event.set()
             for task in [source_task, *workers]:
                 task.cancel()
+            raised = sys.exc_info()[1]  # a crashed worker's or source's error on its way up: not logged twice
             for task in [source_task, *workers]:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await reap(task, raised=raised)
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer

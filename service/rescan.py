@@ -21,7 +21,6 @@ ends the item as ``gone``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -110,16 +109,19 @@ class Rescanner:
                 log.exception("rescan round crashed")
             async with self._round_done:
                 self._round_done.notify_all()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cfg.interval):
-                    waiter = asyncio.ensure_future(self._wake.wait())
-                    stopper = asyncio.ensure_future(stop.wait())
-                    try:
-                        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
-                        stopper.cancel()
+            await self._pause(stop)
             self._wake.clear()
+
+    async def _pause(self, stop: asyncio.Event) -> None:
+        """Until the next round: ``interval`` seconds, a :meth:`wake`, or ``stop``."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, timeout=self.cfg.interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # both helpers are reaped here, whichever way the wait ended
+            waiter.cancel()
+            stopper.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
 
     async def wait_rounds(self, count: int) -> None:
         """Wait until ``count`` rounds have run (for tests and tools)."""

@@ -31,6 +31,7 @@ from service.config import Config, KafkaConnectionSection, kafka_client_options
 from service.errors import MalformedEvent, ServiceError
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.runtime.supervisor import CRITICAL, RESTART, RestartPolicy, Supervised, Supervisor
 from service.sources.base import Source
 from service.store.factory import make_store
 from service.watermark import Watermark
@@ -38,6 +39,9 @@ from service.web.app import create_app
 from service.web.listen import listen
 
 log = logging.getLogger(__name__)
+
+# A source that raises is fatal (sources reconnect by themselves); a finite one (backfill) may end.
+SOURCE = RestartPolicy(critical=True, may_return=True)
 
 
 def work_connection(cfg: Config) -> KafkaConnectionSection:
@@ -68,6 +72,7 @@ class IngestService:
         make_source: Callable[[Config, Any, Metrics], Source],
         registry: CollectorRegistry | None = None,
         store: Any = None,
+        restart: RestartPolicy = RESTART,
     ) -> None:
         self.cfg = cfg
         self.metrics = Metrics(registry)
@@ -86,6 +91,9 @@ class IngestService:
         self._idle.set()
         self._published = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.restart = restart  # the policy of the tasks that may be restarted (the committer)
+        self.supervisor = Supervisor(self.metrics, self.stop_event,
+                                     stop_timeout=max(10.0, cfg.service.shutdown_grace))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -104,6 +112,8 @@ class IngestService:
             if self._runner is not None:
                 await self._runner.cleanup()
             await self.store.close()
+        if self.supervisor.failure is not None:
+            raise self.supervisor.failure
 
     def _make_producer(self) -> KafkaProducer:
         return KafkaProducer(acks="all", linger_ms=20, retries=10, max_in_flight_requests_per_connection=1,
@@ -120,47 +130,52 @@ class IngestService:
             await asyncio.wait_for(self.store.ping(), timeout=5)
             return None
 
-        app = create_app(self.metrics, {"source": ready_source, "store": ready_store})
+        app = create_app(self.metrics, {"source": ready_source, "store": ready_store},
+                         {"tasks": self.supervisor.problem})
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self.http_port = await listen(self._runner, self.cfg.http)
 
     async def _run_pipeline(self) -> None:
         queue: asyncio.Queue[RawEvent] = asyncio.Queue(self.cfg.pipeline.queue_size)
-        source_task = asyncio.create_task(self.source.run(queue, self.stop_event), name="source")
-        publisher = asyncio.create_task(self._publish_loop(queue), name="publish")
-        committer = asyncio.create_task(self._committer(), name="commit")
+        sup = self.supervisor
+        # Started in this order, stopped in the reverse one: the source, then the publisher, then the committer.
+        sup.start("commit", self._committer, restart=self.restart)
+        sup.start("publish", lambda: self._publish_loop(queue), restart=CRITICAL)
+        source = sup.start("source", lambda: self.source.run(queue, self.stop_event), restart=SOURCE)
         self.started.set()
         log.info("ingest started", extra={"source": self.source.name, "topic": self.cfg.work.topic})
-        stop_wait = asyncio.create_task(self.stop_event.wait())
         try:
-            done, _ = await asyncio.wait({source_task, publisher, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if publisher in done:
-                publisher.result()
-            if source_task in done:
-                source_task.result()
-            else:
-                self.stop_event.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(source_task), self.cfg.service.shutdown_grace)
-            # Everything read is published (or given up at the deadline) before the last commit.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.join(), self.cfg.service.shutdown_grace)
-                await asyncio.wait_for(self._idle.wait(), self.cfg.service.shutdown_grace)
+            await self._until_source_ends(source)
+            if sup.failure is None:
+                # Everything read is published (or given up at the deadline) before the last commit.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.join(), self.cfg.service.shutdown_grace)
+                    await asyncio.wait_for(self._idle.wait(), self.cfg.service.shutdown_grace)
         finally:
-            stop_wait.cancel()
-            for task in (source_task, publisher):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            self.stop_event.set()
+            await sup.close()
             if self._producer is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await asyncio.to_thread(self._producer.flush, 10)
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
+                except Exception:  # what was not acknowledged stays above the checkpoint: read again next time
+                    log.exception("flushing the work topic producer failed")
             await asyncio.shield(self._commit())
             log.info("ingest stopped", extra={"published": self.published})
+
+    async def _until_source_ends(self, source: Supervised) -> None:
+        """Until the source ends: it ran out, or it died (a task failure stops the service); once a stop is
+        requested, at most ``service.shutdown_grace`` more."""
+        ended = asyncio.ensure_future(source.wait())
+        stopped = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not ended.done():
+                await asyncio.wait({ended}, timeout=self.cfg.service.shutdown_grace)
+        finally:
+            ended.cancel()
+            stopped.cancel()
+            await asyncio.gather(ended, stopped, return_exceptions=True)
 
     async def _publish_loop(self, queue: asyncio.Queue[RawEvent]) -> None:
         loop = asyncio.get_running_loop()

@@ -152,3 +152,30 @@ async def test_run_refuses_an_invalid_config(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"pipeline.concurrency.fetch: must be >= 1" in err
+
+
+async def test_a_dead_pipeline_exits_non_zero_with_the_cause_logged(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+    unused_port: Callable[[], int],
+) -> None:
+    # The stream answers HTTP 400 (no such stream): the source fails for good and the pipeline dies.
+    config = write_config(tmp_path, mediawiki, sse_server, smtp_server, unused_port())
+    data = yaml.safe_load(config.read_text())
+    data["source"]["eventstreams"]["url"] = sse_server.stream_url("no.such.stream")
+    config.write_text(yaml.safe_dump(data))
+    proc = await spawn(config)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 1, err.decode()[-2000:]
+    logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    died = [e for e in logs if e["msg"].startswith("task pipeline died: ")]
+    assert len(died) == 1 and "SourceError" in died[0]["msg"], [e["msg"] for e in logs]
+    assert "Traceback" in died[0]["exc"] and "HTTP 400" in died[0]["exc"]  # the cause, with its traceback
+    stopped = [e for e in logs if e["msg"] == "service stopped on an error"]
+    assert len(stopped) == 1 and stopped[0]["error"].startswith("task pipeline failed: ")
+    assert "HTTP 400" in stopped[0]["error"] and stopped[0]["type"] == "TaskFailed"
+    assert any(e["msg"] == "service stopped" for e in logs)  # stopped in order, not torn down
+    assert "error: task pipeline failed: " in err.decode()

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from service.app import Service
 from service.cli import main
 from service.config import ThumbnailSection
+from service.errors import PermanentSourceError
 from service.media.thumbnail import prepare
+from service.models import RawEvent
+from service.runtime.supervisor import RestartPolicy, TaskFailed
+from service.sources.base import SourceBase
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -98,3 +105,166 @@ def test_scan_command_prints_json_lines(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["scan", "-c", str(REPO / "config.yaml"), str(tmp_path / "broken.jpg")])
     assert json.loads(capsys.readouterr().out)["outcome"].startswith("unscannable:")
     assert code == 3
+
+
+# ---------------------------------------------------------------------------------------------- supervision
+
+
+class HeldSource(SourceBase):
+    """A source that stays connected, sends nothing, and (like a slow upstream) ends only when released."""
+
+    name = "held"
+    connected = True
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        await self.release.wait()
+
+    async def commit(self, position: Any) -> None:
+        pass
+
+
+async def start_service(service: Service) -> Running:
+    task = asyncio.create_task(service.run())
+    started = asyncio.ensure_future(service.started.wait())
+    done, _ = await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        started.cancel()
+        task.result()
+    return Running(service, task)
+
+
+def restarts(service: Service, task: str) -> float | None:
+    return service.metrics.registry.get_sample_value("mediamoderation_task_restarts_total", {"task": task})
+
+
+@pytest.mark.wiki
+async def test_a_dying_email_dispatcher_is_logged_counted_restarted_and_mail_still_goes_out(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service.runtime.supervisor")
+    known = images.photo(7321)
+    media = prepare(images.jpeg_bytes(known), "0" * 40, ThumbnailSection())
+    assert media.pdq is not None
+    bank = tmp_path / "bank.csv"
+    bank.write_text(f"hash,category,source,id\n{media.pdq.hex},,test,k-7321\n")
+    service = Service(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank,
+                                  banks={"reload_interval": 3600}))
+    real_run = service.dispatcher.run
+    calls = 0
+    restarted = asyncio.Event()
+
+    async def dies_once(stop: asyncio.Event) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("dispatcher bug")
+        restarted.set()
+        await real_run(stop)
+
+    service.dispatcher.run = dies_once  # type: ignore[method-assign]
+    run = await start_service(service)
+    try:
+        await asyncio.wait_for(restarted.wait(), 30)
+        # A match found after the death is still emailed, by the restarted dispatcher.
+        await upload_and_publish(mediawiki, sse_server, f"After death {uuid.uuid4().hex[:8]}.jpg",
+                                 images.variants(known)["recompressed"])
+        await run.finished(1)
+        mails = await smtp_server.wait_for_async(1, 30)
+        assert len(mails) == 1 and "child-protection" in str(mails[0].message["Subject"])
+        assert restarts(service, "outbox") == 1
+        async with aiohttp.ClientSession() as http, http.get(run.base + "/metrics") as r:
+            assert 'mediamoderation_task_restarts_total{task="outbox"} 1.0' in await r.text()
+        died = [r for r in caplog.records if r.getMessage().startswith("task outbox died")]
+        assert len(died) == 1 and died[0].exc_info is not None  # with its traceback
+        assert str(died[0].exc_info[1]) == "dispatcher bug"
+        names = service.supervisor.names
+    finally:
+        await run.stop()
+    assert names == ["outbox", "takedown-outbox", "bank-watch", "maintenance", "stop-forward", "pipeline"]
+    stopped = [r.__dict__["task"] for r in caplog.records if r.getMessage() == "task stopped"]
+    assert stopped == list(reversed(names))  # shutdown in reverse start order
+
+
+@pytest.mark.wiki
+async def test_a_task_that_keeps_failing_stops_the_service_with_the_cause(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+) -> None:
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+    source = HeldSource()
+    service = Service(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank), source=source,
+                      restart=RestartPolicy(initial_delay=0.01, max_delay=0.05, max_restarts=2))
+    runs = 0
+
+    async def always_fails(stop: asyncio.Event) -> None:
+        nonlocal runs
+        runs += 1
+        raise OSError(f"takedown dispatcher broken (run {runs})")
+
+    service.takedowns.run = always_fails  # type: ignore[method-assign]
+    run = await start_service(service)
+    await asyncio.wait_for(service.stop_event.wait(), 30)  # the supervisor stops the service
+    # While the pipeline still drains (the source is slow to stop), /healthz reports the cause.
+    async with aiohttp.ClientSession() as http, http.get(run.base + "/healthz") as r:
+        body = await r.json()
+        assert r.status == 503
+    assert body["problems"] == {"tasks": "task takedown-outbox failed 3 times within 600 s: "
+                                         "OSError: takedown dispatcher broken (run 3)"}
+    source.release.set()
+    with pytest.raises(TaskFailed) as info:
+        await asyncio.wait_for(run.task, 30)
+    assert info.value.task == "takedown-outbox" and isinstance(info.value.__cause__, OSError)
+    assert runs == 3 and restarts(service, "takedown-outbox") == 2
+
+
+@pytest.mark.wiki
+async def test_a_task_returning_while_the_service_runs_is_restarted(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+) -> None:
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+    source = HeldSource()
+    service = Service(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank), source=source)
+    real = service._maintenance
+    calls = 0
+    restarted = asyncio.Event()
+
+    async def returns_once() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return  # e.g. a loop whose condition was wrong
+        restarted.set()
+        await real()
+
+    service._maintenance = returns_once  # type: ignore[method-assign]
+    run = await start_service(service)
+    try:
+        await asyncio.wait_for(restarted.wait(), 30)
+        assert restarts(service, "maintenance") == 1 and service.supervisor.failure is None
+    finally:
+        source.release.set()
+        await run.stop()
+
+
+@pytest.mark.wiki
+async def test_a_pipeline_crash_stops_the_service_through_the_supervisor(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+) -> None:
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+
+    class BrokenSource(HeldSource):
+        async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+            raise PermanentSourceError("stream gone for good")
+
+    service = Service(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank), source=BrokenSource())
+    with pytest.raises(TaskFailed, match="task pipeline failed: PermanentSourceError: stream gone for good") as info:
+        await asyncio.wait_for(service.run(), 60)
+    assert isinstance(info.value.__cause__, PermanentSourceError)
+    assert service.crashed == str(info.value)  # what /healthz reported until the end
+    assert restarts(service, "pipeline") == 0  # never restarted

@@ -17,7 +17,6 @@ rescan reports only matches that were not reported before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -102,6 +101,7 @@ class UntilSource:
         middle: asyncio.Queue[RawEvent] = asyncio.Queue(1)
         inner_stop = asyncio.Event()
         task = asyncio.create_task(self.inner.run(middle, inner_stop), name="replay-inner")
+        raised = False  # the inner source's own error is on its way up: do not log it twice
         try:
             while not stop.is_set():
                 getter = asyncio.ensure_future(middle.get())
@@ -111,6 +111,7 @@ class UntilSource:
                 if getter not in done:
                     getter.cancel()
                     if task in done:
+                        raised = True
                         task.result()
                     return
                 raw = getter.result()
@@ -123,8 +124,8 @@ class UntilSource:
                 await out.put(raw)
         finally:
             inner_stop.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
+            if not raised:
+                await _reap(task)
 
     @staticmethod
     def _time(raw: RawEvent) -> float | None:
@@ -132,6 +133,16 @@ class UntilSource:
             return ev.parse(raw, ()).time
         except MalformedEvent:
             return None
+
+
+async def _reap(task: asyncio.Task[None]) -> None:
+    """Wait up to 10 s for the inner source to stop, then cancel it; what it raises is logged."""
+    try:
+        await asyncio.wait_for(task, 10)
+    except TimeoutError:
+        log.error("replay: the inner source did not stop within 10 s; cancelled")
+    except Exception:
+        log.exception("replay: the inner source failed while stopping")
 
 
 class RescanAdmission:
