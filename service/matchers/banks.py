@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.config import BankSection, BanksSection
+from service.config.matching import BankSection, BanksSection
 from service.errors import BankError
 from service.media.thumbnail import DIHEDRAL_VARIANTS
 from service.metrics import Metrics

@@ -22,7 +22,7 @@ import pdqhash
 from PIL import Image, ImageFile, ImageMode, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from service.config import ThumbnailSection
+from service.config.matching import ThumbnailSection
 from service.errors import Unscannable
 from service.models import PdqSignal, PreparedMedia
 
