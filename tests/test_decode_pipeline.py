@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from service.store.sqlite import SqliteStore
 
 from service.config import Config, ThumbnailSection, WikiSection
 from service.media.pool import ProcessPool
@@ -24,7 +25,6 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, PreparedMedia
 from service.pipeline import Pipeline
-from service.store.sqlite import SqliteStore
 from tests.infra import images
 from tests.infra.huge_png import grey16_png
 from tests.test_decode_pool import MARKERS

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from service.store.sqlite import SqliteStore
 
 from service.metrics import Metrics
 from service.models import Match, UploadEvent
 from service.pipeline import Pipeline
 from service.store.base import RemoteScan, ScanRecord
-from service.store.sqlite import SqliteStore
 from tests.test_pipeline import (
     SHA_CLEAN,
     SHA_EXACT,

@@ -30,7 +30,7 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import PreparedMedia
 from service.ratelimit import BudgetExhausted
-from service.store.sqlite import SqliteStore
+from service.store import Stores
 from tests.infra import images
 from tests.infra.photodna_server import DENIED_INVALID, DENIED_MISSING, PhotoDnaServer, sniff
 
@@ -52,14 +52,6 @@ def server() -> Iterator[PhotoDnaServer]:
     s.stop()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
 class Harness:
     def __init__(self, matcher: PhotoDnaMatcher, metrics: Metrics, recovered: list[bool]) -> None:
         self.matcher = matcher
@@ -72,7 +64,7 @@ class Harness:
 
 
 @pytest.fixture
-async def make(server: PhotoDnaServer, store: SqliteStore, tmp_path: Path,
+async def make(server: PhotoDnaServer, stores: Stores, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     made: list[Harness] = []
     monkeypatch.setenv("TEST_PHOTODNA_KEY", KEY)
@@ -86,7 +78,7 @@ async def make(server: PhotoDnaServer, store: SqliteStore, tmp_path: Path,
         cfg = dataclasses.replace(cfg, **overrides)
         metrics = Metrics()
         recovered: list[bool] = []
-        matcher = build_matcher(cfg, user_agent="mm-test/0 (ts@example.org)", store=store, metrics=metrics,
+        matcher = build_matcher(cfg, user_agent="mm-test/0 (ts@example.org)", store=stores.budget, metrics=metrics,
                                 on_recover=lambda: recovered.append(True))
         await matcher.client.start()
         h = Harness(matcher, metrics, recovered)

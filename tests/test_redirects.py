@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from service.store.sqlite import SqliteStore
 
 from service.config import PhotoDnaSection, Secret, WikiAuthSection, WikiSection
 from service.errors import ServiceError
@@ -22,7 +23,6 @@ from service.matchers.photodna import build_matcher
 from service.mediawiki import WikiApi
 from service.metrics import Metrics
 from service.sources.mwapi import polling_client
-from service.store.sqlite import SqliteStore
 from tests.infra import images
 
 UA = "mediamoderation-test/0.1 (ts@example.org)"

@@ -1,0 +1,197 @@
+"""The one database layer under every store concern: engine, connections, transactions, dialect details.
+
+SQLAlchemy Core over ``sqlite3`` or ``psycopg`` 3 (sync drivers).  Store methods are coroutines; their
+SQL runs in worker threads so the event loop never waits on disk or network:
+
+* SQLite: one thread and one connection (SQLite never sees two threads); WAL journal; a write
+  transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, across processes too).
+* PostgreSQL: ``pool_size`` threads and as many pooled connections; every call is one transaction.
+
+The SQL differences between the two engines live here and nowhere else: upserts
+(:func:`Database.insert`), string aggregation (:meth:`Database.string_agg`), row locking with
+``SKIP LOCKED`` (SQLAlchemy renders nothing on SQLite, where the write lock covers it), and the
+lock held while migrating (:mod:`.migrate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import QueuePool, StaticPool
+
+from service.errors import ServiceError
+
+T = TypeVar("T")
+
+
+class StoreError(ServiceError):
+    """The store cannot be opened or used (the database is down, locked, corrupt or too new)."""
+
+    retriable = True
+    reason = "store"
+
+
+class Database:
+    """An engine plus the threads its calls run in.  ``open()`` connects and migrates; ``close()`` ends both."""
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        self.sqlite = url.startswith("sqlite")
+        self.pool_size = 1 if self.sqlite else pool_size
+        self._engine: Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def for_sqlite(cls, path: str) -> Database:
+        return cls(f"sqlite:///{path}")
+
+    @classmethod
+    def for_postgres(cls, url: str, *, pool_size: int = 8) -> Database:
+        """``url`` as configured (``postgresql://user@host/db``); psycopg 3 is the driver."""
+        rest = url.partition("://")[2]
+        return cls(f"postgresql+psycopg://{rest}", pool_size=pool_size)
+
+    @property
+    def where(self) -> str:
+        """The database's location without credentials, for messages."""
+        if self.sqlite:
+            return self.url.partition(":///")[2]
+        return self.url.split("@")[-1].split("://")[-1]
+
+    @property
+    def name(self) -> str:
+        return "SQLite" if self.sqlite else "PostgreSQL"
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix="store")
+        try:
+            self._engine = await self._in_thread(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self) -> Engine:
+        from service.store.migrate import migrate
+
+        engine = self._make_engine()
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot connect to {self.name} at {self.where}: {_cause(exc)}") from exc
+        try:
+            migrate(engine)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot migrate the {self.name} store at {self.where}: {_cause(exc)}") from exc
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
+
+    def _make_engine(self) -> Engine:
+        if not self.sqlite:
+            return sa.create_engine(self.url, poolclass=QueuePool, pool_size=self.pool_size, max_overflow=0,
+                                    pool_timeout=30, connect_args={"connect_timeout": 10})
+        path = self.where
+        if path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
+        engine = sa.create_engine(self.url, poolclass=StaticPool,
+                                  connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun below, explicitly
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+            finally:
+                cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+        return engine
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await self._in_thread(engine.dispose)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def ping(self) -> None:
+        await self.read(lambda c: c.exec_driver_sql("SELECT 1").scalar())
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise StoreError("store is not open")
+        return self._engine
+
+    # ------------------------------------------------------------------ running statements
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one read transaction."""
+        return await self._run(fn, write=False)
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one write transaction: all of it is committed, or none of it."""
+        return await self._run(fn, write=True)
+
+    async def _run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+        engine = self.engine
+
+        def call() -> T:
+            try:
+                with engine.connect() as conn:
+                    conn.info["write"] = write
+                    with conn.begin():
+                        return fn(conn)
+            except SQLAlchemyError as exc:
+                raise StoreError(f"{self.name} error: {_cause(exc)}") from exc
+
+        return await self._in_thread(call)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # ------------------------------------------------------------------ dialect differences
+
+    def insert(self, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+        """``INSERT`` with ``on_conflict_do_nothing`` / ``on_conflict_do_update`` for this engine."""
+        return sqlite.insert(table) if self.sqlite else postgresql.insert(table)
+
+    def string_agg(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+        """The distinct values of ``column`` joined with commas."""
+        if self.sqlite:
+            return sa.func.group_concat(sa.distinct(column))
+        return sa.func.string_agg(sa.distinct(column), sa.literal_column("','"))
+
+
+def _cause(exc: SQLAlchemyError) -> str:
+    """The driver's message (SQLAlchemy's wrapper adds the statement and a link)."""
+    return str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
