@@ -391,3 +391,32 @@ def test_photodna_check_fetches_urls_from_the_wiki(tmp_path: Path, server: Photo
     config = write_config(tmp_path, server, api_url=mediawiki.api_url)
     assert main(["photodna", "check", url, "-c", str(config)]) == 1
     assert json.loads(capsys.readouterr().out)["is_match"] is True
+
+
+def test_photodna_check_counts_against_the_configured_store(tmp_path: Path, server: PhotoDnaServer,
+                                                             pg_database: Any, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    """Under PostgreSQL the request is counted in the shared budget, not in a SQLite file of its own."""
+    from service.cli import main
+    from service.ratelimit import month_of
+    from service.store import postgres_stores
+
+    config = write_config(tmp_path, server)
+    cfg = json.loads(config.read_text())
+    cfg["store"]["url"] = pg_database.url
+    config.write_text(json.dumps(cfg))
+    other = tmp_path / "other.jpg"
+    other.write_bytes(images.jpeg_bytes(images.photo(8004)))
+    assert main(["photodna", "check", str(other), "-c", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["is_match"] is False
+
+    async def used() -> int:
+        stores = postgres_stores(pg_database.url)
+        await stores.open()
+        try:
+            return await stores.budget.budget_used("photodna", month_of(time.time()))
+        finally:
+            await stores.close()
+
+    assert asyncio.run(used()) == 1
+    assert not (tmp_path / "db.sqlite3").exists()

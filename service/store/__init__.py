@@ -23,10 +23,11 @@ from service.store.base import (
     RescanStore,
     ReviewStore,
     ScanStore,
+    StoreError,
 )
 from service.store.budget import SqlBudget
 from service.store.checkpoints import SqlCheckpoints
-from service.store.db import Database, StoreError
+from service.store.db import Database
 from service.store.ledger import SqlLedger
 from service.store.memory import MemoryStore
 from service.store.outbox import SqlOutbox

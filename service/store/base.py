@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from service.errors import ServiceError
 from service.models import Match, UploadEvent
+
+
+class StoreError(ServiceError):
+    """The store cannot be opened or used (the database is down, locked, corrupt or too new)."""
+
+    retriable = True
+    reason = "store"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,14 @@ import sqlalchemy as sa
 from service.store.db import Database
 from service.store.schema import checkpoints as t
 
+_GET = sa.select(t.c.value).where(t.c.name == sa.bindparam("name"))
+
+
+def _set(db: Database) -> sa.Insert:
+    ins = db.insert(t)
+    return ins.on_conflict_do_update(index_elements=[t.c.name],
+                                     set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at})
+
 
 class SqlCheckpoints:
     """:class:`~service.store.base.CheckpointStore`."""
@@ -21,15 +29,12 @@ class SqlCheckpoints:
         self.clock = clock
 
     async def get_checkpoint(self, name: str) -> Any | None:
-        text = await self.db.read(lambda c: c.execute(sa.select(t.c.value).where(t.c.name == name)).scalar())
+        text = await self.db.read(lambda c: c.execute(_GET, {"name": name}).scalar())
         return None if text is None else json.loads(text)
 
     async def set_checkpoint(self, name: str, value: Any) -> None:
         row = {"name": name, "value": json.dumps(value, separators=(",", ":")), "updated_at": self.clock()}
-        ins = self.db.insert(t).values(row)
-        stmt = ins.on_conflict_do_update(index_elements=[t.c.name],
-                                         set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at})
-        await self.db.write(lambda c: c.execute(stmt))
+        await self.db.write(lambda c: c.execute(self.db.prepared(_set), row))
 
     async def delete_checkpoint(self, name: str) -> None:
         await self.db.write(lambda c: c.execute(sa.delete(t).where(t.c.name == name)))

@@ -27,16 +27,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from service.errors import ServiceError
+from service.store.base import StoreError
+from service.store.migrate import migrate
 
 T = TypeVar("T")
-
-
-class StoreError(ServiceError):
-    """The store cannot be opened or used (the database is down, locked, corrupt or too new)."""
-
-    retriable = True
-    reason = "store"
+S = TypeVar("S")
 
 
 class Database:
@@ -48,6 +43,8 @@ class Database:
         self.pool_size = 1 if self.sqlite else pool_size
         self._engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._prepared: dict[Callable[[Database], Any], Any] = {}
+        self._held: Connection | None = None  # SQLite: the one connection, kept open in the store thread
 
     @classmethod
     def for_sqlite(cls, path: str) -> Database:
@@ -78,14 +75,14 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix="store")
         try:
             self._engine = await self._in_thread(self._connect)
+            if self.sqlite:
+                self._held = await self._in_thread(self._engine.connect)
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
 
     def _connect(self) -> Engine:
-        from service.store.migrate import migrate
-
         engine = self._make_engine()
         try:
             with engine.connect() as conn:
@@ -113,7 +110,9 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
-        engine = sa.create_engine(self.url, poolclass=StaticPool,
+        # One connection, always used from the one store thread; every use ends in COMMIT or ROLLBACK,
+        # so returning it to the pool needs no extra rollback.
+        engine = sa.create_engine(self.url, poolclass=StaticPool, pool_reset_on_return=None,
                                   connect_args={"check_same_thread": False, "timeout": 30})
 
         @sa.event.listens_for(engine, "connect")
@@ -128,12 +127,17 @@ class Database:
                 cur.close()
 
         @sa.event.listens_for(engine, "begin")
-        def on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+        def on_begin(conn: Connection) -> None:  # on the driver's connection: this runs for every transaction
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
 
     async def close(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await self._in_thread(held.close)
         engine, self._engine = self._engine, None
         if engine is not None:
             await self._in_thread(engine.dispose)
@@ -161,12 +165,15 @@ class Database:
         return await self._run(fn, write=True)
 
     async def _run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
-        engine = self.engine
+        engine, held = self.engine, self._held
 
         def call() -> T:
             try:
+                if held is not None:
+                    held.info["write"] = write
+                    with held.begin():
+                        return fn(held)
                 with engine.connect() as conn:
-                    conn.info["write"] = write
                     with conn.begin():
                         return fn(conn)
             except SQLAlchemyError as exc:
@@ -178,6 +185,17 @@ class Database:
         if self._executor is None:
             raise StoreError("store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def prepared(self, build: Callable[[Database], S]) -> S:
+        """``build(self)``, built once per database: a statement with bound parameters, reused by every call.
+
+        SQLAlchemy then finds the compiled SQL in its cache without rebuilding the statement or its
+        cache key; on the pipeline's hot path that is most of the cost of a query.
+        """
+        stmt = self._prepared.get(build)
+        if stmt is None:
+            stmt = self._prepared[build] = build(self)
+        return stmt  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ dialect differences
 

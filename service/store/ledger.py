@@ -12,18 +12,24 @@ from service.models import UploadEvent
 from service.store.db import Database
 from service.store.schema import events as t
 
+_SEEN = sa.select(sa.literal(1)).where(t.c.event_id == sa.bindparam("event_id"), t.c.outcome.not_like("error:%"))
+
+
+def _put(db: Database) -> sa.Insert:
+    ins = db.insert(t)
+    return ins.on_conflict_do_update(index_elements=[t.c.event_id],
+                                     set_={"outcome": ins.excluded.outcome, "finished_at": ins.excluded.finished_at})
+
 
 def seen(conn: Connection, event_id: str) -> bool:
     """Handled with a non-error outcome (an event that ended in ``error:...`` is processed again)."""
-    stmt = sa.select(sa.literal(1)).where(t.c.event_id == event_id, t.c.outcome.not_like("error:%"))
-    return conn.execute(stmt).first() is not None
+    return conn.execute(_SEEN, {"event_id": event_id}).first() is not None
 
 
 def put_event(db: Database, conn: Connection, event: UploadEvent, outcome: str, now: float) -> None:
-    ins = db.insert(t).values(event_id=event.event_id, wiki=event.wiki, title=event.title, sha1=event.sha1,
-                              log_action=event.log_action, outcome=outcome, finished_at=now)
-    conn.execute(ins.on_conflict_do_update(
-        index_elements=[t.c.event_id], set_={"outcome": ins.excluded.outcome, "finished_at": ins.excluded.finished_at}))
+    conn.execute(db.prepared(_put), {
+        "event_id": event.event_id, "wiki": event.wiki, "title": event.title, "sha1": event.sha1,
+        "log_action": event.log_action, "outcome": outcome, "finished_at": now})
 
 
 class SqlLedger:

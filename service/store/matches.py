@@ -17,6 +17,10 @@ from service.store.outbox import insert_actions
 from service.store.schema import matches as t
 
 
+def _insert(db: Database) -> sa.Insert:
+    return db.insert(t).on_conflict_do_nothing()
+
+
 def insert_matches(db: Database, conn: Connection, event: UploadEvent, sha1: str, matches: Sequence[Match],
                    actions: Sequence[NewAction], now: float) -> list[OutboxItem]:
     """The matches (one already there is left alone) and their new outbox items."""
@@ -28,7 +32,7 @@ def insert_matches(db: Database, conn: Connection, event: UploadEvent, sha1: str
             "hash_id": m.hash_id, "hash_value": m.hash_value, "distance": m.distance, "source": m.source,
             "details": json.dumps(dict(m.details)), "created_at": now,
         } for m in matches]
-        conn.execute(db.insert(t).on_conflict_do_nothing(), rows)
+        conn.execute(db.prepared(_insert), rows)
     return insert_actions(db, conn, actions, now)
 
 

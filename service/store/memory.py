@@ -29,8 +29,8 @@ from service.store.base import (
     ReviewCase,
     ReviewSession,
     ScanRecord,
+    StoreError,
 )
-from service.store.db import StoreError
 
 
 class MemoryStore:

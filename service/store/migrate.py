@@ -25,7 +25,7 @@ from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from service.store.db import StoreError
+from service.store.base import StoreError
 from service.store.schema import metadata
 
 MIGRATIONS = Path(__file__).with_name("migrations")

@@ -30,14 +30,16 @@ def outbox_item(row: RowMapping) -> OutboxItem:
     )
 
 
+def _insert(db: Database) -> sa.Insert:
+    return db.insert(t).on_conflict_do_nothing(index_elements=[t.c.key]).returning(*t.c)
+
+
 def insert_actions(db: Database, conn: Connection, actions: Sequence[NewAction], now: float) -> list[OutboxItem]:
     """Add the actions whose key is new; the items this call created."""
     created: list[OutboxItem] = []
     for a in actions:
-        stmt = (db.insert(t).values(key=a.key, kind=a.kind, payload=json.dumps(a.payload), created_at=now,
-                                    updated_at=now)
-                .on_conflict_do_nothing(index_elements=[t.c.key]).returning(*t.c))
-        row = conn.execute(stmt).mappings().first()
+        row = conn.execute(db.prepared(_insert), {"key": a.key, "kind": a.kind, "payload": json.dumps(a.payload),
+                                                  "created_at": now, "updated_at": now}).mappings().first()
         if row is not None:
             created.append(outbox_item(row))
     return created

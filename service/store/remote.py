@@ -48,24 +48,34 @@ def remote_row(row: RowMapping) -> RemoteScanRow:
     )
 
 
-def put_remote(db: Database, conn: Connection, r: RemoteScan) -> None:
-    """Upsert one remote state (inside the caller's write transaction)."""
-    upload = upload_to_json(r.upload) if r.upload is not None else None
-    key = (t.c.sha1 == r.sha1, t.c.matcher == r.matcher)
-    old = conn.execute(sa.select(t.c.failures, t.c.clean_at).where(*key).with_for_update()).first()
-    if r.state == REMOTE_SEEN:
-        if old is not None and upload is not None:
-            conn.execute(sa.update(t).where(*key).values(upload=upload))
-        return
-    failures, next_at, clean_at = r.transition(old.failures if old is not None else None,
-                                               old.clean_at if old is not None else None)
-    ins = db.insert(t).values(sha1=r.sha1, matcher=r.matcher, state=r.state, scanned_at=r.at, clean_at=clean_at,
-                              failures=failures, next_attempt_at=next_at, upload=upload, last_error=r.error)
-    conn.execute(ins.on_conflict_do_update(index_elements=[t.c.sha1, t.c.matcher], set_={
+_KEY = (t.c.sha1 == sa.bindparam("k_sha1"), t.c.matcher == sa.bindparam("k_matcher"))
+_OLD = sa.select(t.c.failures, t.c.clean_at).where(*_KEY).with_for_update()
+_MOVE_UPLOAD = sa.update(t).where(*_KEY).values(upload=sa.bindparam("upload"))
+
+
+def _put(db: Database) -> sa.Insert:
+    ins = db.insert(t)
+    return ins.on_conflict_do_update(index_elements=[t.c.sha1, t.c.matcher], set_={
         "state": ins.excluded.state, "scanned_at": ins.excluded.scanned_at, "clean_at": ins.excluded.clean_at,
         "failures": ins.excluded.failures, "next_attempt_at": ins.excluded.next_attempt_at,
         "upload": sa.func.coalesce(ins.excluded.upload, t.c.upload), "last_error": ins.excluded.last_error,
-    }))
+    })
+
+
+def put_remote(db: Database, conn: Connection, r: RemoteScan) -> None:
+    """Upsert one remote state (inside the caller's write transaction)."""
+    upload = upload_to_json(r.upload) if r.upload is not None else None
+    key = {"k_sha1": r.sha1, "k_matcher": r.matcher}
+    old = conn.execute(_OLD, key).first()
+    if r.state == REMOTE_SEEN:
+        if old is not None and upload is not None:
+            conn.execute(_MOVE_UPLOAD, {**key, "upload": upload})
+        return
+    failures, next_at, clean_at = r.transition(old.failures if old is not None else None,
+                                               old.clean_at if old is not None else None)
+    conn.execute(db.prepared(_put), {
+        "sha1": r.sha1, "matcher": r.matcher, "state": r.state, "scanned_at": r.at, "clean_at": clean_at,
+        "failures": failures, "next_attempt_at": next_at, "upload": upload, "last_error": r.error})
 
 
 class SqlRemoteScans:

@@ -16,10 +16,16 @@ from service.store.db import Database
 from service.store.schema import scans as t
 
 _UPDATED = ("outcome", "bank_version", "scanned_at", "pdq", "pdq_quality", "md5", "matches")
+_GET = sa.select(t).where(t.c.sha1 == sa.bindparam("sha1"))
+
+
+def _put(db: Database) -> sa.Insert:
+    ins = db.insert(t)
+    return ins.on_conflict_do_update(index_elements=[t.c.sha1], set_={k: ins.excluded[k] for k in _UPDATED})
 
 
 def get_scan(conn: Connection, sha1: str) -> ScanRecord | None:
-    row = conn.execute(sa.select(t).where(t.c.sha1 == sha1)).mappings().first()
+    row = conn.execute(_GET, {"sha1": sha1}).mappings().first()
     if row is None:
         return None
     return ScanRecord(
@@ -35,9 +41,7 @@ def put_scan(db: Database, conn: Connection, r: ScanRecord) -> None:
         "pdq": r.pdq, "pdq_quality": r.pdq_quality, "md5": r.md5,
         "matches": json.dumps([m.to_dict() for m in r.matches]),
     }
-    ins = db.insert(t).values(values)
-    conn.execute(ins.on_conflict_do_update(index_elements=[t.c.sha1],
-                                           set_={k: ins.excluded[k] for k in _UPDATED}))
+    conn.execute(db.prepared(_put), values)
 
 
 class SqlScans:
