@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -204,32 +203,3 @@ async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> Non
     conn.close()
     with pytest.raises(StoreError, match="version 4 is newer"):
         await sqlite_stores(str(legacy)).open()
-
-
-async def test_bad_locations_are_clear_store_errors(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match=r"cannot connect to PostgreSQL at 127\.0\.0\.1:1/nothing"):
-        await postgres_stores("postgresql://postgres@127.0.0.1:1/nothing").open()
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(StoreError, match="SQLite"):
-        await sqlite_stores(str(blocker / "db.sqlite3")).open()
-
-
-async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
-    stores = sqlite_stores(str(tmp_path / "db.sqlite3"))
-    await stores.open()
-    db = stores.db
-    assert isinstance(db, Database)
-
-    def half(c: sa.Connection) -> None:
-        c.exec_driver_sql("INSERT INTO checkpoints (name, value, updated_at) VALUES ('x', '1', 1)")
-        c.exec_driver_sql("INSERT INTO checkpoints (name, value, updated_at) VALUES ('x', '2', 2)")  # duplicate
-
-    try:
-        with pytest.raises(StoreError, match="UNIQUE"):
-            await db.write(half)
-        assert await stores.checkpoints.get_checkpoint("x") is None
-        await stores.checkpoints.set_checkpoint("x", 3)  # the connection is usable again
-        assert await stores.checkpoints.get_checkpoint("x") == 3
-    finally:
-        await stores.close()
