@@ -117,7 +117,7 @@ class Database:
 
         @sa.event.listens_for(engine, "connect")
         def on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # transactions are begun below, explicitly
+            dbapi_conn.isolation_level = None  # transactions are begun by ``_run``, explicitly
             cur = dbapi_conn.cursor()
             try:
                 cur.execute("PRAGMA journal_mode=WAL")
@@ -125,12 +125,6 @@ class Database:
                 cur.execute("PRAGMA foreign_keys=ON")
             finally:
                 cur.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def on_begin(conn: Connection) -> None:  # on the driver's connection: this runs for every transaction
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            driver.execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
 
@@ -169,9 +163,11 @@ class Database:
 
         def call() -> T:
             try:
-                if held is not None:
-                    held.info["write"] = write
+                if held is not None:  # SQLite: BEGIN on the driver (an engine event would slow every statement)
                     with held.begin():
+                        driver = held.connection.driver_connection
+                        assert driver is not None
+                        driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                         return fn(held)
                 with engine.connect() as conn:
                     with conn.begin():

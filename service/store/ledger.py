@@ -12,7 +12,7 @@ from service.models import UploadEvent
 from service.store.db import Database
 from service.store.schema import events as t
 
-_SEEN = sa.select(sa.literal(1)).where(t.c.event_id == sa.bindparam("event_id"), t.c.outcome.not_like("error:%"))
+SEEN = sa.select(sa.literal(1)).where(t.c.event_id == sa.bindparam("event_id"), t.c.outcome.not_like("error:%"))
 
 
 def _put(db: Database) -> sa.Insert:
@@ -23,7 +23,7 @@ def _put(db: Database) -> sa.Insert:
 
 def seen(conn: Connection, event_id: str) -> bool:
     """Handled with a non-error outcome (an event that ended in ``error:...`` is processed again)."""
-    return conn.execute(_SEEN, {"event_id": event_id}).first() is not None
+    return conn.execute(SEEN, {"event_id": event_id}).first() is not None
 
 
 def put_event(db: Database, conn: Connection, event: UploadEvent, outcome: str, now: float) -> None:

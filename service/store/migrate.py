@@ -43,12 +43,14 @@ def script_directory() -> ScriptDirectory:
 
 
 def migrate(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.info["write"] = True  # SQLite: BEGIN IMMEDIATE
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
-            _migrate(conn)
+    with engine.connect() as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+        else:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute("BEGIN IMMEDIATE")
+        _migrate(conn)
 
 
 def _migrate(conn: Connection) -> None:

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service.models import UploadEvent
 from service.store.base import RemoteScan, ScanRecord
-from service.store.ledger import put_event, seen
+from service.store.ledger import SEEN, put_event
 from service.store.matches import SqlMatches
 from service.store.remote import SqlRemoteScans, put_remote
-from service.store.scans import SqlScans, get_scan, put_scan
+from service.store.scans import SqlScans, put_scan, scan_record
+from service.store.schema import scans
+
+# Was the event handled, and the scan of its SHA-1 if any: one statement (the pipeline's busiest).
+_ADMIT = (sa.select(SEEN.exists().label("seen"), scans)
+          .select_from(sa.select(sa.literal(1).label("one")).subquery("one")
+                       .outerjoin(scans, scans.c.sha1 == sa.bindparam("sha1"))))
 
 
 class SqlPipeline(SqlMatches):
@@ -24,9 +31,10 @@ class SqlPipeline(SqlMatches):
 
     async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, ScanRecord | None]:
         def q(c: Connection) -> tuple[bool, ScanRecord | None]:
-            if seen(c, event_id):
+            row = c.execute(_ADMIT, {"event_id": event_id, "sha1": sha1}).mappings().one()
+            if row["seen"]:
                 return True, None
-            return False, None if sha1 is None else get_scan(c, sha1)
+            return False, None if row["sha1"] is None else scan_record(row)
 
         return await self.db.read(q)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from service.models import Match
 from service.store.base import ScanRecord
@@ -26,8 +26,10 @@ def _put(db: Database) -> sa.Insert:
 
 def get_scan(conn: Connection, sha1: str) -> ScanRecord | None:
     row = conn.execute(_GET, {"sha1": sha1}).mappings().first()
-    if row is None:
-        return None
+    return None if row is None else scan_record(row)
+
+
+def scan_record(row: RowMapping) -> ScanRecord:
     return ScanRecord(
         sha1=row["sha1"], outcome=row["outcome"], bank_version=row["bank_version"], scanned_at=row["scanned_at"],
         pdq=row["pdq"], pdq_quality=row["pdq_quality"], md5=row["md5"],
