@@ -204,7 +204,7 @@ async def test_an_attacker_cannot_lock_a_reviewer_out_from_another_address(make_
     resp = await h.login("alice", PASSWORD, address="198.51.100.7, 127.0.0.1")  # through two trusted hops
     assert resp.status == 303 and resp.headers["Location"] == "/review/"
     assert sleeps == []  # five failures for the name: below the ceiling, nobody was slowed
-    assert [(a.action, a.note) for a in await h.store.list_audit(10)] == [("login", "from 198.51.100.7")]
+    assert [(a.action, a.note) for a in await h.stores.review.list_audit(10)] == [("login", "from 198.51.100.7")]
 
 
 async def test_a_name_attacked_from_many_addresses_is_slowed_not_locked(make_ui: Callable[..., Any]) -> None:
@@ -312,7 +312,7 @@ async def test_links_stored_with_old_matches_never_reach_the_page_or_a_new_email
     h = await make_ui()
     event = dataclasses.replace(upload_event("File:Old row.jpg", event_id="ev-old"), server_url=forged,
                                 page_url=forged)
-    await h.store.record_matches(event, SHA1, [cp_match()], [])
+    await h.stores.pipeline.record_matches(event, SHA1, [cp_match()], [])
     await h.login()
     detail = await (await h.client.get(f"/review/matches/{SHA1}")).text()
     host = forged.split("/")[2]
@@ -320,7 +320,7 @@ async def test_links_stored_with_old_matches_never_reach_the_page_or_a_new_email
     assert 'href="http://127.0.0.1:1/wiki/File:Old_row.jpg"' in detail
     csrf = await h.csrf()
     await h.client.post(f"/review/matches/{SHA1}/decide", data={"csrf": csrf, "decision": "escalate"})
-    [escalation] = [i for i in await h.store.list_actions() if i.key.startswith("escalate:")]
+    [escalation] = [i for i in await h.stores.outbox.list_actions() if i.key.startswith("escalate:")]
     assert host not in json.dumps(escalation.payload)
 
 
