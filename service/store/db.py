@@ -16,6 +16,7 @@ lock held while migrating (:mod:`.migrate`).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,7 +93,7 @@ class Database:
             raise StoreError(f"cannot connect to {self.name} at {self.where}: {_cause(exc)}") from exc
         try:
             migrate(engine)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             engine.dispose()
             raise StoreError(f"cannot migrate the {self.name} store at {self.where}: {_cause(exc)}") from exc
         except BaseException:
@@ -172,7 +173,7 @@ class Database:
                 with engine.connect() as conn:
                     with conn.begin():
                         return fn(conn)
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: from the BEGIN above
                 raise StoreError(f"{self.name} error: {_cause(exc)}") from exc
 
         return await self._in_thread(call)
@@ -206,6 +207,6 @@ class Database:
         return sa.func.string_agg(sa.distinct(column), sa.literal_column("','"))
 
 
-def _cause(exc: SQLAlchemyError) -> str:
+def _cause(exc: SQLAlchemyError | sqlite3.Error) -> str:
     """The driver's message (SQLAlchemy's wrapper adds the statement and a link)."""
     return str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()

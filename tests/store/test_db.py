@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,27 @@ async def test_a_store_that_is_not_open_says_so(tmp_path: Path) -> None:
     await stores.close()
     with pytest.raises(StoreError, match="not open"):
         await stores.ping()
+
+
+async def test_a_database_locked_by_another_process_is_a_store_error(tmp_path: Path) -> None:
+    """SQLite: a writer that cannot get the lock within the timeout gets a StoreError, not sqlite3's own."""
+    path = tmp_path / "db.sqlite3"
+    stores = sqlite_stores(str(path))
+    await stores.open()
+    db = stores.db
+    assert isinstance(db, Database)
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        def short_timeout(c: sa.Connection) -> None:
+            c.exec_driver_sql("PRAGMA busy_timeout = 50")
+
+        await db.read(short_timeout)
+        with pytest.raises(StoreError, match="locked"):
+            await stores.checkpoints.set_checkpoint("x", 1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await stores.checkpoints.set_checkpoint("x", 2)
+    assert await stores.checkpoints.get_checkpoint("x") == 2
+    await stores.close()
