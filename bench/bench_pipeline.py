@@ -38,6 +38,7 @@ from service.matchers.banks import BankSet
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.sources.base import SourceBase
 from service.store import sqlite_stores
 from tests.infra.images import jpeg_bytes, photo
 from tests.test_events import REAL
@@ -94,7 +95,7 @@ def event_json(i: int) -> str:
             .replace("@DT@", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))))
 
 
-class BacklogSource:
+class BacklogSource(SourceBase):
     """N events already waiting (a stream far behind), produced lazily so the source holds nothing."""
 
     name = "backlog"
@@ -209,7 +210,7 @@ async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
             "matched": matched}
 
 
-class ListSource:
+class ListSource(SourceBase):
     name = "list"
 
     def __init__(self, events: list[str]) -> None:
