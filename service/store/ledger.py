@@ -27,7 +27,7 @@ def seen(conn: Connection, event_id: str) -> bool:
 
 
 def put_event(db: Database, conn: Connection, event: UploadEvent, outcome: str, now: float) -> None:
-    conn.execute(db.prepared(_put), {
+    db.compiled(_put).run(conn, {
         "event_id": event.event_id, "wiki": event.wiki, "title": event.title, "sha1": event.sha1,
         "log_action": event.log_action, "outcome": outcome, "finished_at": now})
 

@@ -8,12 +8,14 @@ remote states and outcome, atomically), and matches with their actions in one tr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service.models import UploadEvent
 from service.store.base import RemoteScan, ScanRecord
+from service.store.db import Database
 from service.store.ledger import SEEN, put_event
 from service.store.matches import SqlMatches
 from service.store.remote import SqlRemoteScans, put_remote
@@ -26,12 +28,16 @@ _ADMIT = (sa.select(SEEN.exists().label("seen"), scans)
                        .outerjoin(scans, scans.c.sha1 == sa.bindparam("sha1"))))
 
 
+def _admit(db: Database) -> sa.Select[Any]:
+    return _ADMIT
+
+
 class SqlPipeline(SqlMatches):
     """:class:`~service.store.base.PipelineStore`."""
 
     async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, ScanRecord | None]:
         def q(c: Connection) -> tuple[bool, ScanRecord | None]:
-            row = c.execute(_ADMIT, {"event_id": event_id, "sha1": sha1}).mappings().one()
+            [row] = self.db.compiled(_admit).run(c, {"event_id": event_id, "sha1": sha1})
             if row["seen"]:
                 return True, None
             return False, None if row["sha1"] is None else scan_record(row)

@@ -49,8 +49,14 @@ def remote_row(row: RowMapping) -> RemoteScanRow:
 
 
 _KEY = (t.c.sha1 == sa.bindparam("k_sha1"), t.c.matcher == sa.bindparam("k_matcher"))
-_OLD = sa.select(t.c.failures, t.c.clean_at).where(*_KEY).with_for_update()
-_MOVE_UPLOAD = sa.update(t).where(*_KEY).values(upload=sa.bindparam("upload"))
+
+
+def _old(db: Database) -> sa.Select[tuple[int, float | None]]:
+    return sa.select(t.c.failures, t.c.clean_at).where(*_KEY).with_for_update()
+
+
+def _move_upload(db: Database) -> sa.Update:
+    return sa.update(t).where(*_KEY).values(upload=sa.bindparam("upload"))
 
 
 def _put(db: Database) -> sa.Insert:
@@ -66,14 +72,15 @@ def put_remote(db: Database, conn: Connection, r: RemoteScan) -> None:
     """Upsert one remote state (inside the caller's write transaction)."""
     upload = upload_to_json(r.upload) if r.upload is not None else None
     key = {"k_sha1": r.sha1, "k_matcher": r.matcher}
-    old = conn.execute(_OLD, key).first()
+    rows = db.compiled(_old).run(conn, key)
+    old = rows[0] if rows else None
     if r.state == REMOTE_SEEN:
         if old is not None and upload is not None:
-            conn.execute(_MOVE_UPLOAD, {**key, "upload": upload})
+            db.compiled(_move_upload).run(conn, {**key, "upload": upload})
         return
-    failures, next_at, clean_at = r.transition(old.failures if old is not None else None,
-                                               old.clean_at if old is not None else None)
-    conn.execute(db.prepared(_put), {
+    failures, next_at, clean_at = r.transition(old["failures"] if old is not None else None,
+                                               old["clean_at"] if old is not None else None)
+    db.compiled(_put).run(conn, {
         "sha1": r.sha1, "matcher": r.matcher, "state": r.state, "scanned_at": r.at, "clean_at": clean_at,
         "failures": failures, "next_attempt_at": next_at, "upload": upload, "last_error": r.error})
 

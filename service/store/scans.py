@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from service.models import Match
 from service.store.base import ScanRecord
@@ -29,7 +29,7 @@ def get_scan(conn: Connection, sha1: str) -> ScanRecord | None:
     return None if row is None else scan_record(row)
 
 
-def scan_record(row: RowMapping) -> ScanRecord:
+def scan_record(row: Mapping[Any, Any]) -> ScanRecord:
     return ScanRecord(
         sha1=row["sha1"], outcome=row["outcome"], bank_version=row["bank_version"], scanned_at=row["scanned_at"],
         pdq=row["pdq"], pdq_quality=row["pdq_quality"], md5=row["md5"],
@@ -43,7 +43,7 @@ def put_scan(db: Database, conn: Connection, r: ScanRecord) -> None:
         "pdq": r.pdq, "pdq_quality": r.pdq_quality, "md5": r.md5,
         "matches": json.dumps([m.to_dict() for m in r.matches]),
     }
-    conn.execute(db.prepared(_put), values)
+    db.compiled(_put).run(conn, values)
 
 
 class SqlScans:
