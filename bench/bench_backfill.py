@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.app import Service
 from service.config import config_from_dict
 from service.events import sha1_to_base36
+from service.store import sqlite_stores
 from service.store.base import ScanRecord
-from service.store.sqlite import SqliteStore
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.postgres import TestDatabase
@@ -142,11 +142,11 @@ async def kafka_run(broker: TansuBroker, events: int, mode: str, tmp: Path) -> f
         from service.metrics import Metrics
 
         version = BankSet(cfg.banks, Metrics()).version
-        store = SqliteStore(cfg.store.path)
-        await store.open()
+        stores = sqlite_stores(cfg.store.path)
+        await stores.open()
         for s in sha1s:
-            await store.put_scan(ScanRecord(sha1=s, outcome="clean", bank_version=version, scanned_at=0.0))
-        await store.close()
+            await stores.scans.put_scan(ScanRecord(sha1=s, outcome="clean", bank_version=version, scanned_at=0.0))
+        await stores.close()
     service = Service(cfg)
     task = asyncio.create_task(service.run())
     await service.started.wait()

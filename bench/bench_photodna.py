@@ -36,6 +36,7 @@ from service.app import Service  # noqa: E402
 from service.config import Config, config_from_dict  # noqa: E402
 from service.events import sha1_to_base36  # noqa: E402
 from service.models import RawEvent  # noqa: E402
+from service.sources.base import SourceBase  # noqa: E402
 from tests.infra.images import jpeg_bytes, photo  # noqa: E402
 from tests.test_events import REAL  # noqa: E402
 
@@ -59,7 +60,7 @@ def event_json(i: int) -> str:
     return json.dumps(obj)
 
 
-class BacklogSource:
+class BacklogSource(SourceBase):
     name = "backlog"
 
     def __init__(self, n: int) -> None:

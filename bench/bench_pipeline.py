@@ -38,7 +38,8 @@ from service.matchers.banks import BankSet
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import RawEvent
-from service.store.sqlite import SqliteStore
+from service.sources.base import SourceBase
+from service.store import sqlite_stores
 from tests.infra.images import jpeg_bytes, photo
 from tests.test_events import REAL
 
@@ -94,7 +95,7 @@ def event_json(i: int) -> str:
             .replace("@DT@", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))))
 
 
-class BacklogSource:
+class BacklogSource(SourceBase):
     """N events already waiting (a stream far behind), produced lazily so the source holds nothing."""
 
     name = "backlog"
@@ -180,8 +181,8 @@ async def run_pipeline(cfg: Config, n: int) -> dict[str, float]:
 
 async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
     """The same work, one upload at a time: imageinfo, download, decode + PDQ, match, record."""
-    store = SqliteStore(str(Path(cfg.store.path).with_name("baseline.sqlite3")))
-    await store.open()
+    stores = sqlite_stores(str(Path(cfg.store.path).with_name("baseline.sqlite3")))
+    await stores.open()
     banks = BankSet(cfg.banks, Metrics())
     session = requests.Session()
     session.headers["User-Agent"] = cfg.service.user_agent
@@ -201,15 +202,15 @@ async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
         media = prepare(data, info["sha1"], cfg.thumbnail)
         hits = banks.match_pdq(media.pdq) if media.pdq else []
         matched += bool(hits)
-        await store.record_event(event, "match" if hits else "clean")  # type: ignore[arg-type]
+        await stores.ledger.record_event(event, "match" if hits else "clean")  # type: ignore[arg-type]
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    await store.close()
+    await stores.close()
     return {"uploads": n, "wall_s": wall, "uploads_per_s": n / wall, "cpu_ms_per_upload": cpu * 1000 / n,
             "matched": matched}
 
 
-class ListSource:
+class ListSource(SourceBase):
     name = "list"
 
     def __init__(self, events: list[str]) -> None:

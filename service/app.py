@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -32,7 +31,7 @@ from service.rescan import Rescanner
 from service.runtime.supervisor import RESTART, RestartPolicy, Supervisor, TaskFailed
 from service.sources.base import Source
 from service.sources.factory import live_source
-from service.store.factory import make_store
+from service.store import Stores, make_stores
 from service.web.app import create_app
 from service.web.listen import listen
 from service.web.review.app import ReviewUI
@@ -54,41 +53,36 @@ class Service:
         source: Source | None = None,
         since: datetime | None = None,
         registry: CollectorRegistry | None = None,
-        make_source: Callable[[Config, Any, Metrics], Source] | None = None,
-        store: Any = None,
+        make_source: Callable[[Config, Stores, Metrics], Source] | None = None,
+        stores: Stores | None = None,
         restart: RestartPolicy = RESTART,
     ) -> None:
         self.cfg = cfg
         self.metrics = Metrics(registry)
         # PostgreSQL when store.url is set, else SQLite; ``make_source`` builds a worker's or a replay's source.
-        self.store = store if store is not None else make_store(cfg.store)
+        self.stores = stores if stores is not None else make_stores(cfg.store)
         self.banks = BankSet(cfg.banks, self.metrics)
         self.exact = ExactMatcher(self.banks)
         self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks)]
         self.photodna: PhotoDnaMatcher | None = None
         self.rescanner: Rescanner | None = None
         if cfg.photodna.enabled:
-            self.photodna = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=self.store,
+            self.photodna = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=self.stores.budget,
                                           metrics=self.metrics, on_recover=self._photodna_recovered)
         self.wiki_client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, self.metrics)
         self.source: Source = source or (
-            make_source(cfg, self.store, self.metrics) if make_source is not None
-            else live_source(cfg, self.store, self.metrics, since)
+            make_source(cfg, self.stores, self.metrics) if make_source is not None
+            else live_source(cfg, self.stores.checkpoints, self.metrics, since)
         )
         notify = cfg.actions.notify
         self.actions = {"notify": EmailNotifier(notify, self.metrics, wikis=cfg.wikis)} if notify.enabled else {}
         self.planners: list[Planner] = build_planners(cfg)
-        self.dispatcher = OutboxDispatcher(self.store, self.actions, notify.retry, self.metrics)
+        self.dispatcher = OutboxDispatcher(self.stores.outbox, self.actions, notify.retry, self.metrics)
         # Takedowns have their own dispatcher: an email and a takedown of one match never wait for each other.
-        # The review queue, allowlist and audit log need the store's review tables (SQLite has them).
-        self.reviewable = hasattr(self.store, "record_decision")
-        self.takedowns = Takedowns(cfg, self.store, self.metrics, kick_notify=self.dispatcher.kick,
-                                   audit=self.store if self.reviewable else None)
-        self.review = (ReviewUI(cfg, store=self.store, fetcher=self.wiki_client, metrics=self.metrics,
-                                kick=self._kick_actions) if cfg.review.enabled and self.reviewable else None)
-        if not self.reviewable:
-            log.warning("the store %s has no review tables: review queue, allowlist and audit log are off",
-                        type(self.store).__name__)
+        self.takedowns = Takedowns(cfg, self.stores.outbox, self.metrics, kick_notify=self.dispatcher.kick,
+                                   audit=self.stores.review)
+        self.review = (ReviewUI(cfg, store=self.stores.review, fetcher=self.wiki_client, metrics=self.metrics,
+                                kick=self._kick_actions) if cfg.review.enabled else None)
         self.pipeline: Pipeline | None = None
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
@@ -115,7 +109,7 @@ class Service:
         return None
 
     async def _ready_store(self) -> str | None:
-        await asyncio.wait_for(self.store.ping(), timeout=5)
+        await asyncio.wait_for(self.stores.ping(), timeout=5)
         return None
 
     async def _ready_banks(self) -> str | None:
@@ -167,7 +161,7 @@ class Service:
         for warning in warnings_for(self.cfg):
             log.warning(warning)
         try:
-            await self.store.open()
+            await self.stores.open()
             await self._start_http()
             await self.wiki_client.start()
             if self.photodna is not None:
@@ -176,7 +170,7 @@ class Service:
             self.pipeline = Pipeline(
                 self.cfg,
                 source=self.source,
-                store=self.store,
+                store=self.stores.pipeline,
                 fetcher=self.wiki_client,
                 exact=self.banks,
                 matchers=self.matchers,
@@ -188,7 +182,7 @@ class Service:
                 remote_matchers=[self.photodna] if self.photodna is not None else [],
                 remote_when_local=self.cfg.photodna.call_when_local_match,
                 remote_retry_delays=self.cfg.photodna.rescan.retry_delays,
-                allowlist=self.store if self.reviewable else None,
+                allowlist=self.stores.review,
             )
             pipeline = self.pipeline
             sup, policy = self.supervisor, self.restart
@@ -233,7 +227,7 @@ class Service:
             self.cfg.photodna.rescan,
             matcher=photodna,
             budget=photodna.client.budget,
-            store=self.store,
+            store=self.stores.rescan,
             fetcher=self.wiki_client,
             wikis={w.id: w for w in self.cfg.wikis},
             prepare=prepare,
@@ -243,7 +237,7 @@ class Service:
             metrics=self.metrics,
             scan_version=lambda: pipeline.scan_version,
             on_actions=lambda items: self._kick_actions(),
-            allowlist=self.store,
+            allowlist=self.stores.review,
         )
 
     def _kick_actions(self) -> None:
@@ -259,10 +253,10 @@ class Service:
         retention = self.cfg.pipeline.dedupe_retention_days * 86400
         while not self.stop_event.is_set():
             try:
-                removed = await self.store.prune_events(time.time() - retention)
+                removed = await self.stores.ledger.prune_events(time.time() - retention)
                 if removed:
                     log.info("pruned handled-event records", extra={"removed": removed})
-                self.metrics.outbox_pending.set(await self.store.pending_count())
+                self.metrics.outbox_pending.set(await self.stores.outbox.pending_count())
             except ServiceError as exc:  # the store is down: try again next round
                 log.error("maintenance round failed", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
@@ -286,5 +280,5 @@ class Service:
             self._cpu.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.store.close()
+        await self.stores.close()
         log.info("service stopped")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from service.config import Config, parse_time
 from service.errors import BankError, ConfigError, ServiceError
 from service.metrics import Metrics
 from service.sources.base import Source
+from service.store import Stores
 
 log = logging.getLogger("service.cli")
 EXIT_CONFIG = 2
@@ -87,7 +89,7 @@ def run_role(cfg: Config, role: str, since: datetime | None) -> int:
         from service.work import ensure_work_topic
 
         ensure_work_topic(cfg)
-        return serve(lambda: Service(cfg, make_source=lambda c, store, m: worker_source(c, m)))
+        return serve(lambda: Service(cfg, make_source=lambda c, stores, m: worker_source(c, m)))
     from service.work import IngestService
 
     try:
@@ -95,12 +97,13 @@ def run_role(cfg: Config, role: str, since: datetime | None) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
-    return serve(lambda: IngestService(cfg, make_source=lambda c, store, m: live_source(c, store, m, since)))
+    return serve(lambda: IngestService(cfg, make_source=lambda c, stores, m: live_source(c, stores.checkpoints, m,
+                                                                                         since)))
 
 
 def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
     from service.sources.replay import ReplayRequest, RescanAdmission, replay_source
-    from service.store.factory import make_store
+    from service.store import make_stores
 
     offsets = None
     if args.offsets:
@@ -119,10 +122,10 @@ def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
     from service.app import Service
 
     def make() -> Service:
-        store = make_store(cfg.store)
+        stores = make_stores(cfg.store)
         if req.rescan:
-            store = RescanAdmission(store)
-        return Service(cfg, store=store, make_source=lambda c, s, m: replay_source(c, s, m, req))
+            stores = dataclasses.replace(stores, pipeline=RescanAdmission(stores.pipeline))
+        return Service(cfg, stores=stores, make_source=lambda c, s, m: replay_source(c, s.checkpoints, m, req))
 
     return serve(make)
 
@@ -147,10 +150,11 @@ def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
     if args.role == "ingest":
         from service.work import IngestService
 
-        def ingest_source(c: Config, store: Any, m: Metrics) -> Source:
+        def ingest_source(c: Config, stores: Stores, m: Metrics) -> Source:
             banks = BankSet(c.banks, m)
             suffix = "+photodna" if c.photodna.enabled else ""  # as Pipeline.scan_version names remote matchers
-            source = BackfillSource(c, args.wiki, store=store, metrics=m, start=start, end=end,
+            source = BackfillSource(c, args.wiki, checkpoints=stores.checkpoints, scans=stores.scans, metrics=m,
+                                    start=start, end=end,
                                     scan_version=lambda: banks.version + suffix)
             holder["source"] = source
             return source
@@ -165,9 +169,9 @@ def cmd_backfill(args: argparse.Namespace, cfg: Config) -> int:
         def version() -> str | None:
             return service.pipeline.scan_version if service is not None and service.pipeline else None
 
-        def source(c: Config, store: Any, m: Metrics) -> Source:
-            holder["source"] = BackfillSource(c, args.wiki, store=store, metrics=m, start=start, end=end,
-                                              scan_version=version)
+        def source(c: Config, stores: Stores, m: Metrics) -> Source:
+            holder["source"] = BackfillSource(c, args.wiki, checkpoints=stores.checkpoints, scans=stores.scans,
+                                              metrics=m, start=start, end=end, scan_version=version)
             return holder["source"]
 
         service = Service(cfg, make_source=source)

@@ -33,7 +33,7 @@ from service.metrics import Metrics
 from service.models import RawEvent
 from service.runtime.supervisor import CRITICAL, RESTART, RestartPolicy, Supervised, Supervisor
 from service.sources.base import Source
-from service.store.factory import make_store
+from service.store import Stores, make_stores
 from service.watermark import Watermark
 from service.web.app import create_app
 from service.web.listen import listen
@@ -69,15 +69,15 @@ class IngestService:
         self,
         cfg: Config,
         *,
-        make_source: Callable[[Config, Any, Metrics], Source],
+        make_source: Callable[[Config, Stores, Metrics], Source],
         registry: CollectorRegistry | None = None,
-        store: Any = None,
+        stores: Stores | None = None,
         restart: RestartPolicy = RESTART,
     ) -> None:
         self.cfg = cfg
         self.metrics = Metrics(registry)
-        self.store = store if store is not None else make_store(cfg.store)
-        self.source = make_source(cfg, self.store, self.metrics)
+        self.stores = stores if stores is not None else make_stores(cfg.store)
+        self.source = make_source(cfg, self.stores, self.metrics)
         self.wikis = {w.id for w in cfg.wikis}
         self.watermark = Watermark()
         self.stop_event = asyncio.Event()
@@ -99,7 +99,7 @@ class IngestService:
         self.stop_event.set()
 
     async def run(self) -> None:
-        await self.store.open()
+        await self.stores.open()
         try:
             await asyncio.to_thread(ensure_work_topic, self.cfg)
             self._producer = await asyncio.to_thread(self._make_producer)
@@ -111,7 +111,7 @@ class IngestService:
                 await asyncio.to_thread(producer.close, 10)
             if self._runner is not None:
                 await self._runner.cleanup()
-            await self.store.close()
+            await self.stores.close()
         if self.supervisor.failure is not None:
             raise self.supervisor.failure
 
@@ -127,7 +127,7 @@ class IngestService:
             return None if self.source.connected else f"source {self.source.name} not connected"
 
         async def ready_store() -> str | None:
-            await asyncio.wait_for(self.store.ping(), timeout=5)
+            await asyncio.wait_for(self.stores.ping(), timeout=5)
             return None
 
         app = create_app(self.metrics, {"source": ready_source, "store": ready_store},

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from service.store import Stores, sqlite_stores
 from tests.infra.mediawiki import MediaWikiServer, free_port, missing_prerequisites
+from tests.infra.postgres import PostgresUnavailable, TestDatabase
 from tests.infra.smtp import SmtpServer
 from tests.infra.sse_server import EventStreamsServer
 
@@ -54,3 +57,24 @@ def unused_port() -> Callable[[], int]:
 # ---------------------------------------------------------------------------------------------
 # Project fixtures (added by the lead) go below this line.
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
+    """The SQLite store in the test's directory, open (the one store fixture; see tests/store for the rest)."""
+    s = sqlite_stores(str(tmp_path / "db.sqlite3"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[TestDatabase]:
+    """An empty PostgreSQL database of its own on the local test server, dropped afterwards."""
+    db = TestDatabase()
+    try:
+        db.create()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield db
+    db.drop()

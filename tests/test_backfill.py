@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from service.app import Service
 from service.config import Config, config_from_dict
 from service.metrics import Metrics
 from service.sources.backfill import BackfillSource, Progress, checkpoint_name
-from service.store.sqlite import SqliteStore
+from service.store import MemoryStore, Stores, sqlite_stores
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.wikifiles import GeneratedFile, add_files, utc
 
@@ -58,9 +60,10 @@ class Backfill:
         self.source: BackfillSource | None = None
         holder = self
 
-        def make(c: Config, store: Any, m: Metrics) -> BackfillSource:
+        def make(c: Config, stores: Stores, m: Metrics) -> BackfillSource:
             # As `mediamoderation backfill` does: skip what the running pipeline's banks found clean.
-            src = BackfillSource(c, wiki_id, store=store, metrics=m, scan_version=holder.scan_version, **kwargs)
+            src = BackfillSource(c, wiki_id, checkpoints=stores.checkpoints, scans=stores.scans, metrics=m,
+                                 scan_version=holder.scan_version, **kwargs)
             query = src.client.query
 
             async def recorded(params: dict[str, str], *, what: str) -> dict[str, Any]:
@@ -88,22 +91,17 @@ class Backfill:
 
 
 async def outcomes(cfg: Config) -> dict[str, str]:
-    store = SqliteStore(cfg.store.path)
-    await store.open()
-    try:
-        rows = await store._run(lambda c: c.execute("SELECT title, outcome FROM events").fetchall())
-        return {r[0]: r[1] for r in rows}
-    finally:
-        await store.close()
+    with contextlib.closing(sqlite3.connect(cfg.store.path)) as conn:
+        return dict(conn.execute("SELECT title, outcome FROM events").fetchall())
 
 
 async def checkpoint(cfg: Config, name: str) -> Any:
-    store = SqliteStore(cfg.store.path)
-    await store.open()
+    stores = sqlite_stores(cfg.store.path)
+    await stores.open()
     try:
-        return await store.get_checkpoint(name)
+        return await stores.checkpoints.get_checkpoint(name)
     finally:
-        await store.close()
+        await stores.close()
 
 
 async def test_interrupted_backfill_resumes_from_its_checkpoint_without_relisting(
@@ -187,7 +185,8 @@ def test_progress_is_a_live_line_on_a_terminal_and_log_lines_otherwise(caplog: p
         "actions": {"notify": {"enabled": False}},
     })
     metrics = Metrics()
-    source = BackfillSource(cfg, "w", store=None, metrics=metrics, start=utc(2010), end=utc(2020))
+    source = BackfillSource(cfg, "w", checkpoints=MemoryStore(), scans=MemoryStore(), metrics=metrics,
+                            start=utc(2010), end=utc(2020))
     source.listed, source.skipped, source.cursor_time = 400, 100, "2015-01-01T00:00:00Z"
     metrics.outcomes.labels("clean").inc(200)
     metrics.matches.labels("child-protection", "sha1").inc(2)

@@ -11,11 +11,10 @@ import io
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 
 from service.config import Config, ThumbnailSection, WikiSection
@@ -24,7 +23,7 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, PreparedMedia
 from service.pipeline import Pipeline
-from service.store.sqlite import SqliteStore
+from service.store import Stores
 from tests.infra import images
 from tests.infra.huge_png import grey16_png
 from tests.test_decode_pool import MARKERS
@@ -55,31 +54,23 @@ class BytesFetcher:
         return FetchedMedia(info=info, data=data, data_source="original")
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
 def pipeline_config(tmp_path: Path) -> Config:
     cfg = config(tmp_path, concurrency={"fetch": 4, "thumbnail": 4, "match": 2, "act": 2}, queue_size=8)
     # The list source ends after its last event: give the drain time for pool restarts on a busy machine.
     return dataclasses.replace(cfg, service=dataclasses.replace(cfg.service, shutdown_grace=120))
 
 
-async def scan(cfg: Config, store: SqliteStore, files: dict[str, bytes], pool: ProcessPool,
+async def scan(cfg: Config, stores: Stores, files: dict[str, bytes], pool: ProcessPool,
                thumbnail: ThumbnailSection, prepare_fn: Callable[..., PreparedMedia] = prepare,
                ) -> tuple[list[str], list[str], ListSource]:
     """Run every file through the pipeline (events in the order given); the outcomes and notify keys."""
     source = ListSource([make_event(n, sha1) for n, sha1 in enumerate(files)])
     kicked: list[str] = []
-    p = Pipeline(cfg, source=source, store=store, fetcher=BytesFetcher(files), exact=FakeExact(),
+    p = Pipeline(cfg, source=source, store=stores.pipeline, fetcher=BytesFetcher(files), exact=FakeExact(),
                  matchers=[FakePdq()], planners=[planner], cpu=pool, prepare=prepare_fn, metrics=pool.metrics,
                  on_actions=lambda items: kicked.extend(i.key for i in items), thumbnail_cfg=thumbnail)
     await asyncio.wait_for(p.run(), 240)
-    outcomes = [await store.event_outcome(f"event-{n}") or "" for n in range(len(files))]
+    outcomes = [await stores.ledger.event_outcome(f"event-{n}") or "" for n in range(len(files))]
     return outcomes, kicked, source
 
 
@@ -92,7 +83,7 @@ def photo_files(*seeds: int) -> dict[str, bytes]:
 
 
 async def test_a_killed_worker_fails_only_its_upload_and_later_matches_are_recorded(
-    tmp_path: Path, store: SqliteStore,
+    tmp_path: Path, stores: Stores,
 ) -> None:
     MARKERS.mkdir(exist_ok=True)
     killer_sha1 = hashlib.sha1(uuid.uuid4().bytes).hexdigest()
@@ -104,7 +95,7 @@ async def test_a_killed_worker_fails_only_its_upload_and_later_matches_are_recor
     marker.touch()
     pool = ProcessPool(2, memory_limit=1024 * MiB, metrics=Metrics())
     try:
-        outcomes, kicked, source = await scan(pipeline_config(tmp_path), store, files, pool, ThumbnailSection(),
+        outcomes, kicked, source = await scan(pipeline_config(tmp_path), stores, files, pool, ThumbnailSection(),
                                               kill_or_prepare)
     finally:
         pool.shutdown()
@@ -123,7 +114,7 @@ async def test_a_killed_worker_fails_only_its_upload_and_later_matches_are_recor
 
 
 async def test_16bit_120_megapixel_png_is_refused_by_the_decoded_size_budget(
-    tmp_path: Path, store: SqliteStore,
+    tmp_path: Path, stores: Stores,
 ) -> None:
     big = await asyncio.to_thread(grey16_png)  # 10950 x 10950, 16-bit greyscale: 240 MB decoded
     big_sha1 = hashlib.sha1(big).hexdigest()
@@ -133,7 +124,7 @@ async def test_16bit_120_megapixel_png_is_refused_by_the_decoded_size_budget(
     # The defaults: a 1 GiB ceiling per worker and a 200 MB budget.
     pool = ProcessPool(2, memory_limit=cfg.pipeline.decode_memory_limit, metrics=Metrics())
     try:
-        outcomes, kicked, _ = await scan(cfg, store, files, pool, cfg.thumbnail)
+        outcomes, kicked, _ = await scan(cfg, stores, files, pool, cfg.thumbnail)
     finally:
         pool.shutdown()
     assert outcomes == ["clean", "unscannable:too-large-decoded", "match", "clean"]
@@ -143,7 +134,7 @@ async def test_16bit_120_megapixel_png_is_refused_by_the_decoded_size_budget(
 
 
 async def test_16bit_png_decoded_under_a_low_ceiling_fails_only_that_upload(
-    tmp_path: Path, store: SqliteStore,
+    tmp_path: Path, stores: Stores,
 ) -> None:
     big = await asyncio.to_thread(grey16_png)
     big_sha1 = hashlib.sha1(big).hexdigest()
@@ -152,7 +143,7 @@ async def test_16bit_png_decoded_under_a_low_ceiling_fails_only_that_upload(
     no_budget = dataclasses.replace(cfg.thumbnail, max_decoded_bytes=10**12)  # decoding is attempted
     pool = ProcessPool(2, memory_limit=384 * MiB, metrics=Metrics())  # the decode needs ~800 MB
     try:
-        outcomes, kicked, _ = await scan(cfg, store, files, pool, no_budget)
+        outcomes, kicked, _ = await scan(cfg, stores, files, pool, no_budget)
     finally:
         pool.shutdown()
     assert outcomes == ["unscannable:decoder-memory", "clean", "match"]

@@ -68,7 +68,7 @@ async def test_killed_decode_worker_fails_one_upload_and_a_later_match_is_emaile
     run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank, pipeline=PROCESS_POOL))
     try:
         await run.finished(len(uploads), timeout=240)
-        got = [await run.service.store.event_outcome(e["meta"]["id"]) for e in events]
+        got = [await run.service.stores.ledger.event_outcome(e["meta"]["id"]) for e in events]
         assert got == [want for _, _, want in uploads]
         mails = await smtp_server.wait_for_async(1, 60)
         assert len(mails) == 1 and f"Pool {run_id} known" in str(mails[0].message)
@@ -113,7 +113,7 @@ async def test_healthz_fails_when_the_decode_pool_cannot_be_restarted(
             kill_marks(killer)
             event = await upload_and_publish(mediawiki, sse_server, f"Pool down {uuid.uuid4().hex[:8]}.jpg", killer)
             await run.finished(1, timeout=240)
-            assert await run.service.store.event_outcome(event["meta"]["id"]) == "error:decoder"
+            assert await run.service.stores.ledger.event_outcome(event["meta"]["id"]) == "error:decoder"
             async with http.get(run.base + "/healthz") as r:
                 body = await r.json()
                 assert r.status == 503

@@ -180,8 +180,8 @@ async def test_stream_to_email_with_restart(
         assert "thumb.php" not in body and "/images/" not in body  # ... never to the media
         assert not list(mail.message.iter_attachments())
 
-    store = run.service.store
-    outcomes = {e["title"]: await store.event_outcome(e["meta"]["id"]) for e in events}
+    stores = run.service.stores
+    outcomes = {e["title"]: await stores.ledger.event_outcome(e["meta"]["id"]) for e in events}
     assert outcomes[f"File:E2E {run_id} unknown.jpg"] == "clean"
     assert outcomes[f"File:E2E {run_id} unknown panorama.jpg"] == "clean"
     assert outcomes[f"File:E2E {run_id} tiny.png"] == "clean"
@@ -231,19 +231,19 @@ async def test_stream_to_email_with_restart(
     outcomes2 = sum(registry.get_sample_value("mediamoderation_outcomes_total", {"outcome": o}) or 0
                     for o in ("clean", "match", "gone", "error", "unscannable"))
     assert outcomes2 == 1
-    assert await run2.service.store.event_outcome(new["meta"]["id"]) == "match"
+    assert await run2.service.stores.ledger.event_outcome(new["meta"]["id"]) == "match"
     await run2.stop()
 
 
 async def _read_checkpoint(cfg: Config) -> Any:
-    from service.store.sqlite import SqliteStore
+    from service.store import sqlite_stores
 
-    store = SqliteStore(cfg.store.path)
-    await store.open()
+    stores = sqlite_stores(cfg.store.path)
+    await stores.open()
     try:
-        return await store.get_checkpoint("eventstreams")
+        return await stores.checkpoints.get_checkpoint("eventstreams")
     finally:
-        await store.close()
+        await stores.close()
 
 
 async def test_hostile_files_end_with_an_outcome_and_the_stream_goes_on(
@@ -266,8 +266,8 @@ async def test_hostile_files_end_with_an_outcome_and_the_stream_goes_on(
     run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank))
     running_list.append(run)
     await run.finished(len(events) + 1)
-    store = run.service.store
-    got = {e["title"].rsplit(" ", 1)[1]: await store.event_outcome(e["meta"]["id"]) for e in [*events, deleted]}
+    ledger = run.service.stores.ledger
+    got = {e["title"].rsplit(" ", 1)[1]: await ledger.event_outcome(e["meta"]["id"]) for e in [*events, deleted]}
     assert got["animated.gif"] == "clean"
     assert got["after.jpg"] == "clean"  # the stream went on
     assert got["deleted.jpg"] == "gone"

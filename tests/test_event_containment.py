@@ -19,8 +19,9 @@ import pytest
 from service.metrics import Metrics
 from service.models import Match, UploadEvent
 from service.pipeline import Pipeline
+from service.store import Database, Stores
 from service.store.base import RemoteScan, ScanRecord
-from service.store.sqlite import SqliteStore
+from service.store.pipeline import SqlPipeline
 from tests.test_pipeline import (
     SHA_CLEAN,
     SHA_EXACT,
@@ -45,12 +46,12 @@ class PoisonExact(FakeExact):
         return super().match_sha1(sha1)
 
 
-class PoisonStore(SqliteStore):
+class PoisonStore(SqlPipeline):
     """Fails unexpectedly (not a ServiceError) for chosen events."""
 
-    def __init__(self, path: str, *, admit_fails: Collection[str] = (), finish_fails: Collection[str] = (),
+    def __init__(self, db: Database, *, admit_fails: Collection[str] = (), finish_fails: Collection[str] = (),
                  finish_always_fails: Collection[str] = ()) -> None:
-        super().__init__(path)
+        super().__init__(db)
         self.admit_fails = admit_fails
         self.finish_fails = finish_fails
         self.finish_always_fails = finish_always_fails
@@ -70,16 +71,13 @@ class PoisonStore(SqliteStore):
 
 
 @pytest.fixture
-async def poison_store(tmp_path: Path):
-    store = PoisonStore(str(tmp_path / "db.sqlite3"), admit_fails={"event-3"}, finish_fails={"event-5"},
-                        finish_always_fails={"event-7"})
-    await store.open()
-    yield store
-    await store.close()
+def poison_store(stores: Stores) -> PoisonStore:
+    assert isinstance(stores.db, Database)
+    return PoisonStore(stores.db, admit_fails={"event-3"}, finish_fails={"event-5"}, finish_always_fails={"event-7"})
 
 
 async def test_an_exception_in_one_event_ends_it_with_a_recorded_outcome(
-    tmp_path: Path, poison_store: PoisonStore, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, poison_store: PoisonStore, stores: Stores, caplog: pytest.LogCaptureFixture,
 ) -> None:
     events = [
         make_event(0, SHA_CLEAN),
@@ -99,7 +97,7 @@ async def test_an_exception_in_one_event_ends_it_with_a_recorded_outcome(
     with caplog.at_level(logging.ERROR, logger="service.pipeline"):
         await asyncio.wait_for(p.run(), 20)  # a crashed intake or worker would raise here
 
-    outcomes = {n: await poison_store.event_outcome(f"event-{n}") for n in range(len(events))}
+    outcomes = {n: await stores.ledger.event_outcome(f"event-{n}") for n in range(len(events))}
     assert outcomes == {0: "clean", 1: "error:internal", 2: "match", 3: "error:internal", 4: "clean",
                         5: "error:internal", 6: "clean", 7: None, 8: "clean"}
     assert source.committed[-1] == len(events) - 1  # the checkpoint moved past every one of them

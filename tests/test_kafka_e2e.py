@@ -4,9 +4,12 @@ Kafka-protocol broker, the service consuming them as a consumer group, then repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -23,7 +26,7 @@ from service.app import Service
 from service.config import Config, ThumbnailSection, config_from_dict
 from service.media.thumbnail import prepare
 from service.sources.replay import ReplayRequest, RescanAdmission, replay_source
-from service.store.sqlite import SqliteStore
+from service.store import sqlite_stores
 from tests.infra import images
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.infra.mediawiki import MediaWikiServer
@@ -147,9 +150,11 @@ async def test_kafka_events_from_real_uploads_then_replays_send_nothing_new(
     assert await _outcome_count(cfg) == len(events)
 
     # --rescan fetches and matches again, and still sends nothing twice.
-    store = RescanAdmission(SqliteStore(cfg.store.path))
+    stores = sqlite_stores(cfg.store.path)
+    stores = dataclasses.replace(stores, pipeline=RescanAdmission(stores.pipeline))
     req = ReplayRequest(since=window_start, rescan=True, name="rescan")
-    rescan = await start(Service(cfg, store=store, make_source=lambda c, s, m: replay_source(c, s, m, req)))
+    rescan = await start(Service(cfg, stores=stores,
+                                 make_source=lambda c, s, m: replay_source(c, s.checkpoints, m, req)))
     await asyncio.wait_for(rescan.task, 90)  # ends by itself at the log end
     assert rescan.service.pipeline is not None and rescan.service.pipeline.finished == total
     assert fetched(rescan.service) == 4
@@ -173,10 +178,5 @@ async def _until(check: Any, what: str, timeout: float = 20) -> None:
 
 
 async def _outcome_count(cfg: Config) -> int:
-    store = SqliteStore(cfg.store.path)
-    await store.open()
-    try:
-        rows = await store._run(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone())
-        return int(rows[0])
-    finally:
-        await store.close()
+    with contextlib.closing(sqlite3.connect(cfg.store.path)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])

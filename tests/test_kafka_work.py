@@ -73,7 +73,7 @@ async def test_ingest_publishes_uploads_keyed_by_sha1_and_checkpoints_behind_the
         "actions": {"notify": {"enabled": False}},
         "store": {"path": str(tmp_path / "store.sqlite3")},
     }, base=tmp_path)
-    service = IngestService(cfg, make_source=lambda c, store, m: live_source(c, store, m))
+    service = IngestService(cfg, make_source=lambda c, stores, m: live_source(c, stores.checkpoints, m))
     task = asyncio.create_task(service.run())
     await service.started.wait()
     await asyncio.wait_for(service.wait_published(3), 20)
@@ -85,11 +85,11 @@ async def test_ingest_publishes_uploads_keyed_by_sha1_and_checkpoints_behind_the
     by_id = {json.loads(r.value)["meta"]["id"]: r for r in records}
     assert by_id["id-0"].key == ev.sha1_from_base36(same).encode()
     assert by_id["id-0"].partition == by_id["id-3"].partition
-    from service.store.sqlite import SqliteStore
+    from service.store import sqlite_stores
 
-    store = SqliteStore(cfg.store.path)
-    await store.open()
+    stores = sqlite_stores(cfg.store.path)
+    await stores.open()
     try:  # every event (the skipped canary too) is below the stored checkpoint
-        assert json.loads(await store.get_checkpoint("eventstreams")) == sse_server.connections[-1].ids[-1]
+        assert json.loads(await stores.checkpoints.get_checkpoint("eventstreams")) == sse_server.connections[-1].ids[-1]
     finally:
-        await store.close()
+        await stores.close()

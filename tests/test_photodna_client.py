@@ -30,7 +30,7 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import PreparedMedia
 from service.ratelimit import BudgetExhausted
-from service.store.sqlite import SqliteStore
+from service.store import Stores
 from tests.infra import images
 from tests.infra.photodna_server import DENIED_INVALID, DENIED_MISSING, PhotoDnaServer, sniff
 
@@ -52,14 +52,6 @@ def server() -> Iterator[PhotoDnaServer]:
     s.stop()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
 class Harness:
     def __init__(self, matcher: PhotoDnaMatcher, metrics: Metrics, recovered: list[bool]) -> None:
         self.matcher = matcher
@@ -72,7 +64,7 @@ class Harness:
 
 
 @pytest.fixture
-async def make(server: PhotoDnaServer, store: SqliteStore, tmp_path: Path,
+async def make(server: PhotoDnaServer, stores: Stores, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     made: list[Harness] = []
     monkeypatch.setenv("TEST_PHOTODNA_KEY", KEY)
@@ -86,7 +78,7 @@ async def make(server: PhotoDnaServer, store: SqliteStore, tmp_path: Path,
         cfg = dataclasses.replace(cfg, **overrides)
         metrics = Metrics()
         recovered: list[bool] = []
-        matcher = build_matcher(cfg, user_agent="mm-test/0 (ts@example.org)", store=store, metrics=metrics,
+        matcher = build_matcher(cfg, user_agent="mm-test/0 (ts@example.org)", store=stores.budget, metrics=metrics,
                                 on_recover=lambda: recovered.append(True))
         await matcher.client.start()
         h = Harness(matcher, metrics, recovered)
@@ -399,3 +391,32 @@ def test_photodna_check_fetches_urls_from_the_wiki(tmp_path: Path, server: Photo
     config = write_config(tmp_path, server, api_url=mediawiki.api_url)
     assert main(["photodna", "check", url, "-c", str(config)]) == 1
     assert json.loads(capsys.readouterr().out)["is_match"] is True
+
+
+def test_photodna_check_counts_against_the_configured_store(tmp_path: Path, server: PhotoDnaServer,
+                                                             pg_database: Any, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    """Under PostgreSQL the request is counted in the shared budget, not in a SQLite file of its own."""
+    from service.cli import main
+    from service.ratelimit import month_of
+    from service.store import postgres_stores
+
+    config = write_config(tmp_path, server)
+    cfg = json.loads(config.read_text())
+    cfg["store"]["url"] = pg_database.url
+    config.write_text(json.dumps(cfg))
+    other = tmp_path / "other.jpg"
+    other.write_bytes(images.jpeg_bytes(images.photo(8004)))
+    assert main(["photodna", "check", str(other), "-c", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["is_match"] is False
+
+    async def used() -> int:
+        stores = postgres_stores(pg_database.url)
+        await stores.open()
+        try:
+            return await stores.budget.budget_used("photodna", month_of(time.time()))
+        finally:
+            await stores.close()
+
+    assert asyncio.run(used()) == 1
+    assert not (tmp_path / "db.sqlite3").exists()

@@ -79,8 +79,8 @@ async def test_photodna_match_and_no_match(
     await run.finished(len(uploads))
     mails = await smtp_server.wait_for_async(2)
 
-    store = run.service.store
-    outcomes = {n: await store.event_outcome(e["meta"]["id"]) for n, e in events.items()}
+    stores = run.service.stores
+    outcomes = {n: await stores.ledger.event_outcome(e["meta"]["id"]) for n, e in events.items()}
     assert outcomes == {n: ("clean" if "unknown" in n or "tiny" in n else "match") for n in uploads}
     by_title = {str(m.message["Subject"]).rsplit(": ", 1)[1]: m for m in mails}
     assert len(mails) == 2 and set(by_title) == {f"File:PDNA {run_id} known resized.jpg",
@@ -96,9 +96,9 @@ async def test_photodna_match_and_no_match(
     assert sorted(r.kind for r in records) == ["match", "no-match", "no-match"]
     assert all(r.content_type == "image/jpeg" and r.key == KEY for r in records)
     assert all(r.dims is not None and min(r.dims) >= 160 for r in records), [r.dims for r in records]
-    [match_row] = [m for m in await store.list_matches() if m["matcher"] == "photodna"]
+    [match_row] = [m for m in await stores.pipeline.list_matches() if m["matcher"] == "photodna"]
     assert match_row["hash_id"] == "mid-8201" and match_row["bank"] == "photodna:NCMEC"
-    states = {r.state for r in await store.list_remote_scans("photodna")}
+    states = {r.state for r in await stores.remote.list_remote_scans("photodna")}
     assert states == {REMOTE_CLEAN, REMOTE_MATCH}
 
     status, ready = await get(run.base + "/readyz")
@@ -137,9 +137,9 @@ async def test_refused_key_makes_the_service_not_ready_and_loses_no_event(
     running_list.append(run)
     await run.finished(len(events))
     refused_at = min(r.t for r in photodna.records)
-    store = run.service.store
+    stores = run.service.stores
     for e in events:
-        assert await store.event_outcome(e["meta"]["id"]) == "error:photodna-unauthorized"
+        assert await stores.ledger.event_outcome(e["meta"]["id"]) == "error:photodna-unauthorized"
     # Calls stopped after the first 401: at most one probe per auth_retry_interval since.
     assert all(r.kind == "unauthorized" for r in photodna.records)
     # Requests already on their way before the first 401 came back (rate 20/s, several remote workers)
@@ -152,7 +152,7 @@ async def test_refused_key_makes_the_service_not_ready_and_loses_no_event(
     _, text = await get(run.base + "/metrics")
     assert isinstance(text, str) and metric(text, "mediamoderation_photodna_unauthorized") == 1
     assert metric(text, "mediamoderation_photodna_requests_total", http_status="401", code="none") >= 1
-    rows = await store.list_remote_scans("photodna")
+    rows = await stores.remote.list_remote_scans("photodna")
     assert len(rows) == 3 and all(r.state == "failed" and r.upload is not None for r in rows)
     assert smtp_server.messages == []
 
@@ -163,7 +163,7 @@ async def test_refused_key_makes_the_service_not_ready_and_loses_no_event(
     assert f"PDNA401 {run_id} known.jpg" in str(mails[0].message["Subject"])
 
     async def settled() -> bool:
-        return {r.state for r in await store.list_remote_scans("photodna")} == {REMOTE_CLEAN, REMOTE_MATCH}
+        return {r.state for r in await stores.remote.list_remote_scans("photodna")} == {REMOTE_CLEAN, REMOTE_MATCH}
 
     rescanner = run.service.rescanner
     assert rescanner is not None

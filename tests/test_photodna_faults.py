@@ -20,8 +20,8 @@ from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo
 from service.pipeline import Pipeline
 from service.rescan import Rescanner
+from service.store import sqlite_stores
 from service.store.base import REMOTE_CLEAN, REMOTE_FAILED, REMOTE_MATCH
-from service.store.sqlite import SqliteStore
 from tests.infra import images
 from tests.infra.photodna_server import Faults, PhotoDnaServer
 from tests.test_pipeline import FakeExact, ListSource, config, make_event, planner
@@ -61,8 +61,8 @@ async def test_every_upload_is_scanned_under_30_percent_failures_within_the_rate
     tmp_path: Path, server: PhotoDnaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAULTS_KEY", KEY)
-    store = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await store.open()
+    stores = sqlite_stores(str(tmp_path / "db.sqlite3"))
+    await stores.open()
     cfg = config(tmp_path, event_deadline=60, queue_size=16)
     cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(
         cfg.pipeline, concurrency=dataclasses.replace(cfg.pipeline.concurrency, thumbnail=2, remote=8)))
@@ -72,36 +72,36 @@ async def test_every_upload_is_scanned_under_30_percent_failures_within_the_rate
         circuit=CircuitSection(failures=1000, open_seconds=1, max_open_seconds=1),
     )
     metrics = Metrics()
-    matcher = build_matcher(pdna, user_agent="mm-test/0 (ts@example.org)", store=store, metrics=metrics)
+    matcher = build_matcher(pdna, user_agent="mm-test/0 (ts@example.org)", store=stores.budget, metrics=metrics)
     await matcher.client.start()
     kicked: list[str] = []
     cpu = ThreadPoolExecutor(2)
     try:
         pipeline = Pipeline(
-            cfg, source=ListSource([make_event(n, sha(n)) for n in range(EVENTS)]), store=store,
+            cfg, source=ListSource([make_event(n, sha(n)) for n in range(EVENTS)]), store=stores.pipeline,
             fetcher=ImageFetcher(), exact=FakeExact(), matchers=[], planners=[planner], cpu=cpu, prepare=prepare,
             metrics=metrics, on_actions=lambda items: kicked.extend(i.key for i in items),
             thumbnail_cfg=dataclasses.replace(cfg.thumbnail, make_jpeg=True), remote_matchers=[matcher],
             remote_retry_delays=(60.0,),
         )
         await asyncio.wait_for(pipeline.run(), 60)
-        outcomes = [await store.event_outcome(f"event-{n}") for n in range(EVENTS)]
+        outcomes = [await stores.ledger.event_outcome(f"event-{n}") for n in range(EVENTS)]
         assert all(o in ("clean", "match", "error:photodna") for o in outcomes), outcomes
 
         # Scans that still failed after their retries are asked again by the rescanner ("an hour later").
         rescanner = Rescanner(
-            RescanSection(retry_delays=(60.0,)), matcher=matcher, budget=matcher.client.budget, store=store,
+            RescanSection(retry_delays=(60.0,)), matcher=matcher, budget=matcher.client.budget, store=stores.rescan,
             fetcher=ImageFetcher(), wikis={"testwiki": cfg.wikis[0]}, prepare=prepare, cpu=cpu,
             thumbnail_cfg=pipeline.thumbnail_cfg, planners=[planner], metrics=metrics,
             scan_version=lambda: pipeline.scan_version, on_actions=lambda items: kicked.extend(i.key for i in items),
             clock=lambda: time.time() + 3600,
         )
         for _ in range(5):
-            if not await store.due_remote_retries("photodna", time.time() + 3600, 1):
+            if not await stores.remote.due_remote_retries("photodna", time.time() + 3600, 1):
                 break
             await rescanner.run_once()
 
-        rows = {r.sha1: r.state for r in await store.list_remote_scans("photodna")}
+        rows = {r.sha1: r.state for r in await stores.remote.list_remote_scans("photodna")}
         assert len(rows) == EVENTS and REMOTE_FAILED not in rows.values()
         assert {s for s, state in rows.items() if state == REMOTE_MATCH} == {sha(n) for n in KNOWN}
         assert sum(state == REMOTE_CLEAN for state in rows.values()) == EVENTS - len(KNOWN)
@@ -109,7 +109,7 @@ async def test_every_upload_is_scanned_under_30_percent_failures_within_the_rate
     finally:
         cpu.shutdown()
         await matcher.aclose()
-        await store.close()
+        await stores.close()
 
     records = server.records
     injected = sum(r.kind not in ("match", "no-match") for r in records)

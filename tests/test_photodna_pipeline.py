@@ -4,7 +4,6 @@ wait for them, and the per-SHA-1 remote state each outcome leaves for the rescan
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from service.matchers.photodna import PhotoDnaError, PhotoDnaUnauthorized
 from service.metrics import Metrics
 from service.models import Match, PreparedMedia
 from service.pipeline import Pipeline
+from service.store import Stores
 from service.store.base import REMOTE_CLEAN, REMOTE_FAILED, REMOTE_MATCH, REMOTE_UNSCANNABLE
-from service.store.sqlite import SqliteStore
 from tests.test_pipeline import (
     SHA_CLEAN,
     SHA_PDQ,
@@ -63,19 +62,11 @@ class FakeRemote:
         return [REMOTE_HIT] if media.sha1 in (SHA_REMOTE, SHA_PDQ) else []
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-def build(tmp_path: Path, store: SqliteStore, events: list[str], remote: FakeRemote, **kw: Any
+def build(tmp_path: Path, stores: Stores, events: list[str], remote: FakeRemote, **kw: Any
           ) -> tuple[Pipeline, list[str], FakeFetcher]:
     kicked: list[str] = []
     fetcher = FakeFetcher()
-    p = Pipeline(config(tmp_path), source=ListSource(events), store=store, fetcher=fetcher, exact=FakeExact(),
+    p = Pipeline(config(tmp_path), source=ListSource(events), store=stores.pipeline, fetcher=fetcher, exact=FakeExact(),
                  matchers=[FakePdq()], planners=[planner], cpu=None, prepare=fake_prepare, metrics=Metrics(),
                  on_actions=lambda items: kicked.extend(i.key for i in items), remote_matchers=[remote],
                  remote_retry_delays=(60.0, 600.0), **kw)
@@ -83,20 +74,20 @@ def build(tmp_path: Path, store: SqliteStore, events: list[str], remote: FakeRem
 
 
 async def test_remote_runs_only_without_a_local_match_and_leaves_its_state(tmp_path: Path,
-                                                                         store: SqliteStore) -> None:
+                                                                         stores: Stores) -> None:
     remote = FakeRemote()
     events = [make_event(0, SHA_CLEAN), make_event(1, SHA_PDQ), make_event(2, SHA_REMOTE), make_event(3, SHA_FLAKY),
               make_event(4, SHA_ODD), make_event(5, SHA_REFUSED)]
-    p, kicked, _ = build(tmp_path, store, events, remote)
+    p, kicked, _ = build(tmp_path, stores, events, remote)
     await asyncio.wait_for(p.run(), 10)
 
     assert sorted(remote.calls) == sorted([SHA_CLEAN, SHA_REMOTE, SHA_FLAKY, SHA_ODD, SHA_REFUSED])  # not SHA_PDQ
-    outcomes = {n: await store.event_outcome(f"event-{n}") for n in range(6)}
+    outcomes = {n: await stores.ledger.event_outcome(f"event-{n}") for n in range(6)}
     assert outcomes == {0: "clean", 1: "match", 2: "match", 3: "error:photodna",
                         4: "unscannable:photodna-not-an-image", 5: "error:photodna-unauthorized"}
     assert sorted(kicked) == [f"notify:testwiki:File:Test {n}.jpg:{s}" for n, s in ((1, SHA_PDQ), (2, SHA_REMOTE))]
 
-    states = {r.sha1: r for r in await store.list_remote_scans("photodna")}
+    states = {r.sha1: r for r in await stores.remote.list_remote_scans("photodna")}
     assert {s: r.state for s, r in states.items()} == {
         SHA_CLEAN: REMOTE_CLEAN, SHA_REMOTE: REMOTE_MATCH, SHA_FLAKY: REMOTE_FAILED,
         SHA_ODD: REMOTE_UNSCANNABLE, SHA_REFUSED: REMOTE_FAILED,
@@ -107,74 +98,75 @@ async def test_remote_runs_only_without_a_local_match_and_leaves_its_state(tmp_p
     assert states[SHA_REFUSED].last_error and "photodna-unauthorized" in states[SHA_REFUSED].last_error
     assert states[SHA_CLEAN].clean_at == states[SHA_CLEAN].scanned_at
 
-    [match] = [m for m in await store.list_matches() if m["matcher"] == "photodna"]
+    [match] = [m for m in await stores.pipeline.list_matches() if m["matcher"] == "photodna"]
     assert match["hash_id"] == "7469692" and "TrackingId T1" in match["source"]
-    scan = await store.get_scan(SHA_CLEAN)
+    scan = await stores.scans.get_scan(SHA_CLEAN)
     assert scan is not None and scan.bank_version == "v1+photodna"
 
     # A failed scan fails again: the next delay of the schedule applies.
-    p2, _, _ = build(tmp_path, store, [make_event(6, SHA_FLAKY)], remote)
+    p2, _, _ = build(tmp_path, stores, [make_event(6, SHA_FLAKY)], remote)
     await asyncio.wait_for(p2.run(), 10)
-    again = await store.get_remote_scan(SHA_FLAKY, "photodna")
+    again = await stores.remote.get_remote_scan(SHA_FLAKY, "photodna")
     assert again is not None and again.failures == 2
     assert again.next_attempt_at == pytest.approx(again.scanned_at + 600)
 
 
 async def test_cached_clean_content_is_not_sent_again_but_its_latest_upload_is_kept(tmp_path: Path,
-                                                                                     store: SqliteStore) -> None:
+                                                                                     stores: Stores) -> None:
     remote = FakeRemote()
-    p, _, _ = build(tmp_path, store, [make_event(0, SHA_CLEAN)], remote)
+    p, _, _ = build(tmp_path, stores, [make_event(0, SHA_CLEAN)], remote)
     await asyncio.wait_for(p.run(), 10)
-    p2, _, fetcher = build(tmp_path, store, [make_event(1, SHA_CLEAN)], remote)
+    p2, _, fetcher = build(tmp_path, stores, [make_event(1, SHA_CLEAN)], remote)
     await asyncio.wait_for(p2.run(), 10)
     assert remote.calls == [SHA_CLEAN] and fetcher.calls == []
-    row = await store.get_remote_scan(SHA_CLEAN, "photodna")
+    row = await stores.remote.get_remote_scan(SHA_CLEAN, "photodna")
     assert row is not None and row.upload is not None and row.upload.title == "File:Test 1.jpg"
     assert row.state == REMOTE_CLEAN
 
 
-async def test_local_matches_are_acted_on_before_the_remote_call(tmp_path: Path, store: SqliteStore) -> None:
+async def test_local_matches_are_acted_on_before_the_remote_call(tmp_path: Path, stores: Stores) -> None:
     remote = FakeRemote()
     remote.gate.clear()
-    p, kicked, _ = build(tmp_path, store, [make_event(0, SHA_PDQ)], remote, remote_when_local=True)
+    p, kicked, _ = build(tmp_path, stores, [make_event(0, SHA_PDQ)], remote, remote_when_local=True)
     task = asyncio.create_task(p.run())
     await asyncio.wait_for(remote.entered.wait(), 5)
     # PhotoDNA has not answered yet, and the local PDQ match is already recorded and notified.
     assert kicked == [f"notify:testwiki:File:Test 0.jpg:{SHA_PDQ}"]
-    assert [m["matcher"] for m in await store.list_matches()] == ["pdq"]
+    assert [m["matcher"] for m in await stores.pipeline.list_matches()] == ["pdq"]
     remote.gate.set()
     await asyncio.wait_for(task, 10)
-    assert sorted(m["matcher"] for m in await store.list_matches()) == ["pdq", "photodna"]
+    assert sorted(m["matcher"] for m in await stores.pipeline.list_matches()) == ["pdq", "photodna"]
     assert kicked == [f"notify:testwiki:File:Test 0.jpg:{SHA_PDQ}"]  # one notification per upload
-    assert await store.event_outcome("event-0") == "match"
-    row = await store.get_remote_scan(SHA_PDQ, "photodna")
+    assert await stores.ledger.event_outcome("event-0") == "match"
+    row = await stores.remote.get_remote_scan(SHA_PDQ, "photodna")
     assert row is not None and row.state == REMOTE_MATCH
     assert p.metrics.registry.get_sample_value("mediamoderation_matches_total",
                                                {"category": "child-protection", "matcher": "pdq"}) == 1
 
 
-async def test_a_remote_failure_after_a_local_match_keeps_the_match(tmp_path: Path, store: SqliteStore) -> None:
+async def test_a_remote_failure_after_a_local_match_keeps_the_match(tmp_path: Path, stores: Stores) -> None:
     class Failing(FakeRemote):
         async def match(self, media: PreparedMedia, *, background: bool = False) -> list[Match]:
             raise PhotoDnaError("down", reason="photodna")
 
-    p, kicked, _ = build(tmp_path, store, [make_event(0, SHA_PDQ)], Failing(), remote_when_local=True)
+    p, kicked, _ = build(tmp_path, stores, [make_event(0, SHA_PDQ)], Failing(), remote_when_local=True)
     await asyncio.wait_for(p.run(), 10)
-    assert await store.event_outcome("event-0") == "match"
+    assert await stores.ledger.event_outcome("event-0") == "match"
     assert kicked == [f"notify:testwiki:File:Test 0.jpg:{SHA_PDQ}"]
-    row = await store.get_remote_scan(SHA_PDQ, "photodna")
+    row = await stores.remote.get_remote_scan(SHA_PDQ, "photodna")
     assert row is not None and row.state == REMOTE_FAILED  # asked again on the retry schedule
 
 
-async def test_a_deadline_during_the_remote_call_leaves_a_failed_state(tmp_path: Path, store: SqliteStore) -> None:
+async def test_a_deadline_during_the_remote_call_leaves_a_failed_state(tmp_path: Path, stores: Stores) -> None:
     remote = FakeRemote()
     remote.gate.clear()  # never answers
     kicked: list[str] = []
-    p = Pipeline(config(tmp_path, event_deadline=0.3), source=ListSource([make_event(0, SHA_CLEAN)]), store=store,
+    p = Pipeline(config(tmp_path, event_deadline=0.3), source=ListSource([make_event(0, SHA_CLEAN)]),
+                 store=stores.pipeline,
                  fetcher=FakeFetcher(), exact=FakeExact(), matchers=[FakePdq()], planners=[planner], cpu=None,
                  prepare=fake_prepare, metrics=Metrics(), on_actions=lambda items: kicked.extend(i.key for i in items),
                  remote_matchers=[remote])
     await asyncio.wait_for(p.run(), 10)
-    assert await store.event_outcome("event-0") == "error:deadline"
-    row = await store.get_remote_scan(SHA_CLEAN, "photodna")
+    assert await stores.ledger.event_outcome("event-0") == "error:deadline"
+    row = await stores.remote.get_remote_scan(SHA_CLEAN, "photodna")
     assert row is not None and row.state == REMOTE_FAILED and row.last_error == "interrupted"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -22,17 +20,8 @@ from service.ratelimit import (
     month_of,
     seconds_left_in_month,
 )
-from service.store.sqlite import SqliteStore
+from service.store import Stores
 from tests.fakes import FakeClock
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
 
 # --------------------------------------------------------------------------- rate limiter
 
@@ -105,43 +94,43 @@ async def test_pause_holds_everyone_and_cancelled_waiters_give_their_place_up() 
 # --------------------------------------------------------------------------- budget
 
 
-async def test_budget_is_never_exceeded_and_survives_a_restart(store: SqliteStore) -> None:
+async def test_budget_is_never_exceeded_and_survives_a_restart(stores: Stores) -> None:
     clock = FakeClock(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
     used: list[int] = []
-    budget = MonthlyBudget(store, "photodna", 7, lease=3, clock=clock, on_change=used.append)
+    budget = MonthlyBudget(stores.budget, "photodna", 7, lease=3, clock=clock, on_change=used.append)
     for _ in range(4):
         await budget.take()
     await budget.close()  # gives back the unspent part of the lease
-    assert await store.budget_used("photodna", "2026-11") == 4
+    assert await stores.budget.budget_used("photodna", "2026-11") == 4
 
-    again = MonthlyBudget(store, "photodna", 7, lease=3, clock=clock)
+    again = MonthlyBudget(stores.budget, "photodna", 7, lease=3, clock=clock)
     assert await again.load() == 4
     for _ in range(3):
         await again.take()
     with pytest.raises(BudgetExhausted):
         await again.take()
     assert again.exhausted and again.used == 7
-    assert await store.budget_used("photodna", "2026-11") == 7
+    assert await stores.budget.budget_used("photodna", "2026-11") == 7
     assert used[-1] == 4
 
     clock.advance(15 * 86400)  # December: a new budget
     await again.take()
     assert not again.exhausted
-    assert await store.budget_used("photodna", "2026-12") >= 1
+    assert await stores.budget.budget_used("photodna", "2026-12") >= 1
 
 
-async def test_concurrent_takes_never_overshoot(store: SqliteStore) -> None:
-    budget = MonthlyBudget(store, "photodna", 10, lease=4)
+async def test_concurrent_takes_never_overshoot(stores: Stores) -> None:
+    budget = MonthlyBudget(stores.budget, "photodna", 10, lease=4)
     results = await asyncio.gather(*(budget.take() for _ in range(25)), return_exceptions=True)
     assert sum(r is None for r in results) == 10
     assert all(isinstance(r, BudgetExhausted) for r in results if r is not None)
-    assert await store.budget_used("photodna", month_of(time.time())) == 10
+    assert await stores.budget.budget_used("photodna", month_of(time.time())) == 10
 
 
-async def test_spare_budget_leaves_room_for_projected_live_traffic(store: SqliteStore) -> None:
+async def test_spare_budget_leaves_room_for_projected_live_traffic(stores: Stores) -> None:
     start = datetime(2026, 11, 30, tzinfo=UTC).timestamp()  # one day before the month ends
     clock = FakeClock(start)
-    budget = MonthlyBudget(store, "photodna", 1_000_000, lease=10, clock=clock)
+    budget = MonthlyBudget(stores.budget, "photodna", 1_000_000, lease=10, clock=clock)
     assert budget.spare(reserve=0.1) == 900_000  # nothing live seen yet
     for _ in range(60):  # one live request a second for a minute
         await budget.take()

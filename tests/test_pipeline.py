@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from service.config import Config, WikiSection, config_from_dict
 from service.errors import FileGone, TransientFetchError, Unscannable
 from service.events import sha1_to_base36
@@ -18,8 +16,8 @@ from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, PreparedMedia, RawEvent, UploadEvent
 from service.pipeline import Pipeline
 from service.sources.base import SourceBase
+from service.store import Stores
 from service.store.base import NewAction
-from service.store.sqlite import SqliteStore
 from tests.test_events import REAL
 
 SHA_CLEAN = "1" * 40
@@ -134,18 +132,10 @@ def planner(event: UploadEvent, sha1: str, matches: Sequence[Match]) -> list[New
     return [NewAction(key=f"notify:{event.wiki}:{event.title}:{sha1}", kind="notify", payload={"t": event.title})]
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
-    s = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-def build(cfg: Config, source: ListSource, store: SqliteStore, fetcher: FakeFetcher,
+def build(cfg: Config, source: ListSource, stores: Stores, fetcher: FakeFetcher,
           metrics: Metrics) -> tuple[Pipeline, list[str]]:
     kicked: list[str] = []
-    p = Pipeline(cfg, source=source, store=store, fetcher=fetcher, exact=FakeExact(), matchers=[FakePdq()],
+    p = Pipeline(cfg, source=source, store=stores.pipeline, fetcher=fetcher, exact=FakeExact(), matchers=[FakePdq()],
                  planners=[planner], cpu=None, prepare=fake_prepare, metrics=metrics,
                  on_actions=lambda items: kicked.extend(i.key for i in items))
     return p, kicked
@@ -156,7 +146,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-async def test_every_event_gets_one_outcome(tmp_path: Path, store: SqliteStore) -> None:
+async def test_every_event_gets_one_outcome(tmp_path: Path, stores: Stores) -> None:
     canary = copy.deepcopy(REAL)
     canary["meta"]["domain"] = "canary"
     events = [
@@ -176,10 +166,10 @@ async def test_every_event_gets_one_outcome(tmp_path: Path, store: SqliteStore) 
     metrics = Metrics()
     source = ListSource(events)
     fetcher = FakeFetcher()
-    p, kicked = build(config(tmp_path), source, store, fetcher, metrics)
+    p, kicked = build(config(tmp_path), source, stores, fetcher, metrics)
     await asyncio.wait_for(p.run(), 10)
 
-    outcomes = {f"event-{n}": await store.event_outcome(f"event-{n}") for n in (0, 1, 2, 3, 4, 5, 11)}
+    outcomes = {f"event-{n}": await stores.ledger.event_outcome(f"event-{n}") for n in (0, 1, 2, 3, 4, 5, 11)}
     assert outcomes == {
         "event-0": "clean", "event-1": "match", "event-2": "match", "event-3": "gone",
         "event-4": "unscannable:undecodable", "event-5": "error:http-503", "event-11": "clean",
@@ -197,26 +187,26 @@ async def test_every_event_gets_one_outcome(tmp_path: Path, store: SqliteStore) 
     assert sample(metrics, "mediamoderation_matches_total", category="terrorism", matcher="sha1") == 1
 
 
-async def test_cached_sha1_is_not_fetched_again(tmp_path: Path, store: SqliteStore) -> None:
+async def test_cached_sha1_is_not_fetched_again(tmp_path: Path, stores: Stores) -> None:
     metrics = Metrics()
     fetcher = FakeFetcher()
-    p, _ = build(config(tmp_path), ListSource([make_event(0, SHA_PDQ)]), store, fetcher, metrics)
+    p, _ = build(config(tmp_path), ListSource([make_event(0, SHA_PDQ)]), stores, fetcher, metrics)
     await p.run()
     # Same content uploaded under another title: reported again, without a download.
-    p2, kicked2 = build(config(tmp_path), ListSource([make_event(1, SHA_PDQ)]), store, fetcher, metrics)
+    p2, kicked2 = build(config(tmp_path), ListSource([make_event(1, SHA_PDQ)]), stores, fetcher, metrics)
     await p2.run()
     assert fetcher.calls == ["File:Test 0.jpg"]
     assert kicked2 == [f"notify:testwiki:File:Test 1.jpg:{SHA_PDQ}"]
     assert sample(metrics, "mediamoderation_scan_cache_hits_total") == 1
 
 
-async def test_backpressure_bounds_what_is_read(tmp_path: Path, store: SqliteStore) -> None:
+async def test_backpressure_bounds_what_is_read(tmp_path: Path, stores: Stores) -> None:
     fetcher = FakeFetcher()
     fetcher.release.clear()
     events = [make_event(i, SHA_CLEAN) for i in range(200)]
     fetcher.hold = {f"File:Test {i}.jpg" for i in range(200)}
     source = ListSource(events)
-    p, _ = build(config(tmp_path), source, store, fetcher, Metrics())
+    p, _ = build(config(tmp_path), source, stores, fetcher, Metrics())
     task = asyncio.create_task(p.run())
     await asyncio.wait_for(source.blocked.wait(), 5)
     # ingest queue (4) + intake (1) + fetch queue (4) + fetch workers (2): nothing else is read.
@@ -227,12 +217,12 @@ async def test_backpressure_bounds_what_is_read(tmp_path: Path, store: SqliteSto
     assert source.read == 200 and source.committed[-1] == 199
 
 
-async def test_checkpoint_waits_for_the_slowest_event(tmp_path: Path, store: SqliteStore) -> None:
+async def test_checkpoint_waits_for_the_slowest_event(tmp_path: Path, stores: Stores) -> None:
     fetcher = FakeFetcher()
     fetcher.release.clear()
     fetcher.hold = {"File:Test 0.jpg"}
     source = ListSource([make_event(i, SHA_CLEAN) for i in range(6)])
-    p, _ = build(config(tmp_path), source, store, fetcher, Metrics())
+    p, _ = build(config(tmp_path), source, stores, fetcher, Metrics())
     task = asyncio.create_task(p.run())
     await asyncio.wait_for(p.wait_idle(count=5), 5)  # events 1..5 done, event 0 held
     await p._commit()
@@ -242,19 +232,19 @@ async def test_checkpoint_waits_for_the_slowest_event(tmp_path: Path, store: Sql
     assert source.committed[-1] == 5
 
 
-async def test_deadline_ends_a_stuck_event(tmp_path: Path, store: SqliteStore) -> None:
+async def test_deadline_ends_a_stuck_event(tmp_path: Path, stores: Stores) -> None:
     source = ListSource([make_event(0, SHA_HANG), make_event(1, SHA_CLEAN)])
-    p, _ = build(config(tmp_path, event_deadline=0.3), source, store, FakeFetcher(), Metrics())
+    p, _ = build(config(tmp_path, event_deadline=0.3), source, stores, FakeFetcher(), Metrics())
     await asyncio.wait_for(p.run(), 10)
-    assert await store.event_outcome("event-0") == "error:deadline"
-    assert await store.event_outcome("event-1") == "clean"
+    assert await stores.ledger.event_outcome("event-0") == "error:deadline"
+    assert await stores.ledger.event_outcome("event-1") == "clean"
     assert source.committed[-1] == 1
 
 
-async def test_failed_event_is_retried_when_seen_again(tmp_path: Path, store: SqliteStore) -> None:
+async def test_failed_event_is_retried_when_seen_again(tmp_path: Path, stores: Stores) -> None:
     fetcher = FakeFetcher()
-    p, _ = build(config(tmp_path), ListSource([make_event(0, SHA_FAIL)]), store, fetcher, Metrics())
+    p, _ = build(config(tmp_path), ListSource([make_event(0, SHA_FAIL)]), stores, fetcher, Metrics())
     await p.run()
-    p2, _ = build(config(tmp_path), ListSource([make_event(0, SHA_FAIL)]), store, fetcher, Metrics())
+    p2, _ = build(config(tmp_path), ListSource([make_event(0, SHA_FAIL)]), stores, fetcher, Metrics())
     await p2.run()
     assert fetcher.calls == ["File:Test 0.jpg", "File:Test 0.jpg"]

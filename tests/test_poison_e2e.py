@@ -77,10 +77,10 @@ async def test_poison_events_are_skipped_and_the_stream_goes_on(
     runs.append(run)
     await run.finished(3 + poison, timeout=120)  # a crash of the service fails here with its cause
 
-    store = run.service.store
-    assert await store.event_outcome(first["meta"]["id"]) == "clean"
-    assert await store.event_outcome(middle["meta"]["id"]) == "match"
-    assert await store.event_outcome(last["meta"]["id"]) == "clean"
+    stores = run.service.stores
+    assert await stores.ledger.event_outcome(first["meta"]["id"]) == "clean"
+    assert await stores.ledger.event_outcome(middle["meta"]["id"]) == "match"
+    assert await stores.ledger.event_outcome(last["meta"]["id"]) == "clean"
     mails = await smtp_server.wait_for_async(1)
     assert middle["title"] in str(mails[0].message["Subject"])
     async with aiohttp.ClientSession() as http:
@@ -116,9 +116,9 @@ async def test_a_match_by_a_user_with_a_lone_surrogate_is_recorded_and_emailed(
     run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank))
     runs.append(run)
     await run.finished(1)
-    store = run.service.store
-    assert await store.event_outcome(event["meta"]["id"]) == "match"
-    recorded = [m for m in await store.list_matches() if m["event_id"] == event["meta"]["id"]]
+    stores = run.service.stores
+    assert await stores.ledger.event_outcome(event["meta"]["id"]) == "match"
+    recorded = [m for m in await stores.pipeline.list_matches() if m["event_id"] == event["meta"]["id"]]
     assert [m["uploader"] for m in recorded] == ["Bad\ufffdUser"]
     mails = await smtp_server.wait_for_async(1)
     assert event["title"] in str(mails[0].message["Subject"])

@@ -22,7 +22,7 @@ from service.matchers.photodna import build_matcher
 from service.mediawiki import WikiApi
 from service.metrics import Metrics
 from service.sources.mwapi import polling_client
-from service.store.sqlite import SqliteStore
+from service.store import sqlite_stores
 from tests.infra import images
 
 UA = "mediamoderation-test/0.1 (ts@example.org)"
@@ -99,14 +99,14 @@ async def test_photodna_does_not_follow_a_redirect(
     monkeypatch.setenv("TEST_PHOTODNA_KEY", "k" * 32)
     cfg = PhotoDnaSection(enabled=True, url=f"http://127.0.0.1:{entry.port}/photodna/v1.0/Match",
                           key=Secret(env="TEST_PHOTODNA_KEY"), timeout=5.0, retries=0)
-    store = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await store.open()
-    matcher = build_matcher(cfg, user_agent=UA, store=store, metrics=Metrics())
+    stores = sqlite_stores(str(tmp_path / "db.sqlite3"))
+    await stores.open()
+    matcher = build_matcher(cfg, user_agent=UA, store=stores.budget, metrics=Metrics())
     await matcher.client.start()
     try:
         with pytest.raises(ServiceError):
             await matcher.client.check(images.jpeg_bytes(images.photo(5)))
     finally:
         await matcher.aclose()
-        await store.close()
+        await stores.close()
     assert entry.seen == ["/photodna/v1.0/Match"] and trap.seen == []

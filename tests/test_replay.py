@@ -12,10 +12,12 @@ from typing import Any
 from service.config import config_from_dict
 from service.errors import ConfigError
 from service.metrics import Metrics
-from service.models import RawEvent
+from service.models import RawEvent, UploadEvent
 from service.sources.base import SourceBase, SourceStatus
 from service.sources.eventstreams import EventStreamsSource
 from service.sources.replay import ReplayRequest, RescanAdmission, UntilSource, replay_source
+from service.store import MemoryStore
+from service.store.base import NewAction, ScanRecord
 from tests.infra.sse_server import EventStreamsServer
 from tests.test_events import REAL
 from tests.test_eventstreams import MemoryCheckpoints
@@ -74,16 +76,17 @@ def test_offsets_only_for_kafka_and_a_window_needs_a_start(tmp_path: Path) -> No
 
 
 async def test_rescan_view_hides_what_was_handled_and_keeps_everything_else() -> None:
-    class Store:
-        async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, Any]:
-            return True, "cached"
-
-        async def get_checkpoint(self, name: str) -> str:
-            return f"cp:{name}"
-
-    view = RescanAdmission(Store())
-    assert await view.admit("e", "a" * 40) == (False, None)
-    assert await view.get_checkpoint("x") == "cp:x"
+    store = MemoryStore()
+    view = RescanAdmission(store)
+    event = UploadEvent(event_id="e", wiki="w", title="File:A.jpg", server_url="", page_url="", uploader=None,
+                        upload_time=datetime(2024, 1, 1, tzinfo=UTC), log_action="upload", sha1="a" * 40)
+    scan = ScanRecord(sha1="a" * 40, outcome="clean", bank_version="v1", scanned_at=1.0)
+    await view.finish(event, "clean", scan)
+    assert await store.admit("e", "a" * 40) == (True, None)  # handled, as far as the real store knows
+    assert await view.admit("e", "a" * 40) == (False, None)  # the view admits it again, unscanned
+    action = NewAction(key="notify:w:File:A.jpg:" + "a" * 40, kind="notify")
+    assert len(await view.record_matches(event, "a" * 40, [], [action])) == 1
+    assert await view.record_matches(event, "a" * 40, [], [action]) == []  # still sent only once
 
 
 def test_until_source_passes_acks_and_status_to_the_source_it_ends() -> None:

@@ -19,6 +19,7 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, UploadEvent
 from service.rescan import Rescanner
+from service.store import Stores
 from service.store.base import (
     REMOTE_CLEAN,
     REMOTE_FAILED,
@@ -28,7 +29,6 @@ from service.store.base import (
     RemoteScan,
     ScanRecord,
 )
-from service.store.sqlite import SqliteStore
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.photodna_server import PhotoDnaServer
@@ -83,14 +83,6 @@ def server() -> Iterator[PhotoDnaServer]:
     s.stop()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
 class Setup:
     def __init__(self, rescanner: Rescanner, matcher: PhotoDnaMatcher, fetcher: Fetcher, kicked: list[str]) -> None:
         self.rescanner = rescanner
@@ -100,7 +92,7 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(server: PhotoDnaServer, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+async def setup(server: PhotoDnaServer, stores: Stores, monkeypatch: pytest.MonkeyPatch
                 ) -> AsyncIterator[Any]:
     monkeypatch.setenv("RESCAN_TEST_KEY", KEY)
     made: list[Setup] = []
@@ -111,12 +103,12 @@ async def setup(server: PhotoDnaServer, store: SqliteStore, monkeypatch: pytest.
         rescan_cfg = dataclasses.replace(RescanSection(concurrency=1, budget_reserve=0.0, retry_delays=(60.0,)),
                                          **rescan)
         metrics = Metrics()
-        matcher = build_matcher(cfg, user_agent="mm-test/0 (ts@example.org)", store=store, metrics=metrics)
+        matcher = build_matcher(cfg, user_agent="mm-test/0 (ts@example.org)", store=stores.budget, metrics=metrics)
         await matcher.client.start()
         fetcher = Fetcher()
         kicked: list[str] = []
         rescanner = Rescanner(
-            rescan_cfg, matcher=matcher, budget=matcher.client.budget, store=store, fetcher=fetcher,
+            rescan_cfg, matcher=matcher, budget=matcher.client.budget, store=stores.rescan, fetcher=fetcher,
             wikis={"testwiki": WIKI}, prepare=prepare, cpu=None, thumbnail_cfg=ThumbnailSection(make_jpeg=True),
             planners=[planner], metrics=metrics, scan_version=lambda: "v1+photodna",
             on_actions=lambda items: kicked.extend(i.key for i in items), clock=lambda: NOW,
@@ -130,36 +122,36 @@ async def setup(server: PhotoDnaServer, store: SqliteStore, monkeypatch: pytest.
         await s.matcher.aclose()
 
 
-async def put(store: SqliteStore, n: int, state: str, at: float) -> None:
-    await store.put_remote_scans([RemoteScan(sha(n), "photodna", state, at, upload=upload(n),
+async def put(stores: Stores, n: int, state: str, at: float) -> None:
+    await stores.remote.put_remote_scans([RemoteScan(sha(n), "photodna", state, at, upload=upload(n),
                                              retry_delays=(60.0,))])
 
 
-async def test_old_clean_scans_oldest_first_within_the_spare_budget(setup: Any, store: SqliteStore,
+async def test_old_clean_scans_oldest_first_within_the_spare_budget(setup: Any, stores: Stores,
                                                                    server: PhotoDnaServer) -> None:
     s = await setup(budget=4)
     for n, age in ((1, 100), (2, 300), (3, 95), (4, 200), (5, 91)):
-        await put(store, n, REMOTE_CLEAN, NOW - age * DAY)
-    await put(store, 6, REMOTE_CLEAN, NOW - 10 * DAY)  # too young to ask again
-    await put(store, 7, REMOTE_FAILED, NOW - 120)  # failed two minutes ago: its retry (60 s) is due
-    await put(store, 8, REMOTE_FAILED, NOW - 30)  # not due yet
+        await put(stores, n, REMOTE_CLEAN, NOW - age * DAY)
+    await put(stores, 6, REMOTE_CLEAN, NOW - 10 * DAY)  # too young to ask again
+    await put(stores, 7, REMOTE_FAILED, NOW - 120)  # failed two minutes ago: its retry (60 s) is due
+    await put(stores, 8, REMOTE_FAILED, NOW - 30)  # not due yet
     server.add_known(images.jpeg_bytes(images.photo(4, (640, 480))), match_id="late-addition")
 
     results = await s.rescanner.run_once()
     # The due retry first, then the oldest clean verdicts, as many as the budget has to spare (4 - 1).
     assert s.fetcher.calls == ["File:Old 7.jpg", "File:Old 2.jpg", "File:Old 4.jpg", "File:Old 1.jpg"]
     assert results == {REMOTE_CLEAN: 3, REMOTE_MATCH: 1}
-    assert len(server.records) == 4 and await store.budget_used("photodna", "2026-11") <= 4
+    assert len(server.records) == 4 and await stores.budget.budget_used("photodna", "2026-11") <= 4
     assert s.kicked == [f"notify:testwiki:File:Old 4.jpg:{sha(4)}"]  # the newly matching old upload
-    row4 = await store.get_remote_scan(sha(4), "photodna")
+    row4 = await stores.remote.get_remote_scan(sha(4), "photodna")
     assert row4 is not None and row4.state == REMOTE_MATCH
-    [m] = await store.list_matches()
+    [m] = await stores.pipeline.list_matches()
     assert (m["title"], m["hash_id"], m["event_id"]) == ("File:Old 4.jpg", "late-addition", "ev-4")
-    scan = await store.get_scan(sha(4))
+    scan = await stores.scans.get_scan(sha(4))
     assert scan is not None and scan.outcome == "match"  # later uploads of it are reported from the cache
-    row2 = await store.get_remote_scan(sha(2), "photodna")
+    row2 = await stores.remote.get_remote_scan(sha(2), "photodna")
     assert row2 is not None and row2.clean_at == NOW  # asked again: clean as of now
-    assert (await store.get_remote_scan(sha(7), "photodna")).state == REMOTE_CLEAN  # type: ignore[union-attr]
+    assert (await stores.remote.get_remote_scan(sha(7), "photodna")).state == REMOTE_CLEAN  # type: ignore[union-attr]
 
     # The budget is spent: nothing more this month, however many rounds run.
     s.fetcher.calls.clear()
@@ -167,50 +159,51 @@ async def test_old_clean_scans_oldest_first_within_the_spare_budget(setup: Any, 
     assert s.fetcher.calls == [] and len(server.records) == 4
 
 
-async def test_a_new_match_notifies_once(setup: Any, store: SqliteStore, server: PhotoDnaServer) -> None:
+async def test_a_new_match_notifies_once(setup: Any, stores: Stores, server: PhotoDnaServer) -> None:
     s = await setup(age_days=90.0)
     server.add_known(images.jpeg_bytes(images.photo(11, (640, 480))), match_id="m-11")
     server.add_known(images.jpeg_bytes(images.photo(12, (640, 480))), match_id="m-12")
-    await put(store, 11, REMOTE_CLEAN, NOW - 100 * DAY)
-    await put(store, 12, REMOTE_CLEAN, NOW - 100 * DAY)
+    await put(stores, 11, REMOTE_CLEAN, NOW - 100 * DAY)
+    await put(stores, 12, REMOTE_CLEAN, NOW - 100 * DAY)
     # Upload 12 was reported already (say a local bank matched it when it was uploaded).
-    await store.record_matches(upload(12), sha(12), [Match("pdq", "local", "child-protection", "p", "f" * 64)],
-                               planner(upload(12), sha(12), []))
-    await store.put_scan(ScanRecord(sha(12), "match", "v0", NOW - 100 * DAY, pdq="ab",
+    await stores.pipeline.record_matches(upload(12), sha(12),
+                                         [Match("pdq", "local", "child-protection", "p", "f" * 64)],
+                                         planner(upload(12), sha(12), []))
+    await stores.scans.put_scan(ScanRecord(sha(12), "match", "v0", NOW - 100 * DAY, pdq="ab",
                                     matches=(Match("pdq", "local", "child-protection", "p", "f" * 64),)))
     await s.rescanner.run_once()
     assert s.kicked == [f"notify:testwiki:File:Old 11.jpg:{sha(11)}"]  # 12's key already existed
-    assert len(await store.list_actions()) == 2
-    scan12 = await store.get_scan(sha(12))
+    assert len(await stores.outbox.list_actions()) == 2
+    scan12 = await stores.scans.get_scan(sha(12))
     assert scan12 is not None and scan12.bank_version == "v0" and scan12.pdq == "ab"
     assert sorted(m.matcher for m in scan12.matches) == ["pdq", "photodna"]
     await s.rescanner.run_once()  # matched content is not asked again
     assert len(server.records) == 2 and len(s.kicked) == 1
 
 
-async def test_gone_uploads_end_their_rescans(setup: Any, store: SqliteStore, server: PhotoDnaServer) -> None:
+async def test_gone_uploads_end_their_rescans(setup: Any, stores: Stores, server: PhotoDnaServer) -> None:
     s = await setup()
     for n in (21, 22, 23):
-        await put(store, n, REMOTE_CLEAN, NOW - 200 * DAY)
+        await put(stores, n, REMOTE_CLEAN, NOW - 200 * DAY)
     s.fetcher.gone.add("File:Old 21.jpg")  # deleted
     s.fetcher.replaced.add("File:Old 22.jpg")  # overwritten with other content
-    await store.put_remote_scans([RemoteScan(sha(23), "photodna", "seen", NOW, upload=dataclasses.replace(
+    await stores.remote.put_remote_scans([RemoteScan(sha(23), "photodna", "seen", NOW, upload=dataclasses.replace(
         upload(23), wiki="otherwiki"))])  # the latest upload is on a wiki no longer configured
     assert await s.rescanner.run_once() == {REMOTE_GONE: 3}
     assert server.records == []
-    assert await store.stale_remote_scans("photodna", NOW, 10) == []
+    assert await stores.remote.stale_remote_scans("photodna", NOW, 10) == []
 
 
-async def test_nothing_is_sent_while_the_key_is_refused(setup: Any, store: SqliteStore,
+async def test_nothing_is_sent_while_the_key_is_refused(setup: Any, stores: Stores,
                                                        server: PhotoDnaServer) -> None:
     s = await setup()
-    await put(store, 31, REMOTE_FAILED, NOW - 3600)
-    await put(store, 32, REMOTE_FAILED, NOW - 3600)
+    await put(stores, 31, REMOTE_FAILED, NOW - 3600)
+    await put(stores, 32, REMOTE_FAILED, NOW - 3600)
     server.script("401")
     assert await s.rescanner.run_once() == {REMOTE_FAILED: 1}  # one probe only
     assert await s.rescanner.run_once() == {}  # no probe before auth_retry_interval
     assert len(server.records) == 1
-    rows = {r.sha1: r for r in await store.list_remote_scans("photodna")}
+    rows = {r.sha1: r for r in await stores.remote.list_remote_scans("photodna")}
     assert {r.state for r in rows.values()} == {REMOTE_FAILED}
 
 
@@ -238,8 +231,8 @@ async def test_an_old_clean_upload_that_matches_later_is_reported_once(
     run = await start(cfg)
     running_list.append(run)
     await run.finished(1)
-    store = run.service.store
-    assert await store.event_outcome(event["meta"]["id"]) == "clean"
+    stores = run.service.stores
+    assert await stores.ledger.event_outcome(event["meta"]["id"]) == "clean"
     assert [r.kind for r in server.records] == ["no-match"]
 
     server.add_known(images.jpeg_bytes(picture), source="Test", match_id="added-later")  # the list grows
@@ -252,7 +245,7 @@ async def test_an_old_clean_upload_that_matches_later_is_reported_once(
     await rescanner.wait_rounds(rescanner.rounds + 5)  # rounds go on: the match is not asked or sent again
     assert len(smtp_server.messages) == 1
     assert [r.kind for r in server.records] == ["no-match", "match"]
-    row = await store.get_remote_scan(next(r.sha1 for r in await store.list_remote_scans("photodna")), "photodna")
+    [row] = await stores.remote.list_remote_scans("photodna")
     assert row is not None and row.state == REMOTE_MATCH
     assert run.service.metrics.registry.get_sample_value(
         "mediamoderation_rescans_total", {"kind": "rescan", "result": "match"}) == 1

@@ -26,7 +26,7 @@ from service.config import Config, WikiSection, config_from_dict
 from service.errors import FileGone
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, UploadEvent
-from service.store.sqlite import SqliteStore
+from service.store import Stores, sqlite_stores
 from service.web.review.app import ReviewUI
 from service.web.review.auth import hash_password
 from tests.infra import images
@@ -56,7 +56,7 @@ class FakeFetcher:
 @dataclass
 class Ui:
     client: TestClient
-    store: SqliteStore
+    stores: Stores
     ui: ReviewUI
     fetcher: FakeFetcher
     kicks: list[int] = field(default_factory=list)
@@ -116,25 +116,26 @@ async def make_ui(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     async def make(sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **kwargs: Any) -> Ui:
         cfg = make_cfg(tmp_path, **kwargs)
-        store = SqliteStore(cfg.store.path, clock=lambda: ui_clock[0])
-        await store.open()
+        stores = sqlite_stores(cfg.store.path, clock=lambda: ui_clock[0])
+        await stores.open()
         fetcher = FakeFetcher()
         kicks: list[int] = []
         ui_clock = [1_800_000_000.0]
-        ui = ReviewUI(cfg, store=store, fetcher=fetcher, metrics=Metrics(), kick=lambda: kicks.append(1),
+        ui = ReviewUI(cfg, store=stores.review, fetcher=fetcher, metrics=Metrics(), kick=lambda: kicks.append(1),
                       clock=lambda: ui_clock[0], sleep=sleep)
         app = web.Application()
         ui.mount(app)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
-        made.append(h := Ui(client, store, ui, fetcher, kicks, ui_clock))
-        await store.record_matches(upload_event("File:Case <script>alert(1)</script>.jpg"), SHA1, [cp_match()], [])
+        made.append(h := Ui(client, stores, ui, fetcher, kicks, ui_clock))
+        await stores.pipeline.record_matches(upload_event("File:Case <script>alert(1)</script>.jpg"), SHA1,
+                                             [cp_match()], [])
         return h
 
     yield make
     for h in made:
         await h.client.close()
-        await h.store.close()
+        await h.stores.close()
 
 
 async def test_anonymous_requests_get_the_login_page(make_ui: Callable[..., Any]) -> None:
@@ -147,7 +148,7 @@ async def test_anonymous_requests_get_the_login_page(make_ui: Callable[..., Any]
     assert resp.status == 401 and h.fetcher.calls == []  # no preview without login, not even a fetch
     resp = await h.client.post(f"/review/matches/{SHA1}/decide", data={"decision": "confirm"})
     assert resp.status == 403
-    assert await h.store.list_audit(10) == []
+    assert await h.stores.review.list_audit(10) == []
 
 
 async def test_login_sets_a_secure_session_cookie_and_logout_ends_it(make_ui: Callable[..., Any]) -> None:
@@ -173,7 +174,7 @@ async def test_login_sets_a_secure_session_cookie_and_logout_ends_it(make_ui: Ca
     assert out.status == 303
     again = await h.client.get("/review/", headers={"Cookie": token}, allow_redirects=False)
     assert again.status == 303 and again.headers["Location"].startswith("/review/login")
-    assert [a.action for a in await h.store.list_audit(10)] == ["logout", "login"]
+    assert [a.action for a in await h.stores.review.list_audit(10)] == ["logout", "login"]
 
 
 async def test_wrong_passwords_are_refused_then_throttled(make_ui: Callable[..., Any]) -> None:
@@ -203,7 +204,7 @@ async def test_an_attacker_cannot_lock_a_reviewer_out_from_another_address(make_
     resp = await h.login("alice", PASSWORD, address="198.51.100.7, 127.0.0.1")  # through two trusted hops
     assert resp.status == 303 and resp.headers["Location"] == "/review/"
     assert sleeps == []  # five failures for the name: below the ceiling, nobody was slowed
-    assert [(a.action, a.note) for a in await h.store.list_audit(10)] == [("login", "from 198.51.100.7")]
+    assert [(a.action, a.note) for a in await h.stores.review.list_audit(10)] == [("login", "from 198.51.100.7")]
 
 
 async def test_a_name_attacked_from_many_addresses_is_slowed_not_locked(make_ui: Callable[..., Any]) -> None:
@@ -281,8 +282,8 @@ async def test_posts_without_the_csrf_token_are_refused(make_ui: Callable[..., A
     for data in ({"decision": "dismiss"}, {"decision": "dismiss", "csrf": "forged"}):
         resp = await h.client.post(f"/review/matches/{SHA1}/decide", data=data)
         assert resp.status == 403 and "security token" in await resp.text()
-    assert await h.store.allowlisted_banks(SHA1) == frozenset()
-    assert [a.action for a in await h.store.list_audit(10)] == ["login"]
+    assert await h.stores.review.allowlisted_banks(SHA1) == frozenset()
+    assert [a.action for a in await h.stores.review.list_audit(10)] == ["login"]
 
 
 async def test_queue_and_detail_escape_everything_and_show_the_match(make_ui: Callable[..., Any]) -> None:
@@ -311,7 +312,7 @@ async def test_links_stored_with_old_matches_never_reach_the_page_or_a_new_email
     h = await make_ui()
     event = dataclasses.replace(upload_event("File:Old row.jpg", event_id="ev-old"), server_url=forged,
                                 page_url=forged)
-    await h.store.record_matches(event, SHA1, [cp_match()], [])
+    await h.stores.pipeline.record_matches(event, SHA1, [cp_match()], [])
     await h.login()
     detail = await (await h.client.get(f"/review/matches/{SHA1}")).text()
     host = forged.split("/")[2]
@@ -319,7 +320,7 @@ async def test_links_stored_with_old_matches_never_reach_the_page_or_a_new_email
     assert 'href="http://127.0.0.1:1/wiki/File:Old_row.jpg"' in detail
     csrf = await h.csrf()
     await h.client.post(f"/review/matches/{SHA1}/decide", data={"csrf": csrf, "decision": "escalate"})
-    [escalation] = [i for i in await h.store.list_actions() if i.key.startswith("escalate:")]
+    [escalation] = [i for i in await h.stores.outbox.list_actions() if i.key.startswith("escalate:")]
     assert host not in json.dumps(escalation.payload)
 
 
@@ -334,9 +335,9 @@ async def test_previews_are_blurred_greyscale_by_default_and_never_cached(make_u
     clear_img = Image.open(io.BytesIO(await clear.read()))
     # Blurring removes the fine detail: almost no high-frequency content left, unlike the sharp image.
     assert _detail(img) < _detail(clear_img) / 10
-    audit = await h.store.list_audit(10)
+    audit = await h.stores.review.list_audit(10)
     assert [a.action for a in audit] == ["preview-unblurred", "login"]  # who looked at it unblurred
-    await h.store.record_matches(upload_event("File:gone.jpg", event_id="ev-2"), SHA1, [cp_match()], [])
+    await h.stores.pipeline.record_matches(upload_event("File:gone.jpg", event_id="ev-2"), SHA1, [cp_match()], [])
     gone = await h.client.get(f"/review/matches/{SHA1}/preview/2")
     assert gone.content_type == "image/svg+xml" and b"File deleted" in await gone.read()
     assert (await h.client.get(f"/review/matches/{OTHER}/preview/1")).status == 404
@@ -354,10 +355,10 @@ async def test_dismiss_allowlists_the_content_for_its_banks(make_ui: Callable[..
     resp = await h.client.post(f"/review/matches/{SHA1}/decide",
                                data={"csrf": csrf, "decision": "dismiss", "note": "a holiday photo"})
     assert resp.status == 200 and "allowlist" in await resp.text()
-    assert await h.store.allowlisted_banks(SHA1) == frozenset({"cp-bank"})
-    case = await h.store.review_case(SHA1)
+    assert await h.stores.review.allowlisted_banks(SHA1) == frozenset({"cp-bank"})
+    case = await h.stores.review.review_case(SHA1)
     assert case is not None and case.state == "dismissed" and case.decided_by == "bob"
-    [entry, _login] = await h.store.list_audit(10)
+    [entry, _login] = await h.stores.review.list_audit(10)
     assert (entry.actor, entry.action, entry.note, entry.sha1) == ("bob", "dismiss", "a holiday photo", SHA1)
     todo = await (await h.client.get("/review/")).text()
     assert "Nothing here" in todo
@@ -367,7 +368,7 @@ async def test_confirm_queues_one_takedown_per_upload_and_escalate_emails_the_se
     make_ui: Callable[..., Any],
 ) -> None:
     h = await make_ui()
-    await h.store.record_matches(upload_event("File:Copy.jpg", event_id="ev-2"), SHA1, [cp_match()], [])
+    await h.stores.pipeline.record_matches(upload_event("File:Copy.jpg", event_id="ev-2"), SHA1, [cp_match()], [])
     await h.login()
     csrf = await h.csrf()
     page = await h.client.get(f"/review/matches/{SHA1}")
@@ -376,7 +377,7 @@ async def test_confirm_queues_one_takedown_per_upload_and_escalate_emails_the_se
         await h.client.post(f"/review/matches/{SHA1}/decide",
                             data={"csrf": csrf, "decision": "escalate", "note": "need a second look", "nonce": nonce})
     await h.client.post(f"/review/matches/{SHA1}/decide", data={"csrf": csrf, "decision": "confirm"})
-    items = await h.store.list_actions()
+    items = await h.stores.outbox.list_actions()
     escalations = [i for i in items if i.key.startswith("escalate:")]
     assert len(escalations) == 1
     assert escalations[0].payload["recipients"] == ["lead@example.org"]
@@ -387,7 +388,7 @@ async def test_confirm_queues_one_takedown_per_upload_and_escalate_emails_the_se
     assert all(i.payload["requested_by"] == "alice" and i.payload["dry_run"] is False
                for i in items if i.kind == "takedown")
     assert h.kicks  # the dispatchers were told at once
-    assert [a.action for a in await h.store.list_audit(10)][:3] == ["confirm", "escalate", "escalate"]
+    assert [a.action for a in await h.stores.review.list_audit(10)][:3] == ["confirm", "escalate", "escalate"]
 
 
 async def test_confirm_is_refused_when_takedown_is_off(make_ui: Callable[..., Any]) -> None:
@@ -398,7 +399,7 @@ async def test_confirm_is_refused_when_takedown_is_off(make_ui: Callable[..., An
     assert "disabled" in detail and "Takedown is off" in detail
     resp = await h.client.post(f"/review/matches/{SHA1}/decide", data={"csrf": csrf, "decision": "confirm"})
     assert resp.status == 409
-    assert await h.store.list_actions() == []
+    assert await h.stores.outbox.list_actions() == []
 
 
 async def test_trusted_proxy_header_signs_in_only_from_trusted_addresses(make_ui: Callable[..., Any]) -> None:
@@ -426,7 +427,7 @@ async def test_the_audit_log_is_append_only(make_ui: Callable[..., Any]) -> None
     await h.login()
     page = await (await h.client.get("/review/audit")).text()
     assert "alice" in page and "login" in page
-    conn = sqlite3.connect(h.store.path)
+    conn = sqlite3.connect(h.stores.db.where)
     try:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute("UPDATE audit_log SET actor = 'mallory'")

@@ -158,7 +158,7 @@ async def test_review_flow_in_chromium(
     await run.finished(3)
     registry = run.service.metrics.registry
     assert registry.get_sample_value("mediamoderation_allowlisted_matches_total", {"bank": "cp-test"}) == 1
-    keys = [i.key for i in await run.service.store.list_actions()]
+    keys = [i.key for i in await run.service.stores.outbox.list_actions()]
     assert not any(again in k for k in keys)
     assert len(smtp_server.messages) == 2
     await page.goto(f"{base}/review/?state=all")

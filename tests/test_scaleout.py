@@ -28,7 +28,7 @@ import yaml
 
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.infra.mediawiki import MediaWikiServer
-from tests.infra.postgres import PostgresUnavailable, TestDatabase
+from tests.infra.postgres import TestDatabase
 from tests.infra.smtp import SmtpServer
 from tests.infra.wikifiles import GeneratedFile, add_files, utc
 
@@ -46,17 +46,6 @@ def wiki() -> Iterator[tuple[MediaWikiServer, list[GeneratedFile]]]:
         yield server, add_files(server, COUNT, prefix="Scale", start=utc(2014), seed=50_000)
     finally:
         server.stop()
-
-
-@pytest.fixture
-def database() -> Iterator[TestDatabase]:
-    db = TestDatabase()
-    try:
-        db.create()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield db
-    db.drop()
 
 
 def write_config(tmp_path: Path, server: MediaWikiServer, broker: TansuBroker, db: TestDatabase, smtp: SmtpServer,
@@ -114,7 +103,7 @@ def _tail(logs: Path) -> str:
 
 
 async def test_three_workers_scan_a_backfill_and_survive_a_sigkill(
-    tmp_path: Path, wiki: tuple[MediaWikiServer, list[GeneratedFile]], database: TestDatabase,
+    tmp_path: Path, wiki: tuple[MediaWikiServer, list[GeneratedFile]], pg_database: TestDatabase,
     smtp_server: SmtpServer,
 ) -> None:
     server, files = wiki
@@ -126,7 +115,7 @@ async def test_three_workers_scan_a_backfill_and_survive_a_sigkill(
     logs.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     with TansuBroker() as broker:
-        cfg = write_config(tmp_path, server, broker, database, smtp_server, bank, run_id)
+        cfg = write_config(tmp_path, server, broker, pg_database, smtp_server, bank, run_id)
         try:
             workers = [spawn(["run", "--role", "worker", "-c", str(cfg)], logs / f"worker{i}.log") for i in range(3)]
             procs += workers
@@ -134,13 +123,13 @@ async def test_three_workers_scan_a_backfill_and_survive_a_sigkill(
                            logs / "ingest.log")
             procs.append(ingest)
             done_sql = "SELECT COUNT(*) FROM events WHERE event_id LIKE 'backfill:%' AND outcome IN ('clean', 'match')"
-            await until(lambda: count(database.url, done_sql) >= COUNT // 3, "a third scanned", 120, procs, logs)
+            await until(lambda: count(pg_database.url, done_sql) >= COUNT // 3, "a third scanned", 120, procs, logs)
             workers[0].send_signal(signal.SIGKILL)  # mid-run: its unfinished, uncommitted events must not be lost
             started = time.monotonic()
-            await until(lambda: count(database.url, done_sql) >= COUNT, "every file scanned", 120, procs, logs)
+            await until(lambda: count(pg_database.url, done_sql) >= COUNT, "every file scanned", 120, procs, logs)
             recovered = time.monotonic() - started
             assert await asyncio.to_thread(ingest.wait, 30) == 0, _tail(logs)
-            await until(lambda: count(database.url, "SELECT COUNT(*) FROM outbox WHERE state = 'done'") >= MATCHES,
+            await until(lambda: count(pg_database.url, "SELECT COUNT(*) FROM outbox WHERE state = 'done'") >= MATCHES,
                         "notifications sent", 60, procs, logs)
             for w in workers[1:]:
                 w.send_signal(signal.SIGTERM)
@@ -152,12 +141,12 @@ async def test_three_workers_scan_a_backfill_and_survive_a_sigkill(
                     os.kill(p.pid, signal.SIGKILL)
                     p.wait(10)
 
-    with psycopg.connect(database.url) as conn:
+    with psycopg.connect(pg_database.url) as conn:
         scanned = {r[0] for r in conn.execute("SELECT sha1 FROM scans WHERE outcome IN ('clean', 'match')")}
     assert {f.sha1 for f in files} <= scanned  # (the wiki also holds the generator's template file)
-    assert count(database.url, "SELECT COUNT(*) FROM scans WHERE outcome = 'match'") == MATCHES
-    assert count(database.url, "SELECT COUNT(*) FROM outbox") == MATCHES
-    assert count(database.url, "SELECT COUNT(*) FROM outbox WHERE state <> 'done'") == 0
+    assert count(pg_database.url, "SELECT COUNT(*) FROM scans WHERE outcome = 'match'") == MATCHES
+    assert count(pg_database.url, "SELECT COUNT(*) FROM outbox") == MATCHES
+    assert count(pg_database.url, "SELECT COUNT(*) FROM outbox WHERE state <> 'done'") == 0
     mails = smtp_server.messages
     subjects = [str(m.message["Subject"]) for m in mails]
     assert len(mails) == MATCHES, subjects

@@ -72,7 +72,7 @@ async def test_notification_survives_smtp_outage_and_restart(
     cfg = make_config(tmp_path, mediawiki, sse_server, smtp_server, bank)
     run = await start(cfg)
     await run.finished(1)
-    pending = await run.service.store.list_actions("pending")
+    pending = await run.service.stores.outbox.list_actions("pending")
     assert len(pending) == 1 and pending[0].kind == "notify"
     await run.stop()  # restart while the notification is still unsent
 
@@ -82,7 +82,7 @@ async def test_notification_survives_smtp_outage_and_restart(
         mails = await smtp_server.wait_for_async(1, 30)
         assert len(mails) == 1
         async with asyncio.timeout(10):  # the dispatcher marks it done right after the SMTP reply
-            while (item := await run2.service.store.get_action(pending[0].id)) and item.state != "done":
+            while (item := await run2.service.stores.outbox.get_action(pending[0].id)) and item.state != "done":
                 await asyncio.sleep(0.05)
         assert item is not None and item.attempts == 2 and item.result == "sent"
         assert len(smtp_server.messages) == 1

@@ -22,8 +22,8 @@ from service.actions.takedown import TakedownAction, TakedownError
 from service.config import RetrySection, Secret, TakedownSection, WikiAuthSection, WikiSection
 from service.mediawiki import WikiApi
 from service.metrics import Metrics
+from service.store import Stores
 from service.store.base import NewAction, OutboxItem
-from service.store.sqlite import SqliteStore
 from tests.infra import images
 from tests.infra.mediawiki import FULL_GRANTS, MEDIAWIKI_DIR, MediaWikiServer, _bot_password
 from tests.infra.smtp import SmtpServer
@@ -78,18 +78,10 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(f"mediamoderation_{name}", labels) or 0.0
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "store.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
 @dataclass
 class Harness:
     action: TakedownAction
-    store: SqliteStore
+    stores: Stores
     metrics: Metrics
     wiki: MediaWikiServer
 
@@ -102,7 +94,7 @@ class Harness:
 
 @pytest.fixture
 async def harness_factory(tmp_path: Path, mediawiki: MediaWikiServer,
-                          store: SqliteStore) -> AsyncIterator[Callable[..., Harness]]:
+                          stores: Stores) -> AsyncIterator[Callable[..., Harness]]:
     made: list[TakedownAction] = []
 
     def make(user: str | None = None, password: str | None = None, **cfg: Any) -> Harness:
@@ -111,9 +103,9 @@ async def harness_factory(tmp_path: Path, mediawiki: MediaWikiServer,
                                password=Secret(file=secret_file(tmp_path, password or mediawiki.bot_password)))
         section = TakedownSection(mode="auto", auth=auth, reason=REASON, **cfg)
         action = TakedownAction(section, (wiki_section(mediawiki),), "mediamoderation-test/0.1 (ts@example.org)",
-                                metrics, audit=store, outbox=store)
+                                metrics, audit=stores.review, outbox=stores.outbox)
         made.append(action)
-        return Harness(action, store, metrics, mediawiki)
+        return Harness(action, stores, metrics, mediawiki)
 
     yield make
     for action in made:
@@ -170,7 +162,7 @@ async def test_deletes_every_version_with_tag_reason_and_verifies(
     [entry] = await asyncio.to_thread(delete_log, mediawiki, title)
     assert entry["comment"] == REASON and entry["tags"] == [TAG]
     assert sample(h.metrics, "takedowns_total", result="deleted") == 1
-    [audit] = await h.store.list_audit(10)
+    [audit] = await h.stores.review.list_audit(10)
     assert audit.action == "takedown" and audit.title == title and "verified" in audit.note
 
     # Performing it again (a retry after a crash) deletes nothing twice: already gone counts as done.
@@ -195,27 +187,27 @@ async def test_an_overwritten_matching_version_is_deleted_as_oldimage(
 
 
 async def test_permission_error_is_clear_alerts_and_is_not_retried(
-    mediawiki: MediaWikiServer, harness_factory: Callable[..., Harness], store: SqliteStore,
+    mediawiki: MediaWikiServer, harness_factory: Callable[..., Harness], stores: Stores,
 ) -> None:
     h = harness_factory(user=mediawiki.nodelete_user, password=mediawiki.nodelete_password)
     title = f"File:TD {uuid.uuid4().hex[:8]} nodelete.jpg"
     [sha1] = await asyncio.to_thread(upload, mediawiki, title, photo_bytes(121))
     item = h.item(title, sha1)
-    [queued] = await store.add_actions([NewAction(key=item.key, kind="takedown", payload=item.payload)])
-    dispatcher = OutboxDispatcher(store, {"takedown": h.action}, RetrySection(0.01, 0.02), h.metrics)
+    [queued] = await stores.outbox.add_actions([NewAction(key=item.key, kind="takedown", payload=item.payload)])
+    dispatcher = OutboxDispatcher(stores.outbox, {"takedown": h.action}, RetrySection(0.01, 0.02), h.metrics)
 
     await dispatcher.drain(timeout=30)
 
-    after = await store.get_action(queued.id)
+    after = await stores.outbox.get_action(queued.id)
     assert after is not None and after.state == "failed" and after.attempts == 1  # no retry loop
     error = after.last_error or ""
     assert "Admin@nodelete" in error and "may not delete" in error and "'delete' right" in error, error
     assert sample(h.metrics, "takedowns_total", result="permission-denied") == 1
-    alerts = [i for i in await store.list_actions() if i.key.startswith("alert:")]
+    alerts = [i for i in await stores.outbox.list_actions() if i.key.startswith("alert:")]
     assert len(alerts) == 1 and alerts[0].kind == "notify"
     assert "TAKEDOWN FAILED" in alerts[0].payload["alert"] and "may not delete" in alerts[0].payload["alert"]
     assert (await asyncio.to_thread(mediawiki.imageinfo, title)).get("imageinfo")  # still there
-    assert [a.action for a in await store.list_audit(10)] == ["takedown-failed"]
+    assert [a.action for a in await stores.review.list_audit(10)] == ["takedown-failed"]
 
 
 async def test_wrong_bot_password_is_an_auth_failure(
@@ -343,7 +335,7 @@ async def takedowns_settled(run: Running) -> list[OutboxItem]:
 
     async def settled() -> bool:
         nonlocal items
-        items = [i for i in await run.service.store.list_actions() if i.kind == "takedown"]
+        items = [i for i in await run.service.stores.outbox.list_actions() if i.kind == "takedown"]
         return all(i.state != "pending" for i in items)
 
     await until(settled, what="every takedown finished")
@@ -378,7 +370,7 @@ async def test_auto_mode_deletes_only_child_protection(
     assert "automatic takedown started" in cp_text and "/review/matches/" in cp_text
     assert "no automatic takedown for terrorism" in t_text
     assert sample(run.service.metrics, "takedowns_total", result="deleted") == 1
-    removed = await run.service.store.review_case(hashlib.sha1(cp).hexdigest())
+    removed = await run.service.stores.review.review_case(hashlib.sha1(cp).hexdigest())
     assert removed is not None and removed.state == "removed"  # nobody has to look at it
 
 

@@ -138,7 +138,7 @@ async def test_one_email_and_one_delete_per_match_across_a_restart(
     await run2.finished(4)
 
     async def outbox_empty() -> bool:
-        return await run2.service.store.pending_count() == 0
+        return await run2.service.stores.outbox.pending_count() == 0
 
     await until(outbox_empty, what="every pending action performed")
     mails = gated_smtp.received()
@@ -146,7 +146,7 @@ async def test_one_email_and_one_delete_per_match_across_a_restart(
         [f"File:{cp_name}", f"File:{terror_name}"]), [str(m["Subject"]) for m in mails]
     assert len({m["Message-ID"] for m in mails}) == 2
     assert len(await asyncio.to_thread(delete_log, mediawiki, f"File:{cp_name}")) == 1  # one delete, ever
-    items = await run2.service.store.list_actions()
+    items = await run2.service.stores.outbox.list_actions()
     assert sorted((i.kind, i.state) for i in items) == [("notify", "done"), ("notify", "done"), ("takedown", "done")]
     assert {i.payload["sha1"] for i in items} == {hashlib.sha1(cp).hexdigest(), hashlib.sha1(terror).hexdigest()}
     await run2.stop()

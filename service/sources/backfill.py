@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from service.config import Config
 from service.errors import WikiApiError
@@ -38,10 +38,6 @@ from service.sources.mwapi import iso_time, mw_timestamp, polling_client, recent
 from service.store.base import CheckpointStore, ScanStore
 
 log = logging.getLogger(__name__)
-
-
-class BackfillStore(CheckpointStore, ScanStore, Protocol):
-    """What a backfill needs: its checkpoint, and earlier scans (to skip files already found clean)."""
 
 
 def checkpoint_name(cfg: Config, wiki: str, start: datetime | None, end: datetime | None) -> str:
@@ -65,7 +61,8 @@ class BackfillSource(SourceBase):
         cfg: Config,
         wiki_id: str,
         *,
-        store: BackfillStore,
+        checkpoints: CheckpointStore,
+        scans: ScanStore,
         metrics: Metrics,
         start: datetime | None = None,
         end: datetime | None = None,
@@ -78,7 +75,8 @@ class BackfillSource(SourceBase):
                              f"({', '.join(w.id for w in cfg.wikis)})")
         self.cfg = cfg
         self.wiki = wiki
-        self.store = store
+        self.checkpoints = checkpoints
+        self.scans = scans
         self.metrics = metrics
         self.start = start
         self.end = end
@@ -100,10 +98,10 @@ class BackfillSource(SourceBase):
         return self._connected
 
     async def commit(self, position: Any) -> None:
-        await self.store.set_checkpoint(self.checkpoint, position)
+        await self.checkpoints.set_checkpoint(self.checkpoint, position)
 
     async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
-        saved = await self.store.get_checkpoint(self.checkpoint)
+        saved = await self.checkpoints.get_checkpoint(self.checkpoint)
         saved = saved if isinstance(saved, dict) else {}
         if saved.get("done"):
             log.info("backfill already complete for this range", extra={"checkpoint": self.checkpoint,
@@ -176,7 +174,7 @@ class BackfillSource(SourceBase):
             self.cursor_time = stamp
             self.metrics.backfill_files.labels(self.wiki.id, "listed").inc()
             if version is not None and len(sha1) == 40:
-                scan = await self.store.get_scan(sha1)
+                scan = await self.scans.get_scan(sha1)
                 # Only clean results are skipped: a known match under a new title is still reported.
                 if scan is not None and scan.bank_version == version and scan.outcome == CLEAN:
                     self.skipped += 1

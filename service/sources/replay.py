@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,9 +28,9 @@ from service import events as ev
 from service.config import Config
 from service.errors import ConfigError, MalformedEvent
 from service.metrics import Metrics
-from service.models import RawEvent
+from service.models import Match, RawEvent, UploadEvent
 from service.sources.base import Source, SourceStatus
-from service.store.base import CheckpointStore, ScanRecord
+from service.store.base import CheckpointStore, NewAction, OutboxItem, PipelineStore, RemoteScan, ScanRecord
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +147,20 @@ async def _reap(task: asyncio.Task[None]) -> None:
 
 
 class RescanAdmission:
-    """A store view for ``--rescan``: nothing counts as handled or scanned at intake; the rest is unchanged."""
+    """A pipeline store for ``--rescan``: nothing counts as handled or scanned at intake; the rest is unchanged."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: PipelineStore) -> None:
         self._store = store
 
     async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, ScanRecord | None]:
         return False, None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+    async def finish(
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+    ) -> None:
+        await self._store.finish(event, outcome, scan, remote)
+
+    async def record_matches(
+        self, event: UploadEvent, sha1: str, matches: Sequence[Match], actions: Sequence[NewAction]
+    ) -> list[OutboxItem]:
+        return await self._store.record_matches(event, sha1, matches, actions)

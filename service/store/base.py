@@ -1,7 +1,8 @@
 """Narrow store interfaces.  Each component receives only the protocol it needs.
 
-SQLite implements all of them today (``service.store.sqlite``); PostgreSQL will implement the same.
-All times are Unix seconds (float).
+:class:`service.store.Stores` hands them out one field each; the SQL implementations (one per concern,
+for SQLite and PostgreSQL alike) are the ``Sql*`` classes of this package, the in-memory ones
+:class:`service.store.memory.MemoryStore`.  All times are Unix seconds (float).
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from service.errors import ServiceError
 from service.models import Match, UploadEvent
+
+
+class StoreError(ServiceError):
+    """The store cannot be opened or used (the database is down, locked, corrupt or too new)."""
+
+    retriable = True
+    reason = "store"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +203,9 @@ class BudgetStore(Protocol):
     async def budget_used(self, name: str, period: str) -> int: ...
 
 
-class Store(CheckpointStore, EventLedger, ScanStore, PipelineStore, Outbox, RemoteScanStore, BudgetStore,
-            Protocol):
+class Lifecycle(Protocol):
+    """Opening (connect, migrate), closing and the readiness probe of a store."""
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
@@ -289,7 +299,7 @@ class AuditStore(Protocol):
         ...
 
 
-class ReviewStore(AllowlistStore, AuditStore, Outbox, Protocol):
+class ReviewStore(AllowlistStore, AuditStore, Protocol):
     async def record_decision(self, decision: Decision) -> tuple[int, list[OutboxItem]]: ...
     async def list_audit(self, limit: int, before_id: int | None = None,
                          sha1: str | None = None) -> list[AuditEntry]: ...

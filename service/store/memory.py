@@ -1,0 +1,378 @@
+"""In-memory implementations of every store protocol, for unit tests (as httpx ships ``MockTransport``).
+
+One :class:`MemoryStore` holds all the state and implements every protocol of :mod:`.base`;
+:func:`service.store.memory_stores` hands it out field by field.  ``tests/store/test_contract.py`` runs
+the same behaviour suite against it, SQLite and PostgreSQL.  Single process: no outbox leases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from service.models import Match, UploadEvent
+from service.store.base import (
+    REMOTE_CLEAN,
+    REMOTE_FAILED,
+    REMOTE_SEEN,
+    AuditEntry,
+    CaseFilter,
+    Decision,
+    NewAction,
+    OutboxItem,
+    RemoteScan,
+    RemoteScanRow,
+    ReviewCase,
+    ReviewSession,
+    ScanRecord,
+    StoreError,
+)
+
+
+class MemoryStore:
+    """Every protocol of :mod:`service.store.base`, on dicts."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.is_open = False
+        self.checkpoints: dict[str, str] = {}
+        self.events: dict[str, tuple[UploadEvent, str, float]] = {}
+        self.scans: dict[str, ScanRecord] = {}
+        self.matches: list[dict[str, Any]] = []
+        self.outbox: dict[int, OutboxItem] = {}
+        self.remote: dict[tuple[str, str], RemoteScanRow] = {}
+        self.budgets: dict[tuple[str, str], int] = {}
+        self.audit: list[AuditEntry] = []
+        self.allowlist: dict[tuple[str, str], dict[str, Any]] = {}
+        self.review_state: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, ReviewSession] = {}
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def open(self) -> None:
+        self.is_open = True
+
+    async def close(self) -> None:
+        self.is_open = False
+
+    async def ping(self) -> None:
+        if not self.is_open:
+            raise StoreError("store is not open")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def get_checkpoint(self, name: str) -> Any | None:
+        text = self.checkpoints.get(name)
+        return None if text is None else json.loads(text)
+
+    async def set_checkpoint(self, name: str, value: Any) -> None:
+        self.checkpoints[name] = json.dumps(value, separators=(",", ":"))
+
+    async def delete_checkpoint(self, name: str) -> None:
+        self.checkpoints.pop(name, None)
+
+    # ------------------------------------------------------------------ ledger and pipeline
+
+    def _seen(self, event_id: str) -> bool:
+        row = self.events.get(event_id)
+        return row is not None and not row[1].startswith("error:")
+
+    async def event_seen(self, event_id: str) -> bool:
+        return self._seen(event_id)
+
+    async def record_event(self, event: UploadEvent, outcome: str) -> None:
+        self.events[event.event_id] = (event, outcome, self.clock())
+
+    async def event_outcome(self, event_id: str) -> str | None:
+        row = self.events.get(event_id)
+        return None if row is None else row[1]
+
+    async def prune_events(self, older_than: float) -> int:
+        old = [k for k, (_, _, at) in self.events.items() if at < older_than]
+        for k in old:
+            del self.events[k]
+        return len(old)
+
+    async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, ScanRecord | None]:
+        if self._seen(event_id):
+            return True, None
+        return False, None if sha1 is None else self.scans.get(sha1)
+
+    async def finish(
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+    ) -> None:
+        if scan is not None:
+            self.scans[scan.sha1] = scan
+        for r in remote:
+            self._put_remote(r)
+        await self.record_event(event, outcome)
+
+    async def get_scan(self, sha1: str) -> ScanRecord | None:
+        return self.scans.get(sha1)
+
+    async def put_scan(self, record: ScanRecord) -> None:
+        self.scans[record.sha1] = record
+
+    # ------------------------------------------------------------------ matches and outbox
+
+    def _insert_actions(self, actions: Sequence[NewAction], now: float) -> list[OutboxItem]:
+        keys = {i.key for i in self.outbox.values()}
+        created = []
+        for a in actions:
+            if a.key in keys:
+                continue
+            keys.add(a.key)
+            item = OutboxItem(id=next(self._ids), key=a.key, kind=a.kind, payload=json.loads(json.dumps(a.payload)),
+                              created_at=now)
+            self.outbox[item.id] = item
+            created.append(item)
+        return created
+
+    async def record_matches(
+        self, event: UploadEvent, sha1: str, matches: Sequence[Match], actions: Sequence[NewAction]
+    ) -> list[OutboxItem]:
+        now = self.clock()
+        have = {(r["wiki"], r["title"], r["sha1"], r["matcher"], r["bank"], r["hash_id"]) for r in self.matches}
+        for m in matches:
+            key = (event.wiki, event.title, sha1, m.matcher, m.bank, m.hash_id)
+            if key in have:
+                continue
+            have.add(key)
+            self.matches.append({
+                "id": len(self.matches) + 1, "event_id": event.event_id, "wiki": event.wiki, "title": event.title,
+                "sha1": sha1, "uploader": event.uploader, "upload_time": event.upload_time.isoformat(),
+                "log_action": event.log_action, "page_url": event.page_url, "matcher": m.matcher, "bank": m.bank,
+                "category": m.category, "hash_id": m.hash_id, "hash_value": m.hash_value, "distance": m.distance,
+                "source": m.source, "details": json.dumps(dict(m.details)), "created_at": now,
+            })
+        return self._insert_actions(actions, now)
+
+    async def list_matches(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [dict(r) for r in sorted(self.matches, key=lambda r: -r["id"])[:limit]]
+
+    async def add_actions(self, actions: Sequence[NewAction]) -> list[OutboxItem]:
+        return self._insert_actions(actions, self.clock())
+
+    async def due_actions(self, kind: str, now: float, limit: int) -> list[OutboxItem]:
+        due = [i for i in self.outbox.values() if i.state == "pending" and i.kind == kind and i.next_attempt_at <= now]
+        return sorted(due, key=lambda i: (i.next_attempt_at, i.id))[:limit]
+
+    async def next_due_time(self) -> float | None:
+        return min((i.next_attempt_at for i in self.outbox.values() if i.state == "pending"), default=None)
+
+    async def get_action(self, item_id: int) -> OutboxItem | None:
+        return self.outbox.get(item_id)
+
+    async def list_actions(self, state: str | None = None) -> list[OutboxItem]:
+        return [i for _, i in sorted(self.outbox.items()) if state is None or i.state == state]
+
+    def _update(self, item_id: int, **changes: Any) -> None:
+        item = self.outbox.get(item_id)
+        if item is not None:
+            self.outbox[item_id] = dataclasses.replace(item, attempts=item.attempts + 1, **changes)
+
+    async def mark_done(self, item_id: int, result: str) -> None:
+        self._update(item_id, state="done", result=result, last_error=None)
+
+    async def mark_retry(self, item_id: int, error: str, next_attempt_at: float) -> None:
+        self._update(item_id, last_error=error, next_attempt_at=next_attempt_at)
+
+    async def mark_failed(self, item_id: int, error: str) -> None:
+        self._update(item_id, state="failed", last_error=error)
+
+    async def pending_count(self) -> int:
+        return sum(1 for i in self.outbox.values() if i.state == "pending")
+
+    # ------------------------------------------------------------------ remote scans and budgets
+
+    def _put_remote(self, r: RemoteScan) -> None:
+        old = self.remote.get((r.sha1, r.matcher))
+        if r.state == REMOTE_SEEN:
+            if old is not None and r.upload is not None:
+                self.remote[(r.sha1, r.matcher)] = dataclasses.replace(old, upload=r.upload)
+            return
+        failures, next_at, clean_at = r.transition(old.failures if old else None, old.clean_at if old else None)
+        self.remote[(r.sha1, r.matcher)] = RemoteScanRow(
+            sha1=r.sha1, matcher=r.matcher, state=r.state, scanned_at=r.at, clean_at=clean_at, failures=failures,
+            next_attempt_at=next_at, upload=r.upload if r.upload is not None else (old.upload if old else None),
+            last_error=r.error)
+
+    async def put_remote_scans(self, scans: Sequence[RemoteScan]) -> None:
+        for r in scans:
+            self._put_remote(r)
+
+    async def get_remote_scan(self, sha1: str, matcher: str) -> RemoteScanRow | None:
+        return self.remote.get((sha1, matcher))
+
+    async def list_remote_scans(self, matcher: str) -> list[RemoteScanRow]:
+        return sorted((r for r in self.remote.values() if r.matcher == matcher), key=lambda r: r.scanned_at)
+
+    async def due_remote_retries(self, matcher: str, now: float, limit: int) -> list[RemoteScanRow]:
+        rows = [r for r in self.remote.values() if r.matcher == matcher and r.state == REMOTE_FAILED
+                and r.next_attempt_at is not None and r.next_attempt_at <= now]
+        return sorted(rows, key=lambda r: (r.next_attempt_at or 0.0, r.scanned_at))[:limit]
+
+    async def stale_remote_scans(self, matcher: str, clean_before: float, limit: int) -> list[RemoteScanRow]:
+        rows = [r for r in self.remote.values() if r.matcher == matcher and r.state == REMOTE_CLEAN
+                and r.clean_at is not None and r.clean_at < clean_before]
+        return sorted(rows, key=lambda r: (r.clean_at or 0.0, r.sha1))[:limit]
+
+    async def retry_remote_failures_now(self, matcher: str, now: float) -> int:
+        n = 0
+        for key, r in list(self.remote.items()):
+            if r.matcher == matcher and r.state == REMOTE_FAILED and (r.next_attempt_at is None
+                                                                      or r.next_attempt_at > now):
+                self.remote[key] = dataclasses.replace(r, next_attempt_at=now)
+                n += 1
+        return n
+
+    async def reserve_budget(self, name: str, period: str, want: int, limit: int) -> tuple[int, int]:
+        used = self.budgets.get((name, period), 0)
+        granted = max(0, min(want, limit - used))
+        self.budgets[(name, period)] = used + granted
+        return granted, used + granted
+
+    async def release_budget(self, name: str, period: str, count: int) -> None:
+        if (name, period) in self.budgets:
+            self.budgets[(name, period)] = max(0, self.budgets[(name, period)] - count)
+
+    async def budget_used(self, name: str, period: str) -> int:
+        return self.budgets.get((name, period), 0)
+
+    # ------------------------------------------------------------------ review: allowlist, audit, decisions
+
+    async def allowlisted_banks(self, sha1: str) -> frozenset[str]:
+        return frozenset(bank for s, bank in self.allowlist if s == sha1)
+
+    async def list_allowlist(self, limit: int = 500) -> list[dict[str, Any]]:
+        return sorted(self.allowlist.values(), key=lambda r: -r["added_at"])[:limit]
+
+    def _append_audit(self, at: float, actor: str, action: str, sha1: str | None, wiki: str | None,
+                      title: str | None, note: str, detail: dict[str, Any]) -> int:
+        entry = AuditEntry(id=len(self.audit) + 1, at=at, actor=actor, action=action, sha1=sha1, wiki=wiki,
+                           title=title, note=note, detail=json.loads(json.dumps(detail, sort_keys=True)))
+        self.audit.append(entry)
+        return entry.id
+
+    async def append_audit(
+        self, actor: str, action: str, *, sha1: str | None = None, wiki: str | None = None,
+        title: str | None = None, note: str = "", detail: dict[str, Any] | None = None,
+    ) -> int:
+        return self._append_audit(self.clock(), actor, action, sha1, wiki, title, note, detail or {})
+
+    async def list_audit(self, limit: int, before_id: int | None = None, sha1: str | None = None) -> list[AuditEntry]:
+        rows = [e for e in reversed(self.audit)
+                if (before_id is None or e.id < before_id) and (sha1 is None or e.sha1 == sha1)]
+        return rows[:limit]
+
+    async def record_decision(self, decision: Decision) -> tuple[int, list[OutboxItem]]:
+        now, d = self.clock(), decision
+        audit_id = self._append_audit(now, d.reviewer, d.action, d.sha1, None, d.title, d.note, dict(d.detail))
+        self.review_state[d.sha1] = {"state": d.state, "reviewer": d.reviewer, "decided_at": now, "note": d.note}
+        for bank in d.allowlist_banks:
+            self.allowlist.setdefault((d.sha1, bank), {"bank": bank, "sha1": d.sha1, "added_by": d.reviewer,
+                                                       "added_at": now, "note": d.note})
+        items = self._insert_actions(d.actions, now)
+        for item in list(self.outbox.values()):
+            if item.key in d.retry_keys and item.state == "failed":
+                self.outbox[item.id] = dataclasses.replace(item, state="pending", next_attempt_at=now)
+                items.append(self.outbox[item.id])
+        return audit_id, sorted(items, key=lambda i: i.id)
+
+    async def mark_removed(self, sha1: str, at: float) -> None:
+        old = self.review_state.get(sha1)
+        newest = max((r["created_at"] for r in self.matches if r["sha1"] == sha1), default=None)
+        if old is None or old["state"] == "removed" or (newest is not None and old["decided_at"] < newest):
+            self.review_state[sha1] = {"state": "removed", "reviewer": "system", "decided_at": at,
+                                       "note": old["note"] if old else ""}
+
+    # ------------------------------------------------------------------ review: queue
+
+    def _case(self, sha1: str) -> ReviewCase | None:
+        rows = [r for r in self.matches if r["sha1"] == sha1]
+        if not rows:
+            return None
+        last = max(r["created_at"] for r in rows)
+        decided = self.review_state.get(sha1)
+        if decided is not None and decided["state"] == "dismissed":
+            state = "dismissed"
+        elif decided is None or decided["decided_at"] < last:
+            state = "open"
+        else:
+            state = decided["state"]
+        return ReviewCase(
+            sha1=sha1, first_seen=min(r["created_at"] for r in rows), last_seen=last, state=state,
+            categories=tuple(sorted({r["category"] for r in rows})), wikis=tuple(sorted({r["wiki"] for r in rows})),
+            matchers=tuple(sorted({r["matcher"] for r in rows})), banks=tuple(sorted({r["bank"] for r in rows})),
+            uploads=len({(r["wiki"], r["title"]) for r in rows}),
+            decided_by=decided["reviewer"] if decided else None, decided_at=decided["decided_at"] if decided else None)
+
+    async def review_cases(self, filt: CaseFilter, limit: int, offset: int) -> tuple[list[ReviewCase], int]:
+        cases = [c for c in (self._case(s) for s in {r["sha1"] for r in self.matches}) if c is not None]
+        if filt.category:
+            cases = [c for c in cases if filt.category in c.categories]
+        if filt.wiki:
+            cases = [c for c in cases if filt.wiki in c.wikis]
+        if filt.matcher:
+            cases = [c for c in cases if filt.matcher in c.matchers]
+        if filt.state == "todo":
+            cases = [c for c in cases if c.state in ("open", "escalated")]
+        elif filt.state:
+            cases = [c for c in cases if c.state == filt.state]
+        cases.sort(key=lambda c: c.sha1)
+        cases.sort(key=lambda c: c.last_seen, reverse=True)
+        return cases[offset:offset + limit], len(cases)
+
+    async def review_case(self, sha1: str) -> ReviewCase | None:
+        return self._case(sha1)
+
+    async def case_matches(self, sha1: str) -> list[dict[str, Any]]:
+        rows = sorted((r for r in self.matches if r["sha1"] == sha1), key=lambda r: (-r["created_at"], r["id"]))
+        return [{**r, "details": json.loads(r["details"] or "{}")} for r in rows]
+
+    async def case_actions(self, sha1: str) -> list[OutboxItem]:
+        return [i for _, i in sorted(self.outbox.items())
+                if i.key.endswith(f":{sha1}") or i.key.startswith(f"escalate:{sha1}:")]
+
+    async def case_titles(self, sha1s: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        newest: dict[tuple[str, str, str], float] = {}
+        for r in self.matches:
+            if r["sha1"] in sha1s:
+                key = (r["sha1"], r["wiki"], r["title"])
+                newest[key] = max(newest.get(key, r["created_at"]), r["created_at"])
+        out: dict[str, list[tuple[str, str]]] = {}
+        for (sha1, wiki, title), _ in sorted(newest.items(), key=lambda kv: -kv[1]):
+            out.setdefault(sha1, []).append((wiki, title))
+        return out
+
+    async def filter_values(self) -> dict[str, list[str]]:
+        return {col: sorted({r[col] for r in self.matches}) for col in ("category", "wiki", "matcher")}
+
+    # ------------------------------------------------------------------ review: sessions
+
+    async def create_session(self, session: ReviewSession) -> None:
+        if session.token_hash in self.sessions:
+            raise StoreError("session exists")
+        self.sessions[session.token_hash] = session
+
+    async def get_session(self, token_hash: str) -> ReviewSession | None:
+        return self.sessions.get(token_hash)
+
+    async def touch_session(self, token_hash: str, now: float) -> None:
+        s = self.sessions.get(token_hash)
+        if s is not None:
+            self.sessions[token_hash] = dataclasses.replace(s, last_seen=now)
+
+    async def delete_session(self, token_hash: str) -> None:
+        self.sessions.pop(token_hash, None)
+
+    async def prune_sessions(self, now: float) -> int:
+        old = [k for k, s in self.sessions.items() if s.expires_at < now]
+        for k in old:
+            del self.sessions[k]
+        return len(old)

@@ -1,0 +1,180 @@
+"""Every table of the store, once, as SQLAlchemy Core ``Table`` objects (both SQLite and PostgreSQL).
+
+Times are Unix seconds (``Double``); JSON documents are stored as text.  The migrations in
+:mod:`service.store.migrations` create these tables; ``tests/store/test_migrations.py`` checks that a
+migrated database and this module agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
+
+metadata = MetaData()
+
+# BIGSERIAL on PostgreSQL; on SQLite only ``INTEGER PRIMARY KEY`` is the rowid (auto-numbered).
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+checkpoints = Table(
+    "checkpoints", metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+events = Table(
+    "events", metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("wiki", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("sha1", Text),
+    Column("log_action", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("finished_at", Double, nullable=False),
+    Index("events_finished_at", "finished_at"),
+)
+
+scans = Table(
+    "scans", metadata,
+    Column("sha1", Text, primary_key=True),
+    Column("outcome", Text, nullable=False),
+    Column("bank_version", Text, nullable=False),
+    Column("scanned_at", Double, nullable=False),
+    Column("pdq", Text),
+    Column("pdq_quality", Integer),
+    Column("md5", Text),
+    Column("matches", Text, nullable=False, server_default="[]"),
+)
+
+matches = Table(
+    "matches", metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("event_id", Text, nullable=False),
+    Column("wiki", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("sha1", Text, nullable=False),
+    Column("uploader", Text),
+    Column("upload_time", Text, nullable=False),
+    Column("log_action", Text, nullable=False),
+    Column("page_url", Text, nullable=False),
+    Column("matcher", Text, nullable=False),
+    Column("bank", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("hash_id", Text, nullable=False),
+    Column("hash_value", Text, nullable=False),
+    Column("distance", Integer),
+    Column("source", Text),
+    Column("details", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    UniqueConstraint("wiki", "title", "sha1", "matcher", "bank", "hash_id"),
+    Index("matches_created_at", "created_at"),
+    Index("matches_sha1", "sha1"),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("key", Text, nullable=False, unique=True),
+    Column("kind", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Double, nullable=False, server_default="0"),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("last_error", Text),
+    Column("result", Text),
+    Index("outbox_due", "state", "kind", "next_attempt_at"),
+)
+
+remote_scans = Table(
+    "remote_scans", metadata,
+    Column("sha1", Text, nullable=False),
+    Column("matcher", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("scanned_at", Double, nullable=False),
+    Column("clean_at", Double),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Double),
+    Column("upload", Text),
+    Column("last_error", Text),
+    PrimaryKeyConstraint("sha1", "matcher"),
+    Index("remote_scans_retry", "matcher", "state", "next_attempt_at"),
+    Index("remote_scans_clean", "matcher", "state", "clean_at"),
+)
+
+budgets = Table(
+    "budgets", metadata,
+    Column("name", Text, nullable=False),
+    Column("period", Text, nullable=False),
+    Column("used", Integer, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    PrimaryKeyConstraint("name", "period"),
+)
+
+# Append-only: the migrations add triggers that refuse UPDATE and DELETE.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("at", Double, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("sha1", Text),
+    Column("wiki", Text),
+    Column("title", Text),
+    Column("note", Text, nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default="{}"),
+    Index("audit_log_sha1", "sha1", "id"),
+)
+for _ddl in (
+    DDL("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END").execute_if(dialect="sqlite"),
+    DDL("CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END").execute_if(dialect="sqlite"),
+    DDL("CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$").execute_if(dialect="postgresql"),
+    DDL("CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log "
+        "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()").execute_if(dialect="postgresql"),
+):
+    event.listen(audit_log, "after_create", _ddl)
+
+allowlist = Table(
+    "allowlist", metadata,
+    Column("bank", Text, nullable=False),
+    Column("sha1", Text, nullable=False),
+    Column("added_by", Text, nullable=False),
+    Column("added_at", Double, nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+    PrimaryKeyConstraint("sha1", "bank"),
+)
+
+review_state = Table(
+    "review_state", metadata,
+    Column("sha1", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("reviewer", Text, nullable=False),
+    Column("decided_at", Double, nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+)
+
+review_sessions = Table(
+    "review_sessions", metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("reviewer", Text, nullable=False),
+    Column("csrf", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)

@@ -1,0 +1,388 @@
+"""One behaviour suite for every store protocol, run against memory, SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.models import Match, UploadEvent
+from service.store import Database, MemoryStore, StoreError, Stores, memory_stores, postgres_stores, sqlite_stores
+from service.store.base import (
+    REMOTE_CLEAN,
+    REMOTE_FAILED,
+    REMOTE_GONE,
+    REMOTE_SEEN,
+    CaseFilter,
+    Decision,
+    NewAction,
+    RemoteScan,
+    ReviewSession,
+    ScanRecord,
+)
+from tests.infra.postgres import TestDatabase
+
+SHA = "a" * 40
+M = Match(matcher="pdq", bank="b", category="child-protection", hash_id="7", hash_value="f" * 64, distance=3)
+
+
+def upload(n: int = 1, sha1: str = SHA, wiki: str = "testwiki") -> UploadEvent:
+    return UploadEvent(event_id=f"ev-{n}", wiki=wiki, title=f"File:F{n}.jpg", server_url="https://w.example",
+                       page_url=f"https://w.example/wiki/File:F{n}.jpg", uploader="U",
+                       upload_time=datetime(2024, 1, 1, tzinfo=UTC), log_action="upload", sha1=sha1)
+
+
+@dataclass
+class Backend:
+    """Opens stores over one database (several, for the tests of concurrent replicas)."""
+
+    name: str
+    make: Callable[..., Stores]
+    clock: list[float]
+
+    def new(self, **kw: Any) -> Stores:
+        return self.make(clock=lambda: self.clock[0], **kw)
+
+
+def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    clock = [1000.0]
+    if request.param == "memory":
+        shared = MemoryStore(clock=lambda: clock[0])
+        return Backend("memory", lambda clock, **kw: memory_stores(shared), clock)
+    if request.param == "sqlite":
+        path = str(tmp_path / "db.sqlite3")
+        return Backend("sqlite", lambda **kw: sqlite_stores(path, **kw), clock)
+    db = request.getfixturevalue("pg_database")
+    assert isinstance(db, TestDatabase)
+    return Backend("postgres", lambda **kw: postgres_stores(db.url, **kw), clock)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return _backend(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A database that several processes (replicas) share."""
+    return _backend(request, tmp_path)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Stores]:
+    s = backend.new()
+    await s.open()
+    yield s
+    await s.close()
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+async def test_checkpoints_round_trip_json_and_survive_reopen(backend: Backend) -> None:
+    s = backend.new()
+    await s.open()
+    assert await s.checkpoints.get_checkpoint("es") is None
+    await s.checkpoints.set_checkpoint("es", [{"topic": "t", "partition": 0, "timestamp": 5}])
+    await s.checkpoints.set_checkpoint("kafka", "text")
+    await s.checkpoints.set_checkpoint("es", {"moved": True})
+    await s.close()
+    s2 = backend.new()
+    await s2.open()
+    assert await s2.checkpoints.get_checkpoint("es") == {"moved": True}
+    assert await s2.checkpoints.get_checkpoint("kafka") == "text"
+    await s2.close()
+
+
+# ------------------------------------------------------------------ ledger, scans, pipeline
+
+
+async def test_ledger_counts_only_non_error_outcomes_and_prunes_by_time(store: Stores, backend: Backend) -> None:
+    await store.ledger.record_event(upload(1), "clean")
+    await store.ledger.record_event(upload(2), "error:fetcherror")
+    assert await store.ledger.event_seen("ev-1")
+    assert not await store.ledger.event_seen("ev-2")  # failed events are processed again when seen again
+    assert not await store.ledger.event_seen("ev-3")
+    backend.clock[0] = 2000.0
+    await store.ledger.record_event(upload(3), "clean")
+    assert await store.ledger.prune_events(older_than=1500.0) == 2
+    assert await store.ledger.event_seen("ev-3") and not await store.ledger.event_seen("ev-1")
+
+
+async def test_scan_round_trip(store: Stores) -> None:
+    rec = ScanRecord(sha1=SHA, outcome="match", bank_version="v1", scanned_at=1.0, pdq="f" * 64, pdq_quality=90,
+                     md5="0" * 32, matches=(M,))
+    await store.scans.put_scan(rec)
+    assert await store.scans.get_scan(SHA) == rec
+    newer = ScanRecord(sha1=SHA, outcome="clean", bank_version="v2", scanned_at=2.0)
+    await store.scans.put_scan(newer)
+    assert await store.scans.get_scan(SHA) == newer
+    assert await store.scans.get_scan("b" * 40) is None
+
+
+async def test_admit_and_finish(store: Stores) -> None:
+    ev = upload(1)
+    assert await store.pipeline.admit(ev.event_id, ev.sha1) == (False, None)
+    scan = ScanRecord(sha1=SHA, outcome="match", bank_version="v1", scanned_at=1.0, pdq="0" * 64, pdq_quality=90,
+                      matches=(M,))
+    remote = RemoteScan(SHA, "photodna", REMOTE_CLEAN, 5.0, upload=ev)
+    await store.pipeline.finish(ev, "match", scan, [remote])
+    assert await store.pipeline.admit(ev.event_id, ev.sha1) == (True, None)
+    assert await store.pipeline.admit("another", ev.sha1) == (False, scan)
+    assert await store.pipeline.admit("another", None) == (False, None)
+    row = await store.remote.get_remote_scan(SHA, "photodna")
+    assert row is not None and row.state == REMOTE_CLEAN and row.clean_at == 5.0 and row.upload == ev
+    await store.pipeline.finish(upload(2), "error:timeout", None)
+    assert not await store.ledger.event_seen("ev-2")
+    await store.pipeline.finish(upload(2), "clean", None)  # the retry's outcome replaces the error
+    assert await store.ledger.event_seen("ev-2")
+
+
+# ------------------------------------------------------------------ matches and outbox
+
+
+async def test_record_matches_is_idempotent_and_returns_only_new_actions(store: Stores) -> None:
+    act = NewAction(key=f"notify:testwiki:File:F1.jpg:{SHA}", kind="notify", payload={"x": 1})
+    first = await store.pipeline.record_matches(upload(1), SHA, [M], [act])
+    assert [(i.key, i.kind, i.payload, i.state) for i in first] == [(act.key, "notify", {"x": 1}, "pending")]
+    assert await store.pipeline.record_matches(upload(1), SHA, [M], [act]) == []
+    assert await store.rescan.record_matches(upload(1), SHA, [M], []) == []
+    assert await store.outbox.pending_count() == 1
+    assert len(await store.review.case_matches(SHA)) == 1
+
+
+async def test_outbox_lifecycle(store: Stores) -> None:
+    [item] = await store.outbox.add_actions([NewAction(key="k", kind="notify", payload={"a": 1})])
+    assert await store.outbox.add_actions([NewAction(key="k", kind="notify")]) == []
+    [due] = await store.outbox.due_actions("notify", now=1000, limit=10)
+    assert due.payload == {"a": 1} and due.id == item.id
+    assert await store.outbox.due_actions("takedown", now=1000, limit=10) == []
+    await store.outbox.mark_retry(item.id, "smtp down", next_attempt_at=1100)
+    assert await store.outbox.due_actions("notify", now=1050, limit=10) == []
+    assert [i.id for i in await store.outbox.due_actions("notify", now=1100, limit=10)] == [item.id]
+    got = await store.outbox.get_action(item.id)
+    assert got is not None and got.last_error == "smtp down" and got.attempts == 1
+    await store.outbox.mark_done(item.id, "sent")
+    done = await store.outbox.get_action(item.id)
+    assert done is not None and (done.state, done.attempts, done.result, done.last_error) == ("done", 2, "sent", None)
+    [other] = await store.outbox.add_actions([NewAction(key="t", kind="takedown")])
+    await store.outbox.mark_failed(other.id, "no right")
+    failed = await store.outbox.get_action(other.id)
+    assert failed is not None and failed.state == "failed" and failed.last_error == "no right"
+    assert await store.outbox.pending_count() == 0
+    assert await store.outbox.get_action(10_000) is None
+
+
+async def test_due_actions_oldest_first_within_the_limit(store: Stores) -> None:
+    items = await store.outbox.add_actions([NewAction(key=f"k{i}", kind="notify") for i in range(5)])
+    await store.outbox.mark_retry(items[0].id, "later", next_attempt_at=500)
+    due = await store.outbox.due_actions("notify", now=1000, limit=3)
+    assert [i.key for i in due] == ["k1", "k2", "k3"]
+
+
+# ------------------------------------------------------------------ remote scans and budgets
+
+
+async def test_remote_scan_failures_count_up_and_schedule_retries(store: Stores) -> None:
+    sha1 = "b" * 40
+    for at in (100.0, 200.0):
+        await store.remote.put_remote_scans([RemoteScan(sha1, "photodna", REMOTE_FAILED, at, upload=upload(3, sha1),
+                                                        error="timeout", retry_delays=(10.0, 60.0))])
+    row = await store.remote.get_remote_scan(sha1, "photodna")
+    assert row is not None and row.failures == 2 and row.next_attempt_at == 260.0 and row.last_error == "timeout"
+    assert row.upload is not None and row.upload.title == "File:F3.jpg"
+    assert await store.remote.due_remote_retries("photodna", 259.0, 10) == []
+    assert [r.sha1 for r in await store.rescan.due_remote_retries("photodna", 300.0, 10)] == [sha1]
+    assert await store.remote.retry_remote_failures_now("photodna", 150.0) == 1
+    assert [r.sha1 for r in await store.remote.due_remote_retries("photodna", 150.0, 10)] == [sha1]
+    # A later upload of the same content only moves the upload the rescanner fetches from.
+    await store.remote.put_remote_scans([RemoteScan(sha1, "photodna", REMOTE_SEEN, 300.0, upload=upload(4, sha1))])
+    row = await store.remote.get_remote_scan(sha1, "photodna")
+    assert row is not None and row.state == REMOTE_FAILED and row.upload is not None
+    assert row.upload.title == "File:F4.jpg"
+    await store.remote.put_remote_scans([RemoteScan(sha1, "photodna", REMOTE_CLEAN, 400.0)])
+    row = await store.remote.get_remote_scan(sha1, "photodna")
+    assert row is not None and (row.failures, row.next_attempt_at, row.clean_at) == (0, None, 400.0)
+    assert row.upload is not None and row.upload.title == "File:F4.jpg"  # kept when not given
+    assert [r.sha1 for r in await store.remote.stale_remote_scans("photodna", 500.0, 10)] == [sha1]
+    assert await store.remote.stale_remote_scans("photodna", 400.0, 10) == []
+    await store.remote.put_remote_scans([RemoteScan(sha1, "photodna", REMOTE_GONE, 450.0)])
+    row = await store.remote.get_remote_scan(sha1, "photodna")
+    assert row is not None and row.state == REMOTE_GONE and row.clean_at == 400.0
+    assert await store.remote.get_remote_scan(sha1, "other") is None
+
+
+async def test_stale_scans_oldest_clean_verdict_first(store: Stores) -> None:
+    for n, at in enumerate((30.0, 10.0, 20.0)):
+        await store.remote.put_remote_scans([RemoteScan(f"{n}" * 40, "photodna", REMOTE_CLEAN, at)])
+    stale = await store.remote.stale_remote_scans("photodna", 100.0, 2)
+    assert [r.clean_at for r in stale] == [10.0, 20.0]
+
+
+async def test_budget_is_never_overspent_and_release_floors_at_zero(store: Stores) -> None:
+    assert await store.budget.budget_used("photodna", "2024-01") == 0
+    assert await store.budget.reserve_budget("photodna", "2024-01", 30, 50) == (30, 30)
+    assert await store.budget.reserve_budget("photodna", "2024-01", 30, 50) == (20, 50)
+    assert await store.budget.reserve_budget("photodna", "2024-01", 1, 50) == (0, 50)
+    assert await store.budget.reserve_budget("photodna", "2024-02", 1, 50) == (1, 1)
+    await store.budget.release_budget("photodna", "2024-01", 5)
+    assert await store.budget.budget_used("photodna", "2024-01") == 45
+    await store.budget.release_budget("photodna", "2024-01", 60)
+    assert await store.budget.budget_used("photodna", "2024-01") == 0
+
+
+# ------------------------------------------------------------------ review
+
+
+async def test_review_queue_decisions_allowlist_and_audit(store: Stores, backend: Backend) -> None:
+    await store.pipeline.record_matches(upload(4), SHA, [M], [])
+    backend.clock[0] = 1001.0
+    other = Match(matcher="sha1", bank="c", category="terrorism", hash_id="h", hash_value=SHA)
+    await store.pipeline.record_matches(upload(5, wiki="otherwiki"), SHA, [other], [])
+    backend.clock[0] = 1002.0
+    await store.pipeline.record_matches(upload(6, "b" * 40), "b" * 40, [M], [])
+    cases, total = await store.review.review_cases(CaseFilter(state="todo"), 10, 0)
+    assert total == 2 and [c.sha1 for c in cases] == ["b" * 40, SHA]
+    case = cases[1]
+    assert (case.state, case.categories, case.wikis, case.matchers, case.banks, case.uploads) == (
+        "open", ("child-protection", "terrorism"), ("otherwiki", "testwiki"), ("pdq", "sha1"), ("b", "c"), 2)
+    assert (case.first_seen, case.last_seen) == (1000.0, 1001.0)
+    assert (await store.review.review_cases(CaseFilter(state="todo"), 1, 1))[0][0].sha1 == SHA
+    assert [c.sha1 for c in (await store.review.review_cases(CaseFilter(matcher="sha1"), 10, 0))[0]] == [SHA]
+    assert (await store.review.review_cases(CaseFilter(wiki="nowhere"), 10, 0)) == ([], 0)
+
+    action = NewAction(key=f"takedown:testwiki:File:F4.jpg:{SHA}", kind="takedown")
+    backend.clock[0] = 1010.0
+    audit_id, items = await store.review.record_decision(Decision(
+        sha1=SHA, state="dismissed", reviewer="rev", action="dismiss", note="fp", allowlist_banks=("b",),
+        actions=(action,), title="File:F4.jpg", detail={"why": "test"}))
+    assert [i.key for i in items] == [action.key]
+    assert await store.review.allowlisted_banks(SHA) == frozenset({"b"})
+    assert await store.review.allowlisted_banks("b" * 40) == frozenset()
+    case2 = await store.review.review_case(SHA)
+    assert case2 is not None and (case2.state, case2.decided_by, case2.decided_at) == ("dismissed", "rev", 1010.0)
+    assert (await store.review.review_cases(CaseFilter(state="dismissed"), 10, 0))[1] == 1
+    [entry] = await store.review.list_audit(10)
+    assert (entry.id, entry.actor, entry.action, entry.sha1, entry.title, entry.note, entry.detail) == (
+        audit_id, "rev", "dismiss", SHA, "File:F4.jpg", "fp", {"why": "test"})
+    assert await store.review.review_case("c" * 40) is None
+    assert (await store.review.filter_values()) == {
+        "category": ["child-protection", "terrorism"], "wiki": ["otherwiki", "testwiki"], "matcher": ["pdq", "sha1"]}
+    assert await store.review.case_titles([SHA]) == {SHA: [("otherwiki", "File:F5.jpg"), ("testwiki", "File:F4.jpg")]}
+    assert await store.review.case_titles([]) == {}
+    assert [i.key for i in await store.review.case_actions(SHA)] == [action.key]
+    rows = await store.review.case_matches(SHA)
+    assert [r["wiki"] for r in rows] == ["otherwiki", "testwiki"] and rows[0]["details"] == {}
+
+
+async def test_decisions_retry_failed_actions_and_later_uploads_reopen_a_case(store: Stores, backend: Backend
+                                                                               ) -> None:
+    key = f"takedown:testwiki:File:F1.jpg:{SHA}"
+    [item] = await store.pipeline.record_matches(upload(1), SHA, [M], [NewAction(key=key, kind="takedown")])
+    await store.outbox.mark_failed(item.id, "permission")
+    backend.clock[0] = 1005.0
+    _, items = await store.review.record_decision(Decision(sha1=SHA, state="confirmed", reviewer="rev",
+                                                           action="confirm", retry_keys=(key, "missing")))
+    assert [(i.id, i.state, i.next_attempt_at) for i in items] == [(item.id, "pending", 1005.0)]
+    assert (await store.review.review_case(SHA) or pytest.fail()).state == "confirmed"
+    await store.review.mark_removed(SHA, 1006.0)  # a human decision stands ...
+    assert (await store.review.review_case(SHA) or pytest.fail()).state == "confirmed"
+    backend.clock[0] = 1010.0
+    await store.pipeline.record_matches(upload(2), SHA, [M], [])  # ... until a newer upload reopens the case
+    assert (await store.review.review_case(SHA) or pytest.fail()).state == "open"
+    await store.review.mark_removed(SHA, 1011.0)
+    case = await store.review.review_case(SHA)
+    assert case is not None and (case.state, case.decided_by) == ("removed", "system")
+
+
+async def test_audit_log_pages_and_filters(store: Stores) -> None:
+    ids = [await store.review.append_audit("rev", "login", note=f"n{i}", sha1=SHA if i % 2 else None)
+           for i in range(5)]
+    assert [e.id for e in await store.review.list_audit(2)] == ids[:-3:-1]
+    assert [e.id for e in await store.review.list_audit(10, before_id=ids[2])] == ids[1::-1]
+    assert [e.id for e in await store.review.list_audit(10, sha1=SHA)] == [ids[3], ids[1]]
+
+
+async def test_audit_log_is_append_only(sql_backend: Backend) -> None:
+    store = sql_backend.new()
+    await store.open()
+    await store.review.append_audit("rev", "login")
+    db = store.db
+    assert isinstance(db, Database)
+    with pytest.raises(StoreError, match="append-only"):
+        await db.write(lambda c: c.exec_driver_sql("DELETE FROM audit_log"))
+    with pytest.raises(StoreError, match="append-only"):
+        await db.write(lambda c: c.exec_driver_sql("UPDATE audit_log SET actor = 'x'"))
+    assert len(await store.review.list_audit(10)) == 1
+    await store.close()
+
+
+async def test_review_sessions(store: Stores) -> None:
+    s = ReviewSession(token_hash="t" * 64, reviewer="rev", csrf="c", created_at=10.0, last_seen=10.0, expires_at=100.0)
+    await store.review.create_session(s)
+    await store.review.create_session(ReviewSession("u" * 64, "rev", "d", 10.0, 10.0, 50.0))
+    assert await store.review.get_session(s.token_hash) == s
+    await store.review.touch_session(s.token_hash, 20.0)
+    assert (await store.review.get_session(s.token_hash) or pytest.fail()).last_seen == 20.0
+    assert await store.review.prune_sessions(60.0) == 1
+    await store.review.delete_session(s.token_hash)
+    assert await store.review.get_session(s.token_hash) is None
+    assert await store.review.get_session("u" * 64) is None
+
+
+# ------------------------------------------------------------------ many replicas on one database
+
+
+async def test_replicas_open_together_and_act_on_a_match_once(sql_backend: Backend) -> None:
+    stores = [sql_backend.new() for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))  # migrate once, under the lock
+    try:
+        action = NewAction(key=f"notify:testwiki:File:F1.jpg:{SHA}", kind="notify", payload={"x": 1})
+        results = await asyncio.gather(*(s.pipeline.record_matches(upload(1), SHA, [M], [action])
+                                         for s in stores for _ in range(5)))
+        assert sum(len(r) for r in results) == 1  # exactly one caller created the action
+        assert len(await stores[1].review.case_matches(SHA)) == 1
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_budget_is_never_overspent_by_concurrent_replicas(sql_backend: Backend) -> None:
+    stores = [sql_backend.new() for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        grants = await asyncio.gather(*(s.budget.reserve_budget("photodna", "2024-01", 7, 50)
+                                        for s in stores for _ in range(4)))
+        assert sum(g for g, _ in grants) == 50
+        assert await stores[2].budget.budget_used("photodna", "2024-01") == 50
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_outbox_items_are_claimed_by_one_replica_and_leased(sql_backend: Backend) -> None:
+    a, b = sql_backend.new(outbox_lease=30), sql_backend.new(outbox_lease=30)
+    await a.open()
+    await b.open()
+    try:
+        await a.outbox.add_actions([NewAction(key=f"k{i}", kind="notify") for i in range(10)])
+        got_a, got_b = await asyncio.gather(a.outbox.due_actions("notify", 1000.0, 6),
+                                            b.outbox.due_actions("notify", 1000.0, 6))
+        ids_a, ids_b = {i.id for i in got_a}, {i.id for i in got_b}
+        assert not ids_a & ids_b and len(ids_a | ids_b) == 10
+        # A dispatcher asks for "free + in flight": in-flight items are not claimed a second time.
+        assert await a.outbox.due_actions("notify", 1000.0, len(ids_a)) == []
+        # Finished and retried items leave the lease; a crashed replica's items come back after it.
+        done, retry = sorted(ids_a)[:2]
+        await a.outbox.mark_done(done, "sent")
+        await a.outbox.mark_retry(retry, "smtp down", 1005.0)
+        assert [i.id for i in await b.outbox.due_actions("notify", 1005.0, 10)] == [retry]
+        late = await b.outbox.due_actions("notify", 1000.0 + 31, 20)
+        assert {i.id for i in late} == (ids_a - {done, retry}) | ids_b
+        assert await a.outbox.pending_count() == 9
+    finally:
+        await a.close()
+        await b.close()
