@@ -120,7 +120,7 @@ async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tupl
     from service.matchers.photodna import build_matcher, to_matches
     from service.media.thumbnail import prepare
     from service.metrics import Metrics
-    from service.store.sqlite import SqliteStore
+    from service.store.factory import make_store
 
     metrics = Metrics()
     data = await _read_target(cfg, target, metrics)
@@ -134,7 +134,7 @@ async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tupl
     if media.jpeg is None:
         return 3, json.dumps({"target": target, "sha1": sha1, "outcome": "unscannable:photodna-no-jpeg",
                               "detail": f"no JPEG >= 160 px under 4 MB from {media.width}x{media.height}"}, indent=2)
-    store = SqliteStore(cfg.store.path)
+    store = make_store(cfg.store)  # the configured store: the request counts against the shared budget
     await store.open()
     matcher = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=store, metrics=metrics)
     try:
