@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
+from tests.infra.kafka import TansuBroker
 from tests.infra.mediawiki import MediaWikiServer, free_port, missing_prerequisites
+from tests.infra.photodna_server import PhotoDnaServer
 from tests.infra.smtp import SmtpServer
 from tests.infra.sse_server import EventStreamsServer
 
@@ -54,3 +57,26 @@ def unused_port() -> Callable[[], int]:
 # ---------------------------------------------------------------------------------------------
 # Project fixtures (added by the lead) go below this line.
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[TansuBroker]:
+    """A Kafka-protocol broker (Tansu) per test module; tests make their own topics and groups."""
+    with TansuBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def photodna_server() -> Iterator[Callable[..., PhotoDnaServer]]:
+    """Starts PhotoDNA stand-ins, ``photodna_server(keys=[KEY], **options)``, each stopped after the test."""
+    started: list[PhotoDnaServer] = []
+
+    def start(**options: Any) -> PhotoDnaServer:
+        server = PhotoDnaServer(**options)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +16,8 @@ KEY = "check-store-key"
 
 
 @pytest.fixture
-def server() -> Iterator[PhotoDnaServer]:
-    s = PhotoDnaServer(keys=[KEY])
-    s.start()
-    yield s
-    s.stop()
+def server(photodna_server: Callable[..., PhotoDnaServer]) -> PhotoDnaServer:
+    return photodna_server(keys=[KEY])
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from service.media.thumbnail import prepare
 from service.models import RawEvent
 from service.runtime.supervisor import RestartPolicy, TaskFailed
 from service.sources.base import SourceBase
+from service.store.base import OutboxItem
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -81,9 +83,11 @@ async def test_notification_survives_smtp_outage_and_restart(
     try:
         mails = await smtp_server.wait_for_async(1, 30)
         assert len(mails) == 1
-        async with asyncio.timeout(10):  # the dispatcher marks it done right after the SMTP reply
-            while (item := await run2.service.store.get_action(pending[0].id)) and item.state != "done":
-                await asyncio.sleep(0.05)
+        async def sent() -> OutboxItem | None:  # the dispatcher marks it done right after the SMTP reply
+            got = await run2.service.store.get_action(pending[0].id)
+            return got if got is not None and got.state == "done" else None
+
+        item = await until(sent, 10, what="the notification marked done")
         assert item is not None and item.attempts == 2 and item.result == "sent"
         assert len(smtp_server.messages) == 1
     finally:
