@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.infra import images
 from tests.infra.photodna_server import PhotoDnaServer
-from tests.infra.postgres import PostgresUnavailable, TestDatabase
+from tests.infra.postgres import TestDatabase
 
 KEY = "check-store-key"
 
@@ -18,17 +18,6 @@ KEY = "check-store-key"
 @pytest.fixture
 def server(photodna_server: Callable[..., PhotoDnaServer]) -> PhotoDnaServer:
     return photodna_server(keys=[KEY])
-
-
-@pytest.fixture
-def postgres() -> Iterator[TestDatabase]:
-    db = TestDatabase()
-    try:
-        db.create()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield db
-    db.drop()
 
 
 def budget_used(url: str) -> int:
@@ -40,8 +29,14 @@ def budget_used(url: str) -> int:
 
 
 def test_photodna_check_spends_the_budget_of_the_configured_postgresql_store(
-    tmp_path: Path, server: PhotoDnaServer, postgres: TestDatabase, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, server: PhotoDnaServer, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    with TestDatabase() as postgres:
+        check_against(postgres, tmp_path, server, capsys)
+
+
+def check_against(postgres: TestDatabase, tmp_path: Path, server: PhotoDnaServer,
+                  capsys: pytest.CaptureFixture[str]) -> None:
     from service.cli import main
 
     bank = tmp_path / "bank.csv"

@@ -4,7 +4,6 @@ record (allowlist, planners, metrics, outbox) as a live upload."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from service.config import RescanSection, ThumbnailSection, WikiSection
@@ -12,19 +11,7 @@ from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, PreparedMedia, UploadEvent
 from service.rescan import Rescanner
 from service.store.base import REMOTE_MATCH, NewAction, OutboxItem, RemoteScan, RemoteScanRow, ScanRecord
-
-NOW = datetime(2026, 11, 25, tzinfo=UTC).timestamp()
-WIKI = WikiSection(id="testwiki", api_url="http://127.0.0.1:1/api.php")
-
-
-def sha(n: int) -> str:
-    return f"{n:040x}"
-
-
-def upload(n: int) -> UploadEvent:
-    return UploadEvent(event_id=f"ev-{n}", wiki="testwiki", title=f"File:Old {n}.jpg", server_url="http://wiki",
-                       page_url=f"http://wiki/File:Old_{n}.jpg", uploader="Someone",
-                       upload_time=datetime(2026, 1, 1, tzinfo=UTC), log_action="upload", sha1=sha(n))
+from tests.test_rescan import NOW, WIKI, sha, upload
 
 
 class Fetcher:
