@@ -113,14 +113,17 @@ class Pipeline(StageSteps):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
-        """Run until the source ends (finite sources) or :meth:`stop` is called, then drain."""
+    async def run(self, *, committer_supervised: bool = False) -> None:
+        """Run until the source ends (finite sources) or :meth:`stop` is called, then drain.
+
+        ``committer_supervised``: the caller runs :attr:`committer` as a task of its supervisor; the pipeline
+        then only writes the last checkpoint when it ends."""
         conc = self.cfg.pipeline.concurrency
         workers: list[asyncio.Task[None]] = [asyncio.create_task(self._intake(), name="intake")]
         for stage in self.stages:
             n = getattr(conc, stage)
             workers += [asyncio.create_task(self._worker(stage), name=f"{stage}-{i}") for i in range(n)]
-        committer = asyncio.create_task(self.committer.run(), name="committer")
+        committer = None if committer_supervised else asyncio.create_task(self.committer.run(), name="committer")
         source_task = asyncio.create_task(self.source.run(self.ingest, self.stop_event), name="source")
         stop_wait = asyncio.create_task(self.stop_event.wait(), name="stop-wait")
         try:
@@ -145,9 +148,9 @@ class Pipeline(StageSteps):
             raised = sys.exc_info()[1]  # a crashed worker's or source's error on its way up: not logged twice
             for task in [source_task, *workers]:
                 await reap(task, raised=raised)
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
+            if committer is not None:
+                committer.cancel()
+                await reap(committer, raised=raised)
             await asyncio.shield(self.committer.commit())
 
     def stop(self) -> None:

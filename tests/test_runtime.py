@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from service.config import HttpSection
@@ -147,3 +148,52 @@ async def test_http_server_disabled_does_not_listen() -> None:
     await http.start({})
     assert http.port is None
     await http.close()
+
+
+async def test_a_restarted_committer_writes_what_its_predecessor_could_not() -> None:
+    source = Recording()
+    committer = Committer(source, Metrics(), coalesce=0.01)
+    real_commit = source.commit
+
+    async def crashes(position: Any) -> None:
+        raise RuntimeError("checkpoint bug")  # not a store outage: the committer task dies
+
+    source.commit = crashes  # type: ignore[method-assign]
+    first = asyncio.create_task(committer.run())
+    committer.done(committer.track("pos-0"))
+    with pytest.raises(RuntimeError, match="checkpoint bug"):
+        await asyncio.wait_for(first, 10)
+    source.commit = real_commit  # type: ignore[method-assign]
+    second = asyncio.create_task(committer.run())  # as its supervisor restarts it; no new event comes
+    try:
+        await until(source.wait_committed("pos-0"), 10, what="the checkpoint written by the restarted committer")
+    finally:
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+
+
+async def test_checkpoint_writes_never_overlap() -> None:
+    source = Recording()
+    committer = Committer(source, Metrics())
+    order: list[str] = []
+    gate = asyncio.Event()
+    real_commit = source.commit
+
+    async def slow_first(position: Any) -> None:
+        order.append(f"start {position}")
+        if position == "pos-0":
+            await gate.wait()
+        await real_commit(position)
+        order.append(f"end {position}")
+
+    source.commit = slow_first  # type: ignore[method-assign]
+    committer.done(committer.track("pos-0"))
+    writing = asyncio.create_task(committer.commit())
+    await until(lambda: order == ["start pos-0"], 5, interval=0.001, what="the first write under way")
+    committer.done(committer.track("pos-1"))
+    last = asyncio.create_task(committer.commit())  # the final write at shutdown, say
+    await asyncio.sleep(0)
+    assert order == ["start pos-0"]  # waits for the first write instead of racing it
+    gate.set()
+    await asyncio.gather(writing, last)
+    assert order == ["start pos-0", "end pos-0", "start pos-1", "end pos-1"] and source.committed == ["pos-0", "pos-1"]

@@ -5,8 +5,9 @@ role (``--role ingest``, where an event is finished once the broker acknowledged
 is :meth:`Committer.track`\\ ed; when it is finished (any order) :meth:`Committer.done` acknowledges it to
 the source (Kafka commits per partition) and wakes :meth:`Committer.run`, which writes the watermark
 (:mod:`service.watermark`) coalescing bursts into one write.  A failed write is logged and retried on
-the next wake; the write itself is shielded from cancellation, and :meth:`Committer.commit` once more
-at shutdown persists whatever finished last.
+the next wake (also after the committer task died and its supervisor restarted it); writes never
+overlap, so the checkpoint never moves back; each write is shielded from cancellation, and
+:meth:`Committer.commit` once more at shutdown persists whatever finished last.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class Committer:
         self.coalesce = coalesce  # seconds between writes: a burst of completions becomes one write
         self.watermark = Watermark()
         self._changed = asyncio.Event()
-        self._unwritten: Any = None  # a position whose write failed, written again on the next wake
+        self._unwritten: Any = None  # a position whose write did not succeed, written again on the next wake
         self._retry = False
+        self._writing = asyncio.Lock()  # one write at a time, in order
 
     def track(self, position: Any) -> int:
         """An event was read at ``position``; returns its sequence number for :meth:`done`."""
@@ -56,6 +58,8 @@ class Committer:
 
     async def run(self) -> None:
         """Write the checkpoint whenever it moved, until cancelled."""
+        if self._retry:  # restarted after a write that did not succeed: write it now
+            self._changed.set()
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -64,17 +68,18 @@ class Committer:
 
     async def commit(self) -> None:
         """Write the checkpoint now if it moved; a failed write is retried on the next wake."""
-        position = self.watermark.take_changed()
-        self.metrics.checkpoint_lag.set(self.watermark.pending)
-        if position is None:
-            if not self._retry:
+        async with self._writing:
+            position = self.watermark.take_changed()
+            self.metrics.checkpoint_lag.set(self.watermark.pending)
+            if position is None:
+                if not self._retry:
+                    return
+                position = self._unwritten
+            self._unwritten, self._retry = position, True  # until the write succeeds
+            try:
+                await self.source.commit(position)
+            except ServiceError as exc:
+                log.error("checkpoint write failed; will retry", extra={"error": str(exc)})
+                self._changed.set()
                 return
-            position = self._unwritten
-        try:
-            await self.source.commit(position)
-        except ServiceError as exc:
-            log.error("checkpoint write failed; will retry", extra={"error": str(exc)})
-            self._unwritten, self._retry = position, True
-            self._changed.set()
-        else:
             self._unwritten, self._retry = None, False
