@@ -180,7 +180,8 @@ class Service:
                 rescanner = self.rescanner = self._make_rescanner(self.photodna, pipeline)
                 sup.start("rescan", lambda: rescanner.run(self.stop_event), restart=policy)
             sup.start("stop-forward", lambda: self._forward_stop(pipeline), restart=policy)
-            running = sup.start("pipeline", pipeline.run, restart=PIPELINE)
+            sup.start("commit", pipeline.committer.run, restart=policy)  # the checkpoint, past finished events
+            running = sup.start("pipeline", lambda: pipeline.run(committer_supervised=True), restart=PIPELINE)
             self.started.set()
             log.info("service started", extra={"source": self.source.name, "wikis": [w.id for w in self.cfg.wikis]})
             await running.wait()  # the source ended, the service was asked to stop, or a task failure stops it
