@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from service.actions.base import OutboxDispatcher
@@ -28,12 +27,11 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
+from service.runtime.http import HttpServer, source_details, source_ready, store_ready
 from service.runtime.supervisor import RESTART, RestartPolicy, Supervisor, TaskFailed
 from service.sources.base import Source
 from service.sources.factory import live_source
 from service.store import Stores, make_stores
-from service.web.app import create_app
-from service.web.listen import listen
 from service.web.review.app import ReviewUI
 
 log = logging.getLogger(__name__)
@@ -86,8 +84,7 @@ class Service:
         self.pipeline: Pipeline | None = None
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
-        self.http_port: int | None = None
-        self._runner: web.AppRunner | None = None
+        self.http = HttpServer(cfg.http, self.metrics)
         self._cpu: CpuPool | None = None
         self.crashed: str | None = None
         # Owns every long-lived task; ``restart`` is the policy of those that may be restarted.
@@ -97,20 +94,12 @@ class Service:
 
     # ------------------------------------------------------------------ health
 
-    async def _ready_source(self) -> str | None:
-        status = self.source.status()
-        if not status.connected:
-            err = status.last_error
-            return f"source {self.source.name} not connected" + (f": {err}" if err else "")
-        idle = self.cfg.http.ready_source_idle
-        last = self.pipeline.last_event_at if self.pipeline else None
-        if idle and last is not None and time.time() - last > idle:
-            return f"no event from the source for {time.time() - last:.0f} s"
-        return None
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port
 
-    async def _ready_store(self) -> str | None:
-        await asyncio.wait_for(self.stores.ping(), timeout=5)
-        return None
+    def _last_event_at(self) -> float | None:
+        return self.pipeline.last_event_at if self.pipeline else None
 
     async def _ready_banks(self) -> str | None:
         loaded = set(self.banks.names)
@@ -123,10 +112,6 @@ class Service:
     def _photodna_recovered(self) -> None:
         if self.rescanner is not None:
             self.rescanner.recovered()
-
-    def _ready_details(self) -> dict[str, object]:
-        details = self.source.status().details  # the Kafka source: per-partition lag
-        return {"source": dict(details)} if details is not None else {}
 
     def _live_pipeline(self) -> str | None:
         return self.crashed or (self._cpu.failure if self._cpu is not None else None)
@@ -141,21 +126,14 @@ class Service:
         return ProcessPool(n, memory_limit=self.cfg.pipeline.decode_memory_limit or None, metrics=self.metrics)
 
     async def _start_http(self) -> None:
-        if not self.cfg.http.enabled:
-            return
-        app = create_app(
-            self.metrics,
-            {"source": self._ready_source, "store": self._ready_store, "banks": self._ready_banks,
+        source = source_ready(self.source, last_event_at=self._last_event_at, idle=self.cfg.http.ready_source_idle)
+        await self.http.start(
+            {"source": source, "store": store_ready(self.stores), "banks": self._ready_banks,
              **({"photodna": self._ready_photodna} if self.photodna is not None else {})},
             {"pipeline": self._live_pipeline, "tasks": self.supervisor.problem},
-            details=self._ready_details,
+            details=source_details(self.source),
+            mount=[self.review.mount] if self.review is not None else [],
         )
-        if self.review is not None:
-            self.review.mount(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        self.http_port = await listen(self._runner, self.cfg.http)
-        log.info("http server listening", extra={"host": self.cfg.http.host, "port": self.http_port})
 
     async def run(self) -> None:
         for warning in warnings_for(self.cfg):
@@ -196,7 +174,8 @@ class Service:
                 rescanner = self.rescanner = self._make_rescanner(self.photodna, pipeline)
                 sup.start("rescan", lambda: rescanner.run(self.stop_event), restart=policy)
             sup.start("stop-forward", lambda: self._forward_stop(pipeline), restart=policy)
-            running = sup.start("pipeline", pipeline.run, restart=PIPELINE)
+            sup.start("commit", pipeline.committer.run, restart=policy)  # the checkpoint, past finished events
+            running = sup.start("pipeline", lambda: pipeline.run(committer_supervised=True), restart=PIPELINE)
             self.started.set()
             log.info("service started", extra={"source": self.source.name, "wikis": [w.id for w in self.cfg.wikis]})
             await running.wait()  # the source ended, the service was asked to stop, or a task failure stops it
@@ -278,7 +257,6 @@ class Service:
                 log.exception("closing the PhotoDNA client failed")
         if self._cpu is not None:
             self._cpu.shutdown()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.http.close()
         await self.stores.close()
         log.info("service stopped")

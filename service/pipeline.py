@@ -28,14 +28,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from service import events as ev
 from service import links
 from service.config import Config, ThumbnailSection
-from service.errors import FetchError, FileGone, MalformedEvent, ServiceError, Unscannable
+from service.errors import FetchError, FileGone, ServiceError, Unscannable
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
 from service.models import CLEAN, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
-from service.pipeline_steps import StageSteps
+from service.pipeline_steps import StageSteps, read_upload
+from service.runtime.committer import Committer
 from service.runtime.supervisor import reap
 from service.sources.base import Source
 
@@ -58,7 +58,6 @@ from service.store.base import (
     RemoteScan,
     ScanRecord,
 )
-from service.watermark import Watermark
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,7 @@ class Pipeline(StageSteps):
         self.ingest: asyncio.Queue[RawEvent] = asyncio.Queue(size)
         self.stages = ("fetch", "thumbnail", "match", *(("remote",) if self.remote else ()), "act")
         self.queues: dict[str, asyncio.Queue[Work]] = {stage: asyncio.Queue(size) for stage in self.stages}
-        self.watermark = Watermark()
-        self._wm_changed = asyncio.Event()
+        self.committer = Committer(source, metrics)  # the checkpoint moves only past finished events
         self._inflight_ids: set[str] = set()
         self.stop_event = asyncio.Event()
         self.finished = 0
@@ -115,14 +113,17 @@ class Pipeline(StageSteps):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
-        """Run until the source ends (finite sources) or :meth:`stop` is called, then drain."""
+    async def run(self, *, committer_supervised: bool = False) -> None:
+        """Run until the source ends (finite sources) or :meth:`stop` is called, then drain.
+
+        ``committer_supervised``: the caller runs :attr:`committer` as a task of its supervisor; the pipeline
+        then only writes the last checkpoint when it ends."""
         conc = self.cfg.pipeline.concurrency
         workers: list[asyncio.Task[None]] = [asyncio.create_task(self._intake(), name="intake")]
         for stage in self.stages:
             n = getattr(conc, stage)
             workers += [asyncio.create_task(self._worker(stage), name=f"{stage}-{i}") for i in range(n)]
-        committer = asyncio.create_task(self._committer(), name="committer")
+        committer = None if committer_supervised else asyncio.create_task(self.committer.run(), name="committer")
         source_task = asyncio.create_task(self.source.run(self.ingest, self.stop_event), name="source")
         stop_wait = asyncio.create_task(self.stop_event.wait(), name="stop-wait")
         try:
@@ -147,10 +148,10 @@ class Pipeline(StageSteps):
             raised = sys.exc_info()[1]  # a crashed worker's or source's error on its way up: not logged twice
             for task in [source_task, *workers]:
                 await reap(task, raised=raised)
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
-            await asyncio.shield(self._commit())
+            if committer is not None:
+                committer.cancel()
+                await reap(committer, raised=raised)
+            await asyncio.shield(self.committer.commit())
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -166,31 +167,14 @@ class Pipeline(StageSteps):
         except TimeoutError:
             log.warning(
                 "shutdown grace period over; unfinished events will be read again after restart",
-                extra={"pending": self.watermark.pending},
+                extra={"pending": self.committer.pending},
             )
-
-    async def _committer(self) -> None:
-        while True:
-            await self._wm_changed.wait()
-            self._wm_changed.clear()
-            await asyncio.shield(self._commit())
-            await asyncio.sleep(0.2)  # coalesce bursts of completions into one write
-
-    async def _commit(self) -> None:
-        position = self.watermark.take_changed()
-        self.metrics.checkpoint_lag.set(self.watermark.pending)
-        if position is not None:
-            try:
-                await self.source.commit(position)
-            except ServiceError as exc:
-                log.error("checkpoint write failed; will retry", extra={"error": str(exc)})
-                self._wm_changed.set()
 
     async def wait_idle(self, count: int | None = None) -> None:
         """Test helper: wait until ``count`` events finished (or nothing is pending)."""
         async with self._idle:
             await self._idle.wait_for(
-                lambda: (self.finished >= count) if count is not None else self.watermark.pending == 0
+                lambda: (self.finished >= count) if count is not None else self.committer.pending == 0
             )
 
     # ------------------------------------------------------------------ intake
@@ -204,22 +188,10 @@ class Pipeline(StageSteps):
                 self.ingest.task_done()
 
     async def _admit(self, raw: RawEvent) -> None:
-        seq = self.watermark.track(raw.position)
+        seq = self.committer.track(raw.position)
         self.last_event_at = time.time()
-        try:
-            read = ev.parse(raw, self.wikis.keys())
-        except MalformedEvent as exc:
-            problem = getattr(exc, "problem", "malformed")
-            self.metrics.events_malformed.labels(problem).inc()
-            self.metrics.events_skipped.labels("malformed").inc()
-            log.warning("malformed event skipped", extra={"position": raw.label, "problem": str(exc)})
-            await self._done(seq)
-            return
-        if read.time is not None:
-            self.metrics.source_lag.set(max(0.0, time.time() - read.time))
-        parsed = read.result
-        if isinstance(parsed, ev.Skip):
-            self.metrics.events_skipped.labels(parsed.reason).inc()
+        parsed = read_upload(raw, self.wikis.keys(), self.metrics)
+        if parsed is None:  # malformed, or not an upload to scan: counted and skipped
             await self._done(seq)
             return
         event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics)
@@ -405,9 +377,7 @@ class Pipeline(StageSteps):
         ]
 
     async def _done(self, seq: int) -> None:
-        position = self.watermark.done(seq)
-        self.source.ack(position)  # sources that commit per event (Kafka: per partition) hear of each one
-        self._wm_changed.set()
+        self.committer.done(seq)  # sources that commit per event (Kafka: per partition) hear of each one
         self.finished += 1
         async with self._idle:
             self._idle.notify_all()

@@ -1,21 +1,25 @@
-"""What each pipeline stage does with one upload: fetch, thumbnail, match, remote, act (and record).
+"""What each pipeline stage does with one upload: read, fetch, thumbnail, match, remote, act (and record).
 
-A mixin of :class:`service.pipeline.Pipeline`, which owns the queues, workers, intake and completion;
-its worker calls ``_<stage>(work)`` and puts the item on the queue of the stage it returns.
+:class:`StageSteps` is a mixin of :class:`service.pipeline.Pipeline`, which owns the queues, workers,
+intake and completion; its worker calls ``_<stage>(work)`` and puts the item on the queue of the stage
+it returns.  The steps other runners share are plain functions here: :func:`read_upload` (the ingest
+role's filter too), :func:`prepare_media` and :func:`record_matches` (the rescanner's decode and record).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
+from service import events as ev
 from service.config import ThumbnailSection, WikiSection
-from service.errors import ServiceError, Unscannable
+from service.errors import MalformedEvent, ServiceError, Unscannable
 from service.media.pool import CpuPool
 from service.metrics import Metrics
-from service.models import CLEAN, MATCH
+from service.models import CLEAN, MATCH, FetchedMedia, Match, PreparedMedia, RawEvent, UploadEvent
 from service.stages import ExactBank, Fetcher, Matcher, Planner, Prepare, Work, _call_prepare, _Finished, _merge
 from service.store.base import (
     REMOTE_CLEAN,
@@ -23,6 +27,7 @@ from service.store.base import (
     REMOTE_MATCH,
     REMOTE_UNSCANNABLE,
     AllowlistStore,
+    MatchStore,
     OutboxItem,
     PipelineStore,
 )
@@ -66,15 +71,8 @@ class StageSteps:
     async def _thumbnail(self, work: Work) -> str:
         fetched = work.fetched
         assert fetched is not None
-        work.prepared = await self.cpu.run(
-            _call_prepare,
-            self.prepare,
-            fetched.data,
-            work.sha1 or fetched.info.sha1,
-            self.thumbnail_cfg,
-            fetched.original_md5,
-            fetched.data_source,
-        )
+        work.prepared = await prepare_media(self.cpu, self.prepare, fetched, work.sha1 or fetched.info.sha1,
+                                            self.thumbnail_cfg)
         work.fetched = None  # drop the bytes as early as possible
         return "match"
 
@@ -125,18 +123,63 @@ class StageSteps:
 
     async def _record(self, work: Work) -> None:
         """Store the matches and enqueue their actions (idempotent: recording twice adds nothing twice)."""
-        sha1 = work.sha1 or ""
-        matches = work.matches
-        if self.allowlist is not None and sha1:  # dismissed false positives never alert again
-            banks = await self.allowlist.allowlisted_banks(sha1)
-            matches = [m for m in work.matches if m.bank not in banks]
-            for m in work.matches[work.counted:]:
-                if m.bank in banks:
-                    self.metrics.allowlisted.labels(m.bank).inc()
-        actions = [a for plan in self.planners for a in plan(work.event, sha1, matches)] if matches else []
-        new_items = await self.store.record_matches(work.event, sha1, matches, actions) if matches else []
-        for m in work.matches[work.counted:]:
-            self.metrics.matches.labels(m.category, m.matcher).inc()
+        await record_matches(work.event, work.sha1 or "", work.matches, store=self.store, planners=self.planners,
+                             metrics=self.metrics, on_actions=self.on_actions, allowlist=self.allowlist,
+                             counted=work.counted)
         work.counted = len(work.matches)
-        if new_items:
-            self.on_actions(new_items)
+
+
+def read_upload(raw: RawEvent, wikis: Collection[str], metrics: Metrics) -> UploadEvent | None:
+    """One raw event to the upload to scan; None for a malformed event or one to skip (counted, never raised)."""
+    try:
+        read = ev.parse(raw, wikis)
+    except MalformedEvent as exc:
+        problem = getattr(exc, "problem", "malformed")  # events.parse's slug for the metric
+        metrics.events_malformed.labels(problem).inc()
+        metrics.events_skipped.labels("malformed").inc()
+        log.warning("malformed event skipped", extra={"position": raw.label, "problem": str(exc)})
+        return None
+    if read.time is not None:
+        metrics.source_lag.set(max(0.0, time.time() - read.time))
+    parsed = read.result
+    if isinstance(parsed, ev.Skip):
+        metrics.events_skipped.labels(parsed.reason).inc()
+        return None
+    return parsed
+
+
+async def prepare_media(cpu: CpuPool, prepare: Prepare, fetched: FetchedMedia, sha1: str | None,
+                        cfg: ThumbnailSection) -> PreparedMedia:
+    """Decode and hash fetched bytes on the CPU pool (the thumbnail stage; the rescanner's decode)."""
+    return await cpu.run(_call_prepare, prepare, fetched.data, sha1, cfg, fetched.original_md5, fetched.data_source)
+
+
+async def record_matches(
+    event: UploadEvent,
+    sha1: str,
+    matches: Sequence[Match],
+    *,
+    store: MatchStore,
+    planners: Sequence[Planner],
+    metrics: Metrics,
+    on_actions: Callable[[list[OutboxItem]], None],
+    allowlist: AllowlistStore | None = None,
+    counted: int = 0,
+) -> list[Match]:
+    """Store an upload's matches and enqueue their actions (idempotent: recording twice adds nothing twice);
+    returns the matches kept.  Matches of a bank a reviewer dismissed for this content (the allowlist) are
+    counted but never alert again.  ``counted``: how many of ``matches`` are already in the metrics."""
+    kept = list(matches)
+    if allowlist is not None and sha1:
+        banks = await allowlist.allowlisted_banks(sha1)
+        kept = [m for m in matches if m.bank not in banks]
+        for m in matches[counted:]:
+            if m.bank in banks:
+                metrics.allowlisted.labels(m.bank).inc()
+    actions = [a for plan in planners for a in plan(event, sha1, kept)] if kept else []
+    new_items = await store.record_matches(event, sha1, kept, actions) if kept else []
+    for m in matches[counted:]:
+        metrics.matches.labels(m.category, m.matcher).inc()
+    if new_items:
+        on_actions(new_items)
+    return kept

@@ -31,9 +31,10 @@ from service.errors import FileGone, ServiceError, Unscannable
 from service.matchers.base import RemoteMatcher
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
-from service.models import MATCH, Match, PreparedMedia, UploadEvent
-from service.pipeline import Fetcher, Planner, Prepare
+from service.models import MATCH, Match, UploadEvent
+from service.pipeline_steps import prepare_media, record_matches
 from service.ratelimit import MonthlyBudget
+from service.stages import Fetcher, Planner, Prepare
 from service.store.base import (
     REMOTE_CLEAN,
     REMOTE_FAILED,
@@ -192,8 +193,7 @@ class Rescanner:
             fetched = await self.fetcher.fetch(wiki, upload.title, expected_sha1=row.sha1)
             if fetched.info.sha1 and fetched.info.sha1.lower() != row.sha1:
                 raise FileGone(f"{upload.wiki} {upload.title!r} now shows {fetched.info.sha1}, not {row.sha1}")
-            media = await self.cpu.run(_prepare, self.prepare, fetched.data, row.sha1, self.thumbnail_cfg,
-                                       fetched.data_source)
+            media = await prepare_media(self.cpu, self.prepare, fetched, row.sha1, self.thumbnail_cfg)
             if not self.matcher.can_send():
                 return None
             matches = await self.matcher.match(media, background=True)
@@ -215,16 +215,12 @@ class Rescanner:
                                         "title": upload.title if upload else None})
         return state
 
-    async def _record(self, upload: UploadEvent, sha1: str, matches: list[Match]) -> None:
-        for m in matches:
-            self.metrics.matches.labels(m.category, m.matcher).inc()
-        if self.allowlist is not None:
-            banks = await self.allowlist.allowlisted_banks(sha1)
-            matches = [m for m in matches if m.bank not in banks]
-            if not matches:
-                return
-        actions = [a for plan in self.planners for a in plan(upload, sha1, matches)]
-        new_items = await self.store.record_matches(upload, sha1, matches, actions)
+    async def _record(self, upload: UploadEvent, sha1: str, found: list[Match]) -> None:
+        """Record and act on the matches as the pipeline does, then put them in the scan cache."""
+        matches = await record_matches(upload, sha1, found, store=self.store, planners=self.planners,
+                                       metrics=self.metrics, on_actions=self.on_actions, allowlist=self.allowlist)
+        if not matches:
+            return
         # Later uploads of this content are reported from the scan cache.
         old = await self.store.get_scan(sha1)
         keys = {m.key for m in old.matches} if old else set()
@@ -234,9 +230,3 @@ class Rescanner:
             scanned_at=self.clock(), pdq=old.pdq if old else None, pdq_quality=old.pdq_quality if old else None,
             md5=old.md5 if old else None, matches=merged,
         ))
-        if new_items:
-            self.on_actions(new_items)
-
-
-def _prepare(prepare: Prepare, data: bytes, sha1: str, cfg: ThumbnailSection, source: str) -> PreparedMedia:
-    return prepare(data, sha1, cfg, md5=None, source=source)

@@ -19,24 +19,21 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
-from service import events as ev
 from service.backoff import exponential_backoff
 from service.config import Config, KafkaConnectionSection, kafka_client_options
-from service.errors import MalformedEvent, ServiceError
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.pipeline_steps import read_upload
+from service.runtime.committer import Committer
+from service.runtime.http import HttpServer, source_details, source_ready, store_ready
 from service.runtime.supervisor import CRITICAL, RESTART, RestartPolicy, Supervised, Supervisor
 from service.sources.base import Source
 from service.store import Stores, make_stores
-from service.watermark import Watermark
-from service.web.app import create_app
-from service.web.listen import listen
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +76,23 @@ class IngestService:
         self.stores = stores if stores is not None else make_stores(cfg.store)
         self.source = make_source(cfg, self.stores, self.metrics)
         self.wikis = {w.id for w in cfg.wikis}
-        self.watermark = Watermark()
+        self.committer = Committer(self.source, self.metrics)
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
         self.published = 0
-        self.http_port: int | None = None
+        self.http = HttpServer(cfg.http, self.metrics)
         self._producer: KafkaProducer | None = None
-        self._changed = asyncio.Event()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._published = asyncio.Event()
-        self._runner: web.AppRunner | None = None
         self.restart = restart  # the policy of the tasks that may be restarted (the committer)
         self.supervisor = Supervisor(self.metrics, self.stop_event,
                                      stop_timeout=max(10.0, cfg.service.shutdown_grace))
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -109,8 +108,7 @@ class IngestService:
             if self._producer is not None:
                 producer, self._producer = self._producer, None
                 await asyncio.to_thread(producer.close, 10)
-            if self._runner is not None:
-                await self._runner.cleanup()
+            await self.http.close()
             await self.stores.close()
         if self.supervisor.failure is not None:
             raise self.supervisor.failure
@@ -120,27 +118,14 @@ class IngestService:
                              **kafka_client_options(work_connection(self.cfg)))
 
     async def _start_http(self) -> None:
-        if not self.cfg.http.enabled:
-            return
-
-        async def ready_source() -> str | None:
-            return None if self.source.connected else f"source {self.source.name} not connected"
-
-        async def ready_store() -> str | None:
-            await asyncio.wait_for(self.stores.ping(), timeout=5)
-            return None
-
-        app = create_app(self.metrics, {"source": ready_source, "store": ready_store},
-                         {"tasks": self.supervisor.problem})
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        self.http_port = await listen(self._runner, self.cfg.http)
+        await self.http.start({"source": source_ready(self.source), "store": store_ready(self.stores)},
+                              {"tasks": self.supervisor.problem}, details=source_details(self.source))
 
     async def _run_pipeline(self) -> None:
         queue: asyncio.Queue[RawEvent] = asyncio.Queue(self.cfg.pipeline.queue_size)
         sup = self.supervisor
         # Started in this order, stopped in the reverse one: the source, then the publisher, then the committer.
-        sup.start("commit", self._committer, restart=self.restart)
+        sup.start("commit", self.committer.run, restart=self.restart)
         sup.start("publish", lambda: self._publish_loop(queue), restart=CRITICAL)
         source = sup.start("source", lambda: self.source.run(queue, self.stop_event), restart=SOURCE)
         self.started.set()
@@ -160,7 +145,7 @@ class IngestService:
                     await asyncio.to_thread(self._producer.flush, 10)
                 except Exception:  # what was not acknowledged stays above the checkpoint: read again next time
                     log.exception("flushing the work topic producer failed")
-            await asyncio.shield(self._commit())
+            await asyncio.shield(self.committer.commit())
             log.info("ingest stopped", extra={"published": self.published})
 
     async def _until_source_ends(self, source: Supervised) -> None:
@@ -182,7 +167,7 @@ class IngestService:
         while True:
             raw = await queue.get()
             try:
-                seq = self.watermark.track(raw.position)
+                seq = self.committer.track(raw.position)
                 key = self._key(raw)
                 if key is None:
                     self._done(seq)
@@ -193,15 +178,8 @@ class IngestService:
 
     def _key(self, raw: RawEvent) -> bytes | None:
         """The partition key (SHA-1, else the title) of an upload to publish; None for anything to skip."""
-        try:
-            parsed = ev.parse(raw, self.wikis).result
-        except MalformedEvent as exc:
-            self.metrics.events_malformed.labels(getattr(exc, "problem", "malformed")).inc()
-            self.metrics.events_skipped.labels("malformed").inc()
-            log.warning("malformed event skipped", extra={"position": raw.label, "problem": str(exc)})
-            return None
-        if isinstance(parsed, ev.Skip):
-            self.metrics.events_skipped.labels(parsed.reason).inc()
+        parsed = read_upload(raw, self.wikis, self.metrics)
+        if parsed is None:  # malformed, or not an upload to scan: counted and skipped
             return None
         return (parsed.sha1 or f"{parsed.wiki}:{parsed.title}").encode()
 
@@ -249,27 +227,7 @@ class IngestService:
         self._send(loop, raw, key, seq, attempt)
 
     def _done(self, seq: int) -> None:
-        position = self.watermark.done(seq)
-        self.source.ack(position)
-        self._changed.set()
-
-    async def _committer(self) -> None:
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            await asyncio.shield(self._commit())
-            await asyncio.sleep(0.2)
-
-    async def _commit(self) -> None:
-        position = self.watermark.take_changed()
-        self.metrics.checkpoint_lag.set(self.watermark.pending)
-        if position is None:
-            return
-        try:
-            await self.source.commit(position)
-        except ServiceError as exc:
-            log.error("checkpoint write failed; will retry", extra={"error": str(exc)})
-            self._changed.set()
+        self.committer.done(seq)
 
     async def wait_published(self, count: int) -> None:
         """Test helper: until ``count`` events were published."""

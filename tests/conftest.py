@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.store import Stores, sqlite_stores
+from tests.infra.kafka import TansuBroker
 from tests.infra.mediawiki import MediaWikiServer, free_port, missing_prerequisites
+from tests.infra.photodna_server import PhotoDnaServer
 from tests.infra.postgres import PostgresUnavailable, TestDatabase
 from tests.infra.smtp import SmtpServer
 from tests.infra.sse_server import EventStreamsServer
@@ -78,3 +81,26 @@ def pg_database() -> Iterator[TestDatabase]:
         pytest.fail(str(exc), pytrace=False)
     yield db
     db.drop()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[TansuBroker]:
+    """A Kafka-protocol broker (Tansu) per test module; tests make their own topics and groups."""
+    with TansuBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def photodna_server() -> Iterator[Callable[..., PhotoDnaServer]]:
+    """Starts PhotoDNA stand-ins, ``photodna_server(keys=[KEY], **options)``, each stopped after the test."""
+    started: list[PhotoDnaServer] = []
+
+    def start(**options: Any) -> PhotoDnaServer:
+        server = PhotoDnaServer(**options)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()

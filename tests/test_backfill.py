@@ -18,6 +18,7 @@ from service.config import Config, config_from_dict
 from service.metrics import Metrics
 from service.sources.backfill import BackfillSource, Progress, checkpoint_name
 from service.store import MemoryStore, Stores, sqlite_stores
+from tests.helpers import until
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.wikifiles import GeneratedFile, add_files, utc
 
@@ -115,9 +116,10 @@ async def test_interrupted_backfill_resumes_from_its_checkpoint_without_relistin
     first = Backfill(cfg, server.wiki_id, start=start, end=end)
     await first.start()
     # Interrupt once at least three batches are finished and checkpointed.
-    async with asyncio.timeout(60):
-        while ((await checkpoint(cfg, name)) or {}).get("listed", 0) < 3 * BATCH:
-            await asyncio.sleep(0.05)
+    async def three_batches() -> bool:
+        return ((await checkpoint(cfg, name)) or {}).get("listed", 0) >= 3 * BATCH
+
+    await until(three_batches, 60, what="three batches checkpointed")
     first.service.stop()
     await first.finished()
     saved = await checkpoint(cfg, name)

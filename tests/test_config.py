@@ -459,8 +459,7 @@ def test_ingest_role_reports_a_port_in_use_the_same_way(tmp_path: Path) -> None:
             try:
                 await service._start_http()
             finally:
-                if service._runner is not None:
-                    await service._runner.cleanup()
+                await service.http.close()
 
         with pytest.raises(ConfigError) as info:
             asyncio.run(start())

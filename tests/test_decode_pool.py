@@ -20,6 +20,7 @@ from service.config import config_from_dict, warnings_for
 from service.errors import ConfigError, Unscannable
 from service.media.pool import DecodePoolDown, ProcessPool, process_executor
 from service.metrics import Metrics
+from tests.helpers import until
 
 # Files the test-only functions below look at: the pool's workers are other processes.
 MARKERS = Path(tempfile.gettempdir()) / "mediamoderation-test-markers"
@@ -56,12 +57,6 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)  # the condition is set by another process or thread
-
-
 @pytest.fixture
 def marker() -> Callable[[str], Path]:
     MARKERS.mkdir(exist_ok=True)
@@ -88,9 +83,10 @@ async def pool() -> AsyncIterator[ProcessPool]:
 async def test_sigkilled_worker_fails_only_its_own_call(pool: ProcessPool, marker: Callable[[str], Path]) -> None:
     go = marker("go")
     innocent = asyncio.create_task(pool.run(wait_for_marker, go.name))
-    await until(lambda: go.with_name(go.name + ".started").exists())  # running in one worker
+    await until(lambda: go.with_name(go.name + ".started").exists(), 60, interval=0.02)  # running in one worker
     killer = asyncio.create_task(pool.run(kill_self))  # the other worker dies mid-call
-    await until(lambda: sample(pool.metrics, "mediamoderation_decode_worker_crashes_total", pool="main") >= 1)
+    await until(lambda: sample(pool.metrics, "mediamoderation_decode_worker_crashes_total", pool="main") >= 1, 60,
+                interval=0.02)
     go.touch()  # only now can the innocent call finish: it was in flight when the pool broke
     with pytest.raises(Unscannable) as crashed:
         await asyncio.wait_for(killer, 120)

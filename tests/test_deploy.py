@@ -28,6 +28,7 @@ check-config resolves exactly the paths the pod resolves, with no rewriting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import fnmatch
 import hashlib
@@ -60,6 +61,7 @@ from service.events import sha1_to_base36
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.web.app import create_app
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import free_port
 from tests.infra.sse_server import EventStreamsServer
@@ -964,16 +966,21 @@ def upload_event(title: str, sha1: str, *, wiki: str = "testwiki", domain: str =
 
 
 async def scrape_until(base: str, done: Callable[[str], bool], within: float) -> str:
-    """Scrape /metrics until ``done(text)`` holds (or ``within`` seconds pass); returns the last scrape."""
-    deadline = time.monotonic() + within
+    """Scrape /metrics until ``done(text)`` holds (or ``within`` seconds pass); returns the last scrape, whose
+    assertions then say what is missing."""
+    last = ""
     async with aiohttp.ClientSession() as http:
-        while True:
+
+        async def scraped() -> bool:
+            nonlocal last
             async with http.get(base + "/metrics") as resp:
-                assert resp.status == 200
-                text = await resp.text()
-            if done(text) or time.monotonic() > deadline:
-                return text
-            await asyncio.sleep(0.05)
+                resp.raise_for_status()  # an error, not the timeout suppressed below
+                last = await resp.text()
+            return done(last)
+
+        with contextlib.suppress(AssertionError):
+            await until(scraped, within, what="/metrics to show every sample")
+    return last
 
 
 async def test_dashboard_and_alerts_use_only_metrics_the_service_exports(

@@ -16,6 +16,7 @@ from service.errors import SourceError
 from service.metrics import Metrics
 from service.models import RawEvent
 from service.sources.eventstreams import EventStreamsSource, resume_id
+from tests.helpers import until
 from tests.infra.sse_server import EventStreamsServer
 from tests.test_events import REAL
 
@@ -154,12 +155,10 @@ async def test_unreachable_server_keeps_retrying_without_crashing(unused_port: A
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(asyncio.Queue(1), stop))
 
-    async def reconnected(n: int) -> None:
-        while (metrics.registry.get_sample_value(
-                "mediamoderation_source_reconnects_total", {"cause": "network"}) or 0) < n:
-            await asyncio.sleep(0.01)  # the reader thread bumps the counter; nothing to await on
+    def reconnects() -> float:  # the reader thread bumps the counter; nothing to await on
+        return metrics.registry.get_sample_value("mediamoderation_source_reconnects_total", {"cause": "network"}) or 0
 
-    await asyncio.wait_for(reconnected(3), 10)
+    await until(lambda: reconnects() >= 3, 10, interval=0.01, what="three reconnects")
     assert not source.connected and source.last_error
     stop.set()
     await asyncio.wait_for(task, 5)

@@ -7,7 +7,6 @@ import copy
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ from service.sources.base import SourceBase
 from service.work import IngestService
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.test_events import REAL
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    with TansuBroker() as b:
-        yield b
 
 
 class FeedSource(SourceBase):
@@ -103,7 +96,7 @@ async def test_ingest_restarts_a_dying_committer_and_still_checkpoints(
     source = FeedSource()
     service = IngestService(make_config(tmp_path, broker), make_source=lambda c, store, m: source,
                             restart=RestartPolicy(initial_delay=0.01, max_delay=0.05))
-    real_commit = service._commit
+    real_commit = service.committer.commit
     calls = 0
     first = asyncio.Event()
 
@@ -115,7 +108,7 @@ async def test_ingest_restarts_a_dying_committer_and_still_checkpoints(
             raise RuntimeError("checkpoint bug")
         await real_commit()
 
-    service._commit = fails_once  # type: ignore[method-assign]
+    service.committer.commit = fails_once  # type: ignore[method-assign]
     task = asyncio.create_task(service.run())
     await service.started.wait()
     source.feed.put_nowait(upload(0))

@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from service.config import Config, ThumbnailSection, config_from_dict
 from service.media.thumbnail import prepare
 from service.sources.replay import ReplayRequest, RescanAdmission, replay_source
 from service.store import sqlite_stores
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.infra.mediawiki import MediaWikiServer
@@ -34,12 +34,6 @@ from tests.infra.smtp import SmtpServer
 from tests.test_e2e import Running, base_config_data, metric
 
 pytestmark = pytest.mark.wiki
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    with TansuBroker() as b:
-        yield b
 
 
 def config_data(tmp_path: Path, wiki: MediaWikiServer, broker: TansuBroker, smtp: SmtpServer, bank: Path,
@@ -92,7 +86,7 @@ async def test_kafka_events_from_real_uploads_then_replays_send_nothing_new(
         f"K {run_id} unknown 2.jpg": images.jpeg_bytes(images.photo(8104)),
     }
     window_start = datetime.now(UTC)
-    await asyncio.sleep(0.01)  # log-append times of the produced events are after window_start
+    await asyncio.sleep(0.01)  # waits out the clock: log-append times of the produced events are after window_start
     events = []
     for i, (name, data) in enumerate(uploads.items()):
         await asyncio.to_thread(mediawiki.upload, name, data)
@@ -127,12 +121,12 @@ async def test_kafka_events_from_real_uploads_then_replays_send_nothing_new(
             return (broker.committed(group, eqiad, 2) == {0: 3, 1: 2}
                     and broker.committed(group, codfw, 1) == {0: 2})
 
-        await _until(all_committed, "every offset committed")
+        await until(all_committed, 20, in_thread=True, what="every offset committed")
         ready = json.loads(await _get(run, "/readyz"))
         parts = ready["details"]["source"]["partitions"]
         assert set(parts) == {f"{eqiad}:0", f"{eqiad}:1", f"{codfw}:0"}
-        await _until(lambda: metric_value(run, "mediamoderation_kafka_consumer_lag",
-                                          topic=eqiad, partition="0") == 0, "lag 0")
+        await until(lambda: metric_value(run, "mediamoderation_kafka_consumer_lag", topic=eqiad, partition="0") == 0,
+                    20, what="lag 0")
     finally:
         await run.stop()
 
@@ -169,12 +163,6 @@ def metric_value(run: Running, name: str, **labels: str) -> float | None:
 async def _get(run: Running, path: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(run.base + path) as r:
         return await r.text()
-
-
-async def _until(check: Any, what: str, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while not await asyncio.to_thread(check):
-            await asyncio.sleep(0.1)
 
 
 async def _outcome_count(cfg: Config) -> int:

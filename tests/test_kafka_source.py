@@ -7,7 +7,6 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,13 +16,8 @@ from service.config import KafkaConnectionSection, KafkaSection, Secret, kafka_c
 from service.metrics import Metrics
 from service.models import RawEvent
 from service.sources.kafka import KafkaPosition, KafkaSource, ReplayPlan, parse_offsets
+from tests.helpers import until
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    with TansuBroker() as b:
-        yield b
 
 
 def section(broker: TansuBroker, topics: list[str], **extra: Any) -> KafkaSection:
@@ -64,21 +58,9 @@ class Running:
         await asyncio.wait_for(self.task, 30)
 
 
-async def until(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    """Poll a condition owned by another thread or process (the broker) until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def next_millisecond() -> datetime:
     """A time strictly after everything produced so far and before anything produced next."""
-    start = time.time()
+    start = time.time()  # waits out the clock itself: timestamps are what the caller compares
     while time.time() < start + 0.002:
         await asyncio.sleep(0.001)
     mark = datetime.fromtimestamp(time.time(), tz=UTC)
@@ -103,11 +85,12 @@ async def test_commits_each_partition_only_up_to_its_last_contiguous_finished_of
         run.source.ack(by_part[(0, offset)].position)
     for offset in range(5):
         run.source.ack(by_part[(1, offset)].position)
-    await until(lambda: broker.committed(cfg.group_id, topic, 2) == {0: 2, 1: 5}, what="commits 2 and 5")
+    await until(lambda: broker.committed(cfg.group_id, topic, 2) == {0: 2, 1: 5}, 20, in_thread=True,
+                what="commits 2 and 5")
     run.source.ack(by_part[(0, 2)].position)
-    await until(lambda: broker.committed(cfg.group_id, topic, 2)[0] == 4, what="partition 0 at 4")
+    await until(lambda: broker.committed(cfg.group_id, topic, 2)[0] == 4, 20, in_thread=True, what="partition 0 at 4")
     run.source.ack(by_part[(0, 4)].position)
-    await until(lambda: broker.committed(cfg.group_id, topic, 2)[0] == 5, what="partition 0 at 5")
+    await until(lambda: broker.committed(cfg.group_id, topic, 2)[0] == 5, 20, in_thread=True, what="partition 0 at 5")
     await run.stop()
 
 
@@ -119,7 +102,9 @@ async def test_stop_waits_for_handed_out_events_and_commits_them(broker: TansuBr
     run = Running(KafkaSource(cfg, metrics=Metrics(), shutdown_grace=20))
     got = await run.get(3)
     run.stop_event.set()
-    await asyncio.sleep(0.3)  # the pipeline is still finishing these when the stop comes
+    # The behaviour under test is a wait that must NOT end: for this long the pipeline is still finishing
+    # these when the stop comes, and the source keeps waiting (there is no event to await for "not yet").
+    await asyncio.sleep(0.3)
     assert not run.task.done()
     for r in got:
         run.source.ack(r.position)
@@ -145,7 +130,8 @@ async def test_rebalance_commits_finished_work_and_hands_unfinished_events_to_th
         a.source.ack(first[(1, offset)].position)
 
     b = Running(KafkaSource(cfg, metrics=Metrics(), name="b"))
-    await until(lambda: broker.committed(cfg.group_id, topic, 2) == {0: 3, 1: 5}, what="commit on revoke")
+    await until(lambda: broker.committed(cfg.group_id, topic, 2) == {0: 3, 1: 5}, 20, in_thread=True,
+                what="commit on revoke")
     assert metrics_a.registry.get_sample_value("mediamoderation_kafka_commits_total",
                                                {"reason": "revoke", "result": "ok"}) >= 1
     # After the rebalance each member owns one partition; the unfinished offsets 3 and 4 of partition 0
@@ -185,12 +171,13 @@ async def test_pauses_partitions_while_the_pipeline_is_full_and_stays_in_the_gro
         got += await run.get(1)
         run.source.ack(got[-1].position)
         if time.monotonic() < deadline:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # the behaviour under test: a slow pipeline, not a wait for a condition
     assert sorted((r.position.partition, r.position.offset) for r in got) == [
         (p, o) for p in (0, 1) for o in range(10)]
     assert not metrics.registry.get_sample_value("mediamoderation_kafka_rebalances_total", {"change": "revoked"})
     assert not metrics.registry.get_sample_value("mediamoderation_kafka_rebalances_total", {"change": "lost"})
-    await until(lambda: broker.committed(cfg.group_id, topic, 2) == {0: 10, 1: 10}, what="all committed")
+    await until(lambda: broker.committed(cfg.group_id, topic, 2) == {0: 10, 1: 10}, 20, in_thread=True,
+                what="all committed")
     assert metrics.registry.get_sample_value("mediamoderation_kafka_paused_partitions") == 0
     await run.stop()
 
@@ -210,12 +197,12 @@ async def test_lag_per_partition_as_metric_and_details(broker: TansuBroker) -> N
         return metrics.registry.get_sample_value("mediamoderation_kafka_consumer_lag",
                                                  {"topic": topic, "partition": "0"})
 
-    await until(lambda: lag() == 4, what="lag 4")
+    await until(lambda: lag() == 4, 20, in_thread=True, what="lag 4")
     details = run.source.details()["partitions"][f"{topic}:0"]
     assert details["lag"] == 4 and details["committed"] == 6 and details["in_flight"] == 4
     for r in got[6:]:
         run.source.ack(r.position)
-    await until(lambda: lag() == 0, what="lag 0")
+    await until(lambda: lag() == 0, 20, in_thread=True, what="lag 0")
     await run.stop()
 
 

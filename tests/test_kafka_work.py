@@ -6,11 +6,9 @@ import asyncio
 import copy
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from service import events as ev
@@ -20,12 +18,6 @@ from service.work import IngestService
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.infra.sse_server import EventStreamsServer
 from tests.test_events import REAL
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    with TansuBroker() as b:
-        yield b
 
 
 def upload(n: int, sha1_b36: str) -> dict[str, Any]:

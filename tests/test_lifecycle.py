@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -63,16 +64,15 @@ async def outcomes(port: int) -> float:
 
 
 async def wait_outcomes(proc: asyncio.subprocess.Process, port: int, count: int, timeout: float = 60) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if proc.returncode is not None:
-                raise AssertionError(f"service exited early with {proc.returncode}")
-            try:
-                if await outcomes(port) >= count:
-                    return
-            except aiohttp.ClientError:
-                pass  # not listening yet
-            await asyncio.sleep(0.1)  # polling another process's /metrics
+    async def reached() -> bool:  # polling another process's /metrics
+        if proc.returncode is not None:
+            raise AssertionError(f"service exited early with {proc.returncode}")
+        try:
+            return await outcomes(port) >= count
+        except aiohttp.ClientError:
+            return False  # not listening yet
+
+    await until(reached, timeout, interval=0.1, what=f"{count} outcomes")
 
 
 async def test_sigterm_drains_persists_checkpoint_and_exits_0(

@@ -142,7 +142,7 @@ async def lagged_api() -> AsyncIterator[tuple[str, dict[str, Any]]]:
         state["max_active"] = max(state["max_active"], state["active"])
         state["params"].append(dict(request.query))
         try:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a slow answer, so that overlapping requests would show in max_active
             if state["calls"] == 1:
                 return web.json_response({"error": {"code": "maxlag", "info": "Waiting for db: 7 seconds lagged"}},
                                          headers={"Retry-After": "7"})

@@ -383,7 +383,7 @@ async def test_stop_during_a_stuck_send_returns_at_once(tmp_path: Path) -> None:
     class Stuck:
         async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
             in_data.set()
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # a server that never answers DATA: the behaviour under test
             return "250 OK"
 
     port = free_port()

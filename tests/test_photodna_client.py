@@ -8,7 +8,7 @@ import dataclasses
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,10 @@ def media_of(data: bytes) -> PreparedMedia:
 
 
 @pytest.fixture
-def server() -> Iterator[PhotoDnaServer]:
-    s = PhotoDnaServer(keys=[KEY])
+def server(photodna_server: Callable[..., PhotoDnaServer]) -> PhotoDnaServer:
+    s = photodna_server(keys=[KEY])
     s.add_known(images.jpeg_bytes(KNOWN), source="Test", violations=("A1", "B2"), match_id="7469692")
-    s.start()
-    yield s
-    s.stop()
+    return s
 
 
 class Harness:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,8 @@ KEY = "e2e-good-key"
 
 
 @pytest.fixture
-def photodna() -> Iterator[PhotoDnaServer]:
-    server = PhotoDnaServer(keys=[KEY])
-    server.start()
-    yield server
-    server.stop()
+def photodna(photodna_server: Callable[..., PhotoDnaServer]) -> PhotoDnaServer:
+    return photodna_server(keys=[KEY])
 
 
 def photodna_config(server: PhotoDnaServer, key_file: Path, **extra: Any) -> dict[str, Any]:

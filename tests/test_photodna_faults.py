@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,15 +46,13 @@ class ImageFetcher:
 
 
 @pytest.fixture
-def server() -> Iterator[PhotoDnaServer]:
+def server(photodna_server: Callable[..., PhotoDnaServer]) -> PhotoDnaServer:
     faults = Faults(p_5xx=0.10, p_429=0.04, p_429_retry_after=0.04, retry_after=0.2, p_malformed=0.06, p_3004=0.06)
     assert faults.total == pytest.approx(0.30)
-    s = PhotoDnaServer(keys=[KEY], rate_limit=RATE, faults=faults, seed=3)
+    s = photodna_server(keys=[KEY], rate_limit=RATE, faults=faults, seed=3)
     for n in KNOWN:
         s.add_known(images.jpeg_bytes(images.photo(9000 + n, (640, 480))), match_id=f"known-{n}")
-    s.start()
-    yield s
-    s.stop()
+    return s
 
 
 async def test_every_upload_is_scanned_under_30_percent_failures_within_the_rate(

@@ -225,7 +225,7 @@ async def test_checkpoint_waits_for_the_slowest_event(tmp_path: Path, stores: St
     p, _ = build(config(tmp_path), source, stores, fetcher, Metrics())
     task = asyncio.create_task(p.run())
     await asyncio.wait_for(p.wait_idle(count=5), 5)  # events 1..5 done, event 0 held
-    await p._commit()
+    await p.committer.commit()
     assert source.committed == []  # nothing may pass event 0
     fetcher.release.set()
     await asyncio.wait_for(task, 10)

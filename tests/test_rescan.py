@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,11 +76,8 @@ def planner(event: UploadEvent, sha1: str, matches: Any) -> list[NewAction]:
 
 
 @pytest.fixture
-def server() -> Iterator[PhotoDnaServer]:
-    s = PhotoDnaServer(keys=[KEY])
-    s.start()
-    yield s
-    s.stop()
+def server(photodna_server: Callable[..., PhotoDnaServer]) -> PhotoDnaServer:
+    return photodna_server(keys=[KEY])
 
 
 class Setup:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import psycopg
 import pytest
 import yaml
 
+from tests.helpers import until
 from tests.infra.kafka import GROUP_TIMING, TansuBroker
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.postgres import TestDatabase
@@ -86,16 +87,20 @@ def count(url: str, sql: str) -> int:
         return int(row[0]) if row else 0
 
 
-async def until(check: Any, what: str, timeout: float, procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
+async def until_scanned(check: Callable[[], bool], what: str, timeout: float, procs: list[subprocess.Popen[bytes]],
+                        logs: Path) -> None:
     """Poll the database (written by other processes) until ``check`` holds; a crashed worker fails at once."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):
+
+    def holds() -> bool:
         for p in procs:
             if p.poll() not in (None, 0, -signal.SIGKILL):
                 raise AssertionError(f"a process exited with {p.returncode}:\n{_tail(logs)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}:\n{_tail(logs)}")
-        await asyncio.sleep(0.2)
+        return check()
+
+    try:
+        await until(holds, timeout, in_thread=True, interval=0.2, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{_tail(logs)}") from None
 
 
 def _tail(logs: Path) -> str:
@@ -123,14 +128,17 @@ async def test_three_workers_scan_a_backfill_and_survive_a_sigkill(
                            logs / "ingest.log")
             procs.append(ingest)
             done_sql = "SELECT COUNT(*) FROM events WHERE event_id LIKE 'backfill:%' AND outcome IN ('clean', 'match')"
-            await until(lambda: count(pg_database.url, done_sql) >= COUNT // 3, "a third scanned", 120, procs, logs)
+            await until_scanned(lambda: count(pg_database.url, done_sql) >= COUNT // 3, "a third scanned", 120, procs,
+                                logs)
             workers[0].send_signal(signal.SIGKILL)  # mid-run: its unfinished, uncommitted events must not be lost
             started = time.monotonic()
-            await until(lambda: count(pg_database.url, done_sql) >= COUNT, "every file scanned", 120, procs, logs)
+            await until_scanned(lambda: count(pg_database.url, done_sql) >= COUNT, "every file scanned", 120, procs,
+                                logs)
             recovered = time.monotonic() - started
             assert await asyncio.to_thread(ingest.wait, 30) == 0, _tail(logs)
-            await until(lambda: count(pg_database.url, "SELECT COUNT(*) FROM outbox WHERE state = 'done'") >= MATCHES,
-                        "notifications sent", 60, procs, logs)
+            sent_sql = "SELECT COUNT(*) FROM outbox WHERE state = 'done'"
+            await until_scanned(lambda: count(pg_database.url, sent_sql) >= MATCHES, "notifications sent", 60, procs,
+                                logs)
             for w in workers[1:]:
                 w.send_signal(signal.SIGTERM)
             for w in workers[1:]:

@@ -21,6 +21,8 @@ from service.media.thumbnail import prepare
 from service.models import RawEvent
 from service.runtime.supervisor import RestartPolicy, TaskFailed
 from service.sources.base import SourceBase
+from service.store.base import OutboxItem
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -81,9 +83,11 @@ async def test_notification_survives_smtp_outage_and_restart(
     try:
         mails = await smtp_server.wait_for_async(1, 30)
         assert len(mails) == 1
-        async with asyncio.timeout(10):  # the dispatcher marks it done right after the SMTP reply
-            while (item := await run2.service.stores.outbox.get_action(pending[0].id)) and item.state != "done":
-                await asyncio.sleep(0.05)
+        async def sent() -> OutboxItem | None:  # the dispatcher marks it done right after the SMTP reply
+            got = await run2.service.stores.outbox.get_action(pending[0].id)
+            return got if got is not None and got.state == "done" else None
+
+        item = await until(sent, 10, what="the notification marked done")
         assert item is not None and item.attempts == 2 and item.result == "sent"
         assert len(smtp_server.messages) == 1
     finally:
@@ -184,9 +188,54 @@ async def test_a_dying_email_dispatcher_is_logged_counted_restarted_and_mail_sti
         names = service.supervisor.names
     finally:
         await run.stop()
-    assert names == ["outbox", "takedown-outbox", "bank-watch", "maintenance", "stop-forward", "pipeline"]
+    assert names == ["outbox", "takedown-outbox", "bank-watch", "maintenance", "stop-forward", "commit", "pipeline"]
     stopped = [r.__dict__["task"] for r in caplog.records if r.getMessage() == "task stopped"]
     assert stopped == list(reversed(names))  # shutdown in reverse start order
+
+
+class OneEventSource(HeldSource):
+    """Sends one event (one that is skipped), then waits to be released; its first checkpoint write crashes
+    (a bug, not a store outage: the committer task dies), the others are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.committed: list[Any] = []
+        self.written = asyncio.Condition()
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        await out.put(RawEvent(data=b"{}", position="after-1", label="#1"))
+        await self.release.wait()
+
+    async def commit(self, position: Any) -> None:
+        self.writes += 1
+        if self.writes == 1:
+            raise RuntimeError("checkpoint bug")
+        async with self.written:
+            self.committed.append(position)
+            self.written.notify_all()
+
+
+@pytest.mark.wiki
+async def test_the_pipeline_committer_runs_under_the_supervisor_and_a_restarted_one_still_writes(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+) -> None:
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+    source = OneEventSource()
+    service = Service(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank), source=source,
+                      restart=RestartPolicy(initial_delay=0.01, max_delay=0.05))
+    run = await start_service(service)
+    try:
+        # The only event is finished once; the first write kills the committer, its restart writes it.
+        async with source.written:
+            await asyncio.wait_for(source.written.wait_for(lambda: "after-1" in source.committed), 30)
+        assert source.committed == ["after-1"] and source.writes == 2
+        assert restarts(service, "commit") == 1 and service.supervisor.failure is None
+        assert "commit" in service.supervisor.names
+    finally:
+        source.release.set()
+        await run.stop()
 
 
 @pytest.mark.wiki

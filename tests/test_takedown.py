@@ -9,7 +9,7 @@ import os
 import secrets
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from service.mediawiki import WikiApi
 from service.metrics import Metrics
 from service.store import Stores
 from service.store.base import NewAction, OutboxItem
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import FULL_GRANTS, MEDIAWIKI_DIR, MediaWikiServer, _bot_password
 from tests.infra.smtp import SmtpServer
@@ -132,16 +133,6 @@ def delete_log(wiki: MediaWikiServer, title: str) -> list[dict[str, Any]]:
 
 def photo_bytes(seed: int) -> bytes:
     return images.jpeg_bytes(images.photo(seed, (320, 240)))
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float = 30.0, what: str = "condition") -> None:
-    """Await a condition that is only observable by asking (a wiki, a store): ask until it holds."""
-    try:
-        async with asyncio.timeout(within):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{what} did not hold within {within} s") from None
 
 
 # --------------------------------------------------------------------------- the action on a real wiki
