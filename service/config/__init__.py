@@ -52,6 +52,7 @@ from service.config.matching import (
     RescanSection,
     ThumbnailSection,
 )
+from service.config.problems import ConfigFileError, problem_lines
 from service.config.root import Config
 from service.config.scale import BackfillSection, WorkSection
 from service.config.sources import (
@@ -84,6 +85,7 @@ __all__ = [
     "ConcurrencySection",
     "Config",
     "ConfigError",
+    "ConfigFileError",
     "EventStreamsSection",
     "FetchSection",
     "HttpSection",
@@ -113,6 +115,7 @@ __all__ = [
     "kafka_client_options",
     "load_config",
     "parse_time",
+    "problem_lines",
     "resolve_path",
     "warnings_for",
 ]
