@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from service.config.core import Secret
+from service.config.values import NonNegInt, PosFloat, PosInt
 
 
 @dataclass(frozen=True)
 class SmtpSection:
     host: str = ""
-    port: int = 587
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
     password: Secret = field(default_factory=Secret)
@@ -70,9 +73,9 @@ class TakedownSection:
     tags: tuple[str, ...] = ()  # change tags for the deletion (must be defined on the wiki)
     suppress: bool = False  # also hide the deleted versions from administrators (needs suppressrevision)
     auth: WikiAuthSection | None = None
-    timeout: float = 30.0
-    maxlag: int = 5
-    concurrency: int = 2
+    timeout: PosFloat = 30.0
+    maxlag: NonNegInt = 5
+    concurrency: PosInt = 2
     retry: RetrySection = field(default_factory=lambda: RetrySection(initial_delay=10.0, max_delay=600.0))
 
 
@@ -101,5 +104,5 @@ class ReviewSection:
     session_idle: float = 1800.0  # seconds without a request before a session ends
     session_max: float = 43200.0  # seconds after login a session ends anyway
     escalate_recipients: tuple[str, ...] = ()  # Escalate emails these (default: actions.notify.recipients)
-    blur_radius: float = 12.0
-    page_size: int = 50
+    blur_radius: Annotated[float, Field(ge=4)] = 12.0  # the preview must stay unrecognisable
+    page_size: Annotated[int, Field(ge=1, le=500)] = 50

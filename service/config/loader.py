@@ -11,9 +11,9 @@ from service.config.environment import bank_file_problems, secret_problems
 from service.config.overrides import environment_overrides, merge
 from service.config.problems import ConfigFileError, _Problems
 from service.config.root import Config
+from service.config.schema import validate
 from service.config.validate import _validate
 from service.config.values import resolve_path
-from service.config.schema import validate
 from service.config.yamlfile import Marks, read_yaml
 from service.errors import ConfigError
 

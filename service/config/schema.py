@@ -23,6 +23,8 @@ from service.config.root import Config
 # Why a limit exists, added to the message when a value is out of range (the key's last part).
 CONSEQUENCES = {
     "pdq_threshold": "a larger PDQ distance matches nearly any image (31 is the usual threshold)",
+    "blur_radius": "the preview must stay unrecognisable",
+    "port": "a TCP port",
 }
 
 

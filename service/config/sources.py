@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from service.config.core import Secret
+from service.config.values import PosFloat, PosInt
 
 
 @dataclass(frozen=True)
@@ -19,8 +22,8 @@ class EventStreamsSection:
     url: str = "https://stream.wikimedia.org/v2/stream/mediawiki.recentchange"
     since: str | None = None
     checkpoint_name: str = "eventstreams"
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    connect_timeout: PosFloat = 10.0
+    read_timeout: PosFloat = 60.0
     reconnect: ReconnectSection = field(default_factory=ReconnectSection)
 
 
@@ -47,10 +50,10 @@ class KafkaConnectionSection:
     ssl_keyfile: str | None = None
     ssl_password: Secret = field(default_factory=Secret)
     ssl_check_hostname: bool = True
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    max_poll_interval_ms: int = 300_000
-    request_timeout_ms: int = 30_000
+    session_timeout_ms: PosInt = 10_000
+    heartbeat_interval_ms: PosInt = 3_000
+    max_poll_interval_ms: PosInt = 300_000
+    request_timeout_ms: PosInt = 30_000
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,9 @@ class KafkaSection:
     group_id: str = "mediamoderation"
     # Where a group with no committed offset starts: latest (new uploads only) or earliest (all retained).
     auto_offset_reset: Literal["latest", "earliest"] = "latest"
-    max_poll_records: int = 500
-    commit_interval: float = 1.0  # seconds between offset commits (only finished offsets are committed)
-    lag_interval: float = 10.0  # seconds between consumer-lag measurements
+    max_poll_records: PosInt = 500
+    commit_interval: PosFloat = 1.0  # seconds between offset commits (only finished offsets are committed)
+    lag_interval: PosFloat = 10.0  # seconds between consumer-lag measurements
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,12 @@ class MwApiSection:
     """Polling ``list=logevents&letype=upload`` for wikis without EventStreams or Kafka."""
 
     wikis: tuple[str, ...] = ()  # wiki ids to poll (default: every configured wiki)
-    poll_interval: float = 10.0  # seconds between polls once the log is read to its end
-    limit: int = 500  # entries per request (500 is the API's maximum without apihighlimits)
+    poll_interval: PosFloat = 10.0  # seconds between polls once the log is read to its end
+    # entries per request (500 is the API's maximum without apihighlimits)
+    limit: Annotated[int, Field(ge=1, le=5000)] = 500
     since: str | None = None  # ISO 8601 time to start at when there is no checkpoint (default: now)
     checkpoint_name: str = "mwapi"
-    timeout: float = 30.0
+    timeout: PosFloat = 30.0
 
 
 def kafka_client_options(c: KafkaConnectionSection) -> dict[str, Any]:
