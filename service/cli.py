@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.commands import add_commands
 
     add_commands(sub, DEFAULT_CONFIG)  # replay, backfill
+    from service.config.cli import add_config_command
+
+    add_config_command(sub, DEFAULT_CONFIG)  # config schema | show | reference
     return parser
 
 

@@ -48,7 +48,7 @@ class BankSection:
     name: str = ""
     path: str = ""
     category: str = ""
-    # PDQ Hamming distance (0-256) at or below which a hash matches; above PDQ_THRESHOLD_MAX nearly anything matches.
+    # PDQ Hamming distance (of 256 bits) at or below which a hash matches; at most 100 (more matches nearly anything).
     pdq_threshold: Annotated[int, Field(ge=0, le=PDQ_THRESHOLD_MAX)] = 31
 
 

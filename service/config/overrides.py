@@ -7,8 +7,7 @@ plain value for a secret key is refused as in the file.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 import yaml
 from pydantic import create_model
@@ -28,7 +27,8 @@ class _Environment(BaseSettings):
 # One optional field per section of Config: pydantic-settings nests ``A__B__C`` under field ``a``.
 _Sections = create_model(  # type: ignore[call-overload]
     "_Sections", __base__=_Environment,
-    **{f.name: (Any, None) for f in dataclasses.fields(Config) if not f.metadata.get("internal")},
+    **{name: (list[Any] | None if get_origin(tp) is tuple else dict[str, Any] | None, None)
+       for name, tp in get_type_hints(Config).items() if name != "path"},
 )
 
 
@@ -52,7 +52,7 @@ def _parsed(value: Any, path: str, origins: dict[str, str]) -> Any:
 def environment_overrides() -> tuple[dict[str, Any], dict[str, str]]:
     """``(overrides, origins)``: the nested values set by ``MEDIAMODERATION__…`` variables, and for each key
     path the variable that set it."""
-    found = EnvSettingsSource(_Sections)()
+    found = EnvSettingsSource(_Sections)()  # a whole section or list is JSON (kept as text when it is not)
     origins: dict[str, str] = {}
     return {k: _parsed(v, k, origins) for k, v in found.items() if v is not None}, origins
 
