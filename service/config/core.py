@@ -60,15 +60,21 @@ class Secret:
 
 @dataclass(frozen=True)
 class ServiceSection:
+    # User-Agent on every request; must name the client and a contact URL or email (Wikimedia blocks generic agents).
     user_agent: str = ""
+    # `debug`, `info`, `warning`, `error` (in any case). Logs are JSON lines on stderr.
     log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(lower)] = "info"
+    # seconds to finish in-flight events after SIGTERM.
     shutdown_grace: NonNegFloat = 30.0
 
 
 @dataclass(frozen=True)
 class HttpSection:
+    # serve `/metrics`, `/healthz`, `/readyz`.
     enabled: bool = True
+    # listen address.
     host: str = "127.0.0.1"
+    # listen address.
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     # The readiness probe fails when the source has delivered nothing for this long (0 disables).
     ready_source_idle: float = 0.0
@@ -76,7 +82,9 @@ class HttpSection:
 
 @dataclass(frozen=True)
 class WikiSection:
+    # the event's `wiki` field (e.g. `commonswiki`); events for other wikis are skipped.
     id: str = ""
+    # the wiki's `api.php`.
     api_url: str = ""
     media_hosts: tuple[str, ...] = ()  # "host" (the API's scheme, its default port) or "host:port"
     # Links in emails and the review queue are built from these, never from an event.
@@ -112,18 +120,23 @@ class ConcurrencySection:
 
 @dataclass(frozen=True)
 class PipelineSection:
+    # capacity of each stage's queue.
     queue_size: PosInt = 64
     concurrency: ConcurrencySection = field(default_factory=ConcurrencySection)
     cpu_workers: PosInt | None = None  # default: number of cores
+    # `process` or `thread`.
     cpu_pool: Literal["process", "thread"] = "process"
     # Address-space ceiling (RLIMIT_AS, bytes) of each decode worker process; 0: none.  Not for cpu_pool: thread.
     decode_memory_limit: int = 1024 * 1024 * 1024
+    # seconds an event may spend in the pipeline before it ends as `error:deadline`.
     event_deadline: PosFloat = 300.0
+    # how long handled event ids are remembered.
     dedupe_retention_days: PosFloat = 14.0
 
 
 @dataclass(frozen=True)
 class StoreSection:
+    # the SQLite store.
     path: str = "./data/mediamoderation.sqlite3"
     url: str | None = None  # postgresql://user@host/db selects the PostgreSQL store (then ``path`` is unused)
     outbox_lease: PosFloat = 300.0  # seconds an outbox item claimed by one replica is hidden from the others

@@ -16,14 +16,25 @@ STANDARD_THUMB_WIDTHS = (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840)
 
 @dataclass(frozen=True)
 class FetchSection:
+    # a standard thumbnail width.
     thumb_width: int = 330
+    # minimum thumbnail side (PhotoDNA's minimum).
     min_side: PosInt = 160
+    # byte cap for any download.
     max_bytes: PosInt = 50_000_000
+    # also fetch originals (within the cap) for MD5 banks.
     originals: bool = False
+    # per request.
     timeout: PosFloat = 30.0
+    # per request.
     retries: NonNegInt = 3
+    # per request.
     retry_delay: float = 1.0
+    # `maxlag` sent on API requests (a lagged wiki is retried after `Retry-After`, at least 5 s); redirects followed,
+    # each one checked against the allowlist.
     maxlag: NonNegInt = 5
+    # `maxlag` sent on API requests (a lagged wiki is retried after `Retry-After`, at least 5 s); redirects followed,
+    # each one checked against the allowlist.
     max_redirects: PosInt = 5
     # titles per imageinfo request (MediaWiki renders at most 50 thumbnails per request)
     batch_size: Annotated[int, Field(ge=1, le=50)] = 50
@@ -31,22 +42,31 @@ class FetchSection:
 
 @dataclass(frozen=True)
 class ThumbnailSection:
+    # larger images are `unscannable:decompression-bomb`.
     max_pixels: PosInt = 120_000_000
     # Width x height x bytes per pixel (all bands, all bit depths) above which an image is refused before
     # its pixels are decoded: converting it costs a few times this, which must fit the worker's memory ceiling.
     max_decoded_bytes: PosInt = 200_000_000
+    # decoder allowlist.
     formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+    # images are reduced to this before PDQ.
     pdq_max_side: PosInt = 512
+    # JPEG for remote matchers.
     jpeg_min_side: PosInt = 160
+    # JPEG for remote matchers.
     jpeg_max_bytes: PosInt = 4_000_000
+    # JPEG for remote matchers.
     jpeg_quality: Annotated[int, Field(ge=1, le=95)] = 90
     make_jpeg: bool = False  # produce JPEG bytes for remote matchers (PhotoDNA turns this on)
 
 
 @dataclass(frozen=True)
 class BankSection:
+    # one bank file; the category applies to rows with an empty category.
     name: str = ""
+    # one bank file; the category applies to rows with an empty category.
     path: str = ""
+    # one bank file; the category applies to rows with an empty category.
     category: str = ""
     # PDQ Hamming distance (of 256 bits) at or below which a hash matches; at most 100 (more matches nearly anything).
     pdq_threshold: Annotated[int, Field(ge=0, le=PDQ_THRESHOLD_MAX)] = 31
@@ -55,13 +75,16 @@ class BankSection:
 @dataclass(frozen=True)
 class BanksSection:
     reload_interval: NonNegFloat = 10.0  # seconds between checks of the bank files for changes; 0: never
+    # PDQ hashes of lower quality are not matched.
     pdq_quality_min: Annotated[int, Field(ge=0, le=100)] = 50
     list: tuple[BankSection, ...] = ()
 
 
 @dataclass(frozen=True)
 class BackoffSection:
+    # exponential backoff with jitter between attempts (a `Retry-After` wins).
     initial_delay: float = 0.5
+    # exponential backoff with jitter between attempts (a `Retry-After` wins).
     max_delay: float = 30.0
 
 
@@ -69,6 +92,7 @@ class BackoffSection:
 class CircuitSection:
     failures: PosInt = 10  # consecutive transient failures that open the circuit
     open_seconds: float = 30.0  # pause before one trial request (doubles while trials fail)
+    # circuit breaker: consecutive transient failures that pause calls; pause before a trial request; longest pause.
     max_open_seconds: float = 300.0
 
 
@@ -83,10 +107,12 @@ class CategoryRule:
 
 @dataclass(frozen=True)
 class RescanSection:
+    # re-scan old clean content (failed scans are retried regardless).
     enabled: bool = True
     age_days: PosFloat = 90.0  # re-scan files PhotoDNA found clean this long ago
     interval: PosFloat = 60.0  # seconds between rescan/retry rounds
     batch: PosInt = 100  # files per round at most
+    # items per round; concurrent items.
     concurrency: PosInt = 2
     budget_reserve: Annotated[float, Field(ge=0, lt=1)] = 0.1  # share of the monthly budget rescans never touch
     # Failed scans are retried after these delays (seconds), by number of failures; the last repeats.
@@ -95,20 +121,30 @@ class RescanSection:
 
 @dataclass(frozen=True)
 class PhotoDnaSection:
+    # ask PhotoDNA about every upload the local banks did not match.
     enabled: bool = False
+    # the Match endpoint.
     url: str = "https://api.microsoftmoderator.com/photodna/v1.0/Match"
+    # the subscription key: `{env: VAR}` or `{file: PATH}` (re-read, so it can be rotated); never in the YAML.
     key: Secret = field(default_factory=Secret)
+    # PhotoDNA's `enhance` query parameter (broader matching, slower).
     enhance: bool = False
     rate: PosFloat = 5.0  # requests per second, shared by every call in the process
     burst: PosInt = 1  # requests allowed back to back; 1 keeps every 1 s window at or below ``rate``
+    # requests per UTC calendar month, never exceeded, survives restarts.
     monthly_budget: PosInt = 10_000_000
+    # seconds per request.
     timeout: PosFloat = 10.0
     retries: NonNegInt = 4  # further attempts after a transient failure
     backoff: BackoffSection = field(default_factory=BackoffSection)
     max_retry_after: PosFloat = 120.0  # a longer Retry-After is capped to this
     circuit: CircuitSection = field(default_factory=CircuitSection)
     auth_retry_interval: PosFloat = 60.0  # while the key is refused, one probe request this often
+    # `{category, source, violations}` rules mapping a MatchFlag to a category; `source` (case-insensitive) and
+    # `violations` (any of) are optional; the first rule that fits wins.
     categories: tuple[CategoryRule, ...] = ()
+    # the category when no rule fits.
     default_category: str = "child-protection"
+    # also ask PhotoDNA when a local bank already matched (local matches are still acted on first).
     call_when_local_match: bool = False
     rescan: RescanSection = field(default_factory=RescanSection)
