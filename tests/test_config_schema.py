@@ -234,3 +234,19 @@ def test_a_whole_list_from_the_environment_is_json(tmp_path: Path, monkeypatch: 
     with pytest.raises(ConfigFileError) as info:
         load_config(path)
     assert "environment variable MEDIAMODERATION__WIKIS: wikis: must be a list, got '[not json'" in info.value.lines()
+
+
+def test_checks_carried_by_field_types_keep_their_messages(tmp_path: Path) -> None:
+    data = valid(tmp_path)
+    data["source"] = {"eventstreams": {"since": "yesterday"}, "mwapi": {"since": "2026-11-24T00:00:00Z"}}
+    data["review"] = {"escalate_recipients": ["ts@example.org", "bob"]}
+    data["thumbnail"] = {"formats": ["JPEG", "XCF"]}
+    data["pipeline"] = {"cpu_workers": 0}
+    with pytest.raises(ConfigFileError) as info:
+        config_from_dict(data, base=tmp_path)
+    assert dict(info.value.problems) == {
+        "source.eventstreams.since": "not an ISO 8601 time or Unix milliseconds: 'yesterday'",
+        "review.escalate_recipients[1]": "not an email address: 'bob'",
+        "thumbnail.formats[1]": "must be one of 'JPEG', 'PNG', 'GIF', 'WEBP', 'BMP', 'TIFF', 'MPO', got 'XCF'",
+        "pipeline.cpu_workers": "must be >= 1, got 0",
+    }

@@ -64,8 +64,8 @@ from service.config.sources import (
     SourceSection,
     kafka_client_options,
 )
-from service.config.validate import EMAIL_RE, GENERIC_AGENTS, PHOTODNA_MAX_BYTES, PHOTODNA_MIN_SIDE
-from service.config.values import parse_time, resolve_path
+from service.config.validate import GENERIC_AGENTS, PHOTODNA_MAX_BYTES, PHOTODNA_MIN_SIDE
+from service.config.values import EMAIL_RE, parse_time, resolve_path
 from service.errors import ConfigError
 
 __all__ = [

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from service.config.core import Secret
-from service.config.values import NonNegInt, PosFloat, PosInt
+from service.config.values import Email, NonNegInt, PosFloat, PosInt
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,10 @@ class ActionsSection:
 class CategoryNotifySection:
     """Who is emailed about one category's matches (instead of ``actions.notify.recipients``)."""
 
+    category: str = ""  # a category banks or PhotoDNA produce
     # recipients for one category's matches instead of `actions.notify.recipients`; a match of several categories goes
     # to the union; a category without a row gets the default list.
-    category: str = ""
-    # recipients for one category's matches instead of `actions.notify.recipients`; a match of several categories goes
-    # to the union; a category without a row gets the default list.
-    recipients: tuple[str, ...] = ()
+    recipients: tuple[Email, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,7 @@ class ReviewSection:
     secure_cookies: bool = True
     session_idle: float = 1800.0  # seconds without a request before a session ends
     session_max: float = 43200.0  # seconds after login a session ends anyway
-    escalate_recipients: tuple[str, ...] = ()  # Escalate emails these (default: actions.notify.recipients)
+    escalate_recipients: tuple[Email, ...] = ()  # Escalate emails these (default: actions.notify.recipients)
     blur_radius: Annotated[float, Field(ge=4)] = 12.0  # the preview must stay unrecognisable
     # queue rows per page.
     page_size: Annotated[int, Field(ge=1, le=500)] = 50

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from service.config.core import Secret
 from service.config.values import NonNegFloat, NonNegInt, PosFloat, PosInt
 
+ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"]  # what the decoder may be given
 PDQ_THRESHOLD_MAX = 100  # PDQ's own recommendation is 31; 256 would match every image
 STANDARD_THUMB_WIDTHS = (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840)
 
@@ -48,7 +49,7 @@ class ThumbnailSection:
     # its pixels are decoded: converting it costs a few times this, which must fit the worker's memory ceiling.
     max_decoded_bytes: PosInt = 200_000_000
     # decoder allowlist.
-    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+    formats: tuple[ImageFormat, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
     # images are reduced to this before PDQ.
     pdq_max_side: PosInt = 512
     # JPEG for remote matchers.

@@ -138,6 +138,8 @@ def message(error: Any) -> str:
         text = f"must be {op} {ctx[name]}{got}"
         last = str(error["loc"][-1])
         return f"{text}: {CONSEQUENCES[last]}" if last in CONSEQUENCES else text
+    if kind == "value_error":  # a field's own check (values.Email, values.Time) says what is wrong
+        return str(ctx.get("error", error["msg"]))
     if kind == "too_short":
         return f"at least {ctx.get('min_length')} item(s) required"
     text = str(error["msg"])

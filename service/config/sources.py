@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from service.config.core import Secret
-from service.config.values import PosFloat, PosInt
+from service.config.values import PosFloat, PosInt, Time
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class EventStreamsSection:
     # stream URL.
     url: str = "https://stream.wikimedia.org/v2/stream/mediawiki.recentchange"
     # ISO 8601 time to start from when there is no checkpoint.
-    since: str | None = None
+    since: Time | None = None
     # name of the checkpoint in the store.
     checkpoint_name: str = "eventstreams"
     # seconds.
@@ -105,7 +105,7 @@ class MwApiSection:
     poll_interval: PosFloat = 10.0  # seconds between polls once the log is read to its end
     # entries per request (500 is the API's maximum without apihighlimits)
     limit: Annotated[int, Field(ge=1, le=5000)] = 500
-    since: str | None = None  # ISO 8601 time to start at when there is no checkpoint (default: now)
+    since: Time | None = None  # ISO 8601 time to start at when there is no checkpoint (default: now)
     # checkpoint name in the store.
     checkpoint_name: str = "mwapi"
     # seconds per request.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 
 def resolve_path(base: Path, value: str) -> Path:
@@ -32,6 +33,22 @@ PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+def _email(value: str) -> str:
+    if not EMAIL_RE.match(value):
+        raise ValueError(f"not an email address: {value!r}")
+    return value
+
+
+def _time(value: str) -> str:
+    parse_time(value)  # raises ValueError naming the value
+    return value
+
+
+EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+Email = Annotated[str, AfterValidator(_email)]
+Time = Annotated[str, AfterValidator(_time)]  # ISO 8601 (``Z`` allowed) or Unix milliseconds
 
 
 def lower(value: Any) -> Any:
