@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from service import __version__
-from service.config import Config, load_config, parse_time, warnings_for
+from service.config import Config, load_config, parse_time, problem_lines, warnings_for
 from service.errors import ConfigError, ServiceError
 
 if TYPE_CHECKING:
@@ -33,8 +33,8 @@ def _load(path: str, *, secrets: bool = False, bank_files: bool = False) -> Conf
         return load_config(path, secrets=secrets, bank_files=bank_files)
     except ConfigError as exc:
         print(f"configuration {path} is invalid:", file=sys.stderr)
-        for key, problem in exc.problems:
-            print(f"  {key}: {problem}", file=sys.stderr)
+        for line in problem_lines(exc):
+            print(f"  {line}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
 
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.commands import add_commands
 
     add_commands(sub, DEFAULT_CONFIG)  # replay, backfill
+    from service.config.cli import add_config_command
+
+    add_config_command(sub, DEFAULT_CONFIG)  # config schema | show | reference
     return parser
 
 

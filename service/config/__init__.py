@@ -52,6 +52,7 @@ from service.config.matching import (
     RescanSection,
     ThumbnailSection,
 )
+from service.config.problems import ConfigFileError, problem_lines
 from service.config.root import Config
 from service.config.scale import BackfillSection, WorkSection
 from service.config.sources import (
@@ -63,8 +64,8 @@ from service.config.sources import (
     SourceSection,
     kafka_client_options,
 )
-from service.config.validate import EMAIL_RE, GENERIC_AGENTS, PHOTODNA_MAX_BYTES, PHOTODNA_MIN_SIDE
-from service.config.values import parse_time, resolve_path
+from service.config.validate import GENERIC_AGENTS, PHOTODNA_MAX_BYTES, PHOTODNA_MIN_SIDE
+from service.config.values import EMAIL_RE, parse_time, resolve_path
 from service.errors import ConfigError
 
 __all__ = [
@@ -84,6 +85,7 @@ __all__ = [
     "ConcurrencySection",
     "Config",
     "ConfigError",
+    "ConfigFileError",
     "EventStreamsSection",
     "FetchSection",
     "HttpSection",
@@ -113,6 +115,7 @@ __all__ = [
     "kafka_client_options",
     "load_config",
     "parse_time",
+    "problem_lines",
     "resolve_path",
     "warnings_for",
 ]

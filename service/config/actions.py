@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from service.config.core import Secret
+from service.config.values import Email, NonNegInt, PosFloat, PosInt
 
 
 @dataclass(frozen=True)
 class SmtpSection:
     host: str = ""
-    port: int = 587
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
     password: Secret = field(default_factory=Secret)
@@ -20,16 +23,24 @@ class SmtpSection:
 
 @dataclass(frozen=True)
 class RetrySection:
+    # backoff while SMTP fails.
     initial_delay: float = 5.0
+    # backoff while SMTP fails.
     max_delay: float = 600.0
 
 
 @dataclass(frozen=True)
 class NotifySection:
+    # email Trust & Safety on a match.
     enabled: bool = True
+    # email addresses.
     sender: str = ""
+    # email addresses.
     recipients: tuple[str, ...] = ()
+    # `host`, `port` (587), `security` (`starttls`, `tls`, `none`), `username`, `password` (`{env:…}` or `{file:…}`),
+    # `timeout`. Without it, notifications are written as `.eml` files to `outbox_dir` and a warning is logged.
     smtp: SmtpSection | None = None
+    # where `.eml` files go without SMTP.
     outbox_dir: str = "./outbox"
     review_url: str | None = None  # base URL of the review queue, used for links in emails
     retry: RetrySection = field(default_factory=RetrySection)
@@ -46,16 +57,21 @@ class ActionsSection:
 class CategoryNotifySection:
     """Who is emailed about one category's matches (instead of ``actions.notify.recipients``)."""
 
-    category: str = ""
-    recipients: tuple[str, ...] = ()
+    category: str = ""  # a category banks or PhotoDNA produce
+    # recipients for one category's matches instead of `actions.notify.recipients`; a match of several categories goes
+    # to the union; a category without a row gets the default list.
+    recipients: tuple[Email, ...] = ()
 
 
 @dataclass(frozen=True)
 class WikiAuthSection:
     """The takedown account: a bot password (``User@Bot``) or an OAuth 2 owner-only access token."""
 
+    # `bot-password` or `oauth2`. Required in `auto` mode; without it Confirm cannot delete (warning). One account for
+    # every configured wiki.
     method: Literal["bot-password", "oauth2"] = "bot-password"
     username: str = ""  # bot-password login name, "User@BotName"
+    # `{env: VAR}` or `{file: PATH}`: the bot password.
     password: Secret = field(default_factory=Secret)
     token: Secret = field(default_factory=Secret)  # OAuth 2 owner-only access token
 
@@ -65,19 +81,26 @@ class TakedownSection:
     # off: never delete; review: delete when a reviewer confirms; dry-run: record and email what would be
     # deleted; auto: delete at once (concurrently with the email) for ``categories``.
     mode: Literal["off", "review", "dry-run", "auto"] = "review"
+    # categories deleted automatically in `auto` (recorded in `dry-run`). Listing `terrorism` makes `check-config` warn.
     categories: tuple[str, ...] = ("child-protection",)
+    # the deletion log reason (public unless suppressed).
     reason: str = "Matched a known-abuse hash list"
     tags: tuple[str, ...] = ()  # change tags for the deletion (must be defined on the wiki)
     suppress: bool = False  # also hide the deleted versions from administrators (needs suppressrevision)
     auth: WikiAuthSection | None = None
-    timeout: float = 30.0
-    maxlag: int = 5
-    concurrency: int = 2
+    # seconds per API request.
+    timeout: PosFloat = 30.0
+    # `maxlag` sent with every API request.
+    maxlag: NonNegInt = 5
+    # takedowns performed at the same time (requests to one wiki stay serial).
+    concurrency: PosInt = 2
     retry: RetrySection = field(default_factory=lambda: RetrySection(initial_delay=10.0, max_delay=600.0))
 
 
 @dataclass(frozen=True)
 class ReviewerSection:
+    # reviewers; `password_hash` is an argon2 hash (`python -m service.web.review.auth hash`); may be empty only with
+    # `proxy_auth`.
     name: str = ""
     password_hash: str = ""  # argon2 hash (python -m service.web.review.auth hash); empty: proxy login only
 
@@ -94,12 +117,16 @@ class ProxyAuthSection:
 
 @dataclass(frozen=True)
 class ReviewSection:
+    # serve the review queue at `/review/` (needs `http.enabled`).
     enabled: bool = True
     reviewers: tuple[ReviewerSection, ...] = ()
     proxy_auth: ProxyAuthSection = field(default_factory=ProxyAuthSection)
+    # Secure `__Host-` cookies (browsers accept them over HTTPS and on localhost); turn off only for plain-HTTP testing
+    # (warning).
     secure_cookies: bool = True
     session_idle: float = 1800.0  # seconds without a request before a session ends
     session_max: float = 43200.0  # seconds after login a session ends anyway
-    escalate_recipients: tuple[str, ...] = ()  # Escalate emails these (default: actions.notify.recipients)
-    blur_radius: float = 12.0
-    page_size: int = 50
+    escalate_recipients: tuple[Email, ...] = ()  # Escalate emails these (default: actions.notify.recipients)
+    blur_radius: Annotated[float, Field(ge=4)] = 12.0  # the preview must stay unrecognisable
+    # queue rows per page.
+    page_size: Annotated[int, Field(ge=1, le=500)] = 50

@@ -28,6 +28,12 @@ def warnings_for(cfg: Config) -> list[str]:
 def _takedown_review_warnings(cfg: Config) -> list[str]:
     out: list[str] = []
     t = cfg.actions.takedown
+    produced = produced_categories(cfg)
+    never = [c for c in t.categories if c not in produced]
+    if t.mode != "off" and never:
+        out.append(f"actions.takedown.categories: no bank produces {', '.join(map(repr, never))}, so "
+                   f"{'auto-takedown' if t.mode == 'auto' else 'takedown'} never applies to it (categories produced: "
+                   f"{', '.join(sorted(produced)) or 'none'})")
     if "terrorism" in t.categories:
         out.append(f"actions.takedown.categories includes terrorism: in {t.mode} mode terrorism matches are "
                    "taken down without a human review")
@@ -48,3 +54,11 @@ def _takedown_review_warnings(cfg: Config) -> list[str]:
     if ui and not r.secure_cookies:
         out.append("review.secure_cookies is off: session cookies are sent over plain HTTP")
     return out
+
+
+def produced_categories(cfg: Config) -> set[str]:
+    """The categories a match can have: the banks' and, when PhotoDNA is on, its rules' and default."""
+    found = {b.category for b in cfg.banks.list}
+    if cfg.photodna.enabled:
+        found |= {cfg.photodna.default_category, *(r.category for r in cfg.photodna.categories)}
+    return found

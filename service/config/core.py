@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field
+
+from service.config.values import NonNegFloat, PosFloat, PosInt, lower
 
 
 @dataclass(frozen=True)
@@ -56,23 +60,31 @@ class Secret:
 
 @dataclass(frozen=True)
 class ServiceSection:
+    # User-Agent on every request; must name the client and a contact URL or email (Wikimedia blocks generic agents).
     user_agent: str = ""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_grace: float = 30.0
+    # `debug`, `info`, `warning`, `error` (in any case). Logs are JSON lines on stderr.
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(lower)] = "info"
+    # seconds to finish in-flight events after SIGTERM.
+    shutdown_grace: NonNegFloat = 30.0
 
 
 @dataclass(frozen=True)
 class HttpSection:
+    # serve `/metrics`, `/healthz`, `/readyz`.
     enabled: bool = True
+    # listen address.
     host: str = "127.0.0.1"
-    port: int = 8080
+    # listen address.
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
     # The readiness probe fails when the source has delivered nothing for this long (0 disables).
     ready_source_idle: float = 0.0
 
 
 @dataclass(frozen=True)
 class WikiSection:
+    # the event's `wiki` field (e.g. `commonswiki`); events for other wikis are skipped.
     id: str = ""
+    # the wiki's `api.php`.
     api_url: str = ""
     media_hosts: tuple[str, ...] = ()  # "host" (the API's scheme, its default port) or "host:port"
     # Links in emails and the review queue are built from these, never from an event.
@@ -99,27 +111,32 @@ class WikiSection:
 
 @dataclass(frozen=True)
 class ConcurrencySection:
-    fetch: int = 8
-    thumbnail: int = 4
-    match: int = 4
-    act: int = 4
-    remote: int = 8  # concurrent calls to remote matchers (PhotoDNA); needs >= rate x latency
+    fetch: PosInt = 8
+    thumbnail: PosInt = 4
+    match: PosInt = 4
+    act: PosInt = 4
+    remote: PosInt = 8  # concurrent calls to remote matchers (PhotoDNA); needs >= rate x latency
 
 
 @dataclass(frozen=True)
 class PipelineSection:
-    queue_size: int = 64
+    # capacity of each stage's queue.
+    queue_size: PosInt = 64
     concurrency: ConcurrencySection = field(default_factory=ConcurrencySection)
-    cpu_workers: int | None = None  # default: number of cores
+    cpu_workers: PosInt | None = None  # default: number of cores
+    # `process` or `thread`.
     cpu_pool: Literal["process", "thread"] = "process"
     # Address-space ceiling (RLIMIT_AS, bytes) of each decode worker process; 0: none.  Not for cpu_pool: thread.
     decode_memory_limit: int = 1024 * 1024 * 1024
-    event_deadline: float = 300.0
-    dedupe_retention_days: float = 14.0
+    # seconds an event may spend in the pipeline before it ends as `error:deadline`.
+    event_deadline: PosFloat = 300.0
+    # how long handled event ids are remembered.
+    dedupe_retention_days: PosFloat = 14.0
 
 
 @dataclass(frozen=True)
 class StoreSection:
+    # the SQLite store.
     path: str = "./data/mediamoderation.sqlite3"
     url: str | None = None  # postgresql://user@host/db selects the PostgreSQL store (then ``path`` is unused)
-    outbox_lease: float = 300.0  # seconds an outbox item claimed by one replica is hidden from the others
+    outbox_lease: PosFloat = 300.0  # seconds an outbox item claimed by one replica is hidden from the others

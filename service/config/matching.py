@@ -3,65 +3,97 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from service.config.core import Secret
+from service.config.values import NonNegFloat, NonNegInt, PosFloat, PosInt
 
+ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"]  # what the decoder may be given
+PDQ_THRESHOLD_MAX = 100  # PDQ's own recommendation is 31; 256 would match every image
 STANDARD_THUMB_WIDTHS = (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840)
 
 
 @dataclass(frozen=True)
 class FetchSection:
+    # a standard thumbnail width.
     thumb_width: int = 330
-    min_side: int = 160
-    max_bytes: int = 50_000_000
+    # minimum thumbnail side (PhotoDNA's minimum).
+    min_side: PosInt = 160
+    # byte cap for any download.
+    max_bytes: PosInt = 50_000_000
+    # also fetch originals (within the cap) for MD5 banks.
     originals: bool = False
-    timeout: float = 30.0
-    retries: int = 3
+    # per request.
+    timeout: PosFloat = 30.0
+    # per request.
+    retries: NonNegInt = 3
+    # per request.
     retry_delay: float = 1.0
-    maxlag: int = 5
-    max_redirects: int = 5
-    batch_size: int = 50  # titles per imageinfo request (MediaWiki renders at most 50 thumbnails per request)
+    # `maxlag` sent on API requests (a lagged wiki is retried after `Retry-After`, at least 5 s); redirects followed,
+    # each one checked against the allowlist.
+    maxlag: NonNegInt = 5
+    # `maxlag` sent on API requests (a lagged wiki is retried after `Retry-After`, at least 5 s); redirects followed,
+    # each one checked against the allowlist.
+    max_redirects: PosInt = 5
+    # titles per imageinfo request (MediaWiki renders at most 50 thumbnails per request)
+    batch_size: Annotated[int, Field(ge=1, le=50)] = 50
 
 
 @dataclass(frozen=True)
 class ThumbnailSection:
-    max_pixels: int = 120_000_000
+    # larger images are `unscannable:decompression-bomb`.
+    max_pixels: PosInt = 120_000_000
     # Width x height x bytes per pixel (all bands, all bit depths) above which an image is refused before
     # its pixels are decoded: converting it costs a few times this, which must fit the worker's memory ceiling.
-    max_decoded_bytes: int = 200_000_000
-    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
-    pdq_max_side: int = 512
-    jpeg_min_side: int = 160
-    jpeg_max_bytes: int = 4_000_000
-    jpeg_quality: int = 90
+    max_decoded_bytes: PosInt = 200_000_000
+    # decoder allowlist.
+    formats: tuple[ImageFormat, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+    # images are reduced to this before PDQ.
+    pdq_max_side: PosInt = 512
+    # JPEG for remote matchers.
+    jpeg_min_side: PosInt = 160
+    # JPEG for remote matchers.
+    jpeg_max_bytes: PosInt = 4_000_000
+    # JPEG for remote matchers.
+    jpeg_quality: Annotated[int, Field(ge=1, le=95)] = 90
     make_jpeg: bool = False  # produce JPEG bytes for remote matchers (PhotoDNA turns this on)
 
 
 @dataclass(frozen=True)
 class BankSection:
+    # one bank file; the category applies to rows with an empty category.
     name: str = ""
+    # one bank file; the category applies to rows with an empty category.
     path: str = ""
+    # one bank file; the category applies to rows with an empty category.
     category: str = ""
-    pdq_threshold: int = 31
+    # PDQ Hamming distance (of 256 bits) at or below which a hash matches; at most 100 (more matches nearly anything).
+    pdq_threshold: Annotated[int, Field(ge=0, le=PDQ_THRESHOLD_MAX)] = 31
 
 
 @dataclass(frozen=True)
 class BanksSection:
-    reload_interval: float = 10.0
-    pdq_quality_min: int = 50
+    reload_interval: NonNegFloat = 10.0  # seconds between checks of the bank files for changes; 0: never
+    # PDQ hashes of lower quality are not matched.
+    pdq_quality_min: Annotated[int, Field(ge=0, le=100)] = 50
     list: tuple[BankSection, ...] = ()
 
 
 @dataclass(frozen=True)
 class BackoffSection:
+    # exponential backoff with jitter between attempts (a `Retry-After` wins).
     initial_delay: float = 0.5
+    # exponential backoff with jitter between attempts (a `Retry-After` wins).
     max_delay: float = 30.0
 
 
 @dataclass(frozen=True)
 class CircuitSection:
-    failures: int = 10  # consecutive transient failures that open the circuit
+    failures: PosInt = 10  # consecutive transient failures that open the circuit
     open_seconds: float = 30.0  # pause before one trial request (doubles while trials fail)
+    # circuit breaker: consecutive transient failures that pause calls; pause before a trial request; longest pause.
     max_open_seconds: float = 300.0
 
 
@@ -76,32 +108,44 @@ class CategoryRule:
 
 @dataclass(frozen=True)
 class RescanSection:
+    # re-scan old clean content (failed scans are retried regardless).
     enabled: bool = True
-    age_days: float = 90.0  # re-scan files PhotoDNA found clean this long ago
-    interval: float = 60.0  # seconds between rescan/retry rounds
-    batch: int = 100  # files per round at most
-    concurrency: int = 2
-    budget_reserve: float = 0.1  # share of the monthly budget rescans never touch
+    age_days: PosFloat = 90.0  # re-scan files PhotoDNA found clean this long ago
+    interval: PosFloat = 60.0  # seconds between rescan/retry rounds
+    batch: PosInt = 100  # files per round at most
+    # items per round; concurrent items.
+    concurrency: PosInt = 2
+    budget_reserve: Annotated[float, Field(ge=0, lt=1)] = 0.1  # share of the monthly budget rescans never touch
     # Failed scans are retried after these delays (seconds), by number of failures; the last repeats.
-    retry_delays: tuple[float, ...] = (60.0, 300.0, 1800.0, 7200.0, 21600.0)
+    retry_delays: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (60.0, 300.0, 1800.0, 7200.0, 21600.0)
 
 
 @dataclass(frozen=True)
 class PhotoDnaSection:
+    # ask PhotoDNA about every upload the local banks did not match.
     enabled: bool = False
+    # the Match endpoint.
     url: str = "https://api.microsoftmoderator.com/photodna/v1.0/Match"
+    # the subscription key: `{env: VAR}` or `{file: PATH}` (re-read, so it can be rotated); never in the YAML.
     key: Secret = field(default_factory=Secret)
+    # PhotoDNA's `enhance` query parameter (broader matching, slower).
     enhance: bool = False
-    rate: float = 5.0  # requests per second, shared by every call in the process
-    burst: int = 1  # requests allowed back to back; 1 keeps every 1 s window at or below ``rate``
-    monthly_budget: int = 10_000_000
-    timeout: float = 10.0
-    retries: int = 4  # further attempts after a transient failure
+    rate: PosFloat = 5.0  # requests per second, shared by every call in the process
+    burst: PosInt = 1  # requests allowed back to back; 1 keeps every 1 s window at or below ``rate``
+    # requests per UTC calendar month, never exceeded, survives restarts.
+    monthly_budget: PosInt = 10_000_000
+    # seconds per request.
+    timeout: PosFloat = 10.0
+    retries: NonNegInt = 4  # further attempts after a transient failure
     backoff: BackoffSection = field(default_factory=BackoffSection)
-    max_retry_after: float = 120.0  # a longer Retry-After is capped to this
+    max_retry_after: PosFloat = 120.0  # a longer Retry-After is capped to this
     circuit: CircuitSection = field(default_factory=CircuitSection)
-    auth_retry_interval: float = 60.0  # while the key is refused, one probe request this often
+    auth_retry_interval: PosFloat = 60.0  # while the key is refused, one probe request this often
+    # `{category, source, violations}` rules mapping a MatchFlag to a category; `source` (case-insensitive) and
+    # `violations` (any of) are optional; the first rule that fits wins.
     categories: tuple[CategoryRule, ...] = ()
+    # the category when no rule fits.
     default_category: str = "child-protection"
+    # also ask PhotoDNA when a local bank already matched (local matches are still acted on first).
     call_when_local_match: bool = False
     rescan: RescanSection = field(default_factory=RescanSection)

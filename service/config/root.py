@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from pydantic import ConfigDict, with_config
+
 from service.config.actions import ActionsSection, ReviewSection
 from service.config.core import HttpSection, PipelineSection, ServiceSection, StoreSection, WikiSection
 from service.config.matching import BanksSection, FetchSection, PhotoDnaSection, ThumbnailSection
@@ -12,6 +14,8 @@ from service.config.scale import BackfillSection, WorkSection
 from service.config.sources import SourceSection
 
 
+# Unknown keys and non-finite numbers are refused in every section (pydantic applies this to nested ones).
+@with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 @dataclass(frozen=True)
 class Config:
     service: ServiceSection = field(default_factory=ServiceSection)

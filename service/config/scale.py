@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
 
 from service.config.sources import KafkaConnectionSection
+from service.config.values import PosFloat, PosInt
 
 
 @dataclass(frozen=True)
@@ -12,14 +16,19 @@ class WorkSection:
     """The work topic between ``--role ingest`` and ``--role worker`` replicas."""
 
     connection: KafkaConnectionSection | None = None  # default: source.kafka.connection
+    # the work topic.
     topic: str = "mediamoderation.scan-requests"
+    # the workers' consumer group.
     group_id: str = "mediamoderation-workers"
-    partitions: int = 12  # used when the topic is created
-    replication_factor: int = 1
+    partitions: PosInt = 12  # used when the topic is created
+    # used when the topic is created (the partition count caps useful workers).
+    replication_factor: PosInt = 1
 
 
 @dataclass(frozen=True)
 class BackfillSection:
-    batch_size: int = 0  # files per list=allimages request; 0: the most the account may ask ("max")
-    progress_interval: float = 30.0  # seconds between progress log lines when not on a terminal
+    # files per list=allimages request; 0: the most the account may ask ("max")
+    batch_size: Annotated[int, Field(ge=0, le=5000)] = 0
+    progress_interval: PosFloat = 30.0  # seconds between progress log lines when not on a terminal
+    # prefix of the per-wiki, per-range checkpoint.
     checkpoint_name: str = "backfill"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import yaml.reader
 from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -76,13 +77,18 @@ def decode(data: bytes, name: str) -> str:
                                   f"{exc.start} (line {line}) cannot be decoded")]) from None
 
 
-def duplicate_keys(root: Node | None) -> list[tuple[str, str]]:
-    """``(key path, message)`` for every key given twice in one mapping, with both line numbers.
+Marks = dict[str, tuple[int, int]]  # key path -> (line, column), 1-based, of the key (or item) in the file
 
+
+def walk(root: Node | None) -> tuple[list[tuple[str, str]], Marks]:
+    """Duplicate keys and the position of every key path.
+
+    Duplicates are ``(key path, message)`` for every key given twice in one mapping, with both line numbers.
     Each node is visited once (a node shared through aliases is reported under its first path), so the
     cost is linear in the composed document, not in its expanded size.
     """
     found: list[tuple[str, str]] = []
+    marks: Marks = {}
     seen: set[int] = set()
     stack: list[tuple[Node, str]] = [(root, "")] if root is not None else []
     while stack:
@@ -98,6 +104,7 @@ def duplicate_keys(root: Node | None) -> list[tuple[str, str]]:
                     key = str(key_node.value)
                     line = key_node.start_mark.line + 1
                     sub = f"{path}.{key}" if path else key
+                    marks.setdefault(sub, (line, key_node.start_mark.column + 1))
                     if key in first_line:
                         found.append((sub, f"duplicate key: set on line {first_line[key]} and again on line "
                                            f"{line} (only one may be given)"))
@@ -108,12 +115,19 @@ def duplicate_keys(root: Node | None) -> list[tuple[str, str]]:
                     children.append((value_node, path))
             stack.extend(reversed(children))
         elif isinstance(node, SequenceNode):
+            for i, v in enumerate(node.value):
+                marks.setdefault(f"{path}[{i}]", (v.start_mark.line + 1, v.start_mark.column + 1))
             stack.extend(reversed([(v, f"{path}[{i}]") for i, v in enumerate(node.value)]))
-    return found
+    return found, marks
 
 
-def read_yaml(path: Path) -> tuple[Any, list[tuple[str, str]]]:
-    """Parse the file at ``path``: ``(data, problems)``.
+def duplicate_keys(root: Node | None) -> list[tuple[str, str]]:
+    """``(key path, message)`` for every key given twice in one mapping (see :func:`walk`)."""
+    return walk(root)[0]
+
+
+def read_yaml(path: Path) -> tuple[Any, list[tuple[str, str]], Marks]:
+    """Parse the file at ``path``: ``(data, problems, marks)``.
 
     Problems that leave nothing to validate (unreadable, not UTF-8, not YAML, too large) raise
     :class:`ConfigError`; duplicate keys are returned as problems, to be reported with the others.
@@ -125,11 +139,13 @@ def read_yaml(path: Path) -> tuple[Any, list[tuple[str, str]]]:
     text = decode(raw, str(path))
     try:
         loader = BoundedLoader(text)  # the reader refuses non-printable characters here
-    except yaml.YAMLError as exc:
+    except yaml.reader.ReaderError as exc:
+        exc.name = str(path)  # not "<unicode string>"
         raise ConfigError([(FILE, f"invalid YAML in {path}: {exc}")]) from None
+    loader.name = str(path)  # the marks of every later error name the file
     try:
         root = loader.get_single_node()
-        problems = duplicate_keys(root)
+        problems, marks = walk(root)
         data = loader.construct_document(root) if root is not None else None
     except DocumentTooLarge as exc:
         raise ConfigError([(FILE, f"refused {path}: {exc.problem}{_where(exc)}")]) from None
@@ -139,7 +155,7 @@ def read_yaml(path: Path) -> tuple[Any, list[tuple[str, str]]]:
         raise ConfigError([(FILE, f"invalid YAML value in {path}: {exc}")]) from None
     finally:
         loader.dispose()
-    return data, problems
+    return data, problems, marks
 
 
 def _where(exc: yaml.MarkedYAMLError) -> str:
