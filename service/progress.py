@@ -99,11 +99,12 @@ class Reporter:
     """Shows a job's progress until it is cancelled or ``stop`` is set; :meth:`summary` prints the end."""
 
     def __init__(self, title: str, sample: Callable[[], Sample], *, console: Console | None, interval: float,
-                 unit: str = "files", refresh: float = 0.5) -> None:
+                 unit: str = "files", refresh: float = 0.5, table: bool = True) -> None:
         self.title = title
         self.sample = sample
         self.console = console
         self.live = console is not None and console.is_terminal
+        self.table = table and self.live  # the summary as a table (console logs) or as one log record (JSON logs)
         self.interval = interval
         self.unit = unit
         self.refresh = refresh
@@ -144,8 +145,9 @@ class Reporter:
 
     def summary(self, headline: str, rows: list[tuple[str, Any]], fields: dict[str, Any]) -> None:
         """Print the end of the job: a table on a terminal, one log line with ``fields`` otherwise."""
-        if self.live and self.console is not None:
-            table = Table(title=headline, show_header=False, title_justify="left", box=None, pad_edge=False)
+        if self.table and self.console is not None:
+            self.console.print(Text(headline, style="bold"))
+            table = Table(show_header=False, box=None, pad_edge=False)
             table.add_column(style="bold")
             table.add_column(justify="right")
             for name, value in rows:

@@ -107,7 +107,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def started(service: Any) -> None:  # the reporter is owned by the service's supervisor
         progress = ReplayProgress(req, service.metrics)
         reporter = Reporter("replay", progress.sample, console=output.console,
-                            interval=cfg.backfill.progress_interval, unit="events")
+                            interval=cfg.backfill.progress_interval, unit="events",
+                            table=output.format == "console")
         reporters.append((reporter, progress))
         service.supervisor.start("replay-progress", lambda: reporter.run(service.stop_event))
 
@@ -140,7 +141,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             return
         progress = BackfillProgress(source, service.metrics, role=args.role)
         reporter = Reporter(f"backfill {args.wiki}", progress.sample, console=output.console,
-                            interval=cfg.backfill.progress_interval)
+                            interval=cfg.backfill.progress_interval, table=output.format == "console")
         reporters.append((reporter, progress))
         service.supervisor.start("backfill-progress", lambda: reporter.run(service.stop_event))
 
