@@ -78,7 +78,8 @@ class Terminal:
 
     def pieces(self) -> list[str]:
         """The runs of text written without a cursor movement or line end in between (what shares a line)."""
-        return [p for p in re.split(r"\r|\n|\x1b\[[0-9;?]*[A-Za-z]", self.text) if p.strip()]
+        parts = re.split(r"\r|\n|\x1b\[[0-9;?]*[A-Za-ln-z]", self.text)  # cursor moves and erases, not colours
+        return [text for text in (ANSI.sub("", part) for part in parts) if text.strip()]
 
     def plain(self) -> str:
         return ANSI.sub("", self.text).replace("\r\n", "\n")
