@@ -104,7 +104,8 @@ def setup_logging(level: str = "info", fmt: LogFormat = "auto", stream: TextIO |
     out = stream if stream is not None else sys.stderr
     level = normalise_level(level)
     isatty = bool(getattr(out, "isatty", lambda: False)())
-    console = Console(file=out, stderr=out is sys.stderr, force_terminal=isatty or None, soft_wrap=False)
+    # Not a terminal (``--log-format console`` into a file): wide lines rather than rich's 80-column default.
+    console = Console(file=out, force_terminal=isatty or None, width=None if isatty else 200)
     chosen: Literal["console", "json"] = ("console" if isatty else "json") if fmt == "auto" else fmt
     handler: logging.Handler
     if chosen == "console":

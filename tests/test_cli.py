@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +18,9 @@ import yaml
 from service import __version__
 from service.cli import EXIT_CONFIG, EXIT_MATCH, EXIT_OK, EXIT_UNSCANNABLE, build_parser, main
 from service.cli.exits import combine, outcome_code
+from service.cli.options import log_level
 from service.config import config_from_dict
+from service.logs import setup_logging
 from service.web.review.auth import Auth
 from tests.infra import images
 from tests.terminal import Terminal
@@ -238,3 +242,30 @@ def test_logs_are_json_when_not_a_terminal_and_levels_follow_the_options(tmp_pat
     assert upper and all(r["level"] in ("warning", "error") for r in upper)
     verbose = stderr_of("-v")
     assert "service started" in {r["msg"] for r in verbose}
+
+
+def test_levels_from_config_and_options_combine_in_any_case() -> None:
+    parse = build_parser().parse_args
+    assert log_level(parse(["run"]), "INFO") == "info"  # service.log_level: INFO is accepted here
+    assert log_level(parse(["run", "-v"]), "Info") == "debug"
+    assert log_level(parse(["run", "-q"]), "info") == "warning"
+    assert log_level(parse(["run", "-qqq"]), "info") == "error"
+    assert log_level(parse(["run", "-q", "--log-level", "DEBUG"]), "error") == "debug"  # the flag wins
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        stream = io.StringIO()
+        output = setup_logging("WARNING", "auto", stream)
+        assert (output.level, output.format, output.interactive) == ("warning", "json", False)
+        logging.getLogger("service.test").info("hidden")
+        logging.getLogger("service.test").warning("shown", extra={"wiki": "w"})
+        records = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [(r["msg"], r["wiki"]) for r in records] == [("shown", "w")]
+        console = io.StringIO()
+        setup_logging("info", "console", console)
+        logging.getLogger("service.test").info("hello", extra={"title": "File:A b.jpg", "n": 3})
+        text = console.getvalue()
+        assert "INFO" in text and 'hello  title="File:A b.jpg" n=3' in text and "\x1b[" not in text  # no colour
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
