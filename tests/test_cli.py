@@ -50,7 +50,7 @@ def leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) ->
 REQUIRED = {
     ("run",): [], ("check-config",): [], ("scan",): ["x.jpg"], ("photodna", "check"): ["x.jpg"],
     ("replay",): ["--since", "2026-01-01T00:00:00Z"], ("backfill",): ["--wiki", "w"],
-    ("reviewer", "hash-password"): [],
+    ("reviewer", "hash-password"): [], ("config", "schema"): [], ("config", "show"): [], ("config", "reference"): [],
 }
 
 
