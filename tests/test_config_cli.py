@@ -154,7 +154,9 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path, args: list[str]) -> None:
     with sock:
         data = base_config(tmp_path)
         data["http"]["port"] = port
-        result = command([*args, "-c", str(write(tmp_path, data))], tmp_path)
+        # replay and backfill serve HTTP only on --metrics-port (so that they run beside `run`)
+        extra = [] if args[0] == "run" else ["--metrics-port", str(port)]
+        result = command([*args, *extra, "-c", str(write(tmp_path, data))], tmp_path)
     assert_refused(result)
     lines = [line for line in result.stderr.splitlines() if str(port) in line]
     assert lines == [f"error: http.port: port {port} on 127.0.0.1 is already in use (another process listens there)"]

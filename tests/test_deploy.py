@@ -543,7 +543,7 @@ def test_scaleout_example_config_is_only_refused_for_later_keys(tmp_path: Path) 
     values = load_values("scaleout")
     assert values["scaleOut"]["enabled"]
     problems, future = _future_problems(values, tmp_path)
-    if "--role" in (ROOT / "service" / "cli.py").read_text():  # scale-out has landed: the example must pass
+    if "--role" in (ROOT / "service" / "cli" / "run.py").read_text():  # scale-out has landed: the example must pass
         assert problems == [], f"values-scaleout.yaml's config no longer fits the service: {problems}"
     for key, message in problems:
         assert message.startswith("unknown key") and any(p.startswith(key) for p in future), f"{key}: {message}"
@@ -593,7 +593,7 @@ def test_single_connection_roles_are_held_to_one_replica() -> None:
     role_arg = re.search(r"\{\{- if \$\.Values\.scaleOut\.enabled \}\}\n\s+# --role REQUIRES the scale-out feature"
                          r"[^\n]*\n\s+- --role\n\s+- \{\{ \$role \}\}\n\s+\{\{- end \}\}", deployment)
     assert role_arg and deployment.count("--role") == 2  # the comment and the argument
-    if "--role" in (ROOT / "service" / "cli.py").read_text():
+    if "--role" in (ROOT / "service" / "cli" / "run.py").read_text():
         assert "REQUIRES" not in values_text, "`run --role` exists now: drop the chart's 'REQUIRES' notes"
 
 

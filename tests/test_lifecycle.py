@@ -169,7 +169,7 @@ async def test_a_dead_pipeline_exits_non_zero_with_the_cause_logged(
     finally:
         if proc.returncode is None:
             proc.kill()
-    assert proc.returncode == 1, err.decode()[-2000:]
+    assert proc.returncode == 4, err.decode()[-2000:]  # EXIT_UPSTREAM: stopped on an error (1 means a match)
     logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     died = [e for e in logs if e["msg"].startswith("task pipeline died: ")]
     assert len(died) == 1 and "SourceError" in died[0]["msg"], [e["msg"] for e in logs]

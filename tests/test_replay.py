@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from service.config import config_from_dict
 from service.errors import ConfigError
@@ -15,10 +19,11 @@ from service.metrics import Metrics
 from service.models import RawEvent, UploadEvent
 from service.sources.base import SourceBase, SourceStatus
 from service.sources.eventstreams import EventStreamsSource
-from service.sources.replay import ReplayRequest, RescanAdmission, UntilSource, replay_source
+from service.sources.replay import ReplayProgress, ReplayRequest, RescanAdmission, UntilSource, replay_source
 from service.store import MemoryStore
 from service.store.base import NewAction, ScanRecord
 from tests.infra.sse_server import EventStreamsServer
+from tests.terminal import REPO
 from tests.test_events import REAL
 from tests.test_eventstreams import MemoryCheckpoints
 
@@ -115,3 +120,56 @@ def test_until_source_passes_acks_and_status_to_the_source_it_ends() -> None:
     source.ack(("t", 0, 7))
     assert inner.acked == [("t", 0, 7)]
     assert source.status() == SourceStatus(connected=False, last_error="broker unreachable")
+
+
+def test_replay_progress_follows_event_time_and_its_summary_lists_every_outcome() -> None:
+    metrics = Metrics()
+    now = [T0.timestamp() + 3600]
+    req = ReplayRequest(since=T0, until=T0 + timedelta(seconds=1000))
+    progress = ReplayProgress(req, metrics, clock=lambda: now[0])
+    assert progress.sample().completed == 0 and progress.sample().total == 1000
+    metrics.events_received.labels("eventstreams").inc(7)
+    metrics.source_lag.set(now[0] - (T0.timestamp() + 250))  # the newest event read is from T0 + 250 s
+    metrics.outcomes.labels("clean").inc(3)
+    metrics.outcomes.labels("match").inc(1)
+    metrics.outcomes.labels("unscannable:too-small").inc(1)
+    metrics.events_skipped.labels("duplicate").inc(1)
+    metrics.events_skipped.labels("not-upload").inc(1)
+    sample = progress.sample()
+    assert sample.completed == 250 and sample.fields == {"read": 7, "scanned": 5, "matched": 1}
+    c = progress.counts()
+    assert c["read"] == c["scanned"] + c["skipped_already_handled"] + sum(c["skipped_other"].values())
+    rows = dict(progress.rows(elapsed=5))
+    assert rows["events read"] == 7 and rows["    too-small"] == 1 and rows["skipped: not-upload"] == 1
+    offsets = ReplayProgress(ReplayRequest(offsets={("t", 0): 5}), metrics)
+    assert offsets.sample().total is None and offsets.sample().completed == 7  # no time axis: events read
+
+
+async def test_replay_command_ends_with_a_summary(tmp_path: Path, sse_server: EventStreamsServer) -> None:
+    times = [T0, T0 + timedelta(seconds=10), T0 + timedelta(seconds=20), T0 + timedelta(seconds=200)]
+    for n, at in enumerate(times):
+        sse_server.publish(event(n, at), ts_ms=int(at.timestamp() * 1000))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "service": {"user_agent": "mediamoderation-test/0.1 (ts@example.org)", "shutdown_grace": 5},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "source": {"eventstreams": {"url": sse_server.stream_url(),
+                                    "reconnect": {"initial_delay": 0.05, "max_delay": 0.2}}},
+        # Not the events' wiki: they are read and skipped, nothing is fetched from outside.
+        "wikis": [{"id": "otherwiki", "api_url": "http://127.0.0.1:9/w/api.php"}],
+        "actions": {"notify": {"enabled": False}},
+        "banks": {"list": []},
+        "store": {"path": str(tmp_path / "s.sqlite3")},
+    }))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "replay", "-c", str(path), "--since", T0.isoformat(),
+        "--until", (T0 + timedelta(seconds=15)).isoformat(), cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    records = [json.loads(line) for line in err.decode().splitlines()]
+    assert records[-1]["msg"] == "replay summary"  # the last word, after "service stopped"
+    summary = records[-1]
+    assert summary["read"] >= 2 and summary["scanned"] == 0
+    assert summary["skipped_other"]["wiki-not-configured"] == 2
+    assert "elapsed_seconds" in summary

@@ -63,21 +63,22 @@ def cmd_config(args: argparse.Namespace) -> int:
         return _write(schema_text(), args.output)
     if args.config_command == "reference":
         return _write(reference_markdown(), args.output)
-    from service.cli import _load  # one way to load and report a config for every command
+    from service.cli.options import load  # one way to load and report a config for every command
 
-    return _write(show_text(_load(args.config)), None)
+    return _write(show_text(load(args)), None)
 
 
-def add_config_command(sub: Any, default_config: str) -> None:
-    """The ``config`` command and its subcommands, on the CLI's subparsers."""
+def add_config_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``config`` command and its subcommands, on the CLI's subparsers (``common``: -c and the log options)."""
     config = sub.add_parser("config", help="the configuration: JSON Schema, effective values, reference docs")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    schema = config_sub.add_parser("schema", help="print the JSON Schema of the config file (config.schema.json)")
+    schema = config_sub.add_parser("schema", parents=[common],
+                                   help="print the JSON Schema of the config file (config.schema.json)")
     schema.add_argument("-o", "--output", help="write to this file instead of standard output")
-    show = config_sub.add_parser("show", help="print the effective configuration (file, environment overrides "
-                                 "and defaults) with secrets masked")
-    show.add_argument("-c", "--config", default=default_config, help="config file (default: %(default)s)")
-    reference = config_sub.add_parser("reference", help="print the Markdown configuration reference "
+    config_sub.add_parser("show", parents=[common], help="print the effective configuration (file, environment "
+                          "overrides and defaults) with secrets masked")
+    reference = config_sub.add_parser("reference", parents=[common],
+                                      help="print the Markdown configuration reference "
                                       "(docs/configuration.md)")
     reference.add_argument("-o", "--output", help="write to this file instead of standard output")
     config.set_defaults(func=cmd_config)

@@ -10,8 +10,9 @@ through the normal pipeline (or, with ``--role ingest``, onto the work topic).
   the watermark passes it (every file of the batch finished), it is stored.  An interrupted
   backfill resumes from the last finished batch instead of listing from the start.
 * Files whose SHA-1 was already found clean against the current banks are not sent at all.
-* Progress: a live line on a terminal, a log line every ``backfill.progress_interval`` seconds
-  otherwise; the counts are metrics (``backfill_files_total{state}``, outcomes and matches).
+* Progress (:class:`BackfillProgress`): a rich bar on a terminal, a log line every
+  ``backfill.progress_interval`` seconds otherwise, and a summary at the end whose numbers add up; the
+  counts are metrics (``backfill_files_total{state}``, outcomes and matches).
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 from service.config import Config
 from service.errors import WikiApiError
@@ -33,6 +32,7 @@ from service.events import sha1_to_base36
 from service.mediawiki.client import MediaWikiClient
 from service.metrics import Metrics
 from service.models import CLEAN, RawEvent
+from service.progress import Sample, clock_text, metric_by_label, metric_sum
 from service.sources.base import SourceBase
 from service.sources.mwapi import iso_time, mw_timestamp, polling_client, recentchange_event, source_error
 from service.store.base import CheckpointStore, ScanStore
@@ -85,6 +85,7 @@ class BackfillSource(SourceBase):
                                                maxlag=cfg.fetch.maxlag)
         self.checkpoint = checkpoint_name(cfg, wiki.id, start, end)
         self.listed = 0
+        self.listed_before = 0  # listed by earlier runs of this range (a resumed backfill)
         self.skipped = 0
         self.batches = 0
         self.resumed_from: str | None = None
@@ -110,7 +111,7 @@ class BackfillSource(SourceBase):
             self.metrics.backfill_done.labels(self.wiki.id).set(1)
             return
         token: str | None = saved.get("aicontinue")
-        self.listed = int(saved.get("listed") or 0)
+        self.listed = self.listed_before = int(saved.get("listed") or 0)
         self.resumed_from = token
         if token:
             log.info("backfill resuming", extra={"checkpoint": self.checkpoint, "aicontinue": token,
@@ -192,74 +193,78 @@ class BackfillSource(SourceBase):
             await out.put(RawEvent(data=json.dumps(event), position=position, label=f"backfill {title}"))
 
 
-class Progress:
-    """Files listed, scanned and matched, the rate and an ETA: a live line on a terminal, else log lines."""
+class BackfillProgress:
+    """What a backfill has done, as a progress :class:`Sample` and as a summary whose numbers add up.
 
-    def __init__(self, source: BackfillSource, metrics: Metrics, *, interval: float, stream: TextIO | None = None,
-                 scanned: Callable[[], float] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    Every file listed in this run is exactly one of: scanned (clean, matched, gone, unscannable by reason,
+    error: the pipeline's outcomes), skipped because its SHA-1 was already found clean against the current
+    banks, skipped because its upload event was already handled (an earlier run), or unfinished (the run was
+    stopped before its outcome).  With ``role="ingest"`` outcomes happen on the workers: files are "queued".
+    """
+
+    def __init__(self, source: BackfillSource, metrics: Metrics, *, role: str = "all") -> None:
         self.source = source
-        self.metrics = metrics
-        self.interval = interval
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._scanned = scanned or self._outcomes
-        self._clock = clock
-        self.started = clock()
-        self.listed_at_start: int | None = None
+        self.registry = metrics.registry
+        self.role = role
 
-    def _sum(self, name: str) -> float:
-        total = 0.0
-        for family in self.metrics.registry.collect():
-            for sample in family.samples:
-                if sample.name == name:
-                    total += sample.value
-        return total
-
-    def _outcomes(self) -> float:
-        return self._sum("mediamoderation_outcomes_total") + self.source.skipped
-
-    def snapshot(self) -> dict[str, Any]:
+    def counts(self) -> dict[str, Any]:
         s = self.source
-        if self.listed_at_start is None:
-            self.listed_at_start = s.listed
-        elapsed = max(self._clock() - self.started, 1e-6)
-        scanned = int(self._scanned())
-        rate = scanned / elapsed
-        remaining: float | None = None
+        outcomes = metric_by_label(self.registry, "mediamoderation_outcomes_total", "outcome")
+        unscannable = {k.split(":", 1)[1]: int(v) for k, v in sorted(outcomes.items())
+                       if k.startswith("unscannable:") and v}
+        scanned = int(sum(outcomes.values()))
+        handled = int(metric_sum(self.registry, "mediamoderation_events_skipped_total", reason="duplicate"))
+        listed = s.listed - s.listed_before
+        out: dict[str, Any] = {"listed": listed}
+        if self.role == "ingest":
+            queued = int(metric_sum(self.registry, "mediamoderation_backfill_files_total", state="queued"))
+            out.update(queued=queued, skipped_already_scanned=s.skipped)
+            out["unfinished"] = max(listed - queued - s.skipped, 0)
+            return out
+        out.update(
+            scanned=scanned, clean=int(outcomes.get("clean", 0)), matched=int(outcomes.get("match", 0)),
+            gone=int(outcomes.get("gone", 0)), unscannable=sum(unscannable.values()),
+            unscannable_by_reason=unscannable, errors=int(outcomes.get("error", 0)),
+            skipped_already_scanned=s.skipped, skipped_already_handled=handled,
+        )
+        out["unfinished"] = max(listed - scanned - s.skipped - handled, 0)
+        return out
+
+    def sample(self) -> Sample:
+        s = self.source
+        c = self.counts()
+        done = s.listed_before + c["listed"] - c["unfinished"]
+        total: float | None = None
         if s.total_hint:
-            remaining = max(s.total_hint - s.listed, 0) + max(s.listed - scanned - self.listed_at_start, 0)
-        elif s.cursor_time and (s.start or s.end):
+            total = max(float(s.total_hint), float(s.listed))
+        elif s.cursor_time and (s.start or s.end) and s.listed > s.listed_before:
             begin = (s.start or datetime(2001, 1, 1, tzinfo=UTC)).timestamp()
             finish = (s.end or datetime.now(UTC)).timestamp()
             at = datetime.strptime(s.cursor_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-            done_share = min(max((at - begin) / max(finish - begin, 1.0), 1e-6), 1.0)
-            listed_now = s.listed - self.listed_at_start
-            remaining = listed_now / done_share - scanned if listed_now else None
-        eta = remaining / rate if remaining is not None and rate > 0 else None
-        return {"wiki": s.wiki.id, "listed": s.listed, "skipped": s.skipped, "scanned": scanned,
-                "matched": int(self._sum("mediamoderation_matches_total")), "rate": round(rate, 1),
-                "eta_seconds": round(eta) if eta is not None else None, "batches": s.batches}
+            share = min(max((at - begin) / max(finish - begin, 1.0), 1e-6), 1.0)
+            total = max(s.listed_before + (s.listed - s.listed_before) / share, float(s.listed))
+        if s.finished:
+            total = float(s.listed)
+        shown = {"listed": c["listed"], "matched": c.get("matched", 0),
+                 "skipped": c["skipped_already_scanned"] + c.get("skipped_already_handled", 0)}
+        return Sample(completed=float(done), total=total, fields=shown)
 
-    def line(self) -> str:
-        snap = self.snapshot()
-        eta = snap["eta_seconds"]
-        eta_text = "--:--:--" if eta is None else f"{eta // 3600:02d}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
-        return (f"backfill {snap['wiki']}: listed {snap['listed']}  scanned {snap['scanned']}  "
-                f"matched {snap['matched']}  skipped {snap['skipped']}  {snap['rate']:.1f} files/s  ETA {eta_text}")
-
-    async def run(self, stop: asyncio.Event) -> None:
-        period = 0.5 if self.tty else self.interval
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=period)
-                self.emit()
-        finally:
-            self.emit(final=True)
-
-    def emit(self, *, final: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + self.line() + ("\n" if final else ""))
-            self.stream.flush()
+    def rows(self, elapsed: float) -> list[tuple[str, Any]]:
+        c = self.counts()
+        rows: list[tuple[str, Any]] = [("listed", c["listed"])]
+        if self.source.listed_before:
+            rows.append(("listed in earlier runs", self.source.listed_before))
+        if self.role == "ingest":
+            rows += [("queued to the work topic", c["queued"])]
         else:
-            log.info("backfill progress", extra=self.snapshot())
+            rows += [("scanned", c["scanned"]), ("  clean", c["clean"]), ("  matched", c["matched"]),
+                     ("  gone", c["gone"]), ("  unscannable", c["unscannable"])]
+            rows += [(f"    {reason}", n) for reason, n in c["unscannable_by_reason"].items()]
+            rows += [("  errors", c["errors"]), ("skipped: already handled", c["skipped_already_handled"])]
+        rows += [("skipped: already scanned clean", c["skipped_already_scanned"]), ("unfinished", c["unfinished"]),
+                 ("elapsed", clock_text(elapsed))]
+        return rows
+
+    def summary_fields(self, elapsed: float) -> dict[str, Any]:
+        return {**self.counts(), "listed_before": self.source.listed_before, "elapsed_seconds": round(elapsed, 1),
+                "complete": self.source.finished}

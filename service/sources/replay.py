@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ from service.config import Config
 from service.errors import ConfigError, MalformedEvent
 from service.metrics import Metrics
 from service.models import Match, RawEvent, UploadEvent
+from service.progress import Sample, clock_text, metric_by_label, metric_sum
 from service.sources.base import Source, SourceStatus
 from service.store.base import CheckpointStore, NewAction, OutboxItem, PipelineStore, RemoteScan, ScanRecord
 
@@ -164,3 +166,56 @@ class RescanAdmission:
         self, event: UploadEvent, sha1: str, matches: Sequence[Match], actions: Sequence[NewAction]
     ) -> list[OutboxItem]:
         return await self._store.record_matches(event, sha1, matches, actions)
+
+
+class ReplayProgress:
+    """How far a replay has read (event time between ``since`` and ``until`` or now) and what became of it."""
+
+    def __init__(self, req: ReplayRequest, metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
+        self.req = req
+        self.registry = metrics.registry
+        self.metrics = metrics
+        self.clock = clock
+        self.started_at = clock()
+
+    def counts(self) -> dict[str, Any]:
+        outcomes = metric_by_label(self.registry, "mediamoderation_outcomes_total", "outcome")
+        skipped = {k: int(v) for k, v in sorted(metric_by_label(
+            self.registry, "mediamoderation_events_skipped_total", "reason").items()) if v}
+        unscannable = {k.split(":", 1)[1]: int(v) for k, v in sorted(outcomes.items())
+                       if k.startswith("unscannable:") and v}
+        return {
+            "read": int(metric_sum(self.registry, "mediamoderation_events_received_total")),
+            "scanned": int(sum(outcomes.values())), "clean": int(outcomes.get("clean", 0)),
+            "matched": int(outcomes.get("match", 0)), "gone": int(outcomes.get("gone", 0)),
+            "unscannable": sum(unscannable.values()), "unscannable_by_reason": unscannable,
+            "errors": int(outcomes.get("error", 0)),
+            "skipped_already_handled": skipped.pop("duplicate", 0), "skipped_other": skipped,
+            "rescan": self.req.rescan,
+        }
+
+    def sample(self) -> Sample:
+        c = self.counts()
+        fields = {"read": c["read"], "scanned": c["scanned"], "matched": c["matched"]}
+        if self.req.since is None:  # Kafka offsets: no time axis
+            return Sample(completed=float(c["read"]), total=None, fields=fields)
+        since = self.req.since.timestamp()
+        until = self.req.until.timestamp() if self.req.until is not None else self.started_at
+        total = max(until - since, 1.0)
+        lag = metric_sum(self.registry, "mediamoderation_source_lag_seconds")
+        at = self.clock() - lag if c["read"] else since
+        return Sample(completed=min(max(at - since, 0.0), total), total=total, fields=fields)
+
+    def rows(self, elapsed: float) -> list[tuple[str, Any]]:
+        c = self.counts()
+        rows: list[tuple[str, Any]] = [
+            ("events read", c["read"]), ("uploads scanned", c["scanned"]), ("  clean", c["clean"]),
+            ("  matched", c["matched"]), ("  gone", c["gone"]), ("  unscannable", c["unscannable"])]
+        rows += [(f"    {reason}", n) for reason, n in c["unscannable_by_reason"].items()]
+        rows += [("  errors", c["errors"]), ("skipped: already handled", c["skipped_already_handled"])]
+        rows += [(f"skipped: {reason}", n) for reason, n in c["skipped_other"].items()]
+        rows.append(("elapsed", clock_text(elapsed)))
+        return rows
+
+    def summary_fields(self, elapsed: float) -> dict[str, Any]:
+        return {**self.counts(), "elapsed_seconds": round(elapsed, 1)}

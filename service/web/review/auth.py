@@ -1,7 +1,7 @@
 """Who may use the review queue: argon2 passwords or a trusted proxy header, sessions, CSRF tokens.
 
-* Reviewers are listed in ``review.reviewers`` with an argon2 hash (``python -m service.web.review.auth
-  hash`` prints one).  Unknown names are verified against a dummy hash, so timing says nothing.
+* Reviewers are listed in ``review.reviewers`` with an argon2 hash (``mediamoderation reviewer
+  hash-password`` prints one).  Unknown names are verified against a dummy hash, so timing says nothing.
 * Failed sign-ins are throttled (see :class:`SignInThrottle`): 5 in 15 minutes for one reviewer name from
   one client address, 20 from one address whatever the names; past 10 failures for a name from anywhere,
   every attempt for that name waits a few seconds first.  No count of failures ever refuses the right
@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TextIO
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -258,25 +258,32 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m service.web.review.auth hash``: read a password (twice) and print its argon2 hash."""
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["hash"]:
-        print("usage: python -m service.web.review.auth hash   (reads the password from the terminal or stdin)",
-              file=sys.stderr)
-        return 2
-    if sys.stdin.isatty():
+def read_new_password_hash(stdin: TextIO | None = None, *, min_length: int = 12) -> tuple[int, str]:
+    """Read a password (twice on a terminal, one line from a pipe) and return (exit code, argon2 hash or error)."""
+    stream = stdin if stdin is not None else sys.stdin
+    if stream.isatty():
         first = getpass.getpass("password: ")
         if first != getpass.getpass("again: "):
-            print("the passwords differ", file=sys.stderr)
-            return 1
+            return 1, "the passwords differ"
     else:
-        first = sys.stdin.readline().rstrip("\n")
-    if len(first) < 12:
-        print("use at least 12 characters", file=sys.stderr)
-        return 1
-    print(hash_password(first))
-    return 0
+        first = stream.readline().rstrip("\n")
+    if len(first) < min_length:
+        return 1, f"use at least {min_length} characters"
+    return 0, hash_password(first)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Deprecated ``python -m service.web.review.auth hash``: use ``mediamoderation reviewer hash-password``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["hash"]:
+        print("usage: mediamoderation reviewer hash-password   (reads the password from the terminal or stdin)",
+              file=sys.stderr)
+        return 2
+    print("warning: `python -m service.web.review.auth hash` is deprecated and will be removed in the next "
+          "release: use `mediamoderation reviewer hash-password`", file=sys.stderr)
+    code, text = read_new_password_hash()
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
