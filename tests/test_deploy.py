@@ -590,11 +590,15 @@ def test_single_connection_roles_are_held_to_one_replica() -> None:
         assert re.search(rf"  {role}:\n    # MUST be 1", values_text), f"values.yaml: say roles.{role} runs 1 replica"
     assert load_values("scaleout")["roles"]["ingest"]["replicas"] == 1
     # --role only with scale-out, and marked as needing that feature.
-    role_arg = re.search(r"\{\{- if \$\.Values\.scaleOut\.enabled \}\}\n\s+# --role REQUIRES the scale-out feature"
-                         r"[^\n]*\n\s+- --role\n\s+- \{\{ \$role \}\}\n\s+\{\{- end \}\}", deployment)
-    assert role_arg and deployment.count("--role") == 2  # the comment and the argument
-    if "--role" in (ROOT / "service" / "cli" / "run.py").read_text():
-        assert "REQUIRES" not in values_text, "`run --role` exists now: drop the chart's 'REQUIRES' notes"
+    role_arg = re.search(r"\{\{- if \$\.Values\.scaleOut\.enabled \}\}\n\s+# [^\n]*\n"
+                         r"\s+- --role\n\s+- \{\{ \$role \}\}\n\s+\{\{- end \}\}", deployment)
+    assert role_arg
+    # `run --role` exists: no chart text may still claim it does not (issue 11's stale comments).
+    assert "--role" in (ROOT / "service" / "cli" / "run.py").read_text()
+    for path in [*CHART.rglob("*.yaml"), *CHART.rglob("*.tpl"), CHART / "README.md"]:
+        text = path.read_text()
+        for stale in ("REQUIRES", "has no such option", "issue 5"):
+            assert stale not in text, f"{path.relative_to(ROOT)}: stale text {stale!r}"
 
 
 def test_grace_period_outlasts_the_drain_and_security_context_is_tight() -> None:
@@ -679,8 +683,11 @@ EXPECTED_ALERTS = {
 }
 
 
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+
 def runbook_sections() -> dict[str, str]:
-    text = (CHART / "RUNBOOK.md").read_text()
+    text = RUNBOOK.read_text()
     parts = re.split(r"^## (.+)$", text, flags=re.M)
     return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
 
@@ -706,9 +713,30 @@ def test_alerts_parse_cover_the_issue_and_each_has_a_runbook_section() -> None:
     for alert in EXPECTED_ALERTS:
         for heading in ("**What it means.**", "**How to check.**", "**What to do.**"):
             assert heading in sections[alert], f"RUNBOOK.md {alert}: missing {heading}"
+    runbook_url = load_values()["prometheusRule"]["runbookUrl"]
+    assert runbook_url.endswith("/" + RUNBOOK.relative_to(ROOT).as_posix()), runbook_url
     # Prometheus' own templating survives Helm (escaped as raw strings in the template).
     summaries = " ".join(r["annotations"]["summary"] for r in render_rules(load_values()))
     assert "{{ $labels.pod }}" in summaries and "{{ $value" in summaries
+
+
+def test_runbook_lives_in_one_place_and_names_only_real_values() -> None:
+    """docs/runbook.md is the only copy: not in the chart, not in README (which links to it)."""
+    assert not list(CHART.rglob("RUNBOOK*")) and not list(CHART.rglob("runbook*")), "runbook copied into the chart"
+    readme = (ROOT / "README.md").read_text()
+    assert "docs/runbook.md" in readme
+    sections = runbook_sections()
+    for alert in EXPECTED_ALERTS:
+        assert f"# {alert}" not in readme, f"README.md repeats the runbook section {alert}"
+    assert any("docs/runbook.md" in link.get("url", "") for link in dashboard()["links"])
+    # Every `secrets.NAME` / values key the runbook names exists in values.yaml.
+    values = load_values()
+    text = RUNBOOK.read_text()
+    for name in set(re.findall(r"`secrets\.(\w+)", text)):
+        assert name in values["secrets"], f"runbook names secrets.{name}, which values.yaml lacks"
+    for dotted in set(re.findall(r"`((?:roles|networkPolicy|prometheusRule|ingress)\.[\w.]+)`", text)):
+        lookup(values, dotted)
+    assert sections
 
 
 # =========================================================================================== dashboard
