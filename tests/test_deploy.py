@@ -445,7 +445,9 @@ def test_every_value_the_templates_read_exists() -> None:
         indirect = {
             "$rv": [f"roles.{r}" for r in ROLES],
             "$f": list(FEATURES),
-            "$e": [f"networkPolicy.egress.{n}" for n in ("dns", "wiki", "photodna", "smtp", "kafka", "postgresql")],
+            "$d": [f"networkPolicy.egress.{n}" for n in ("dns", "wiki", "photodna", "smtp", "kafka", "postgresql")],
+            "$np": ["networkPolicy"],
+            "$proxy": ["networkPolicy.egressProxy"],
             "$rules": ["prometheusRule.rules"],
         }
         for var, bases in indirect.items():
@@ -457,13 +459,14 @@ def test_every_value_the_templates_read_exists() -> None:
         for name_, entry in values["secrets"].items():
             assert "existingSecret" in entry, f"secrets.{name_} needs existingSecret"
             assert ("env" in entry and "key" in entry) or "mountPath" in entry, f"secrets.{name_}: env+key or mountPath"
-            assert set(entry) <= {"existingSecret", "env", "key", "mountPath"}
-        assert variable_reads("$s") <= {"existingSecret", "env", "key", "mountPath"}
+            assert set(entry) <= {"existingSecret", "env", "key", "mountPath", "data"}
+            assert "data" not in entry or "mountPath" in entry, f"secrets.{name_}: data only for mounted Secrets"
+        assert variable_reads("$s") <= {"existingSecret", "env", "key", "mountPath", "data"}
     # The lists the templates range over name the same things as this test.
     helpers = template_text("_helpers.tpl")
     assert 'list "scaleOut" "photodna" "takedown" "review"' in helpers
     assert "ingest worker" in helpers and "{{ else }}all{{ end }}" in helpers
-    assert 'list "dns" "wiki" "photodna" "smtp" "kafka" "postgresql"' in template_text("networkpolicy.yaml")
+    assert template_text("networkpolicy.yaml").count('list "dns" "wiki" "photodna" "smtp" "kafka" "postgresql"') == 2
 
 
 def test_probes_ports_and_scraping_match_the_service() -> None:
@@ -573,7 +576,53 @@ def test_every_secret_the_config_refers_to_is_wired() -> None:
         entry = next(s for s in example["secrets"].values() if s.get("env") == env)
         assert entry["existingSecret"], f"values-scaleout.yaml uses ${env} without naming its Secret"
     deployment = template_text("deployment.yaml")
-    assert "secretKeyRef:" in deployment and "secretName: {{ $s.existingSecret }}" in deployment
+    assert "secretKeyRef:" in deployment
+    assert 'secretName: {{ $s.existingSecret | default (printf "%s-%s" $fullname (lower $name)) }}' in deployment
+
+
+def _reviewer_pod_files(tmp_path: Path, hashes: dict[str, str]) -> tuple[dict[str, Any], Path]:
+    """The review feature's config as the pod sees it, with the reviewer-hash Secret's files at the mount
+    path moved under tmp_path (the config refers to them by absolute path)."""
+    values = load_values(review={"enabled": True})
+    mount = values["secrets"]["reviewerHashes"]["mountPath"]
+    cfg = render_config(values)
+    for reviewer in cfg["review"]["reviewers"]:
+        ref = reviewer["password_hash"]
+        assert set(ref) == {"file"} and Path(ref["file"]).parent == Path(mount), "hash files come from the Secret"
+        reviewer["password_hash"] = {"file": str(tmp_path / "reviewers" / Path(ref["file"]).name)}
+    (tmp_path / "reviewers").mkdir()
+    for name, value in hashes.items():
+        (tmp_path / "reviewers" / name).write_text(value + "\n")
+    return cfg, write_pod_files(values, cfg, tmp_path)
+
+
+def check_config(config_file: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service", "check-config", str(config_file)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+async def test_reviewer_password_hashes_come_from_a_secret_file_not_the_config(tmp_path: Path) -> None:
+    from service.web.review.auth import Auth, hash_password
+
+    cfg, config_file = _reviewer_pod_files(tmp_path, {"reviewer": hash_password("correct horse")})
+    assert "$argon2" not in yaml.safe_dump(cfg), "no hash in the config ConfigMap"
+    result = check_config(config_file)
+    assert result.returncode == 0, result.stderr
+    auth = Auth(load_config(config_file).review, store=None)  # type: ignore[arg-type]  # passwords need no store
+    assert await auth.check_password("reviewer", "correct horse")
+    assert not await auth.check_password("reviewer", "wrong")
+
+    # A missing file and a file without an argon2 hash are start-up errors with the key path.
+    missing_dir, bad_dir = tmp_path / "missing", tmp_path / "bad"
+    missing_dir.mkdir()
+    bad_dir.mkdir()
+    _, missing = _reviewer_pod_files(missing_dir, {})
+    _, bad = _reviewer_pod_files(bad_dir, {"reviewer": "correct horse"})
+    for config, why in ((missing, "no secret available"), (bad, "does not hold an argon2 hash")):
+        result = check_config(config)
+        assert result.returncode == 2, result.stdout
+        assert "review.reviewers[0].password_hash" in result.stderr and why in result.stderr, result.stderr
+        assert "correct horse" not in result.stderr, "never show the file's content"
 
 
 def test_single_connection_roles_are_held_to_one_replica() -> None:
