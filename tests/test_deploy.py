@@ -61,6 +61,7 @@ from service.events import sha1_to_base36
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.web.app import create_app
+from service.web.review.views import BASE as REVIEW_BASE
 from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import free_port
@@ -70,7 +71,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "mediamoderation"
 TEMPLATES = CHART / "templates"
 DOCKERFILE = ROOT / "Dockerfile"
-VALUES_FILES = {"default": [], "scaleout": [CHART / "values-scaleout.yaml"]}
+# The values variants the tests check: the defaults, the scale-out example, and the review UI behind an Ingress
+# with reviewer hashes, PhotoDNA and a proxied NetworkPolicy (helm/mediamoderation/ci/, chart-testing's place).
+VALUES_FILES = {"default": [], "scaleout": [CHART / "values-scaleout.yaml"],
+                "review": [CHART / "ci" / "review-values.yaml"]}
 CONFIG_PATH = "/etc/mediamoderation/config.yaml"
 FEATURES = ("scaleOut", "photodna", "takedown", "review")  # later-issue features, in the helper's merge order
 ROLES = ("all", "ingest", "worker")
@@ -1261,7 +1265,122 @@ def test_rendered_manifests_are_valid_and_match_the_checks(renderer: Renderer, n
     if values["networkPolicy"]["enabled"]:
         (policy,) = kinds["NetworkPolicy"]
         assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-        assert any(p.get("port") == 53 for rule in policy["spec"]["egress"] for p in rule["ports"])
+        check_egress(policy["spec"]["egress"], values)
+    else:
+        assert "NetworkPolicy" not in kinds
+    check_ingress(kinds.get("Ingress", []), values)
+    check_reviewer_secret(kinds.get("Secret", []), deployments, values)
+
+
+def _ports(rule: dict[str, Any]) -> set[int]:
+    return {p["port"] for p in rule["ports"]}
+
+
+def check_egress(egress: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """Egress goes to DNS and to exactly the destinations the values need, on their ports."""
+    np = values["networkPolicy"]
+    cfg = render_config(values)
+    proxy = np["egressProxy"]
+    cidrs = {b["ipBlock"]["cidr"]: rule for rule in egress for b in rule["to"] if "ipBlock" in b}
+    assert any(_ports(rule) == {53} for rule in egress), "DNS"
+    if proxy["cidr"]:
+        assert _ports(cidrs[proxy["cidr"]]) == {proxy["port"]}
+    needed = {"wiki": not proxy["cidr"], "photodna": values["photodna"]["enabled"] and not proxy["cidr"],
+              "smtp": bool(cfg["actions"]["notify"].get("smtp")), "kafka": values["scaleOut"]["enabled"],
+              "postgresql": values["scaleOut"]["enabled"]}
+    for name, wanted in needed.items():
+        dest = np["egress"][name]
+        smtp = cfg["actions"]["notify"].get("smtp") or {}
+        ports = {p["port"] for p in dest["ports"]} or {smtp.get("port", 587)}  # smtp: the config's port
+        rules = [r for r in egress if any(c in cidrs and cidrs[c] is r for c in dest["cidrs"])
+                 or any(peer in r["to"] for peer in dest["to"])]
+        if wanted:
+            assert rules and all(_ports(r) == ports for r in rules), f"egress {name}: {rules}"
+        else:
+            assert not rules, f"egress {name} is not needed by these values but rendered: {rules}"
+    # Nothing else: one rule per needed destination, DNS and the proxy.
+    assert len(egress) == 1 + bool(proxy["cidr"]) + sum(
+        1 for n, w in needed.items() if w and (np["egress"][n]["cidrs"] or np["egress"][n]["to"])
+    ) + len(np["extraEgress"])
+
+
+def check_ingress(ingresses: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    ing = values["ingress"]
+    if not ing["enabled"]:
+        assert not ingresses
+        return
+    (ingress,) = ingresses
+    spec = ingress["spec"]
+    assert spec.get("ingressClassName") == (ing["className"] or None)
+    assert spec.get("tls", []) == ing["tls"] and ingress["metadata"].get("annotations", {}) == ing["annotations"]
+    assert [r["host"] for r in spec["rules"]] == ing["hosts"]
+    app = create_app(Metrics(), {}, {})
+    internal = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    assert {"/metrics", "/healthz", "/readyz"} <= internal
+    for rule in spec["rules"]:
+        (path,) = rule["http"]["paths"]  # the review UI only
+        assert (path["path"], path["pathType"]) == (REVIEW_BASE, "Prefix")
+        assert path["backend"]["service"] == {"name": "mm-mediamoderation", "port": {"name": "http"}}
+        # Prefix matches whole path elements: none of the internal routes is reachable through it.
+        for route in internal:
+            assert route != path["path"] and not route.startswith(path["path"] + "/"), route
+
+
+def check_reviewer_secret(secrets: list[dict[str, Any]], deployments: dict[str, Any], values: dict[str, Any]) -> None:
+    import base64
+
+    entry = values["secrets"]["reviewerHashes"]
+    created = [s for s in secrets if s["metadata"]["name"] == "mm-mediamoderation-reviewerhashes"]
+    if entry["existingSecret"] or not entry["data"]:
+        assert not created
+    else:
+        (secret,) = created
+        assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == entry["data"]
+    name = entry["existingSecret"] or (created[0]["metadata"]["name"] if created else None)
+    for dep in deployments.values():
+        pod = dep["spec"]["template"]["spec"]
+        volumes = [v for v in pod["volumes"] if name and v.get("secret", {}).get("secretName") == name]
+        mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == entry["mountPath"]]
+        assert bool(volumes) == bool(mounts) == bool(name), (volumes, mounts)
+        if name:
+            assert mounts[0]["name"] == volumes[0]["name"] and mounts[0]["readOnly"] is True
+            annotations = dep["spec"]["template"]["metadata"]["annotations"]
+            assert ("checksum/reviewer-hashes" in annotations) == bool(entry["data"])
+
+
+def test_rendering_refuses_a_network_policy_missing_a_needed_destination(renderer: Renderer, tmp_path: Path) -> None:
+    """NetworkPolicy cannot name hosts, so each destination the values need must be given as CIDRs or peers."""
+    wiki = {"networkPolicy": {"enabled": True, "egress": {"wiki": {"cidrs": ["192.0.2.0/24"]}}}}
+    smtp = {"config": {"actions": {"notify": {"smtp": {"host": "smtp.example.org", "port": 2525}}}}}
+    cases: list[tuple[str, list[dict[str, Any]], str | None]] = [
+        ("photodna", [wiki, {"photodna": {"enabled": True}}], "needs networkPolicy.egress.photodna.cidrs"),
+        ("smtp", [wiki, smtp], "needs networkPolicy.egress.smtp.cidrs"),
+        ("smtp-given", [wiki, smtp, {"networkPolicy": {"egress": {"smtp": {"cidrs": ["192.0.2.25/32"]}}}}], None),
+        ("proxy", [{"networkPolicy": {"enabled": True, "egressProxy": {"cidr": "10.0.0.15/32"}}},
+                   {"photodna": {"enabled": True}}], None),
+        ("ingress", [{"ingress": {"enabled": True}}], "ingress.enabled needs ingress.hosts"),
+    ]
+    for name, layers, message in cases:
+        args: list[str] = []
+        for i, layer in enumerate(layers):
+            path = tmp_path / f"{name}-{i}.yaml"
+            path.write_text(yaml.safe_dump(layer))
+            args += ["-f", str(path)]
+        result = renderer.render(*args)
+        if message is None:
+            assert result.returncode == 0, f"{name}: {result.stderr[-500:]}"
+            (policy,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "NetworkPolicy"]
+            values = load_values()
+            for layer in layers:
+                values = coalesce(values, layer)
+            check_egress(policy["spec"]["egress"], values)
+        else:
+            assert result.returncode != 0 and message in result.stderr, f"{name}: {result.stderr[-500:]}"
+    scaleout = yaml.safe_load(VALUES_FILES["scaleout"][0].read_text())
+    scaleout["networkPolicy"]["egress"]["kafka"]["to"] = []
+    (tmp_path / "no-kafka.yaml").write_text(yaml.safe_dump(scaleout))
+    result = renderer.render("-f", str(tmp_path / "no-kafka.yaml"))
+    assert result.returncode != 0 and "needs networkPolicy.egress.kafka.cidrs" in result.stderr
 
 
 def test_rendering_refuses_more_than_one_replica_for_single_connection_roles(renderer: Renderer) -> None:
