@@ -386,6 +386,75 @@ def test_chart_yaml_files_parse() -> None:
         assert not stray, f"{path.name}: unbalanced template delimiters near {bare[stray.start() - 40:stray.end()]!r}"
 
 
+SCHEMA = CHART / "values.schema.json"
+
+
+def schema_node(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = schema["definitions"][node["$ref"].removeprefix("#/definitions/")]
+    return node
+
+
+def undeclared_keys(schema: dict[str, Any], node: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Keys of ``value`` the schema does not declare by name (allowed by additionalProperties is not enough),
+    except below maps declared as free-form (additionalProperties given as a schema: annotations, labels)."""
+    node = schema_node(schema, node)
+    for option in node.get("anyOf", []):
+        if not undeclared_keys(schema, option, value, path):
+            return []
+    out: list[str] = []
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        if not props and isinstance(node.get("additionalProperties"), dict):
+            return []  # a map of names to values (stringMap, resources' requests)
+        for key, sub in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in props:
+                out += undeclared_keys(schema, props[key], sub, where)
+            else:
+                out.append(where)
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for i, item in enumerate(value):
+            out += undeclared_keys(schema, node["items"], item, f"{path}[{i}]")
+    return out
+
+
+def test_values_schema_is_draft07_covers_every_value_and_refuses_mistakes() -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#", "Helm validates with draft-07"
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    for name in VALUES_FILES:
+        values = load_values(name)
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)]
+        assert not errors, f"values {name} fail values.schema.json: {errors}"
+        assert undeclared_keys(schema, schema, values) == [], f"values {name}: keys missing from the schema"
+    # The chart-level tree is closed: a misspelt key fails `helm install` instead of being ignored.
+    for bad, where in (
+        ({"ingress": {"host": ["review.example.org"]}}, "ingress"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
+        # A NetworkPolicy cannot name hosts: a host name where a CIDR belongs is refused.
+        ({"networkPolicy": {"egress": {"wiki": {"cidrs": ["commons.wikimedia.org"]}}}},
+         "networkPolicy.egress.wiki.cidrs.0"),
+        ({"networkPolicy": {"egressProxy": {"cidr": "proxy.example.org"}}}, "networkPolicy.egressProxy.cidr"),
+        ({"roles": {"worker": {"replicas": 0}}}, "roles.worker.replicas"),
+        ({"config": {"http": {"port": 70000}}}, "config.http.port"),
+        ({"prometheusRule": {"rules": {"sourceLag": {"severity": "page"}}}}, "prometheusRule.rules.sourceLag.severity"),
+        ({"secrets": {"reviewerHashes": {"data": {"alice": 1}}}}, "secrets.reviewerHashes.data.alice"),
+        ({"review": {"config": {"review": {"reviewers": [{"name": "a", "password_hash": {"path": "x"}}]}}}},
+         "review.config.review.reviewers.0.password_hash"),
+    ):
+        values = load_values()
+        for key, value in bad.items():
+            values = coalesce(values, {key: value})
+        paths = {".".join(map(str, e.absolute_path)) for e in validator.iter_errors(values)}
+        assert where in paths, f"{bad}: expected an error at {where}, got {paths}"
+    # The service's own config stays open (check-config owns it): an extra config key is the service's call.
+    assert not list(validator.iter_errors(load_values(config={"fetch": {"retries": 3}})))
+
+
 def test_templates_are_well_formed() -> None:
     defined: set[str] = set()
     included: set[str] = set()
