@@ -876,7 +876,8 @@ def dashboard_panels() -> list[dict[str, Any]]:
     return out
 
 
-GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
+# Grafana's variables as Prometheus sees them; $wiki as its "All" value (allValue ".*").
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h", "$wiki": ".*"}
 
 
 def dashboard_exprs() -> list[str]:
@@ -902,12 +903,29 @@ def test_dashboard_structure_and_provisioning() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
     names = {v["name"] for v in dash["templating"]["list"]}
-    assert {"datasource", "namespace", "pod"} <= names
+    assert {"datasource", "namespace", "pod", "wiki"} <= names
+    (wiki,) = [v for v in dash["templating"]["list"] if v["name"] == "wiki"]
+    assert wiki["includeAll"] and wiki["allValue"] == ".*" and wiki["multi"]
     for panel in panels:
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}" and target["expr"]
             assert 'pod=~"$pod"' in target["expr"], f"{panel['title']}: honour the pod selector"
+    # A row repeated per wiki; every query below it (to the next row) selects that wiki.
+    rows = [i for i, p in enumerate(dash["panels"]) if p["type"] == "row"]
+    (per_wiki,) = [i for i in rows if dash["panels"][i].get("repeat") == "wiki"]
+    below = dash["panels"][per_wiki + 1:next((i for i in rows if i > per_wiki), len(dash["panels"]))]
+    assert below and "$wiki" in dash["panels"][per_wiki]["title"]
+    for panel in below:
+        for target in panel["targets"]:
+            assert 'wiki=~"$wiki"' in target["expr"], f"{panel['title']}: the per-wiki row selects the wiki"
+    # The review backlog has its own row with the review metrics.
+    (review,) = [i for i in rows if dash["panels"][i]["title"] == "Review backlog"]
+    review_panels = dash["panels"][review + 1:next((i for i in rows if i > review), len(dash["panels"]))]
+    review_exprs = " ".join(t["expr"] for p in review_panels for t in p["targets"])
+    for metric in ("review_decisions_total", "review_logins_total", "review_previews_total",
+                   "allowlisted_matches_total", "matches_total"):
+        assert f"mediamoderation_{metric}" in review_exprs, f"review backlog row lacks {metric}"
     titles = " ".join(p["title"].lower() for p in panels)
     for topic in ("events received", "skipped", "source lag", "outcome", "stage latency", "queue depth",
                   "matches", "notifications", "outbox actions", "errors", "photodna"):
@@ -1004,13 +1022,13 @@ def unmet(sel: Selector, samples: dict[str, list[dict[str, str]]], labels: dict[
             return f"{sel.name}: no label {label!r} (it has {sorted(known)})"
     if not series:
         valued = [f"{label}{'=' if op == 'Equal' else '=~'}{value!r}" for label, op, value in sel.matchers
-                  if label not in TARGET_LABELS and op in ("Equal", "Re")]
+                  if label not in TARGET_LABELS and op in ("Equal", "Re") and not (op == "Re" and value == ".*")]
         if valued:
             return f"{sel.name}: no series exported here, so {valued} cannot be checked: exercise it in this test"
         return None
     for label, op, value in sel.matchers:
-        if label in TARGET_LABELS:
-            continue
+        if label in TARGET_LABELS or (op == "Re" and value == ".*"):
+            continue  # ".*" (a Grafana variable's "All") picks no value; the label name was checked above
         if op == "Equal":
             ok = any(s.get(label) == value for s in series)
         elif op == "Re":
@@ -1025,7 +1043,8 @@ def unmet(sel: Selector, samples: dict[str, list[dict[str, str]]], labels: dict[
 # Features whose own tests drive them (PhotoDNA, takedown, review): their metrics are checked here by name
 # and label names only, and their selectors may not pick label values.
 NOT_DRIVEN_HERE = ("mediamoderation_photodna_", "mediamoderation_rescans", "mediamoderation_takedown",
-                   "mediamoderation_suppressions", "mediamoderation_review_")
+                   "mediamoderation_suppressions", "mediamoderation_review_", "mediamoderation_allowlisted_",
+                   "mediamoderation_backfill_")
 
 
 class ScriptedSmtp:
