@@ -252,6 +252,77 @@ def dockerfile_stages() -> tuple[dict[str, str], list[Stage]]:
     return args, stages
 
 
+BASE_IMAGE_RE = re.compile(r"python:3\.11(\.\d+)?-slim-bookworm@sha256:[0-9a-f]{64}")
+LOCKS = {"runtime": ROOT / "requirements.lock", "build": ROOT / "requirements-build.lock"}
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of a pip-compile --generate-hashes file; every line must be a pin or a hash."""
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, tuple[str, list[str]]] = {}
+    current = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if m := re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)(\s*;[^\\]*)?\s*\\", line):
+            current = canonicalize_name(m.group(1))
+            assert current not in pins, f"{path.name}: {current} pinned twice"
+            pins[current] = (m.group(2), [])
+        elif m := re.fullmatch(r"--hash=sha256:([0-9a-f]{64})\s*\\?", line):
+            assert current, f"{path.name}: hash before any pin"
+            pins[current][1].append(m.group(1))
+        else:
+            raise AssertionError(f"{path.name}: not a hash-pinned requirement line: {raw!r}")
+    return pins
+
+
+def test_image_dependencies_are_locked_with_hashes_and_cover_pyproject() -> None:
+    """requirements.lock pins every runtime dependency of pyproject.toml, and everything they need, to one
+    version with file hashes (pip --require-hashes refuses anything else); requirements-build.lock does
+    the same for the build backend."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    env = {**default_environment(), "sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix"}
+    for kind, direct in (("runtime", pyproject["project"]["dependencies"]),
+                         ("build", pyproject["build-system"]["requires"])):
+        pins = read_lock(LOCKS[kind])
+        for name, (version, hashes) in pins.items():
+            assert hashes, f"{LOCKS[kind].name}: {name}=={version} has no hash"
+        # Direct requirements: pinned, in range.  Then what each needs, from its installed metadata.
+        todo = [req for req in map(Requirement, direct) if req.marker is None or req.marker.evaluate(env)]
+        seen: set[tuple[str, frozenset[str]]] = set()
+        while todo:
+            req = todo.pop()
+            name = canonicalize_name(req.name)
+            key = (name, frozenset(req.extras))
+            if key in seen:  # markers were evaluated when the requirement was added
+                continue
+            seen.add(key)
+            assert name in pins, f"{LOCKS[kind].name} lacks {req} (needed by the image)"
+            assert req.specifier.contains(pins[name][0], prereleases=True), \
+                f"{LOCKS[kind].name}: {name}=={pins[name][0]} does not satisfy {req}"
+            try:
+                requires = distribution(name).requires or []
+            except PackageNotFoundError:  # not installed here (e.g. the build backend): its lock closes it
+                requires = []
+            for extra_req in requires:
+                sub_req = Requirement(extra_req)
+                extras = [{**env, "extra": e} for e in (req.extras or {""})]
+                if sub_req.marker is None or any(sub_req.marker.evaluate(e) for e in extras):
+                    todo.append(sub_req)
+        if kind == "runtime":
+            needed = {n for n, _ in seen}
+            assert set(pins) == needed, f"locked but not needed: {sorted(set(pins) - needed)}"
+
+
 def hadolint_binary() -> str | None:
     found = shutil.which("hadolint")
     if found:
@@ -272,14 +343,22 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_the_service() -> None:
     _, stages = dockerfile_stages()
     assert len(stages) >= 2, "expected a build stage and a runtime stage"
     for stage in stages:
-        assert stage.base.startswith("python:3.11-slim"), f"stage {stage.name}: base {stage.base}"
+        # Pinned by digest: the tag is for people, the digest is what is pulled (reproducible builds).
+        assert BASE_IMAGE_RE.fullmatch(stage.base), f"stage {stage.name}: base {stage.base} is not pinned by digest"
     build, final = stages[0], stages[-1]
-    assert any("pip wheel" in i.args for i in build.all("RUN")), "wheels are built in the first stage"
+    build_runs = " ".join(i.args for i in build.all("RUN"))
+    assert "pip wheel" in build_runs, "wheels are built in the first stage"
+    # Every dependency from the lock, hash-checked; the build backend too; the service itself without deps.
+    assert "pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock" in build_runs
+    assert "pip install --require-hashes --no-deps -r requirements-build.lock" in build_runs
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in build_runs
+    assert not re.search(r"pip (install|wheel)(?![^&]*(--require-hashes|--no-deps))", build_runs), build_runs
 
     # Runtime: wheels only (no index, no compiler, no source tree).
     final_runs = " ".join(i.args for i in final.all("RUN"))
     assert "apt-get" not in final_runs and "build-essential" not in final_runs and "gcc" not in final_runs
     assert "pip install" in final_runs and "--no-index" in final_runs and "from=build" in final_runs
+    assert "--no-deps /wheels/*.whl" in final_runs and "pip check" in final_runs, "exactly the locked wheels"
     assert not any(i.args.split()[0] in {"service", "."} for i in final.all("COPY")), "no source tree copied"
 
     users = final.all("USER")
