@@ -15,10 +15,12 @@
 # your own at /etc/mediamoderation/config.yaml (the Helm chart does) and bank files under
 # /etc/mediamoderation/banks/.
 
-# The official image by digest (the multi-platform index; the tag is for people, the digest is pulled).
-# To move to a newer base: docker buildx imagetools inspect python:3.11-slim-bookworm, copy the index's
-# "Digest:", and rebuild; tests/test_deploy.py requires a digest here.
-ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
+# The official image by the digest of its multi-platform index (amd64, arm64, arm/v7, 386, ppc64le; Python
+# 3.11.16 on Debian bookworm, built 2026-08-25), as recorded for this tag in docker-library/repo-info
+# (repos/python/remote/3.11-slim-bookworm.md).  The tag is for people; the digest is what is pulled, so a
+# rebuild gets the same base.  To move to a newer base: `docker buildx imagetools inspect
+# python:3.11-slim-bookworm`, copy the index "Digest:" here and rebuild; tests/test_deploy.py requires a digest.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 
 FROM ${PYTHON_IMAGE} AS build
 
