@@ -32,7 +32,7 @@ def secret_problems(cfg: Config, problems: _Problems) -> None:
             value = stored.get() if isinstance(stored, Secret) else None
             if value is not None and not value.startswith("$argon2"):
                 problems.add(f"review.reviewers[{i}].password_hash",
-                             f"{stored!r} does not hold an argon2 hash (python -m service.web.review.auth hash)")
+                             f"{stored!r} does not hold an argon2 hash (mediamoderation reviewer hash-password)")
 
 
 def bank_file_problems(banks: BanksSection, base: Path, problems: _Problems) -> None:
