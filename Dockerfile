@@ -4,14 +4,23 @@
 #   docker build -t mediamoderation .
 #   docker run --read-only --tmpfs /tmp -v mediamoderation-data:/data -p 8080:8080 mediamoderation
 #
-# Stage 1 builds wheels for the service and every dependency (pdqhash has no binary wheel and needs a
-# C++ compiler); stage 2 installs only those wheels on a clean slim image, runs as an unprivileged user
-# and needs no write access outside /data (store, outbox) and /tmp (the CPU pool's forkserver socket).
+# Reproducible: the base image is pinned by digest and every dependency by version and file hash
+# (requirements.lock, requirements-build.lock; see their headers to regenerate them).
+#
+# Stage 1 builds wheels for the service and every dependency (a compiler is at hand for any dependency
+# without a binary wheel for the platform); stage 2 installs only those wheels on a clean slim image,
+# runs as an unprivileged user and needs no write access outside /data (store, outbox) and /tmp (the CPU
+# pool's forkserver socket).
 # The default config in the image is ./config.yaml with its store and outbox moved under /data; mount
 # your own at /etc/mediamoderation/config.yaml (the Helm chart does) and bank files under
 # /etc/mediamoderation/banks/.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The official image by the digest of its multi-platform index (amd64, arm64, arm/v7, 386, ppc64le; Python
+# 3.11.16 on Debian bookworm, built 2026-08-25), as recorded for this tag in docker-library/repo-info
+# (repos/python/remote/3.11-slim-bookworm.md).  The tag is for people; the digest is what is pulled, so a
+# rebuild gets the same base.  To move to a newer base: `docker buildx imagetools inspect
+# python:3.11-slim-bookworm`, copy the index "Digest:" here and rebuild; tests/test_deploy.py requires a digest.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 
 FROM ${PYTHON_IMAGE} AS build
 
@@ -26,9 +35,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
+# Dependencies first (a layer that changes only with the lock files): every file is checked against the
+# lock's hashes, and pip refuses anything unpinned.  The build backend is installed the same way and the
+# service's own wheel is built with it (no build isolation: no unpinned setuptools from the index).
+COPY requirements.lock requirements-build.lock ./
+RUN pip install --require-hashes --no-deps -r requirements-build.lock \
+    && pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # The image's default configuration: the shipped config.yaml and example bank, with the writable
 # paths moved to the /data volume (the root filesystem is read-only at run time).
@@ -71,9 +86,11 @@ RUN groupadd --system --gid 10001 mediamoderation \
     && mkdir -p /data \
     && chown 10001:10001 /data
 
-# Only the wheels built above; no compiler, no source tree, no pip cache in this image.
+# Only the wheels built above (hash-checked there), without resolving anything: exactly the locked set;
+# `pip check` proves it consistent.  No compiler, no source tree, no pip cache in this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/mediamoderation-*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
+    && pip check
 
 COPY --from=build /out/etc/mediamoderation /etc/mediamoderation
 

@@ -17,7 +17,7 @@ config, rules and dashboard are compared with what the checks above validated, a
 more than one ingest/all replica.  With neither tool these tests are skipped with a message.
 
 The chart's config.yaml is ``toYaml`` of ``.Values.config`` deep-merged with the ``config`` of each enabled
-later-issue feature (template "mediamoderation.config" in templates/_helpers.tpl).  ``render_config`` below
+optional feature (template "mediamoderation.config" in templates/_helpers.tpl).  ``render_config`` below
 performs that same merge (Helm's values coalescing, then sprig's mergeOverwrite); the rendering tests
 compare the two.  Bank files: the pod sees config.yaml at /etc/mediamoderation/config.yaml and the bank files
 in /etc/mediamoderation/banks/, and the config names them relative to the config (``banks/NAME``).  The test
@@ -61,6 +61,7 @@ from service.events import sha1_to_base36
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.web.app import create_app
+from service.web.review.views import BASE as REVIEW_BASE
 from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import free_port
@@ -70,9 +71,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "mediamoderation"
 TEMPLATES = CHART / "templates"
 DOCKERFILE = ROOT / "Dockerfile"
-VALUES_FILES = {"default": [], "scaleout": [CHART / "values-scaleout.yaml"]}
+# The values variants the tests check: the defaults, the scale-out example, and the review UI behind an Ingress
+# with reviewer hashes, PhotoDNA and a proxied NetworkPolicy (helm/mediamoderation/ci/, chart-testing's place).
+VALUES_FILES = {"default": [], "scaleout": [CHART / "values-scaleout.yaml"],
+                "review": [CHART / "ci" / "review-values.yaml"]}
 CONFIG_PATH = "/etc/mediamoderation/config.yaml"
-FEATURES = ("scaleOut", "photodna", "takedown", "review")  # later-issue features, in the helper's merge order
+FEATURES = ("scaleOut", "photodna", "takedown", "review")  # optional features, in the helper's merge order
 ROLES = ("all", "ingest", "worker")
 # Labels Prometheus attaches from the scrape target, not the service: never on the service's own samples.
 TARGET_LABELS = {"namespace", "pod", "job", "instance", "container", "service", "endpoint", "node"}
@@ -248,6 +252,77 @@ def dockerfile_stages() -> tuple[dict[str, str], list[Stage]]:
     return args, stages
 
 
+BASE_IMAGE_RE = re.compile(r"python:3\.11(\.\d+)?-slim-bookworm@sha256:[0-9a-f]{64}")
+LOCKS = {"runtime": ROOT / "requirements.lock", "build": ROOT / "requirements-build.lock"}
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of a pip-compile --generate-hashes file; every line must be a pin or a hash."""
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, tuple[str, list[str]]] = {}
+    current = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if m := re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)(\s*;[^\\]*)?\s*\\", line):
+            current = canonicalize_name(m.group(1))
+            assert current not in pins, f"{path.name}: {current} pinned twice"
+            pins[current] = (m.group(2), [])
+        elif m := re.fullmatch(r"--hash=sha256:([0-9a-f]{64})\s*\\?", line):
+            assert current, f"{path.name}: hash before any pin"
+            pins[current][1].append(m.group(1))
+        else:
+            raise AssertionError(f"{path.name}: not a hash-pinned requirement line: {raw!r}")
+    return pins
+
+
+def test_image_dependencies_are_locked_with_hashes_and_cover_pyproject() -> None:
+    """requirements.lock pins every runtime dependency of pyproject.toml, and everything they need, to one
+    version with file hashes (pip --require-hashes refuses anything else); requirements-build.lock does
+    the same for the build backend."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    env = {**default_environment(), "sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix"}
+    for kind, direct in (("runtime", pyproject["project"]["dependencies"]),
+                         ("build", pyproject["build-system"]["requires"])):
+        pins = read_lock(LOCKS[kind])
+        for name, (version, hashes) in pins.items():
+            assert hashes, f"{LOCKS[kind].name}: {name}=={version} has no hash"
+        # Direct requirements: pinned, in range.  Then what each needs, from its installed metadata.
+        todo = [req for req in map(Requirement, direct) if req.marker is None or req.marker.evaluate(env)]
+        seen: set[tuple[str, frozenset[str]]] = set()
+        while todo:
+            req = todo.pop()
+            name = canonicalize_name(req.name)
+            key = (name, frozenset(req.extras))
+            if key in seen:  # markers were evaluated when the requirement was added
+                continue
+            seen.add(key)
+            assert name in pins, f"{LOCKS[kind].name} lacks {req} (needed by the image)"
+            assert req.specifier.contains(pins[name][0], prereleases=True), \
+                f"{LOCKS[kind].name}: {name}=={pins[name][0]} does not satisfy {req}"
+            try:
+                requires = distribution(name).requires or []
+            except PackageNotFoundError:  # not installed here (e.g. the build backend): its lock closes it
+                requires = []
+            for extra_req in requires:
+                sub_req = Requirement(extra_req)
+                extras = [{**env, "extra": e} for e in (req.extras or {""})]
+                if sub_req.marker is None or any(sub_req.marker.evaluate(e) for e in extras):
+                    todo.append(sub_req)
+        if kind == "runtime":
+            needed = {n for n, _ in seen}
+            assert set(pins) == needed, f"locked but not needed: {sorted(set(pins) - needed)}"
+
+
 def hadolint_binary() -> str | None:
     found = shutil.which("hadolint")
     if found:
@@ -268,14 +343,22 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_the_service() -> None:
     _, stages = dockerfile_stages()
     assert len(stages) >= 2, "expected a build stage and a runtime stage"
     for stage in stages:
-        assert stage.base.startswith("python:3.11-slim"), f"stage {stage.name}: base {stage.base}"
+        # Pinned by digest: the tag is for people, the digest is what is pulled (reproducible builds).
+        assert BASE_IMAGE_RE.fullmatch(stage.base), f"stage {stage.name}: base {stage.base} is not pinned by digest"
     build, final = stages[0], stages[-1]
-    assert any("pip wheel" in i.args for i in build.all("RUN")), "wheels are built in the first stage"
+    build_runs = " ".join(i.args for i in build.all("RUN"))
+    assert "pip wheel" in build_runs, "wheels are built in the first stage"
+    # Every dependency from the lock, hash-checked; the build backend too; the service itself without deps.
+    assert "pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock" in build_runs
+    assert "pip install --require-hashes --no-deps -r requirements-build.lock" in build_runs
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in build_runs
+    assert not re.search(r"pip (install|wheel)(?![^&]*(--require-hashes|--no-deps))", build_runs), build_runs
 
     # Runtime: wheels only (no index, no compiler, no source tree).
     final_runs = " ".join(i.args for i in final.all("RUN"))
     assert "apt-get" not in final_runs and "build-essential" not in final_runs and "gcc" not in final_runs
     assert "pip install" in final_runs and "--no-index" in final_runs and "from=build" in final_runs
+    assert "--no-deps /wheels/*.whl" in final_runs and "pip check" in final_runs, "exactly the locked wheels"
     assert not any(i.args.split()[0] in {"service", "."} for i in final.all("COPY")), "no source tree copied"
 
     users = final.all("USER")
@@ -382,6 +465,75 @@ def test_chart_yaml_files_parse() -> None:
         assert not stray, f"{path.name}: unbalanced template delimiters near {bare[stray.start() - 40:stray.end()]!r}"
 
 
+SCHEMA = CHART / "values.schema.json"
+
+
+def schema_node(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = schema["definitions"][node["$ref"].removeprefix("#/definitions/")]
+    return node
+
+
+def undeclared_keys(schema: dict[str, Any], node: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Keys of ``value`` the schema does not declare by name (allowed by additionalProperties is not enough),
+    except below maps declared as free-form (additionalProperties given as a schema: annotations, labels)."""
+    node = schema_node(schema, node)
+    for option in node.get("anyOf", []):
+        if not undeclared_keys(schema, option, value, path):
+            return []
+    out: list[str] = []
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        if not props and isinstance(node.get("additionalProperties"), dict):
+            return []  # a map of names to values (stringMap, resources' requests)
+        for key, sub in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in props:
+                out += undeclared_keys(schema, props[key], sub, where)
+            else:
+                out.append(where)
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for i, item in enumerate(value):
+            out += undeclared_keys(schema, node["items"], item, f"{path}[{i}]")
+    return out
+
+
+def test_values_schema_is_draft07_covers_every_value_and_refuses_mistakes() -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#", "Helm validates with draft-07"
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    for name in VALUES_FILES:
+        values = load_values(name)
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)]
+        assert not errors, f"values {name} fail values.schema.json: {errors}"
+        assert undeclared_keys(schema, schema, values) == [], f"values {name}: keys missing from the schema"
+    # The chart-level tree is closed: a misspelt key fails `helm install` instead of being ignored.
+    for bad, where in (
+        ({"ingress": {"host": ["review.example.org"]}}, "ingress"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
+        # A NetworkPolicy cannot name hosts: a host name where a CIDR belongs is refused.
+        ({"networkPolicy": {"egress": {"wiki": {"cidrs": ["commons.wikimedia.org"]}}}},
+         "networkPolicy.egress.wiki.cidrs.0"),
+        ({"networkPolicy": {"egressProxy": {"cidr": "proxy.example.org"}}}, "networkPolicy.egressProxy.cidr"),
+        ({"roles": {"worker": {"replicas": 0}}}, "roles.worker.replicas"),
+        ({"config": {"http": {"port": 70000}}}, "config.http.port"),
+        ({"prometheusRule": {"rules": {"sourceLag": {"severity": "page"}}}}, "prometheusRule.rules.sourceLag.severity"),
+        ({"secrets": {"reviewerHashes": {"data": {"alice": 1}}}}, "secrets.reviewerHashes.data.alice"),
+        ({"review": {"config": {"review": {"reviewers": [{"name": "a", "password_hash": {"path": "x"}}]}}}},
+         "review.config.review.reviewers.0.password_hash"),
+    ):
+        values = load_values()
+        for key, value in bad.items():
+            values = coalesce(values, {key: value})
+        paths = {".".join(map(str, e.absolute_path)) for e in validator.iter_errors(values)}
+        assert where in paths, f"{bad}: expected an error at {where}, got {paths}"
+    # The service's own config stays open (check-config owns it): an extra config key is the service's call.
+    assert not list(validator.iter_errors(load_values(config={"fetch": {"retries": 3}})))
+
+
 def test_templates_are_well_formed() -> None:
     defined: set[str] = set()
     included: set[str] = set()
@@ -445,7 +597,9 @@ def test_every_value_the_templates_read_exists() -> None:
         indirect = {
             "$rv": [f"roles.{r}" for r in ROLES],
             "$f": list(FEATURES),
-            "$e": [f"networkPolicy.egress.{n}" for n in ("dns", "wiki", "photodna", "smtp", "kafka", "postgresql")],
+            "$d": [f"networkPolicy.egress.{n}" for n in ("dns", "wiki", "photodna", "smtp", "kafka", "postgresql")],
+            "$np": ["networkPolicy"],
+            "$proxy": ["networkPolicy.egressProxy"],
             "$rules": ["prometheusRule.rules"],
         }
         for var, bases in indirect.items():
@@ -457,13 +611,14 @@ def test_every_value_the_templates_read_exists() -> None:
         for name_, entry in values["secrets"].items():
             assert "existingSecret" in entry, f"secrets.{name_} needs existingSecret"
             assert ("env" in entry and "key" in entry) or "mountPath" in entry, f"secrets.{name_}: env+key or mountPath"
-            assert set(entry) <= {"existingSecret", "env", "key", "mountPath"}
-        assert variable_reads("$s") <= {"existingSecret", "env", "key", "mountPath"}
+            assert set(entry) <= {"existingSecret", "env", "key", "mountPath", "data"}
+            assert "data" not in entry or "mountPath" in entry, f"secrets.{name_}: data only for mounted Secrets"
+        assert variable_reads("$s") <= {"existingSecret", "env", "key", "mountPath", "data"}
     # The lists the templates range over name the same things as this test.
     helpers = template_text("_helpers.tpl")
     assert 'list "scaleOut" "photodna" "takedown" "review"' in helpers
     assert "ingest worker" in helpers and "{{ else }}all{{ end }}" in helpers
-    assert 'list "dns" "wiki" "photodna" "smtp" "kafka" "postgresql"' in template_text("networkpolicy.yaml")
+    assert template_text("networkpolicy.yaml").count('list "dns" "wiki" "photodna" "smtp" "kafka" "postgresql"') == 2
 
 
 def test_probes_ports_and_scraping_match_the_service() -> None:
@@ -516,7 +671,7 @@ def test_config_rendered_from_values_passes_check_config(tmp_path: Path) -> None
     assert cfg["pipeline"]["cpu_workers"] == int(limit), "cpu_workers must match the CPU limit (not the node)"
 
 
-def _future_problems(values: dict[str, Any], tmp_path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+def _feature_problems(values: dict[str, Any], tmp_path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     cfg = render_config(values)
     config_file = write_pod_files(values, cfg, tmp_path)
     future = [p for f in FEATURES if values[f]["enabled"] for p in leaf_paths(values[f]["config"])]
@@ -528,30 +683,17 @@ def _future_problems(values: dict[str, Any], tmp_path: Path) -> tuple[list[tuple
 
 
 @pytest.mark.parametrize("feature", FEATURES)
-def test_later_feature_config_is_only_refused_for_its_own_keys(feature: str, tmp_path: Path) -> None:
-    """Enabling a later-issue feature adds only that feature's keys.  This release's check-config refuses
-    exactly those (unknown key); once the feature lands, they must pass."""
+def test_each_optional_feature_config_passes_check_config(feature: str, tmp_path: Path) -> None:
+    """Every feature the chart offers exists in the service: enabling it yields a config the service accepts."""
     values = load_values(**{feature: {"enabled": True}})
-    problems, future = _future_problems(values, tmp_path)
-    for key, message in problems:
-        assert message.startswith("unknown key"), f"{key}: {message}"
-        assert any(p == key or p.startswith(key + ".") or key.startswith(p + ".") for p in future), \
-            f"{key}: refused but not introduced by {feature}: {message}"
+    problems, _ = _feature_problems(values, tmp_path)
+    assert problems == [], f"{feature}.config no longer fits the service: {problems}"
 
 
-def test_scaleout_example_config_is_only_refused_for_later_keys(tmp_path: Path) -> None:
-    values = load_values("scaleout")
-    assert values["scaleOut"]["enabled"]
-    problems, future = _future_problems(values, tmp_path)
-    if "--role" in (ROOT / "service" / "cli" / "run.py").read_text():  # scale-out has landed: the example must pass
-        assert problems == [], f"values-scaleout.yaml's config no longer fits the service: {problems}"
-    for key, message in problems:
-        assert message.startswith("unknown key") and any(p.startswith(key) for p in future), f"{key}: {message}"
-    # Without the scale-out part the same example (SMTP, secrets, monitoring) passes today.
-    values["scaleOut"]["enabled"] = False
-    today = tmp_path / "today"
-    today.mkdir()
-    assert _future_problems(values, today) == ([], [])
+@pytest.mark.parametrize("name", [n for n in VALUES_FILES if n != "default"])
+def test_example_values_configs_pass_check_config(name: str, tmp_path: Path) -> None:
+    problems, _ = _feature_problems(load_values(name), tmp_path)
+    assert problems == [], f"{name} values: the rendered config no longer fits the service: {problems}"
 
 
 def test_every_secret_the_config_refers_to_is_wired() -> None:
@@ -573,7 +715,53 @@ def test_every_secret_the_config_refers_to_is_wired() -> None:
         entry = next(s for s in example["secrets"].values() if s.get("env") == env)
         assert entry["existingSecret"], f"values-scaleout.yaml uses ${env} without naming its Secret"
     deployment = template_text("deployment.yaml")
-    assert "secretKeyRef:" in deployment and "secretName: {{ $s.existingSecret }}" in deployment
+    assert "secretKeyRef:" in deployment
+    assert 'secretName: {{ $s.existingSecret | default (printf "%s-%s" $fullname (lower $name)) }}' in deployment
+
+
+def _reviewer_pod_files(tmp_path: Path, hashes: dict[str, str]) -> tuple[dict[str, Any], Path]:
+    """The review feature's config as the pod sees it, with the reviewer-hash Secret's files at the mount
+    path moved under tmp_path (the config refers to them by absolute path)."""
+    values = load_values(review={"enabled": True})
+    mount = values["secrets"]["reviewerHashes"]["mountPath"]
+    cfg = render_config(values)
+    for reviewer in cfg["review"]["reviewers"]:
+        ref = reviewer["password_hash"]
+        assert set(ref) == {"file"} and Path(ref["file"]).parent == Path(mount), "hash files come from the Secret"
+        reviewer["password_hash"] = {"file": str(tmp_path / "reviewers" / Path(ref["file"]).name)}
+    (tmp_path / "reviewers").mkdir()
+    for name, value in hashes.items():
+        (tmp_path / "reviewers" / name).write_text(value + "\n")
+    return cfg, write_pod_files(values, cfg, tmp_path)
+
+
+def check_config(config_file: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service", "check-config", str(config_file)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+async def test_reviewer_password_hashes_come_from_a_secret_file_not_the_config(tmp_path: Path) -> None:
+    from service.web.review.auth import Auth, hash_password
+
+    cfg, config_file = _reviewer_pod_files(tmp_path, {"reviewer": hash_password("correct horse")})
+    assert "$argon2" not in yaml.safe_dump(cfg), "no hash in the config ConfigMap"
+    result = check_config(config_file)
+    assert result.returncode == 0, result.stderr
+    auth = Auth(load_config(config_file).review, store=None)  # type: ignore[arg-type]  # passwords need no store
+    assert await auth.check_password("reviewer", "correct horse")
+    assert not await auth.check_password("reviewer", "wrong")
+
+    # A missing file and a file without an argon2 hash are start-up errors with the key path.
+    missing_dir, bad_dir = tmp_path / "missing", tmp_path / "bad"
+    missing_dir.mkdir()
+    bad_dir.mkdir()
+    _, missing = _reviewer_pod_files(missing_dir, {})
+    _, bad = _reviewer_pod_files(bad_dir, {"reviewer": "correct horse"})
+    for config, why in ((missing, "no secret available"), (bad, "does not hold an argon2 hash")):
+        result = check_config(config)
+        assert result.returncode == 2, result.stdout
+        assert "review.reviewers[0].password_hash" in result.stderr and why in result.stderr, result.stderr
+        assert "correct horse" not in result.stderr, "never show the file's content"
 
 
 def test_single_connection_roles_are_held_to_one_replica() -> None:
@@ -590,11 +778,15 @@ def test_single_connection_roles_are_held_to_one_replica() -> None:
         assert re.search(rf"  {role}:\n    # MUST be 1", values_text), f"values.yaml: say roles.{role} runs 1 replica"
     assert load_values("scaleout")["roles"]["ingest"]["replicas"] == 1
     # --role only with scale-out, and marked as needing that feature.
-    role_arg = re.search(r"\{\{- if \$\.Values\.scaleOut\.enabled \}\}\n\s+# --role REQUIRES the scale-out feature"
-                         r"[^\n]*\n\s+- --role\n\s+- \{\{ \$role \}\}\n\s+\{\{- end \}\}", deployment)
-    assert role_arg and deployment.count("--role") == 2  # the comment and the argument
-    if "--role" in (ROOT / "service" / "cli" / "run.py").read_text():
-        assert "REQUIRES" not in values_text, "`run --role` exists now: drop the chart's 'REQUIRES' notes"
+    role_arg = re.search(r"\{\{- if \$\.Values\.scaleOut\.enabled \}\}\n\s+# [^\n]*\n"
+                         r"\s+- --role\n\s+- \{\{ \$role \}\}\n\s+\{\{- end \}\}", deployment)
+    assert role_arg
+    # `run --role` exists: no chart text may still claim it does not (issue 11's stale comments).
+    assert "--role" in (ROOT / "service" / "cli" / "run.py").read_text()
+    for path in [*CHART.rglob("*.yaml"), *CHART.rglob("*.tpl"), CHART / "README.md"]:
+        text = path.read_text()
+        for stale in ("REQUIRES", "has no such option", "issue 5"):
+            assert stale not in text, f"{path.relative_to(ROOT)}: stale text {stale!r}"
 
 
 def test_grace_period_outlasts_the_drain_and_security_context_is_tight() -> None:
@@ -679,8 +871,11 @@ EXPECTED_ALERTS = {
 }
 
 
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+
 def runbook_sections() -> dict[str, str]:
-    text = (CHART / "RUNBOOK.md").read_text()
+    text = RUNBOOK.read_text()
     parts = re.split(r"^## (.+)$", text, flags=re.M)
     return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
 
@@ -705,10 +900,31 @@ def test_alerts_parse_cover_the_issue_and_each_has_a_runbook_section() -> None:
             assert anchor == rule["alert"].lower() and rule["alert"] in sections, f"no runbook for {rule['alert']}"
     for alert in EXPECTED_ALERTS:
         for heading in ("**What it means.**", "**How to check.**", "**What to do.**"):
-            assert heading in sections[alert], f"RUNBOOK.md {alert}: missing {heading}"
+            assert heading in sections[alert], f"docs/runbook.md {alert}: missing {heading}"
+    runbook_url = load_values()["prometheusRule"]["runbookUrl"]
+    assert runbook_url.endswith("/" + RUNBOOK.relative_to(ROOT).as_posix()), runbook_url
     # Prometheus' own templating survives Helm (escaped as raw strings in the template).
     summaries = " ".join(r["annotations"]["summary"] for r in render_rules(load_values()))
     assert "{{ $labels.pod }}" in summaries and "{{ $value" in summaries
+
+
+def test_runbook_lives_in_one_place_and_names_only_real_values() -> None:
+    """docs/runbook.md is the only copy: not in the chart, not in README (which links to it)."""
+    assert not list(CHART.rglob("RUNBOOK*")) and not list(CHART.rglob("runbook*")), "runbook copied into the chart"
+    readme = (ROOT / "README.md").read_text()
+    assert "docs/runbook.md" in readme
+    sections = runbook_sections()
+    for alert in EXPECTED_ALERTS:
+        assert f"# {alert}" not in readme, f"README.md repeats the runbook section {alert}"
+    assert any("docs/runbook.md" in link.get("url", "") for link in dashboard()["links"])
+    # Every `secrets.NAME` / values key the runbook names exists in values.yaml.
+    values = load_values()
+    text = RUNBOOK.read_text()
+    for name in set(re.findall(r"`secrets\.(\w+)", text)):
+        assert name in values["secrets"], f"runbook names secrets.{name}, which values.yaml lacks"
+    for dotted in set(re.findall(r"`((?:roles|networkPolicy|prometheusRule|ingress)\.[\w.]+)`", text)):
+        lookup(values, dotted)
+    assert sections
 
 
 # =========================================================================================== dashboard
@@ -726,7 +942,8 @@ def dashboard_panels() -> list[dict[str, Any]]:
     return out
 
 
-GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
+# Grafana's variables as Prometheus sees them; $wiki as its "All" value (allValue ".*").
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h", "$wiki": ".*"}
 
 
 def dashboard_exprs() -> list[str]:
@@ -752,12 +969,29 @@ def test_dashboard_structure_and_provisioning() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
     names = {v["name"] for v in dash["templating"]["list"]}
-    assert {"datasource", "namespace", "pod"} <= names
+    assert {"datasource", "namespace", "pod", "wiki"} <= names
+    (wiki,) = [v for v in dash["templating"]["list"] if v["name"] == "wiki"]
+    assert wiki["includeAll"] and wiki["allValue"] == ".*" and wiki["multi"]
     for panel in panels:
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}" and target["expr"]
             assert 'pod=~"$pod"' in target["expr"], f"{panel['title']}: honour the pod selector"
+    # A row repeated per wiki; every query below it (to the next row) selects that wiki.
+    rows = [i for i, p in enumerate(dash["panels"]) if p["type"] == "row"]
+    (per_wiki,) = [i for i in rows if dash["panels"][i].get("repeat") == "wiki"]
+    below = dash["panels"][per_wiki + 1:next((i for i in rows if i > per_wiki), len(dash["panels"]))]
+    assert below and "$wiki" in dash["panels"][per_wiki]["title"]
+    for panel in below:
+        for target in panel["targets"]:
+            assert 'wiki=~"$wiki"' in target["expr"], f"{panel['title']}: the per-wiki row selects the wiki"
+    # The review backlog has its own row with the review metrics.
+    (review,) = [i for i in rows if dash["panels"][i]["title"] == "Review backlog"]
+    review_panels = dash["panels"][review + 1:next((i for i in rows if i > review), len(dash["panels"]))]
+    review_exprs = " ".join(t["expr"] for p in review_panels for t in p["targets"])
+    for metric in ("review_decisions_total", "review_logins_total", "review_previews_total",
+                   "allowlisted_matches_total", "matches_total"):
+        assert f"mediamoderation_{metric}" in review_exprs, f"review backlog row lacks {metric}"
     titles = " ".join(p["title"].lower() for p in panels)
     for topic in ("events received", "skipped", "source lag", "outcome", "stage latency", "queue depth",
                   "matches", "notifications", "outbox actions", "errors", "photodna"):
@@ -854,13 +1088,13 @@ def unmet(sel: Selector, samples: dict[str, list[dict[str, str]]], labels: dict[
             return f"{sel.name}: no label {label!r} (it has {sorted(known)})"
     if not series:
         valued = [f"{label}{'=' if op == 'Equal' else '=~'}{value!r}" for label, op, value in sel.matchers
-                  if label not in TARGET_LABELS and op in ("Equal", "Re")]
+                  if label not in TARGET_LABELS and op in ("Equal", "Re") and not (op == "Re" and value == ".*")]
         if valued:
             return f"{sel.name}: no series exported here, so {valued} cannot be checked: exercise it in this test"
         return None
     for label, op, value in sel.matchers:
-        if label in TARGET_LABELS:
-            continue
+        if label in TARGET_LABELS or (op == "Re" and value == ".*"):
+            continue  # ".*" (a Grafana variable's "All") picks no value; the label name was checked above
         if op == "Equal":
             ok = any(s.get(label) == value for s in series)
         elif op == "Re":
@@ -875,7 +1109,8 @@ def unmet(sel: Selector, samples: dict[str, list[dict[str, str]]], labels: dict[
 # Features whose own tests drive them (PhotoDNA, takedown, review): their metrics are checked here by name
 # and label names only, and their selectors may not pick label values.
 NOT_DRIVEN_HERE = ("mediamoderation_photodna_", "mediamoderation_rescans", "mediamoderation_takedown",
-                   "mediamoderation_suppressions", "mediamoderation_review_")
+                   "mediamoderation_suppressions", "mediamoderation_review_", "mediamoderation_allowlisted_",
+                   "mediamoderation_backfill_")
 
 
 class ScriptedSmtp:
@@ -1184,7 +1419,122 @@ def test_rendered_manifests_are_valid_and_match_the_checks(renderer: Renderer, n
     if values["networkPolicy"]["enabled"]:
         (policy,) = kinds["NetworkPolicy"]
         assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-        assert any(p.get("port") == 53 for rule in policy["spec"]["egress"] for p in rule["ports"])
+        check_egress(policy["spec"]["egress"], values)
+    else:
+        assert "NetworkPolicy" not in kinds
+    check_ingress(kinds.get("Ingress", []), values)
+    check_reviewer_secret(kinds.get("Secret", []), deployments, values)
+
+
+def _ports(rule: dict[str, Any]) -> set[int]:
+    return {p["port"] for p in rule["ports"]}
+
+
+def check_egress(egress: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """Egress goes to DNS and to exactly the destinations the values need, on their ports."""
+    np = values["networkPolicy"]
+    cfg = render_config(values)
+    proxy = np["egressProxy"]
+    cidrs = {b["ipBlock"]["cidr"]: rule for rule in egress for b in rule["to"] if "ipBlock" in b}
+    assert any(_ports(rule) == {53} for rule in egress), "DNS"
+    if proxy["cidr"]:
+        assert _ports(cidrs[proxy["cidr"]]) == {proxy["port"]}
+    needed = {"wiki": not proxy["cidr"], "photodna": values["photodna"]["enabled"] and not proxy["cidr"],
+              "smtp": bool(cfg["actions"]["notify"].get("smtp")), "kafka": values["scaleOut"]["enabled"],
+              "postgresql": values["scaleOut"]["enabled"]}
+    for name, wanted in needed.items():
+        dest = np["egress"][name]
+        smtp = cfg["actions"]["notify"].get("smtp") or {}
+        ports = {p["port"] for p in dest["ports"]} or {smtp.get("port", 587)}  # smtp: the config's port
+        rules = [r for r in egress if any(c in cidrs and cidrs[c] is r for c in dest["cidrs"])
+                 or any(peer in r["to"] for peer in dest["to"])]
+        if wanted:
+            assert rules and all(_ports(r) == ports for r in rules), f"egress {name}: {rules}"
+        else:
+            assert not rules, f"egress {name} is not needed by these values but rendered: {rules}"
+    # Nothing else: one rule per needed destination, DNS and the proxy.
+    assert len(egress) == 1 + bool(proxy["cidr"]) + sum(
+        1 for n, w in needed.items() if w and (np["egress"][n]["cidrs"] or np["egress"][n]["to"])
+    ) + len(np["extraEgress"])
+
+
+def check_ingress(ingresses: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    ing = values["ingress"]
+    if not ing["enabled"]:
+        assert not ingresses
+        return
+    (ingress,) = ingresses
+    spec = ingress["spec"]
+    assert spec.get("ingressClassName") == (ing["className"] or None)
+    assert spec.get("tls", []) == ing["tls"] and ingress["metadata"].get("annotations", {}) == ing["annotations"]
+    assert [r["host"] for r in spec["rules"]] == ing["hosts"]
+    app = create_app(Metrics(), {}, {})
+    internal = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    assert {"/metrics", "/healthz", "/readyz"} <= internal
+    for rule in spec["rules"]:
+        (path,) = rule["http"]["paths"]  # the review UI only
+        assert (path["path"], path["pathType"]) == (REVIEW_BASE, "Prefix")
+        assert path["backend"]["service"] == {"name": "mm-mediamoderation", "port": {"name": "http"}}
+        # Prefix matches whole path elements: none of the internal routes is reachable through it.
+        for route in internal:
+            assert route != path["path"] and not route.startswith(path["path"] + "/"), route
+
+
+def check_reviewer_secret(secrets: list[dict[str, Any]], deployments: dict[str, Any], values: dict[str, Any]) -> None:
+    import base64
+
+    entry = values["secrets"]["reviewerHashes"]
+    created = [s for s in secrets if s["metadata"]["name"] == "mm-mediamoderation-reviewerhashes"]
+    if entry["existingSecret"] or not entry["data"]:
+        assert not created
+    else:
+        (secret,) = created
+        assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == entry["data"]
+    name = entry["existingSecret"] or (created[0]["metadata"]["name"] if created else None)
+    for dep in deployments.values():
+        pod = dep["spec"]["template"]["spec"]
+        volumes = [v for v in pod["volumes"] if name and v.get("secret", {}).get("secretName") == name]
+        mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == entry["mountPath"]]
+        assert bool(volumes) == bool(mounts) == bool(name), (volumes, mounts)
+        if name:
+            assert mounts[0]["name"] == volumes[0]["name"] and mounts[0]["readOnly"] is True
+            annotations = dep["spec"]["template"]["metadata"]["annotations"]
+            assert ("checksum/reviewer-hashes" in annotations) == bool(entry["data"])
+
+
+def test_rendering_refuses_a_network_policy_missing_a_needed_destination(renderer: Renderer, tmp_path: Path) -> None:
+    """NetworkPolicy cannot name hosts, so each destination the values need must be given as CIDRs or peers."""
+    wiki = {"networkPolicy": {"enabled": True, "egress": {"wiki": {"cidrs": ["192.0.2.0/24"]}}}}
+    smtp = {"config": {"actions": {"notify": {"smtp": {"host": "smtp.example.org", "port": 2525}}}}}
+    cases: list[tuple[str, list[dict[str, Any]], str | None]] = [
+        ("photodna", [wiki, {"photodna": {"enabled": True}}], "needs networkPolicy.egress.photodna.cidrs"),
+        ("smtp", [wiki, smtp], "needs networkPolicy.egress.smtp.cidrs"),
+        ("smtp-given", [wiki, smtp, {"networkPolicy": {"egress": {"smtp": {"cidrs": ["192.0.2.25/32"]}}}}], None),
+        ("proxy", [{"networkPolicy": {"enabled": True, "egressProxy": {"cidr": "10.0.0.15/32"}}},
+                   {"photodna": {"enabled": True}}], None),
+        ("ingress", [{"ingress": {"enabled": True}}], "ingress.enabled needs ingress.hosts"),
+    ]
+    for name, layers, message in cases:
+        args: list[str] = []
+        for i, layer in enumerate(layers):
+            path = tmp_path / f"{name}-{i}.yaml"
+            path.write_text(yaml.safe_dump(layer))
+            args += ["-f", str(path)]
+        result = renderer.render(*args)
+        if message is None:
+            assert result.returncode == 0, f"{name}: {result.stderr[-500:]}"
+            (policy,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "NetworkPolicy"]
+            values = load_values()
+            for layer in layers:
+                values = coalesce(values, layer)
+            check_egress(policy["spec"]["egress"], values)
+        else:
+            assert result.returncode != 0 and message in result.stderr, f"{name}: {result.stderr[-500:]}"
+    scaleout = yaml.safe_load(VALUES_FILES["scaleout"][0].read_text())
+    scaleout["networkPolicy"]["egress"]["kafka"]["to"] = []
+    (tmp_path / "no-kafka.yaml").write_text(yaml.safe_dump(scaleout))
+    result = renderer.render("-f", str(tmp_path / "no-kafka.yaml"))
+    assert result.returncode != 0 and "needs networkPolicy.egress.kafka.cidrs" in result.stderr
 
 
 def test_rendering_refuses_more_than_one_replica_for_single_connection_roles(renderer: Renderer) -> None:

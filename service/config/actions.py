@@ -102,7 +102,9 @@ class ReviewerSection:
     # reviewers; `password_hash` is an argon2 hash (`python -m service.web.review.auth hash`); may be empty only with
     # `proxy_auth`.
     name: str = ""
-    password_hash: str = ""  # argon2 hash (python -m service.web.review.auth hash); empty: proxy login only
+    # argon2 hash (`mediamoderation reviewer hash-password`), inline or read once at start from `{file: PATH}` /
+    # `{env: VAR}` (e.g. a mounted Kubernetes Secret); empty: proxy login only.
+    password_hash: str | Secret = ""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from service.config.core import Secret
 from service.config.fields import secret_shape_problem, secrets_in
 from service.config.matching import BanksSection
 from service.config.problems import _Problems
@@ -25,6 +26,13 @@ def secret_problems(cfg: Config, problems: _Problems) -> None:
         why = secret.problem()
         if why is not None:
             problems.add(path, f"no secret available: {why}")
+    if cfg.review.enabled:
+        for i, reviewer in enumerate(cfg.review.reviewers):
+            stored = reviewer.password_hash
+            value = stored.get() if isinstance(stored, Secret) else None
+            if value is not None and not value.startswith("$argon2"):
+                problems.add(f"review.reviewers[{i}].password_hash",
+                             f"{stored!r} does not hold an argon2 hash (mediamoderation reviewer hash-password)")
 
 
 def bank_file_problems(banks: BanksSection, base: Path, problems: _Problems) -> None:

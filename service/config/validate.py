@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from service.config.core import Secret
 from service.config.fields import check_https_url, check_path, check_secret_shapes, check_url, check_wiki_urls
 from service.config.matching import STANDARD_THUMB_WIDTHS
 from service.config.problems import _Problems
@@ -206,9 +207,11 @@ def _validate_takedown_review(cfg: Config, problems: _Problems) -> None:
         elif reviewer.name in names:
             problems.add(f"{p}.name", f"duplicate reviewer {reviewer.name!r}")
         names.add(reviewer.name)
-        if reviewer.password_hash and not reviewer.password_hash.startswith("$argon2"):
+        stored = reviewer.password_hash
+        if isinstance(stored, str) and stored and not stored.startswith("$argon2"):
             problems.add(f"{p}.password_hash", "must be an argon2 hash (python -m service.web.review.auth hash)")
-        if not reviewer.password_hash and r.proxy_auth.header is None:
+        has_hash = stored.configured if isinstance(stored, Secret) else bool(stored)
+        if not has_hash and r.proxy_auth.header is None:
             problems.add(f"{p}.password_hash", "is required unless review.proxy_auth.header is set")
     if r.proxy_auth.header is not None and not _HEADER_NAME_RE.match(r.proxy_auth.header):
         problems.add("review.proxy_auth.header", f"not an HTTP header name: {r.proxy_auth.header!r}")

@@ -62,7 +62,7 @@ Returned as a space-separated string (templates cannot return lists): use with s
 {{- end }}
 
 {{/*
-The service's config.yaml: .Values.config verbatim, deep-merged with the `config` of every later-issue
+The service's config.yaml: .Values.config verbatim, deep-merged with the `config` of every optional
 feature that is enabled (scaleOut, photodna, takedown, review), in that order.  tests/test_deploy.py
 renders the same merge in Python and runs check-config on it; keep both in step.
 */}}

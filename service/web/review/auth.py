@@ -34,7 +34,7 @@ from typing import Literal, TextIO
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from service.config import ReviewSection
+from service.config import ReviewSection, Secret
 from service.store.base import ReviewSession, ReviewStore
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,9 @@ class Auth:
         self.cfg = cfg
         self._store = store
         self._clock = clock
-        self._hashes = {r.name: r.password_hash for r in cfg.reviewers}
+        # A hash given as {file: PATH} / {env: VAR} (a mounted Secret) is read once, here.
+        self._hashes = {r.name: (r.password_hash.get() or "") if isinstance(r.password_hash, Secret)
+                        else r.password_hash for r in cfg.reviewers}
         self.throttle = throttle or SignInThrottle()
         self._sleep = sleep
         prefix = "__Host-" if cfg.secure_cookies else ""
