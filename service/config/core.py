@@ -81,6 +81,16 @@ class HttpSection:
 
 
 @dataclass(frozen=True)
+class NetworkSection:
+    """Outgoing HTTP (the wikis, EventStreams, PhotoDNA); Kafka, SMTP and PostgreSQL never use the proxy."""
+
+    # '' : HTTPS_PROXY / HTTP_PROXY from the environment; 'direct': no proxy; or http://host:port for all.
+    proxy: str = ""
+    # Hosts reached without the proxy (default: NO_PROXY): names (and their subdomains), IPs, CIDRs, *.
+    no_proxy: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class WikiSection:
     # the event's `wiki` field (e.g. `commonswiki`); events for other wikis are skipped.
     id: str = ""
