@@ -201,6 +201,9 @@ _HINTS = {
 }
 
 
+_PROXY_TROUBLE = {"dns": "DNS lookup failed", "refused": "connection refused", "timeout": "no answer in time"}
+
+
 def _host_of(url: object) -> str:
     if url is None:
         return ""
@@ -232,11 +235,11 @@ def _is(e: BaseException, *names: str) -> bool:
     return any(c.__name__ in names for c in type(e).__mro__)
 
 
-def _kind(exc: BaseException) -> str:
+def _kind(exc: BaseException, *, proxy: bool = True) -> str:
     chain = list(_chain(exc))
     text = " ".join(str(e) for e in chain).lower()
-    if any(_is(e, "ProxyError", "ClientProxyConnectionError", "ClientHttpProxyError") for e in chain) \
-            or "tunnel connection failed" in text:
+    if proxy and (any(_is(e, "ProxyError", "ClientProxyConnectionError", "ClientHttpProxyError") for e in chain)
+                  or "tunnel connection failed" in text):
         return "proxy"
     if any(isinstance(e, socket.gaierror) or _is(e, "ClientConnectorDNSError", "NameResolutionError")
            for e in chain) or "name or service not known" in text or "failed to resolve" in text:
@@ -279,9 +282,13 @@ def describe(exc: BaseException, url: object = None, *, proxy: Proxy | None = No
     elif kind == "timeout":
         what = f"no answer from {host}{via} in time"
     elif kind == "proxy":
+        name = f"proxy {proxy.address}" if proxy is not None else "the proxy"
         detail = _proxy_detail(exc)
-        what = f"proxy {proxy.address if proxy else ''} failed to reach {host}".replace("proxy  ", "proxy ")
-        what += f" ({detail})" if detail else ""
+        below = _kind(exc, proxy=False)
+        if not detail and below in ("dns", "refused", "timeout"):  # the proxy itself is out of reach
+            what = f"cannot connect to {name} ({_PROXY_TROUBLE[below]})"
+        else:
+            what = f"{name} failed to reach {host}" + (f" ({detail})" if detail else "")
     elif kind == "reset":
         what = f"connection to {host}{via} closed unexpectedly"
     else:
@@ -292,13 +299,15 @@ def describe(exc: BaseException, url: object = None, *, proxy: Proxy | None = No
 
 
 def _proxy_detail(exc: BaseException) -> str:
+    """The proxy's own answer: ``HTTP 502 Bad Gateway`` (aiohttp keeps the status, urllib3 the status line)."""
     for e in _chain(exc):
-        match = re.search(r"(\d{3}[^'\")]*)", str(e)) if "tunnel" in str(e).lower() else None
-        if match:
-            return f"HTTP {match.group(1).strip()}"
         status = getattr(e, "status", None)
         if isinstance(status, int) and status >= 400:
-            return f"HTTP {status}"
+            message = getattr(e, "message", "")
+            return f"HTTP {status}" + (f" {message}" if isinstance(message, str) and message else "")
+        match = re.search(r"tunnel connection failed: (\d{3}[^'\")]*)", str(e), re.I)
+        if match:
+            return f"HTTP {match.group(1).strip()}"
     return ""
 
 

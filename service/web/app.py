@@ -27,9 +27,9 @@ ReadyCheck = Callable[[], Awaitable[str | None]]
 LiveCheck = Callable[[], str | None]
 
 METRICS_KEY = web.AppKey("metrics", Metrics)
-READY_KEY = web.AppKey("ready_checks", dict)
-PIPELINE_KEY = web.AppKey("pipeline_checks", dict)
-LIVE_KEY = web.AppKey("live_checks", dict)
+READY_KEY: web.AppKey[dict[str, ReadyCheck]] = web.AppKey("ready_checks")
+PIPELINE_KEY: web.AppKey[dict[str, ReadyCheck]] = web.AppKey("pipeline_checks")
+LIVE_KEY: web.AppKey[dict[str, LiveCheck]] = web.AppKey("live_checks")
 DETAILS_KEY: web.AppKey[Callable[[], dict[str, object]]] = web.AppKey("ready_details")
 
 _REASON_CHARS = 300
@@ -53,8 +53,11 @@ async def _evaluate(app: web.Application, checks: dict[str, ReadyCheck]) -> dict
 
 async def metrics_handler(request: web.Request) -> web.Response:
     # Every scrape sees the same checks /readyz and /healthz/pipeline report.
-    await _evaluate(request.app, {**request.app[READY_KEY], **request.app[PIPELINE_KEY]})
-    body = generate_latest(request.app[METRICS_KEY].registry)
+    app = request.app
+    ready, pipeline = app[READY_KEY], app[PIPELINE_KEY]
+    checks = {**ready, **pipeline}
+    await _evaluate(app, checks)
+    body = generate_latest(app[METRICS_KEY].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
