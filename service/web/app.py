@@ -79,9 +79,11 @@ async def pipeline_health(request: web.Request) -> web.Response:
     details = request.app.get(DETAILS_KEY)
     if details is not None:
         try:
-            body["details"] = details()  # e.g. the Kafka source's per-partition lag
+            shown = details()  # e.g. the Kafka source's per-partition lag
         except Exception as exc:
-            body["details"] = {"error": f"{type(exc).__name__}: {exc}"}
+            shown = {"error": f"{type(exc).__name__}: {exc}"}
+        if shown:
+            body["details"] = shown
     return web.json_response(body, status=200 if not reasons else 503)
 
 
