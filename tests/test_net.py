@@ -40,7 +40,7 @@ from service.mediawiki.client import MediaWikiClient, RetryPolicy
 from service.metrics import Metrics
 from service.net import Proxies, describe, describe_status, page_text
 from service.sources.eventstreams import EventStreamsSource
-from service.store.sqlite import SqliteStore
+from service.store import Stores
 from tests.infra import images
 from tests.infra.forward_proxy import ForwardProxy
 from tests.infra.mediawiki import MediaWikiServer
@@ -200,19 +200,17 @@ async def test_mediawiki_client_goes_through_the_proxy_and_no_proxy_bypasses_it(
         await proxy.stop()
 
 
-async def test_photodna_goes_through_the_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_photodna_goes_through_the_proxy(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
     server = PhotoDnaServer(keys=["good-key"])
     server.start()
     proxy = await ForwardProxy({PHOTODNA_HOST: ("127.0.0.1", server.port)}).start()
-    store = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await store.open()
     monkeypatch.setenv("TEST_PHOTODNA_KEY", "good-key")
     try:
         cfg = PhotoDnaSection(
             enabled=True, url=server.url.replace("127.0.0.1", PHOTODNA_HOST), key=Secret(env="TEST_PHOTODNA_KEY"),
             rate=100, timeout=5, retries=0, backoff=BackoffSection(initial_delay=0.01, max_delay=0.05),
             circuit=CircuitSection(failures=50, open_seconds=0.3, max_open_seconds=1.0))
-        matcher = build_matcher(cfg, user_agent=UA, store=store, metrics=Metrics(),
+        matcher = build_matcher(cfg, user_agent=UA, store=stores.budget, metrics=Metrics(),
                                 proxies=Proxies.from_settings(proxy.url, (), {}))
         await matcher.client.start()
         try:
@@ -224,7 +222,6 @@ async def test_photodna_goes_through_the_proxy(tmp_path: Path, monkeypatch: pyte
         [rec] = proxy.records
         assert rec.method == "POST" and rec.target.startswith(f"http://{PHOTODNA_HOST}:")
     finally:
-        await store.close()
         await proxy.stop()
         server.stop()
 
@@ -468,16 +465,14 @@ async def test_a_proxy_that_cannot_reach_the_host_is_named(unused_port: Callable
 # --------------------------------------------------------------------------- photodna log line
 
 
-async def test_photodna_connection_failure_is_summarised(tmp_path: Path, unused_port: Callable[[], int],
+async def test_photodna_connection_failure_is_summarised(stores: Stores, unused_port: Callable[[], int],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    store = SqliteStore(str(tmp_path / "db.sqlite3"))
-    await store.open()
     monkeypatch.setenv("TEST_PHOTODNA_KEY", "k")
     port = unused_port()
     cfg = PhotoDnaSection(enabled=True, url=f"http://127.0.0.1:{port}/photodna/v1.0/Match",
                           key=Secret(env="TEST_PHOTODNA_KEY"), rate=100, timeout=2, retries=0,
                           circuit=CircuitSection(failures=50, open_seconds=0.3, max_open_seconds=1.0))
-    matcher = build_matcher(cfg, user_agent=UA, store=store, metrics=Metrics(),
+    matcher = build_matcher(cfg, user_agent=UA, store=stores.budget, metrics=Metrics(),
                             proxies=Proxies.direct())
     await matcher.client.start()
     try:
@@ -486,6 +481,5 @@ async def test_photodna_connection_failure_is_summarised(tmp_path: Path, unused_
             await matcher.match(media)
     finally:
         await matcher.aclose()
-        await store.close()
     assert f"connection to 127.0.0.1:{port} refused" in str(info.value), info.value
     assert "ClientConnectorError" not in str(info.value)
