@@ -41,6 +41,7 @@ from service.metrics import Metrics
 from service.net import Proxies, describe, describe_status, page_text
 from service.sources.eventstreams import EventStreamsSource
 from service.store import Stores
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.forward_proxy import ForwardProxy
 from tests.infra.mediawiki import MediaWikiServer
@@ -264,10 +265,8 @@ async def test_https_goes_through_a_connect_tunnel(plain_tcp_server: int) -> Non
         finally:
             await client.aclose()
         assert str(info.value).startswith(f"TLS error talking to {STREAM_HOST} through proxy {proxy.url}"), info.value
-        async with asyncio.timeout(10):
-            while source.last_error is None:  # the reader thread's first failure
-                await asyncio.sleep(0.02)
-        assert source.last_error.startswith(f"TLS error talking to {STREAM_HOST}"), source.last_error
+        await until(lambda: source.last_error, 10, what="the reader thread's first failure")
+        assert (source.last_error or "").startswith(f"TLS error talking to {STREAM_HOST}"), source.last_error
         stop.set()
         await asyncio.wait_for(task, 5)
         assert {(r.method, r.target) for r in proxy.records} == {("CONNECT", f"{STREAM_HOST}:443")}
@@ -385,9 +384,7 @@ async def test_the_stream_reader_says_connection_failed_never_disconnected(
     def failures() -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.name == "service.sources.eventstreams" and r.levelno == logging.WARNING]
 
-    async with asyncio.timeout(15):
-        while len(failures()) < 2:  # the reader thread logs; nothing to await on
-            await asyncio.sleep(0.02)
+    await until(lambda: len(failures()) >= 2, 15, what="two failed connection attempts logged")
     stop.set()
     await asyncio.wait_for(task, 5)
     assert all(r.getMessage() == "eventstreams connection failed; retrying" for r in failures())

@@ -49,9 +49,7 @@ async def test_ready_but_pipeline_unhealthy_with_reason_while_the_source_is_unre
     run = await start(cfg)
     try:
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(10):
-                while run.service.source.status().last_error is None:  # the reader thread's first attempt
-                    await asyncio.sleep(0.02)
+            await until(lambda: run.service.source.status().last_error, 10, what="the first connection attempt")
             async with http.get(run.base + "/readyz") as r:
                 ready = await r.json()
                 assert r.status == 200, ready
