@@ -46,14 +46,17 @@ COPY service ./service
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # The image's default configuration: the shipped config.yaml and example bank, with the writable
-# paths moved to the /data volume (the root filesystem is read-only at run time).
+# paths moved to the /data volume (the root filesystem is read-only at run time) and the HTTP server
+# on every address (the shipped config binds 127.0.0.1; in a container the port mapping needs 0.0.0.0).
 COPY config.yaml /src/config.yaml
 COPY banks/example.csv /out/etc/mediamoderation/banks/example.csv
 RUN sed -e 's#^\(  path: \)\./data/#\1/data/#' \
         -e 's#^\(    outbox_dir: \)\./outbox#\1/data/outbox#' \
+        -e 's#^  host: 127\.0\.0\.1.*#  host: 0.0.0.0#' \
         /src/config.yaml > /out/etc/mediamoderation/config.yaml \
     && grep -q '^  path: /data/' /out/etc/mediamoderation/config.yaml \
-    && grep -q '^    outbox_dir: /data/outbox' /out/etc/mediamoderation/config.yaml
+    && grep -q '^    outbox_dir: /data/outbox' /out/etc/mediamoderation/config.yaml \
+    && grep -q '^  host: 0.0.0.0$' /out/etc/mediamoderation/config.yaml
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -25,6 +25,7 @@ from service.matchers.photodna import PhotoDnaMatcher, build_matcher
 from service.media.pool import CpuPool, ProcessPool, thread_pool
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
+from service.net import Proxies
 from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
 from service.runtime.http import HttpServer, source_details, source_ready, store_ready
@@ -64,10 +65,12 @@ class Service:
         self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks)]
         self.photodna: PhotoDnaMatcher | None = None
         self.rescanner: Rescanner | None = None
+        proxies = Proxies.for_config(cfg.network)  # every outgoing HTTP request; see service.net
         if cfg.photodna.enabled:
             self.photodna = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=self.stores.budget,
-                                          metrics=self.metrics, on_recover=self._photodna_recovered)
-        self.wiki_client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, self.metrics)
+                                          metrics=self.metrics, on_recover=self._photodna_recovered,
+                                          proxies=proxies)
+        self.wiki_client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, self.metrics, proxies=proxies)
         self.source: Source = source or (
             make_source(cfg, self.stores, self.metrics) if make_source is not None
             else live_source(cfg, self.stores.checkpoints, self.metrics, since)
@@ -128,11 +131,13 @@ class Service:
     async def _start_http(self) -> None:
         source = source_ready(self.source, last_event_at=self._last_event_at, idle=self.cfg.http.ready_source_idle)
         await self.http.start(
-            {"source": source, "store": store_ready(self.stores), "banks": self._ready_banks,
-             **({"photodna": self._ready_photodna} if self.photodna is not None else {})},
+            {"store": store_ready(self.stores)},  # /readyz: the review UI and metrics can be served
             {"pipeline": self._live_pipeline, "tasks": self.supervisor.problem},
             details=source_details(self.source),
             mount=[self.review.mount] if self.review is not None else [],
+            # /healthz/pipeline: uploads are being scanned
+            pipeline={"source": source, "banks": self._ready_banks,
+                      **({"photodna": self._ready_photodna} if self.photodna is not None else {})},
         )
 
     async def run(self) -> None:

@@ -41,6 +41,7 @@ from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
 from service.mediawiki.transport import AiohttpTransport, Transport
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo
+from service.net import Proxies
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class WikiClient:
         session: aiohttp.ClientSession | None = None,
         *,
         transport: Transport | None = None,
+        proxies: Proxies | None = None,
         maxlag_min_wait: float = MAXLAG_MIN_WAIT,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -118,7 +120,7 @@ class WikiClient:
         self._user_agent = user_agent
         self._metrics = metrics
         self._transport: Transport = transport or AiohttpTransport(user_agent=user_agent, timeout=fetch.timeout,
-                                                                   session=session)
+                                                                   session=session, proxies=proxies)
         self._policy = RetryPolicy(retries=fetch.retries, initial_delay=fetch.retry_delay, max_delay=_MAX_BACKOFF,
                                    maxlag_retries=fetch.retries, maxlag_min_wait=maxlag_min_wait,
                                    max_redirects=fetch.max_redirects)

@@ -1,12 +1,42 @@
-"""Prometheus metrics, built on an injected registry (one per service instance, so tests never leak)."""
+"""Prometheus metrics, built on an injected registry (one per service instance, so tests never leak).
+
+Besides the service's own series, each registry carries the standard ``process_*`` (CPU, memory, open
+files), ``python_info`` and ``python_gc_*`` collectors and ``mediamoderation_build_info{version}``.
+Counters and histograms export no ``*_created`` series: prometheus_client's switch for that is process-wide
+(it is read when a registry is scraped, so it covers injected registries too) and is turned off here, once.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+import service
+
+disable_created_metrics()
 
 PREFIX = "mediamoderation"
 STAGES = ("fetch", "thumbnail", "match", "act")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def build_version() -> str:
+    """The installed distribution's version (the source tree's ``__version__`` when not installed)."""
+    try:
+        return dist_version("mediamoderation")
+    except PackageNotFoundError:
+        return service.__version__
 
 
 class Metrics:
@@ -16,6 +46,12 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = PREFIX
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Gauge(f"{p}_build_info", "Always 1; the version label is the running release",
+                                ["version"], registry=r)
+        self.build_info.labels(build_version()).set(1)
         self.events_received = Counter(f"{p}_events_received", "Events read from the source", ["source"], registry=r)
         self.events_skipped = Counter(
             f"{p}_events_skipped", "Events skipped, by reason", ["reason"], registry=r
@@ -69,7 +105,8 @@ class Metrics:
             ["kind", "result"], registry=r,
         )
         self.ready = Gauge(
-            f"{p}_ready", "1 while a readiness check passes, 0 while it fails (the checks of /readyz)", ["check"],
+            f"{p}_ready", "1 while a check passes, 0 while it fails (store: /readyz; source, banks, photodna: "
+            "/healthz/pipeline)", ["check"],
             registry=r,
         )
         self.decode_worker_crashes = Counter(

@@ -118,8 +118,8 @@ class IngestService:
                              **kafka_client_options(work_connection(self.cfg)))
 
     async def _start_http(self) -> None:
-        await self.http.start({"source": source_ready(self.source), "store": store_ready(self.stores)},
-                              {"tasks": self.supervisor.problem}, details=source_details(self.source))
+        await self.http.start({"store": store_ready(self.stores)}, {"tasks": self.supervisor.problem},
+                              details=source_details(self.source), pipeline={"source": source_ready(self.source)})
 
     async def _run_pipeline(self) -> None:
         queue: asyncio.Queue[RawEvent] = asyncio.Queue(self.cfg.pipeline.queue_size)

@@ -122,8 +122,8 @@ async def test_kafka_events_from_real_uploads_then_replays_send_nothing_new(
                     and broker.committed(group, codfw, 1) == {0: 2})
 
         await until(all_committed, 20, in_thread=True, what="every offset committed")
-        ready = json.loads(await _get(run, "/readyz"))
-        parts = ready["details"]["source"]["partitions"]
+        pipeline = json.loads(await _get(run, "/healthz/pipeline"))
+        parts = pipeline["details"]["source"]["partitions"]
         assert set(parts) == {f"{eqiad}:0", f"{eqiad}:1", f"{codfw}:0"}
         await until(lambda: metric_value(run, "mediamoderation_kafka_consumer_lag", topic=eqiad, partition="0") == 0,
                     20, what="lag 0")

@@ -109,29 +109,35 @@ async def test_http_server_serves_the_role_checks_mounts_and_source_details() ->
 
         app.router.add_get("/extra", hello)
 
-    await http.start({"source": source_ready(source, last_event_at=lambda: clock["last"], idle=60),
-                      "store": store_ready(store)},
-                     {"pipeline": lambda: None}, details=source_details(source), mount=[extra])  # type: ignore[arg-type]
+    await http.start({"store": store_ready(store)},
+                     {"pipeline": lambda: None}, details=source_details(source), mount=[extra],  # type: ignore[arg-type]
+                     pipeline={"source": source_ready(source, last_event_at=lambda: clock["last"], idle=60)})
     try:
         assert http.port
         base = f"http://127.0.0.1:{http.port}"
         async with aiohttp.ClientSession() as client:
-            async with client.get(base + "/readyz") as r:
+            async with client.get(base + "/healthz/pipeline") as r:
                 body = await r.json()
             assert r.status == 503
             assert body["reasons"] == {"source": "source stub not connected: connection refused"}
+            async with client.get(base + "/readyz") as r:
+                assert r.status == 200  # the source is the pipeline's business, not the HTTP role's
             source.state = SourceStatus(connected=True, details={"lag": {"0": 3}})
             store.up = False
             async with client.get(base + "/readyz") as r:
                 body = await r.json()
             assert r.status == 503 and body["reasons"] == {"store": "ServiceError: database is down"}
-            assert body["details"] == {"source": {"lag": {"0": 3}}}
+            async with client.get(base + "/healthz/pipeline") as r:
+                body = await r.json()
+            assert r.status == 200 and body["details"] == {"source": {"lag": {"0": 3}}}
             store.up = True
             clock["last"] = 0.0  # nothing since 1970: idle far longer than 60 s
-            async with client.get(base + "/readyz") as r:
+            async with client.get(base + "/healthz/pipeline") as r:
                 body = await r.json()
             assert r.status == 503 and body["reasons"]["source"].startswith("no event from the source for")
             clock["last"] = None
+            async with client.get(base + "/healthz/pipeline") as r:
+                assert r.status == 200
             async with client.get(base + "/readyz") as r:
                 assert r.status == 200
             async with client.get(base + "/healthz") as r:

@@ -18,6 +18,7 @@ from service.cli import main
 from service.config import ThumbnailSection
 from service.errors import PermanentSourceError
 from service.media.thumbnail import prepare
+from service.metrics import build_version
 from service.models import RawEvent
 from service.runtime.supervisor import RestartPolicy, TaskFailed
 from service.sources.base import SourceBase
@@ -33,28 +34,46 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.wiki
-async def test_not_ready_with_reason_while_the_source_is_unreachable(
+async def test_ready_but_pipeline_unhealthy_with_reason_while_the_source_is_unreachable(
     tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
     unused_port: Callable[[], int],
 ) -> None:
+    """/readyz is about serving HTTP (review UI, metrics): a stream outage must not take the pod out of its
+    Service.  /healthz/pipeline and the mediamoderation_ready gauge say why nothing is scanned."""
     bank = tmp_path / "bank.csv"
     bank.write_text("hash,category,source,id\n")
+    port = unused_port()
     cfg = make_config(tmp_path, mediawiki, sse_server, smtp_server, bank, source={"eventstreams": {
-        "url": f"http://127.0.0.1:{unused_port()}/v2/stream/mediawiki.recentchange",
+        "url": f"http://127.0.0.1:{port}/v2/stream/mediawiki.recentchange",
         "reconnect": {"initial_delay": 0.05, "max_delay": 0.1}}})
     run = await start(cfg)
     try:
         async with aiohttp.ClientSession() as http:
+            await until(lambda: run.service.source.status().last_error, 10, what="the first connection attempt")
             async with http.get(run.base + "/readyz") as r:
+                ready = await r.json()
+                assert r.status == 200, ready
+            assert ready == {"ready": True, "reasons": {}}
+            async with http.get(run.base + "/healthz/pipeline") as r:
                 body = await r.json()
                 assert r.status == 503
-            assert "source eventstreams not connected" in body["reasons"]["source"]
+            assert body["healthy"] is False and set(body["reasons"]) == {"source"}
+            reason = body["reasons"]["source"]
+            assert reason.startswith("source eventstreams not connected: "), reason
+            assert f"connection to 127.0.0.1:{port} refused" in reason, reason
+            assert "HTTPConnectionPool" not in reason and "Max retries" not in reason, reason
             async with http.get(run.base + "/healthz") as r:
-                assert r.status == 200  # alive, just not ready
+                assert r.status == 200  # alive
             async with http.get(run.base + "/metrics") as r:
                 text = await r.text()
             assert 'mediamoderation_ready{check="source"} 0.0' in text  # what the NotReady alert watches
             assert 'mediamoderation_ready{check="store"} 1.0' in text
+            assert 'mediamoderation_ready{check="banks"} 1.0' in text
+            # Standard collectors and the build info; no *_created series.
+            assert "\nprocess_resident_memory_bytes " in text and "\nprocess_open_fds " in text
+            assert "\npython_info{" in text and "\npython_gc_collections_total{" in text
+            assert f'mediamoderation_build_info{{version="{build_version()}"}} 1.0' in text
+            assert "_created" not in text
     finally:
         await run.stop()
 

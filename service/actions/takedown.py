@@ -33,6 +33,7 @@ from service.config import Config, TakedownSection, WikiSection
 from service.errors import ServiceError
 from service.mediawiki import FileVersion, WikiApi, WikiApiError
 from service.metrics import Metrics
+from service.net import Proxies
 from service.store.base import AuditStore, NewAction, Outbox, OutboxItem
 
 
@@ -85,6 +86,7 @@ class TakedownAction:
         kick_notify: Callable[[], None] = lambda: None,
         api_factory: ApiFactory | None = None,
         clock: Callable[[], float] = time.time,
+        proxies: Proxies | None = None,
     ) -> None:
         self._cfg = cfg
         self._wikis = {w.id: w for w in wikis}
@@ -96,7 +98,8 @@ class TakedownAction:
         auth = cfg.auth
         if api_factory is None and auth is not None:
             def api_factory(wiki: WikiSection) -> WikiApi:
-                return WikiApi(wiki, auth, user_agent, metrics, timeout=cfg.timeout, maxlag=cfg.maxlag)
+                return WikiApi(wiki, auth, user_agent, metrics, timeout=cfg.timeout, maxlag=cfg.maxlag,
+                               proxies=proxies)
         self._factory = api_factory
         self._apis: dict[str, WikiApi] = {}
 
@@ -290,7 +293,8 @@ class Takedowns:
                  audit: AuditStore | None, api_factory: ApiFactory | None = None) -> None:
         t = cfg.actions.takedown
         self.action = TakedownAction(t, cfg.wikis, cfg.service.user_agent, metrics, audit=audit, outbox=store,
-                                     kick_notify=kick_notify, api_factory=api_factory)
+                                     kick_notify=kick_notify, api_factory=api_factory,
+                                     proxies=Proxies.for_config(cfg.network))
         self.dispatcher = OutboxDispatcher(store, {"takedown": self.action}, t.retry, metrics,
                                            concurrency=t.concurrency)
 

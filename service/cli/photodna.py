@@ -55,6 +55,7 @@ async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tupl
     from service.matchers.photodna import build_matcher, to_matches
     from service.media.thumbnail import prepare
     from service.metrics import Metrics
+    from service.net import Proxies
     from service.store import make_stores
 
     metrics = Metrics()
@@ -71,7 +72,8 @@ async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tupl
                               "detail": f"no JPEG >= 160 px under 4 MB from {media.width}x{media.height}"}, indent=2)
     stores = make_stores(cfg.store)  # the configured store: the request counts against the shared budget
     await stores.open()
-    matcher = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=stores.budget, metrics=metrics)
+    matcher = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=stores.budget, metrics=metrics,
+                            proxies=Proxies.for_config(cfg.network))
     try:
         await matcher.client.start()
         try:
@@ -101,6 +103,7 @@ async def _read_target(cfg: Config, target: str, metrics: Metrics) -> bytes:
 
     from service.errors import HostNotAllowed
     from service.fetch import WikiClient, origin_allowed
+    from service.net import Proxies
 
     if not target.startswith(("http://", "https://")):
         try:
@@ -117,5 +120,6 @@ async def _read_target(cfg: Config, target: str, metrics: Metrics) -> bytes:
     wiki = next((w for w in cfg.wikis if origin_allowed(w, url)), None)
     if wiki is None:
         raise HostNotAllowed(target)
-    async with WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, metrics) as client:
+    async with WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, metrics,
+                          proxies=Proxies.for_config(cfg.network)) as client:
         return await client.download(wiki, target, kind="original", limit=cfg.fetch.max_bytes)

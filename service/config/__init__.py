@@ -33,6 +33,7 @@ from service.config.advice import warnings_for
 from service.config.core import (
     ConcurrencySection,
     HttpSection,
+    NetworkSection,
     PipelineSection,
     Secret,
     ServiceSection,
@@ -92,6 +93,7 @@ __all__ = [
     "KafkaConnectionSection",
     "KafkaSection",
     "MwApiSection",
+    "NetworkSection",
     "NotifySection",
     "PhotoDnaSection",
     "PipelineSection",

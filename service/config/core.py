@@ -70,14 +70,26 @@ class ServiceSection:
 
 @dataclass(frozen=True)
 class HttpSection:
-    # serve `/metrics`, `/healthz`, `/readyz`.
+    # serve `/metrics`, `/healthz`, `/readyz`, `/healthz/pipeline`.
     enabled: bool = True
     # listen address.
     host: str = "127.0.0.1"
     # listen address.
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    # The readiness probe fails when the source has delivered nothing for this long (0 disables).
+    # `/healthz/pipeline` (check `source`) fails when the source has delivered nothing for this long (0 disables).
     ready_source_idle: float = 0.0
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """Outgoing HTTP (the wikis, EventStreams, PhotoDNA); Kafka, SMTP and PostgreSQL never use the proxy."""
+
+    # proxy for outgoing HTTP (wikis, EventStreams, PhotoDNA; never Kafka, SMTP, PostgreSQL): empty uses
+    # HTTPS_PROXY / HTTP_PROXY from the environment, `direct` none, a URL `http://host:port` that proxy
+    # (credentials only in the environment).
+    proxy: str = ""
+    # hosts reached without the proxy (empty: NO_PROXY): names (with their subdomains), IP addresses, CIDR blocks, `*`.
+    no_proxy: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

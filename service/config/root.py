@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from pydantic import ConfigDict, with_config
 
 from service.config.actions import ActionsSection, ReviewSection
-from service.config.core import HttpSection, PipelineSection, ServiceSection, StoreSection, WikiSection
+from service.config.core import (
+    HttpSection,
+    NetworkSection,
+    PipelineSection,
+    ServiceSection,
+    StoreSection,
+    WikiSection,
+)
 from service.config.matching import BanksSection, FetchSection, PhotoDnaSection, ThumbnailSection
 from service.config.scale import BackfillSection, WorkSection
 from service.config.sources import SourceSection
@@ -20,6 +27,7 @@ from service.config.sources import SourceSection
 class Config:
     service: ServiceSection = field(default_factory=ServiceSection)
     http: HttpSection = field(default_factory=HttpSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
     source: SourceSection = field(default_factory=SourceSection)
     wikis: tuple[WikiSection, ...] = ()
     pipeline: PipelineSection = field(default_factory=PipelineSection)

@@ -12,6 +12,7 @@ from service.config.matching import STANDARD_THUMB_WIDTHS
 from service.config.problems import _Problems
 from service.config.root import Config
 from service.config.values import EMAIL_RE
+from service.net import DIRECT, proxy_problem
 
 MIN_DECODE_MEMORY = 256 * 1024 * 1024  # a warmed-up worker already maps ~160 MB
 GENERIC_AGENTS = ("python-requests", "aiohttp", "python-urllib", "curl/", "wget/", "mozilla/")
@@ -42,6 +43,15 @@ def _is_server(url: str) -> bool:
         and not (parts.query or parts.fragment or parts.username) and _is_host_port(parts.netloc)
 
 
+def _validate_network(cfg: Config, problems: _Problems) -> None:
+    proxy = cfg.network.proxy
+    if isinstance(proxy, str) and proxy not in ("", DIRECT) and (problem := proxy_problem(proxy)):
+        problems.add("network.proxy", problem)
+    for i, entry in enumerate(cfg.network.no_proxy):
+        if isinstance(entry, str) and (not entry.strip() or "://" in entry or any(c in entry for c in "@?# ")):
+            problems.add(f"network.no_proxy[{i}]", f"must be a host, IP address, CIDR block or *, got {entry!r}")
+
+
 def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
     ua = cfg.service.user_agent.strip()
     if not ua:
@@ -51,6 +61,7 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
             "service.user_agent",
             "must name the client and a contact URL or email, e.g. 'mediamoderation/0.1 (https://…; ts@…)'",
         )
+    _validate_network(cfg, problems)
 
     es = cfg.source.eventstreams
     check_https_url(problems, "source.eventstreams.url", es.url)

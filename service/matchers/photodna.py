@@ -14,7 +14,7 @@ The contract is in :mod:`service.matchers.photodna_api`.  What this client does 
 connection errors, bad     honouring ``Retry-After`` (which also pauses every other caller); then
 JSON                       :class:`PhotoDnaError` ``photodna``
 HTTP 401 / 403             :class:`PhotoDnaUnauthorized`; no further request is sent except one probe
-                           every ``auth_retry_interval`` (with the key read again), ``/readyz`` reports
+                           every ``auth_retry_interval`` (with the key read again), ``/healthz/pipeline`` reports
                            the reason and ``photodna_unauthorized`` is 1 until a probe is accepted
 =========================  =======================================================================
 
@@ -57,6 +57,7 @@ from service.matchers.photodna_api import (
 )
 from service.metrics import Metrics
 from service.models import Match, PreparedMedia
+from service.net import Proxies, describe
 from service.ratelimit import HALF_OPEN, OPEN, CircuitBreaker, MonthlyBudget, RateLimiter
 from service.store.base import BudgetStore
 
@@ -94,8 +95,10 @@ class PhotoDnaClient:
         sleep: Callable[[float], Any] = asyncio.sleep,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        proxies: Proxies | None = None,
     ) -> None:
         self.cfg = cfg
+        self._proxy = (proxies if proxies is not None else Proxies.from_environment()).for_url(cfg.url)
         self._ua = user_agent
         self._metrics = metrics
         self.limiter = limiter
@@ -122,6 +125,7 @@ class PhotoDnaClient:
             self._session = aiohttp.ClientSession(
                 headers={"User-Agent": self._ua}, cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.timeout, sock_read=self.cfg.timeout),
+                proxy=self._proxy.url if self._proxy is not None else None,  # network.proxy / HTTPS_PROXY
             )
             self._owns_session = True
         await self.budget.load()
@@ -285,7 +289,7 @@ class PhotoDnaClient:
             answer = _Answer("transient", "timeout", detail=f"no answer within {self.cfg.timeout} s")
         except aiohttp.ClientError as exc:
             status_label = "connection"
-            answer = _Answer("transient", "connection", detail=f"{type(exc).__name__}: {exc}")
+            answer = _Answer("transient", "connection", detail=describe(exc, self.cfg.url, proxy=self._proxy).summary)
         finally:
             self._metrics.photodna_latency.observe(time.monotonic() - t0)
         if answer.result is not None:
@@ -396,13 +400,13 @@ class PhotoDnaMatcher:
 
 def build_matcher(
     cfg: PhotoDnaSection, *, user_agent: str, store: BudgetStore, metrics: Metrics,
-    on_recover: Callable[[], None] = lambda: None,
+    on_recover: Callable[[], None] = lambda: None, proxies: Proxies | None = None,
 ) -> PhotoDnaMatcher:
     """The matcher with its own rate limiter, circuit breaker and the store-backed monthly budget."""
     budget = MonthlyBudget(store, "photodna", cfg.monthly_budget, lease=max(1, min(100, int(cfg.rate))),
                            on_change=metrics.photodna_budget_used.set)
     client = PhotoDnaClient(cfg, user_agent=user_agent, metrics=metrics, limiter=RateLimiter(cfg.rate, cfg.burst),
-                            budget=budget, on_recover=on_recover)
+                            budget=budget, on_recover=on_recover, proxies=proxies)
     return PhotoDnaMatcher(client)
 
 

@@ -53,6 +53,7 @@ from service.errors import (
 )
 from service.mediawiki.allowlist import origin, origin_allowed
 from service.mediawiki.transport import AiohttpTransport, Request, Response, Transport
+from service.net import Proxies
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class MediaWikiClient:
         *,
         user_agent: str,
         transport: Transport | None = None,
+        proxies: Proxies | None = None,
         timeout: float = 30.0,
         maxlag: int = 5,
         policy: RetryPolicy = RetryPolicy(),
@@ -138,7 +140,7 @@ class MediaWikiClient:
         self._api_origin = origin(self._api_url)
         self._owns_transport = transport is None
         self._transport: Transport = transport or AiohttpTransport(
-            user_agent=user_agent, timeout=timeout, cookies=auth is not None)
+            user_agent=user_agent, timeout=timeout, cookies=auth is not None, proxies=proxies)
         self._auth = auth
         self._observe = observe or (lambda what, result: None)
         self._sleep = sleep

@@ -19,6 +19,7 @@ from service.errors import WikiApiRefused, WikiApiTransient
 from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
 from service.mediawiki.transport import Transport
 from service.metrics import Metrics
+from service.net import Proxies
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +71,13 @@ class WikiApi:
         maxlag_min_wait: float = 5.0,
         sleep: Sleep = asyncio.sleep,
         transport: Transport | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
         self.wiki = wiki
         counter = metrics.wiki_api_requests
         self.client = MediaWikiClient(
-            wiki, user_agent=user_agent, transport=transport, timeout=timeout, maxlag=maxlag, auth=auth,
+            wiki, user_agent=user_agent, transport=transport, proxies=proxies, timeout=timeout, maxlag=maxlag,
+            auth=auth,
             policy=RetryPolicy(retries=0, maxlag_retries=maxlag_retries, maxlag_min_wait=maxlag_min_wait),
             observe=lambda what, result: counter.labels(what, result).inc(), sleep=sleep)
 

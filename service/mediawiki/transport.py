@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from service.errors import WikiBadUrl, WikiResponseTooLarge, WikiUnreachable
+from service.net import Proxies, describe
 
 _CHUNK = 65536
 
@@ -50,7 +51,12 @@ class Transport(Protocol):
 
 
 class AiohttpTransport:
-    """aiohttp underneath: one session, its cookies kept (for logins) or dropped."""
+    """aiohttp underneath: one session, its cookies kept (for logins) or dropped.
+
+    Each request goes through the proxy ``proxies`` names for its URL (default: HTTPS_PROXY / HTTP_PROXY
+    and NO_PROXY from the environment); a failed connection is raised as WikiUnreachable with a one-line
+    summary (:func:`service.net.describe`).
+    """
 
     def __init__(
         self,
@@ -59,8 +65,10 @@ class AiohttpTransport:
         timeout: float,
         cookies: bool = False,
         session: aiohttp.ClientSession | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
         self._user_agent = user_agent
+        self._proxies = proxies if proxies is not None else Proxies.from_environment()
         self._timeout = timeout
         self._cookies = cookies
         self._session = session
@@ -81,15 +89,16 @@ class AiohttpTransport:
     async def handle(self, request: Request, *, limit: int) -> Response:
         session = self._open()
         headers = {"User-Agent": self._user_agent, **request.headers}
+        proxy = self._proxies.for_url(str(request.url))
         try:
             async with session.request(request.method, request.url, data=request.data, headers=headers,
-                                       allow_redirects=False) as resp:
+                                       allow_redirects=False, proxy=proxy.url if proxy else None) as resp:
                 body = await _read_capped(resp, limit) if 200 <= resp.status < 300 else b""
                 return Response(resp.status, CIMultiDict(resp.headers), body, resp.url)
         except aiohttp.InvalidURL as exc:
             raise WikiBadUrl(f"invalid URL {request.url}") from exc
         except aiohttp.ClientError as exc:
-            raise WikiUnreachable(f"{request.url.host}: {type(exc).__name__}: {exc}") from exc
+            raise WikiUnreachable(describe(exc, request.url, proxy=proxy).summary) from exc
 
     async def aclose(self) -> None:
         if self._owns_session and self._session is not None:

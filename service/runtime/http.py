@@ -1,6 +1,8 @@
-"""The HTTP start-up every role shares: ``/metrics``, ``/healthz`` and ``/readyz`` (and the review UI where
-it is mounted), served on ``http.host``:``http.port`` through :func:`service.web.listen.listen`, plus the
-readiness checks that every role runs the same way (its source, its store)."""
+"""The HTTP start-up every role shares: ``/metrics``, ``/healthz``, ``/readyz`` and ``/healthz/pipeline`` (and
+the review UI where it is mounted), served on ``http.host``:``http.port`` through
+:func:`service.web.listen.listen`, plus the checks that every role runs the same way (its source, its store).
+``/readyz`` gets the checks serving HTTP needs (the store); the pipeline's (the source, banks, PhotoDNA) go to
+``/healthz/pipeline``, so an upstream outage never takes the review UI out of its Kubernetes Service."""
 
 from __future__ import annotations
 
@@ -43,11 +45,13 @@ class HttpServer:
         *,
         details: Callable[[], dict[str, object]] | None = None,
         mount: Sequence[Mount] = (),
+        pipeline: Mapping[str, ReadyCheck] | None = None,
     ) -> None:
         """Serve; a port that cannot be bound raises :class:`~service.config.ConfigError` naming ``http.port``."""
         if not self.cfg.enabled:
             return
-        app = create_app(self.metrics, dict(ready), dict(live or {}), details=details)
+        app = create_app(self.metrics, dict(ready), dict(live or {}), details=details,
+                         pipeline_checks=dict(pipeline or {}))
         for add in mount:
             add(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -89,7 +93,7 @@ def store_ready(store: Pingable, timeout: float = 5.0) -> ReadyCheck:
 
 
 def source_details(source: Source) -> Callable[[], dict[str, object]]:
-    """The source's own details (the Kafka source: per-partition lag) under ``source`` on ``/readyz``."""
+    """The source's own details (the Kafka source: per-partition lag) under ``source`` on ``/healthz/pipeline``."""
 
     def details() -> dict[str, object]:
         extra = source.status().details

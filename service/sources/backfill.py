@@ -32,6 +32,7 @@ from service.events import sha1_to_base36
 from service.mediawiki.client import MediaWikiClient
 from service.metrics import Metrics
 from service.models import CLEAN, RawEvent
+from service.net import Proxies
 from service.progress import Sample, clock_text, metric_by_label, metric_sum
 from service.sources.base import SourceBase
 from service.sources.mwapi import iso_time, mw_timestamp, polling_client, recentchange_event, source_error
@@ -82,7 +83,7 @@ class BackfillSource(SourceBase):
         self.end = end
         self.scan_version = scan_version
         self.client = client or polling_client(wiki, user_agent=cfg.service.user_agent, metrics=metrics,
-                                               maxlag=cfg.fetch.maxlag)
+                                               maxlag=cfg.fetch.maxlag, proxies=Proxies.for_config(cfg.network))
         self.checkpoint = checkpoint_name(cfg, wiki.id, start, end)
         self.listed = 0
         self.listed_before = 0  # listed by earlier runs of this range (a resumed backfill)

@@ -30,7 +30,7 @@ from service.models import RawEvent
 class SourceStatus:
     connected: bool
     last_error: str | None = None
-    details: Mapping[str, Any] | None = field(default=None)  # shown under "source" on /readyz
+    details: Mapping[str, Any] | None = field(default=None)  # shown under "source" on /healthz/pipeline
 
 
 class Source(Protocol):

@@ -8,6 +8,11 @@ malformed event, so it is counted and the checkpoint moves past it).  The SSE ``
 with the position of every topic-partition) is the checkpoint: it is stored verbatim once the
 watermark passes an event and sent back as ``Last-Event-ID`` on every reconnect.  ``since`` starts a
 historical read when there is no checkpoint (or when the command line overrides it).
+
+The connection goes through the proxy :class:`service.net.Proxies` names for the stream URL (``network.proxy``,
+else HTTPS_PROXY / NO_PROXY), never through requests' own reading of the environment, so every HTTP client
+of the service follows the same setting.  Failures are logged and shown on ``/healthz/pipeline`` as one line
+(:func:`service.net.describe`): "connection failed" while no connection was made, "disconnected" only after one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from service.errors import PermanentSourceError
 from service.events import MAX_EVENT_BYTES
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.net import Proxies, Proxy, describe, describe_status
 from service.sources.base import SourceBase, run_in_thread, until_done_or_stopped
 from service.sources.sse import SseParser
 from service.store.base import CheckpointStore
@@ -54,11 +60,12 @@ class _Disconnected(Exception):
 class _HttpStatus(Exception):
     """The server answered the stream request with an error status."""
 
-    def __init__(self, status: int, retry_after: str | None, body: str) -> None:
+    def __init__(self, status: int, retry_after: str | None, body: str, *, summary: str = "") -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
         self.retry_after = retry_after
         self.body = body
+        self.summary = summary or f"HTTP {status}: {body}"
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -132,8 +139,10 @@ class EventStreamsSource(SourceBase):
         since: datetime | None = None,
         checkpoint_name: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        proxies: Proxies | None = None,
     ) -> None:
         self.cfg = cfg
+        self._proxies = proxies if proxies is not None else Proxies.from_environment()
         self.user_agent = user_agent
         self.checkpoints = checkpoints
         self.metrics = metrics
@@ -239,31 +248,43 @@ class EventStreamsSource(SourceBase):
         else:
             self._sleep(seconds)
 
-    def _connect(self, session: requests.Session, url: str, last_id: str | None) -> requests.Response:
-        """Open the stream; :class:`_HttpStatus` (with the start of the body) for an error status."""
+    def _connect(self, session: requests.Session, url: str, last_id: str | None,
+                 proxy: Proxy | None) -> requests.Response:
+        """Open the stream; :class:`_HttpStatus` (with the start of the body's text) for an error status."""
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache",
                    "Accept-Encoding": "identity"}  # no compression: nothing to inflate
         if last_id:
             headers["Last-Event-ID"] = resume_id(last_id)
         # Redirects are never followed: the stream comes only from the configured scheme, host and port.
+        scheme = urlsplit(url).scheme
         response = session.get(url, stream=True, headers=headers, allow_redirects=False,
+                               proxies={scheme: proxy.url} if proxy is not None else {},
                                timeout=(self.cfg.connect_timeout, self.cfg.read_timeout))
         if response.status_code < 300:
             return response
         if response.status_code < 400:
             response.close()
             location = response.headers.get("Location", "(no Location)")[:200]
-            raise _HttpStatus(response.status_code, None,
-                              f"redirect to {location!r} not followed; set source.eventstreams.url to the "
-                              "stream's final URL")
+            detail = (f"redirect to {location!r} not followed; set source.eventstreams.url to the "
+                      "stream's final URL")
+            raise _HttpStatus(response.status_code, None, detail,
+                              summary=describe_status(response.status_code, url, hint=detail).summary)
         try:
-            body = response.raw.read(300, decode_content=True)
+            body = response.raw.read(4096, decode_content=True)  # only its first line of text is kept
         except Exception as exc:  # the body is only for the message
             body = f"(body unreadable: {type(exc).__name__})".encode()
         finally:
             response.close()
-        raise _HttpStatus(response.status_code, response.headers.get("Retry-After"),
-                          body.decode("utf-8", "replace"))
+        text = body.decode("utf-8", "replace")
+        raise _HttpStatus(response.status_code, response.headers.get("Retry-After"), text,
+                          summary=describe_status(response.status_code, url, text).summary)
+
+    @staticmethod
+    def _problem(exc: BaseException, url: str, proxy: Proxy | None) -> str:
+        """One line for people: what failed, where, and what to check."""
+        if isinstance(exc, _Disconnected) and exc.__cause__ is None:
+            return f"{urlsplit(url).hostname} closed the stream"
+        return describe(exc, url, proxy=proxy).summary
 
     def _too_large(self, position: str | None, size: int) -> RawEvent:
         """An event discarded for its size: handed on so it is counted and the checkpoint passes it."""
@@ -281,6 +302,7 @@ class EventStreamsSource(SourceBase):
         since: datetime | None,
     ) -> None:
         session = requests.Session()
+        session.trust_env = False  # the proxy comes from self._proxies (which reads the environment itself)
         session.headers["User-Agent"] = self.user_agent
         attempt = 0
         try:
@@ -289,8 +311,11 @@ class EventStreamsSource(SourceBase):
                 started = time.monotonic()
                 retry_after: float | None = None
                 cause = "network"
+                proxy = self._proxies.for_url(url)
+                connected = False
                 try:
-                    response = self._response = self._connect(session, url, last_id)
+                    response = self._response = self._connect(session, url, last_id, proxy)
+                    connected = True
                     self._connected.set()
                     self.metrics.source_connected.set(1)
                     self.last_error = None
@@ -323,14 +348,14 @@ class EventStreamsSource(SourceBase):
                     if status == 429 or status >= 500 or status == 408:
                         cause = f"http-{status}"
                         retry_after = parse_retry_after(exc.retry_after)
-                        self.last_error = f"HTTP {status} from {url}"
+                        self.last_error = exc.summary
                     else:
                         raise PermanentSourceError(
-                            f"EventStreams refused the stream with HTTP {status} (not retrying; check "
-                            f"source.eventstreams.url and service.user_agent): {exc.body}",
+                            f"EventStreams refused the stream: {exc.summary} (not retrying; check "
+                            "source.eventstreams.url and service.user_agent)",
                         ) from exc
                 except (_Disconnected, requests.RequestException, OSError) as exc:
-                    self.last_error = str(exc)[:300]
+                    self.last_error = self._problem(exc, url, proxy)
                     if time.monotonic() - started >= _HEALTHY_CONNECTION_SECONDS and isinstance(
                         exc, _Disconnected
                     ):
@@ -347,7 +372,8 @@ class EventStreamsSource(SourceBase):
                 delay = 0.0 if cause == "cut-off" else self._backoff(attempt, retry_after)
                 attempt += 1
                 log.warning(
-                    "eventstreams disconnected; reconnecting",
+                    "eventstreams disconnected; reconnecting" if connected
+                    else "eventstreams connection failed; retrying",
                     extra={"cause": cause, "error": self.last_error, "delay": round(delay, 2)},
                 )
                 if delay:

@@ -8,6 +8,7 @@ from typing import Any
 
 from service.config import Config, KafkaSection
 from service.metrics import Metrics
+from service.net import Proxies
 from service.sources.base import Source
 
 
@@ -27,7 +28,7 @@ def live_source(cfg: Config, store: Any, metrics: Metrics, since: datetime | Non
     from service.sources.eventstreams import EventStreamsSource
 
     return EventStreamsSource(cfg.source.eventstreams, user_agent=cfg.service.user_agent, checkpoints=store,
-                              metrics=metrics, since=since)
+                              metrics=metrics, since=since, proxies=Proxies.for_config(cfg.network))
 
 
 def work_section(cfg: Config) -> KafkaSection:

@@ -106,7 +106,7 @@ class KafkaSource(KafkaReplayMixin, KafkaRebalanceMixin):
         """Nothing to do: commits follow the per-event acks, per partition, from the consumer thread."""
 
     def details(self) -> dict[str, Any]:
-        """Per-partition state for ``/readyz``: committed offset, log end, lag, in flight, paused."""
+        """Per-partition state for ``/healthz/pipeline``: committed offset, log end, lag, in flight, paused."""
         with self._lock:
             parts = {
                 f"{t}:{p}": {"committed": s.committed, "end": s.end, "lag": s.lag(), "in_flight": s.in_flight,

@@ -28,6 +28,7 @@ from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
 from service.mediawiki.transport import Transport
 from service.metrics import Metrics
 from service.models import RawEvent
+from service.net import Proxies
 from service.sources.base import SourceBase
 from service.store.base import CheckpointStore
 
@@ -56,6 +57,7 @@ def polling_client(
     sleep: Sleep = asyncio.sleep,
     maxlag_min_wait: float = MAXLAG_MIN_WAIT,
     transport: Transport | None = None,
+    proxies: Proxies | None = None,
 ) -> MediaWikiClient:
     """The MediaWiki client as listing sources use it; its results are counted in ``mwapi_requests``."""
     counter = metrics.poll_requests
@@ -65,8 +67,8 @@ def polling_client(
 
     policy = RetryPolicy(retries=retries, initial_delay=0.5, max_delay=30.0, maxlag_retries=retries,
                          maxlag_min_wait=maxlag_min_wait, retry_answers=True)
-    return MediaWikiClient(wiki, user_agent=user_agent, transport=transport, timeout=timeout, maxlag=maxlag,
-                           policy=policy, observe=observe, sleep=sleep)
+    return MediaWikiClient(wiki, user_agent=user_agent, transport=transport, proxies=proxies, timeout=timeout,
+                           maxlag=maxlag, policy=policy, observe=observe, sleep=sleep)
 
 
 def source_error(exc: WikiApiError) -> SourceError:
@@ -143,7 +145,7 @@ class LogEventsSource(SourceBase):
         wanted = set(self.mw.wikis) or {w.id for w in cfg.wikis}
         self.clients = {
             w.id: polling_client(w, user_agent=cfg.service.user_agent, metrics=metrics, timeout=self.mw.timeout,
-                                 maxlag=cfg.fetch.maxlag, sleep=sleep)
+                                 maxlag=cfg.fetch.maxlag, sleep=sleep, proxies=Proxies.for_config(cfg.network))
             for w in cfg.wikis if w.id in wanted
         }
         self._connected = False

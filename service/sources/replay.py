@@ -30,6 +30,7 @@ from service.config import Config
 from service.errors import ConfigError, MalformedEvent
 from service.metrics import Metrics
 from service.models import Match, RawEvent, UploadEvent
+from service.net import Proxies
 from service.progress import Sample, clock_text, metric_by_label, metric_sum
 from service.sources.base import Source, SourceStatus
 from service.store.base import CheckpointStore, NewAction, OutboxItem, PipelineStore, RemoteScan, ScanRecord
@@ -74,7 +75,8 @@ def replay_source(cfg: Config, store: CheckpointStore, metrics: Metrics, req: Re
 
     es = cfg.source.eventstreams
     inner = EventStreamsSource(es, user_agent=cfg.service.user_agent, checkpoints=store, metrics=metrics,
-                               since=req.since, checkpoint_name=f"{es.checkpoint_name}-{req.name}")
+                               since=req.since, checkpoint_name=f"{es.checkpoint_name}-{req.name}",
+                               proxies=Proxies.for_config(cfg.network))
     return UntilSource(inner, req.until) if req.until is not None else inner
 
 
