@@ -123,7 +123,9 @@ def make_config(tmp: Path, port: int, bank: Path) -> Config:
         {
             "service": {"user_agent": "mediamoderation-bench/0.1 (bench@example.org)", "log_level": "warning"},
             "http": {"enabled": False},
-            "wikis": [{"id": "benchwiki", "api_url": f"http://127.0.0.1:{port}/api.php"}],
+            # The events carry the template's server_url and meta.uri: configured, so they are not "forged".
+            "wikis": [{"id": "benchwiki", "api_url": f"http://127.0.0.1:{port}/api.php",
+                       "server_url": _TEMPLATE["server_url"]}],
             "pipeline": {"queue_size": 64, "concurrency": {"fetch": 16, "thumbnail": 4, "match": 2, "act": 4}},
             "banks": {"reload_interval": 0, "list": [{"name": "bench", "path": str(bank), "category": "test"}]},
             "actions": {"notify": {"sender": "mm@example.org", "recipients": ["ts@example.org"],
