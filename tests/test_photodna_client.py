@@ -418,3 +418,28 @@ def test_photodna_check_counts_against_the_configured_store(tmp_path: Path, serv
 
     assert asyncio.run(used()) == 1
     assert not (tmp_path / "db.sqlite3").exists()
+
+
+@pytest.mark.parametrize(("size", "script"), [((100, 100), None), ((1600, 1200), None), ((400, 300), "3208")])
+def test_photodna_check_reports_the_image_actually_sent(tmp_path: Path, server: PhotoDnaServer,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        size: tuple[int, int], script: str | None) -> None:
+    """``sent`` describes the bytes PhotoDNA received (grown, shrunk or re-encoded after a 3208), ``input`` the
+    file given; both are checked against what the stand-in decoded."""
+    from service.cli import main
+
+    config = write_config(tmp_path, server)
+    picture = tmp_path / "input.png"
+    data = images.png_bytes(images.photo(8010, size))
+    picture.write_bytes(data)
+    if script:
+        server.script(script)
+    assert main(["photodna", "check", str(picture), "-c", str(config)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    last = server.records[-1]
+    assert last.dims is not None
+    assert report["input"] == {"bytes": len(data), "width": size[0], "height": size[1]}
+    assert report["sent"] == {"content_type": "image/jpeg", "bytes": last.size, "width": last.dims[0],
+                              "height": last.dims[1]}
+    assert last.dims != size  # grown to 160 px, shrunk by the thumbnail stage, or re-encoded after the 3208
+    assert min(last.dims) >= 160 and len(server.records) == (2 if script else 1)

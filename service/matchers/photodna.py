@@ -193,8 +193,12 @@ class PhotoDnaClient:
 
     # -- one image
 
-    async def check(self, body: bytes, content_type: str = "image/jpeg", *, background: bool = False) -> PhotoDnaResult:
-        """PhotoDNA's verdict on one image (status 3000), or :class:`Unscannable` / :class:`PhotoDnaError`."""
+    async def check(self, body: bytes, content_type: str = "image/jpeg", *, background: bool = False,
+                    on_send: Callable[[bytes, str], None] | None = None) -> PhotoDnaResult:
+        """PhotoDNA's verdict on one image (status 3000), or :class:`Unscannable` / :class:`PhotoDnaError`.
+
+        ``on_send(body, content_type)`` is called before every request with exactly what it sends (after a
+        size refusal, the re-encoded image): the last call describes the image the answer is about."""
         if content_type not in CONTENT_TYPES:
             raise PhotoDnaError(f"content type {content_type!r} is not one PhotoDNA takes", retriable=False,
                                 reason="photodna-invalid-request")
@@ -211,6 +215,8 @@ class PhotoDnaClient:
                 await self.budget.take(background=background)  # first: nothing may sit between grant and send
                 permit = await self.limiter.acquire(background=background)
                 self._metrics.photodna_wait.labels("background" if background else "live").observe(permit.waited)
+                if on_send is not None:
+                    on_send(body, content_type)
                 answer = await self._send(key, body, content_type, on_send=permit.sent)
             except BaseException:
                 if trial:
