@@ -148,7 +148,7 @@ class Service:
             await self._start_http()
             await self.wiki_client.start()
             if self.photodna is not None:
-                await self.photodna.client.start()
+                await self.photodna.start()  # the client, and the key probe task it owns until aclose()
             self._cpu = self._make_cpu_pool()
             self.pipeline = Pipeline(
                 self.cfg,

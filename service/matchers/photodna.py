@@ -14,8 +14,10 @@ The contract is in :mod:`service.matchers.photodna_api`.  What this client does 
 connection errors, bad     honouring ``Retry-After`` (which also pauses every other caller); then
 JSON                       :class:`PhotoDnaError` ``photodna``
 HTTP 401 / 403             :class:`PhotoDnaUnauthorized`; no further request is sent except one probe
-                           every ``auth_retry_interval`` (with the key read again), ``/healthz/pipeline`` reports
-                           the reason and ``photodna_unauthorized`` is 1 until a probe is accepted
+                           every ``auth_retry_interval`` (with the key read again; sent by
+                           :class:`~service.matchers.photodna_probe.AuthProbe` even with no traffic, never
+                           two at once), ``/healthz/pipeline`` reports the reason and
+                           ``photodna_unauthorized`` is 1 until a probe is accepted
 =========================  =======================================================================
 
 Every request first passes the circuit breaker, the shared rate limiter and the monthly budget
@@ -55,6 +57,7 @@ from service.matchers.photodna_api import (
     parse_answer,
     refit_jpeg,
 )
+from service.matchers.photodna_probe import AuthProbe
 from service.metrics import Metrics
 from service.models import Match, PreparedMedia
 from service.net import Proxies, describe
@@ -64,6 +67,7 @@ from service.store.base import BudgetStore
 log = logging.getLogger(__name__)
 
 _MAX_ANSWER_BYTES = 1_000_000
+_NO_ANSWER = ("timeout", "connection")  # transient reasons without an HTTP response
 
 
 # --------------------------------------------------------------------------- the client
@@ -76,6 +80,11 @@ class _Answer:
     result: PhotoDnaResult | None = None
     retry_after: float | None = None
     detail: str = ""
+
+
+@dataclass(slots=True)
+class _ProbeSlot:
+    taken: bool = False
 
 
 class PhotoDnaClient:
@@ -116,6 +125,9 @@ class PhotoDnaClient:
         self._auth_problem: str | None = None
         self._key_missing = False
         self._next_probe = 0.0
+        self._probe_in_flight = False
+        # Set whenever the key is refused or accepted again, or a probe ends: the probe task waits on it.
+        self.auth_changed = asyncio.Event()
         metrics.photodna_budget_limit.set(cfg.monthly_budget)
         metrics.photodna_unauthorized.set(0)
         metrics.photodna_circuit.set(self.circuit.state)
@@ -156,7 +168,7 @@ class PhotoDnaClient:
 
     def can_send(self) -> bool:
         """Would a call now send a request (rather than fail at once)?  No side effects."""
-        if self._auth_problem is not None and self._clock() < self._next_probe:
+        if self._auth_problem is not None and (self._probe_in_flight or self._clock() < self._next_probe):
             return False
         if self.circuit.state == OPEN and self.circuit.retry_in() > 0:
             return False
@@ -170,6 +182,7 @@ class PhotoDnaClient:
         self._auth_problem = problem
         self._next_probe = self._clock() + self.cfg.auth_retry_interval
         self._metrics.photodna_unauthorized.set(1)
+        self.auth_changed.set()
 
     def _authorized(self) -> None:
         self._key_missing = False
@@ -177,14 +190,26 @@ class PhotoDnaClient:
             log.warning("PhotoDNA accepts the key again")
             self._auth_problem = None
             self._metrics.photodna_unauthorized.set(0)
+            self.auth_changed.set()
             self._on_recover()
 
-    def _key(self) -> str:
-        """The key to send, or :class:`PhotoDnaUnauthorized` while refused (except one probe per interval)."""
+    def probe_due_in(self) -> float | None:
+        """While the key is refused: seconds until the next probe may go out (0: now).  None while the key
+        is accepted or a probe is in flight (:attr:`auth_changed` is set when that changes)."""
+        if self._key_missing and self.cfg.key.get():
+            self._authorized()  # the key appeared: no request needed to know that
+        if self._auth_problem is None or self._probe_in_flight:
+            return None
+        return max(0.0, self._next_probe - self._clock())
+
+    def _key(self, slot: _ProbeSlot) -> str:
+        """The key to send, or :class:`PhotoDnaUnauthorized` while refused, except for one probe per interval
+        and never two at once: the call that takes the probe ``slot`` keeps it until it ends."""
         if self._auth_problem is not None:
-            if self._clock() < self._next_probe:
+            if self._probe_in_flight or self._clock() < self._next_probe:
                 raise PhotoDnaUnauthorized(self._auth_problem)
             self._next_probe = self._clock() + self.cfg.auth_retry_interval  # this call is the probe
+            slot.taken = self._probe_in_flight = True
         key = self.cfg.key.get()
         if not key:
             self._unauthorized(f"no PhotoDNA key is available from {self.cfg.key!r}", key_missing=True)
@@ -202,10 +227,20 @@ class PhotoDnaClient:
         if content_type not in CONTENT_TYPES:
             raise PhotoDnaError(f"content type {content_type!r} is not one PhotoDNA takes", retriable=False,
                                 reason="photodna-invalid-request")
+        slot = _ProbeSlot()
+        try:
+            return await self._attempts(body, content_type, background=background, on_send=on_send, slot=slot)
+        finally:
+            if slot.taken:  # this call was the probe: the next one may go out when due
+                self._probe_in_flight = False
+                self.auth_changed.set()
+
+    async def _attempts(self, body: bytes, content_type: str, *, background: bool,
+                        on_send: Callable[[bytes, str], None] | None, slot: _ProbeSlot) -> PhotoDnaResult:
         attempt = 0
         refitted = False
         while True:
-            key = self._key()
+            key = self._key(slot)
             if not self.circuit.allow():
                 self._metrics.photodna_failures.labels("circuit-open").inc()
                 raise PhotoDnaError(f"PhotoDNA calls paused by the circuit breaker after repeated failures "
@@ -226,7 +261,8 @@ class PhotoDnaClient:
                 self.circuit.release()
                 self._unauthorized(answer.detail)
                 raise PhotoDnaUnauthorized(answer.detail)
-            self._authorized()  # any other answer proves the key works
+            if answer.reason not in _NO_ANSWER:
+                self._authorized()  # any other answer proves the key works (no answer proves nothing)
             if answer.kind == "transient":
                 self._transient_seen(answer)
                 if attempt >= self.cfg.retries:
@@ -259,6 +295,7 @@ class PhotoDnaClient:
             self._metrics.photodna_failures.labels("invalid-request").inc()
             raise PhotoDnaError(f"PhotoDNA rejected the request: {answer.detail} (TrackingId {tracking})",
                                 reason="photodna-invalid-request", retriable=False, tracking_id=tracking)
+
 
     def _transient_seen(self, answer: _Answer) -> None:
         if answer.reason == "http-429":
@@ -376,12 +413,24 @@ def to_matches(result: PhotoDnaResult, cfg: PhotoDnaSection) -> list[Match]:
 
 
 class PhotoDnaMatcher:
-    """The remote matcher: the thumbnail stage's JPEG to PhotoDNA, its flags to matches."""
+    """The remote matcher: the thumbnail stage's JPEG to PhotoDNA, its flags to matches.
+
+    :meth:`start` opens the client and starts the key probe (:class:`AuthProbe`, a ``run(stop)`` task this
+    matcher owns); :meth:`aclose` stops and awaits it, then closes the client."""
 
     name = "photodna"
 
     def __init__(self, client: PhotoDnaClient) -> None:
         self.client = client
+        self.probe = AuthProbe(client)
+        self._probe_stop = asyncio.Event()
+        self._probe_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.client.start()
+        if self._probe_task is None:
+            self._probe_stop.clear()
+            self._probe_task = asyncio.create_task(self.probe.run(self._probe_stop), name="photodna-probe")
 
     async def match(self, media: PreparedMedia, *, background: bool = False) -> list[Match]:
         if media.jpeg is None:
@@ -401,6 +450,18 @@ class PhotoDnaMatcher:
         return self.client.authorized
 
     async def aclose(self) -> None:
+        task, self._probe_task = self._probe_task, None
+        if task is not None:
+            self._probe_stop.set()
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # aclose() itself was cancelled
+            except Exception:  # run() handles each probe's failure; anything else is a bug to show
+                log.exception("the PhotoDNA key probe task failed")
         await self.client.aclose()
 
 
