@@ -31,7 +31,7 @@ from service.errors import ServiceError, Unscannable
 from service.matchers.photodna_api import MIN_SIDE, PhotoDnaUnauthorized
 
 if TYPE_CHECKING:
-    from service.matchers.photodna import PhotoDnaClient
+    from service.matchers.photodna_client import PhotoDnaClient
 
 log = logging.getLogger(__name__)
 
