@@ -72,8 +72,9 @@ def to_matches(result: PhotoDnaResult, cfg: PhotoDnaSection) -> list[Match]:
 class PhotoDnaMatcher:
     """The remote matcher: the thumbnail stage's JPEG to PhotoDNA, its flags to matches.
 
-    :meth:`start` opens the client and starts the key probe (:class:`AuthProbe`, a ``run(stop)`` task this
-    matcher owns); :meth:`aclose` stops and awaits it, then closes the client."""
+    The key probe (:class:`AuthProbe`) is a ``run(stop)`` task: the service runs ``matcher.probe.run`` under
+    its supervisor (after ``client.start()``); used on its own, :meth:`start` opens the client and starts
+    the probe in a task this matcher owns, and :meth:`aclose` stops and awaits it, then closes the client."""
 
     name = "photodna"
 

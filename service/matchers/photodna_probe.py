@@ -12,8 +12,9 @@ and the rescanner retries the failed scans at once.
 So the key is known to work again at most ``auth_retry_interval`` (plus one round trip) after it was
 fixed, and a refused key costs at most one request per interval.
 
-:meth:`AuthProbe.run` is a long-lived task taking a stop event; :class:`PhotoDnaMatcher` starts and
-stops it with its own lifecycle.
+:meth:`AuthProbe.run` is a long-lived task taking a stop event: the service runs it under its supervisor
+(task ``photodna-probe``); a :class:`~service.matchers.photodna.PhotoDnaMatcher` used on its own starts
+and stops it with its own ``start()`` / ``aclose()``.
 """
 
 from __future__ import annotations
