@@ -148,7 +148,7 @@ class Service:
             await self._start_http()
             await self.wiki_client.start()
             if self.photodna is not None:
-                await self.photodna.client.start()
+                await self.photodna.client.start()  # its key probe runs under the supervisor, below
             self._cpu = self._make_cpu_pool()
             self.pipeline = Pipeline(
                 self.cfg,
@@ -176,6 +176,8 @@ class Service:
                           restart=policy)
             sup.start("maintenance", self._maintenance, restart=policy)
             if self.photodna is not None:
+                probe = self.photodna.probe  # while the key is refused: one probe per auth_retry_interval
+                sup.start("photodna-probe", lambda: probe.run(self.stop_event), restart=policy)
                 rescanner = self.rescanner = self._make_rescanner(self.photodna, pipeline)
                 sup.start("rescan", lambda: rescanner.run(self.stop_event), restart=policy)
             sup.start("stop-forward", lambda: self._forward_stop(pipeline), restart=policy)

@@ -63,8 +63,14 @@ class Metrics:
             f"{p}_event_link_mismatch", "Upload events whose server_url or meta.uri is not their configured wiki "
             "(the event is still scanned; links always come from the configuration)", ["wiki"], registry=r
         )
-        self.outcomes = Counter(f"{p}_outcomes", "Uploads that finished the pipeline, by outcome", ["outcome"],
+        self.outcomes = Counter(f"{p}_outcomes", "Uploads that finished the pipeline, by outcome; an upload whose "
+                                "error a rescan later settled is counted again with its final outcome", ["outcome"],
                                 registry=r)
+        self.outcomes_superseded = Counter(
+            f"{p}_outcomes_superseded", "Outcomes counted in outcomes_total that a later result replaced (error -> "
+            "a rescan's verdict): outcomes_total minus this counts uploads by final outcome", ["outcome"], registry=r,
+        )
+        self.outcomes_superseded.labels("error")  # the error-rate alert subtracts it: the series must exist
         self.stage_latency = Histogram(
             f"{p}_stage_duration_seconds", "Time spent in each stage", ["stage"], buckets=_LATENCY_BUCKETS,
             registry=r,

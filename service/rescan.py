@@ -16,6 +16,13 @@ shared rate limiter).  A match is recorded and notified like any match: the outb
 wiki/title/SHA-1, so an upload that was already reported is not emailed twice, and an old clean upload
 that matches now is emailed once.  A title that no longer shows this content (deleted, overwritten)
 ends the item as ``gone``.
+
+An upload that ended as ``error:photodna…`` (key refused, retries exhausted, ...) keeps that outcome only
+until its content gets a verdict: then every such upload of it takes the final outcome (``clean``,
+``match``, ``unscannable:…``, ``gone``) in the events ledger, whose ``history`` keeps the error.
+``mediamoderation_outcomes_total`` counts the final outcome once more and
+``mediamoderation_outcomes_superseded_total{outcome="error"}`` the error it replaced, so that
+``outcomes_total - outcomes_superseded_total`` counts uploads by final outcome.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from service.errors import FileGone, ServiceError, Unscannable
 from service.matchers.base import RemoteMatcher
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
-from service.models import MATCH, Match, UploadEvent
+from service.models import CLEAN, GONE, MATCH, Match, UploadEvent, unscannable
+from service.models import error as error_outcome
 from service.pipeline_steps import prepare_media, record_matches
 from service.ratelimit import MonthlyBudget
 from service.stages import Fetcher, Planner, Prepare
@@ -207,6 +215,8 @@ class Rescanner:
             state, error = REMOTE_FAILED, f"{reason}: {exc}"[:300]
         if matches and upload is not None:
             await self._record(upload, row.sha1, matches)
+        if state != REMOTE_FAILED:  # before the state: if that write fails, the item is retried and settles then
+            await self._settle(row, _FINAL_OUTCOME[state](error))
         delays = self.cfg.retry_delays if state == REMOTE_FAILED else ()
         await self.store.put_remote_scans([RemoteScan(row.sha1, name, state, self.clock(), error=error,
                                                       retry_delays=delays)])
@@ -214,6 +224,19 @@ class Rescanner:
         log.log(level, "rescan", extra={"sha1": row.sha1, "state": state, "error": error,
                                         "title": upload.title if upload else None})
         return state
+
+    async def _settle(self, row: RemoteScanRow, outcome: str) -> None:
+        """Uploads of this content that ended in this matcher's error take the final ``outcome``; the metrics
+        count it, and the error it replaces as superseded (see :class:`~service.metrics.Metrics`)."""
+        event_id = row.upload.event_id if row.upload is not None else None
+        replaced = await self.store.supersede_outcomes(row.sha1, event_id, error_outcome(self.matcher.name),
+                                                         outcome)
+        for old in replaced:
+            self.metrics.outcomes.labels(outcome_label(outcome)).inc()
+            self.metrics.outcomes_superseded.labels(outcome_label(old)).inc()
+        if replaced:
+            log.info("uploads that failed get their final outcome", extra={
+                "sha1": row.sha1, "outcome": outcome, "replaced": replaced})
 
     async def _record(self, upload: UploadEvent, sha1: str, found: list[Match]) -> None:
         """Record and act on the matches as the pipeline does, then put them in the scan cache."""
@@ -230,3 +253,19 @@ class Rescanner:
             scanned_at=self.clock(), pdq=old.pdq if old else None, pdq_quality=old.pdq_quality if old else None,
             md5=old.md5 if old else None, matches=merged,
         ))
+
+
+def outcome_label(outcome: str) -> str:
+    """The ``outcome`` label of ``mediamoderation_outcomes_total`` (errors by kind only, as the pipeline counts)."""
+    return outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome
+
+
+# An upload's final outcome once the remote matcher gave this verdict on its content (``error`` is the
+# reason an unscannable item carries).
+_FINAL_OUTCOME: dict[str, Callable[[str | None], str]] = {
+    REMOTE_CLEAN: lambda err: CLEAN,
+    REMOTE_MATCH: lambda err: MATCH,
+    REMOTE_UNSCANNABLE: lambda err: unscannable(err or "unknown"),
+    REMOTE_GONE: lambda err: GONE,
+}
+

@@ -26,6 +26,7 @@ from service.matchers.photodna import (
     build_matcher,
     parse_answer,
 )
+from service.matchers.photodna_probe import probe_jpeg
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import PreparedMedia
@@ -56,6 +57,7 @@ class Harness:
         self.client: PhotoDnaClient = matcher.client
         self.metrics = metrics
         self.recovered = recovered
+        self.recovered_event = asyncio.Event()
 
     def sample(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -67,7 +69,8 @@ async def make(server: PhotoDnaServer, stores: Stores, tmp_path: Path,
     made: list[Harness] = []
     monkeypatch.setenv("TEST_PHOTODNA_KEY", KEY)
 
-    async def build(**overrides: Any) -> Harness:
+    async def build(*, probe: bool = False, **overrides: Any) -> Harness:
+        """The matcher, its client started; with ``probe``, started as the service does (the key probe runs)."""
         cfg = PhotoDnaSection(
             enabled=True, url=server.url, key=Secret(env="TEST_PHOTODNA_KEY"), rate=200, timeout=0.5, retries=3,
             backoff=BackoffSection(initial_delay=0.01, max_delay=0.05), auth_retry_interval=0.3,
@@ -76,10 +79,17 @@ async def make(server: PhotoDnaServer, stores: Stores, tmp_path: Path,
         cfg = dataclasses.replace(cfg, **overrides)
         metrics = Metrics()
         recovered: list[bool] = []
+        event = asyncio.Event()
+
+        def on_recover() -> None:
+            recovered.append(True)
+            event.set()
+
         matcher = build_matcher(cfg, user_agent="mm-test/0 (ts@example.org)", store=stores.budget, metrics=metrics,
-                                on_recover=lambda: recovered.append(True))
-        await matcher.client.start()
+                                on_recover=on_recover)
+        await (matcher.start() if probe else matcher.client.start())
         h = Harness(matcher, metrics, recovered)
+        h.recovered_event = event
         made.append(h)
         return h
 
@@ -232,6 +242,57 @@ async def test_a_refused_key_stops_calls_until_a_probe_passes(make: Any, server:
     assert h.matcher.ready_reason() is None and h.recovered == [True]
     assert h.sample("mediamoderation_photodna_unauthorized") == 0
     assert h.sample("mediamoderation_photodna_budget_used") == 2
+
+
+async def test_the_probe_goes_out_on_its_own_every_interval_until_the_key_works(
+        make: Any, server: PhotoDnaServer) -> None:
+    """No upload, no rescan: the matcher's own probe task finds out that the key works again."""
+    h = await make(probe=True, auth_retry_interval=0.3)
+    server.script("401", "403")  # the upload, then the first probe
+    with pytest.raises(PhotoDnaUnauthorized):
+        await h.matcher.match(media_of(images.jpeg_bytes(KNOWN)))
+    await asyncio.wait_for(h.recovered_event.wait(), 10)  # nothing else calls the client meanwhile
+    upload, refused, accepted = server.records
+    assert (upload.kind, refused.kind, accepted.kind) == ("401", "403", "no-match")
+    # Each probe an interval after the refusal before it, never sooner; the tiny generated image, as JPEG.
+    assert 0.3 * 0.95 <= refused.t - upload.t < 0.3 + 2.0
+    assert 0.3 * 0.95 <= accepted.t - refused.t < 0.3 + 2.0
+    assert accepted.dims == (160, 160) and accepted.content_type == "image/jpeg"
+    assert refused.size == accepted.size == len(probe_jpeg())
+    assert h.matcher.ready_reason() is None and h.recovered == [True]
+    assert h.sample("mediamoderation_photodna_unauthorized") == 0
+    assert h.sample("mediamoderation_photodna_budget_used") == 3  # probes count against the budget
+    assert h.client.probe_due_in() is None  # accepted: the probe task only waits now
+    [m] = await h.matcher.match(media_of(images.jpeg_bytes(KNOWN)))
+    assert m.hash_id == "7469692"
+
+
+async def test_only_one_probe_is_in_flight_and_calls_meanwhile_are_refused_at_once(
+        make: Any, server: PhotoDnaServer) -> None:
+    h = await make(probe=True, auth_retry_interval=0.2, timeout=10.0)
+    media = media_of(images.jpeg_bytes(KNOWN))
+    server.script("401")
+    with pytest.raises(PhotoDnaUnauthorized):
+        await h.matcher.match(media)
+    server.faults.latency = 3.0  # the probe's answer takes far longer than the probe interval
+    await server.wait_for(lambda s: len(s.records) == 2, within=10)  # the probe has arrived: in flight
+    assert h.client.probe_due_in() is None and not h.matcher.can_send()
+    with pytest.raises(PhotoDnaUnauthorized):  # however due a probe would be, none goes out beside it
+        await h.matcher.match(media)
+    await asyncio.wait_for(h.recovered_event.wait(), 15)
+    assert [r.kind for r in server.records] == ["401", "no-match"]
+
+
+async def test_no_answer_does_not_prove_the_key(make: Any, server: PhotoDnaServer) -> None:
+    """A probe that times out leaves the key refused; the next one goes out an interval later."""
+    h = await make(probe=True, auth_retry_interval=0.2, timeout=0.3, retries=0)
+    server.script("401", "hang", "401")  # the upload; probe 1 gets no answer, probe 2 is refused, 3 passes
+    with pytest.raises(PhotoDnaUnauthorized):
+        await h.matcher.match(media_of(images.jpeg_bytes(KNOWN)))
+    await server.wait_for(lambda s: len(s.records) == 4, within=10)
+    await asyncio.wait_for(h.recovered_event.wait(), 10)
+    assert [r.kind for r in server.records] == ["401", "hang", "401", "no-match"]
+    assert h.recovered == [True] and h.matcher.ready_reason() is None
 
 
 async def test_wrong_or_missing_key_reads_the_azure_message(make: Any, server: PhotoDnaServer,
@@ -418,3 +479,28 @@ def test_photodna_check_counts_against_the_configured_store(tmp_path: Path, serv
 
     assert asyncio.run(used()) == 1
     assert not (tmp_path / "db.sqlite3").exists()
+
+
+@pytest.mark.parametrize(("size", "script"), [((100, 100), None), ((1600, 1200), None), ((400, 300), "3208")])
+def test_photodna_check_reports_the_image_actually_sent(tmp_path: Path, server: PhotoDnaServer,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        size: tuple[int, int], script: str | None) -> None:
+    """``sent`` describes the bytes PhotoDNA received (grown, shrunk or re-encoded after a 3208), ``input`` the
+    file given; both are checked against what the stand-in decoded."""
+    from service.cli import main
+
+    config = write_config(tmp_path, server)
+    picture = tmp_path / "input.png"
+    data = images.png_bytes(images.photo(8010, size))
+    picture.write_bytes(data)
+    if script:
+        server.script(script)
+    assert main(["photodna", "check", str(picture), "-c", str(config)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    last = server.records[-1]
+    assert last.dims is not None
+    assert report["input"] == {"bytes": len(data), "width": size[0], "height": size[1]}
+    assert report["sent"] == {"content_type": "image/jpeg", "bytes": last.size, "width": last.dims[0],
+                              "height": last.dims[1]}
+    assert last.dims != size  # grown to 160 px, shrunk by the thumbnail stage, or re-encoded after the 3208
+    assert min(last.dims) >= 160 and len(server.records) == (2 if script else 1)

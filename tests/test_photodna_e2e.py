@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from service.config import ThumbnailSection
+from service.matchers.photodna_probe import probe_jpeg
 from service.media.thumbnail import prepare
 from service.store.base import REMOTE_CLEAN, REMOTE_MATCH
 from tests.infra import images
@@ -177,4 +178,71 @@ async def test_refused_key_makes_the_service_not_ready_and_loses_no_event(
     assert status == 200, pipeline
     assert len(smtp_server.messages) == 1  # the match was reported once, however many rounds ran since
     assert sum(r.kind == "match" for r in photodna.records) == 1
+    await run.stop()
+
+
+async def test_a_fixed_key_is_found_by_the_probe_on_a_quiet_stream_and_outcomes_settle(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+    photodna: PhotoDnaServer, running_list: list[Running],  # noqa: F811
+) -> None:
+    """No traffic after the refusal and a far retry schedule (150 s): the probe alone finds the fixed key
+    within ``auth_retry_interval``, and the failed uploads then end as their real result."""
+    run_id = uuid.uuid4().hex[:8]
+    known = images.photo(8501)
+    photodna.add_known(images.jpeg_bytes(known), match_id="mid-8501")
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+    key_file = tmp_path / "photodna.key"
+    key_file.write_text("revoked-key\n")
+    uploads = {f"Quiet {run_id} known.jpg": images.variants(known)["recompressed"],
+               f"Quiet {run_id} other.jpg": images.jpeg_bytes(images.photo(8502))}
+    events = {n: await upload_and_publish(mediawiki, sse_server, n, d) for n, d in uploads.items()}
+    interval = 1.0
+    cfg = make_config(tmp_path, mediawiki, sse_server, smtp_server, bank, photodna=photodna_config(
+        photodna, key_file, auth_retry_interval=interval, rescan={"interval": 300, "retry_delays": [150]}))
+    run = await start(cfg)
+    running_list.append(run)
+    await run.finished(len(events))
+    stores = run.service.stores
+    ids = {n: e["meta"]["id"] for n, e in events.items()}
+    for event_id in ids.values():
+        assert await stores.ledger.event_outcome(event_id) == "error:photodna-unauthorized"
+
+    def probes(s: PhotoDnaServer) -> list[Any]:
+        return [r for r in s.records if r.size == len(probe_jpeg())]
+
+    await photodna.wait_for(lambda s: len(probes(s)) >= 1, within=10)  # refused, with no traffic at all
+    status, _ = await get(run.base + "/healthz/pipeline")
+    assert status == 503
+
+    key_file.write_text(KEY + "\n")
+    fixed_at = time.monotonic()
+    await photodna.wait_for(lambda s: any(r.kind == "no-match" for r in probes(s)), within=10)
+    accepted = next(r for r in probes(photodna) if r.kind == "no-match")
+    assert accepted.t - fixed_at <= interval + 2.0  # the next probe after the fix, not the 150 s schedule
+    refused = [r for r in probes(photodna) if r.kind == "unauthorized"]
+    assert all(b.t - a.t >= interval * 0.95 for a, b in zip(refused, [*refused[1:], accepted], strict=False))
+
+    rescanner = run.service.rescanner
+    assert rescanner is not None
+
+    async def settled() -> bool:
+        return {r.state for r in await stores.remote.list_remote_scans("photodna")} == {REMOTE_CLEAN, REMOTE_MATCH}
+
+    async with asyncio.timeout(15):  # the recovery retries every failed scan at once
+        while not await settled():
+            await rescanner.wait_rounds(rescanner.rounds + 1)
+    status, pipeline = await get(run.base + "/healthz/pipeline")
+    assert status == 200, pipeline
+    # The uploads' recorded outcomes moved to their real results; the errors stay in their history.
+    assert {n: await stores.ledger.event_outcome(i) for n, i in ids.items()} == {
+        f"Quiet {run_id} known.jpg": "match", f"Quiet {run_id} other.jpg": "clean"}
+    _, text = await get(run.base + "/metrics")
+    assert isinstance(text, str)
+    assert metric(text, "mediamoderation_outcomes_total", outcome="error") == 2  # as they happened
+    assert metric(text, "mediamoderation_outcomes_total", outcome="match") == 1  # and as they ended
+    assert metric(text, "mediamoderation_outcomes_total", outcome="clean") == 1
+    assert metric(text, "mediamoderation_outcomes_superseded_total", outcome="error") == 2
+    mails = await smtp_server.wait_for_async(1)
+    assert f"Quiet {run_id} known.jpg" in str(mails[0].message["Subject"])
     await run.stop()

@@ -196,12 +196,43 @@ async def test_nothing_is_sent_while_the_key_is_refused(setup: Any, stores: Stor
     s = await setup()
     await put(stores, 31, REMOTE_FAILED, NOW - 3600)
     await put(stores, 32, REMOTE_FAILED, NOW - 3600)
+    await stores.ledger.record_event(upload(31), "error:photodna-unauthorized")
     server.script("401")
     assert await s.rescanner.run_once() == {REMOTE_FAILED: 1}  # one probe only
     assert await s.rescanner.run_once() == {}  # no probe before auth_retry_interval
     assert len(server.records) == 1
     rows = {r.sha1: r for r in await stores.remote.list_remote_scans("photodna")}
     assert {r.state for r in rows.values()} == {REMOTE_FAILED}
+    assert await stores.ledger.event_outcome("ev-31") == "error:photodna-unauthorized"  # no verdict: still an error
+    assert s.rescanner.metrics.registry.get_sample_value("mediamoderation_outcomes_superseded_total",
+                                                         {"outcome": "error"}) == 0
+
+
+async def test_uploads_that_failed_take_their_final_outcome_once_rescanned(
+        setup: Any, stores: Stores, server: PhotoDnaServer) -> None:
+    s = await setup()
+    metrics = s.rescanner.metrics
+    again = dataclasses.replace(upload(41), event_id="ev-41-again", title="File:Old 41.jpg")
+    for event, outcome in ((upload(41), "error:photodna-unauthorized"), (again, "error:photodna"),
+                           (upload(42), "error:photodna-unavailable"), (upload(43), "error:photodna-unauthorized")):
+        await stores.ledger.record_event(event, outcome)
+    for n in (41, 42, 43):
+        await put(stores, n, REMOTE_FAILED, NOW - 3600)
+    server.add_known(images.jpeg_bytes(images.photo(42, (640, 480))), match_id="m-42")
+    s.fetcher.gone.add("File:Old 43.jpg")
+
+    assert await s.rescanner.run_once() == {REMOTE_CLEAN: 1, REMOTE_MATCH: 1, REMOTE_GONE: 1}
+    outcomes = {e: await stores.ledger.event_outcome(e) for e in ("ev-41", "ev-41-again", "ev-42", "ev-43")}
+    assert outcomes == {"ev-41": "clean", "ev-41-again": "clean", "ev-42": "match", "ev-43": "gone"}
+
+    def count(name: str, outcome: str) -> float:
+        return metrics.registry.get_sample_value(f"mediamoderation_{name}_total", {"outcome": outcome}) or 0.0
+
+    # Counted with their final outcome; the errors they replace are counted as superseded.
+    assert (count("outcomes", "clean"), count("outcomes", "match"), count("outcomes", "gone")) == (2, 1, 1)
+    assert count("outcomes_superseded", "error") == 4
+    assert await s.rescanner.run_once() == {}  # settled: nothing is counted twice
+    assert count("outcomes_superseded", "error") == 4 and count("outcomes", "clean") == 2
 
 
 # --------------------------------------------------------------------------- end to end

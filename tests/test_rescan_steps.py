@@ -86,6 +86,9 @@ class Store:
     async def allowlisted_banks(self, sha1: str) -> frozenset[str]:
         return self.allowlisted.get(sha1, frozenset())
 
+    async def supersede_outcomes(self, sha1: str, event_id: str | None, prefix: str, outcome: str) -> list[str]:
+        return []  # no upload of these old clean contents ended in an error
+
 
 def row(n: int) -> RemoteScanRow:
     return RemoteScanRow(sha1=sha(n), matcher="photodna", state="clean", scanned_at=NOW - 200 * 86400,

@@ -24,6 +24,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email import policy
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
@@ -220,7 +221,7 @@ def render_email(
     msg = EmailMessage(policy=policy.SMTP)
     prefix = f"[mediamoderation] {clean(payload.get('subject_prefix'), 60)} " if payload.get("subject_prefix") \
         else "[mediamoderation] "
-    msg["Subject"] = f"{prefix}{category} match on {wiki}: {title}"
+    msg.set_raw("Subject", folded_subject(f"{prefix}{category} match on {wiki}: {title}"))
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
     msg["Date"] = format_datetime(now or datetime.now(UTC))
@@ -229,6 +230,26 @@ def render_email(
     msg.set_content("\n".join(text))
     msg.add_alternative("\n".join(h) + "\n", subtype="html")
     return msg
+
+
+def folded_subject(subject: str, *, width: int = 78) -> str:
+    """``subject`` encoded and folded for the Subject header, every line within ``width`` characters
+    (the first one after ``Subject: ``), to be stored with :meth:`EmailMessage.set_raw`.
+
+    The email package keeps such a value as given.  Left to its own folding, a value a little longer
+    than one line can be folded right after ``Subject:``, and readers then see it start with a space.
+    Plain ASCII folds at spaces; a value with other characters, with ``=?`` (which readers would take
+    for an encoded word), or with a word too long for a line becomes RFC 2047 encoded words, which fold
+    anywhere.
+    """
+    value = ""
+    plain = subject.isascii() and "=?" not in subject
+    for charset in ("us-ascii", "utf-8") if plain else ("utf-8",):
+        value = Header(subject, charset, maxlinelen=width, header_name="Subject").encode(splitchars=" ", linesep="\n")
+        lines = value.split("\n")
+        if len("Subject: ") + len(lines[0]) <= width and all(len(line) <= width for line in lines[1:]):
+            break
+    return value
 
 
 def spool_name(key: str) -> str:

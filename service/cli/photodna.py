@@ -70,17 +70,21 @@ async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tupl
     if media.jpeg is None:
         return 3, json.dumps({"target": target, "sha1": sha1, "outcome": "unscannable:photodna-no-jpeg",
                               "detail": f"no JPEG >= 160 px under 4 MB from {media.width}x{media.height}"}, indent=2)
+    given = {"bytes": len(data), "width": media.width, "height": media.height}  # the input, as decoded
     stores = make_stores(cfg.store)  # the configured store: the request counts against the shared budget
     await stores.open()
     matcher = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=stores.budget, metrics=metrics,
                             proxies=Proxies.for_config(cfg.network))
+    sent: list[tuple[bytes, str]] = []  # every body the client sent; the last one is what PhotoDNA judged
     try:
         await matcher.client.start()
         try:
-            result = await matcher.client.check(media.jpeg, "image/jpeg")
+            result = await matcher.client.check(media.jpeg, "image/jpeg",
+                                                on_send=lambda body, ctype: sent.append((body, ctype)))
         except Unscannable as exc:
             return 3, json.dumps({"target": target, "sha1": sha1, "outcome": f"unscannable:{exc.reason}",
-                                  "detail": exc.detail}, indent=2)
+                                  "detail": exc.detail, "input": given,
+                                  **({"sent": _image_facts(*sent[-1])} if sent else {})}, indent=2)
     finally:
         await matcher.aclose()
         await stores.close()
@@ -88,11 +92,23 @@ async def photodna_check(cfg: Config, target: str, *, raw: bool = False) -> tupl
         return (1 if result.is_match else 0), result.raw
     report = {
         "target": target, "sha1": sha1,
-        "sent": {"content_type": "image/jpeg", "bytes": len(media.jpeg), "width": media.width, "height": media.height},
+        "input": given,
+        "sent": _image_facts(*sent[-1]),
         **result.to_dict(),
         "matches": [m.to_dict() for m in to_matches(result, cfg.photodna)],
     }
     return (1 if result.is_match else 0), json.dumps(report, indent=2)
+
+
+def _image_facts(body: bytes, content_type: str) -> dict[str, Any]:
+    """What one request carried: its Content-Type, size in bytes and the image's pixel dimensions."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(body)) as img:
+        width, height = img.size
+    return {"content_type": content_type, "bytes": len(body), "width": width, "height": height}
 
 
 async def _read_target(cfg: Config, target: str, metrics: Metrics) -> bytes:

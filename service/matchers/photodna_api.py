@@ -11,7 +11,7 @@
   "message": "Access denied ..."}``; 429 and ``Retry-After`` are undocumented but happen.
 
 Also here: the errors a call ends with, and the one re-encoding a size refusal allows (:func:`refit_jpeg`).
-The client is :mod:`service.matchers.photodna`.
+The client is :mod:`service.matchers.photodna_client`, the matcher :mod:`service.matchers.photodna`.
 """
 
 from __future__ import annotations

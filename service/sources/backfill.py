@@ -211,6 +211,9 @@ class BackfillProgress:
     def counts(self) -> dict[str, Any]:
         s = self.source
         outcomes = metric_by_label(self.registry, "mediamoderation_outcomes_total", "outcome")
+        # An upload whose error a rescan settled is counted twice in outcomes_total, once as superseded.
+        for label, n in metric_by_label(self.registry, "mediamoderation_outcomes_superseded_total", "outcome").items():
+            outcomes[label] = outcomes.get(label, 0) - n
         unscannable = {k.split(":", 1)[1]: int(v) for k, v in sorted(outcomes.items())
                        if k.startswith("unscannable:") and v}
         scanned = int(sum(outcomes.values()))

@@ -120,7 +120,19 @@ class CheckpointStore(Protocol):
     async def set_checkpoint(self, name: str, value: Any) -> None: ...
 
 
-class EventLedger(Protocol):
+class OutcomeLedger(Protocol):
+    """Outcomes a later result replaces: an upload's error while a remote matcher could not answer becomes
+    the verdict a rescan got for its content."""
+
+    async def supersede_outcomes(self, sha1: str, event_id: str | None, prefix: str, outcome: str) -> list[str]:
+        """Give ``outcome`` to every recorded event of content ``sha1`` (and to event ``event_id``, in case it
+        was recorded without a SHA-1) whose outcome starts with ``prefix``, in one transaction.  The ledger
+        keeps the history: each replaced outcome is appended, with its time, to the event's ``history``.
+        Returns the replaced outcomes, one per event changed (none when already settled)."""
+        ...
+
+
+class EventLedger(OutcomeLedger, Protocol):
     """Which events were already handled (de-duplication across reconnects, replays and restarts)."""
 
     async def event_seen(self, event_id: str) -> bool: ...
@@ -188,7 +200,7 @@ class RemoteScanStore(Protocol):
         ...
 
 
-class RescanStore(RemoteScanStore, ScanStore, MatchStore, Protocol):
+class RescanStore(RemoteScanStore, ScanStore, MatchStore, OutcomeLedger, Protocol):
     """What the rescanner needs."""
 
 

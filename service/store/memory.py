@@ -41,6 +41,7 @@ class MemoryStore:
         self.is_open = False
         self.checkpoints: dict[str, str] = {}
         self.events: dict[str, tuple[UploadEvent, str, float]] = {}
+        self.event_history: dict[str, list[dict[str, Any]]] = {}  # event id -> outcomes a later result replaced
         self.scans: dict[str, ScanRecord] = {}
         self.matches: list[dict[str, Any]] = []
         self.outbox: dict[int, OutboxItem] = {}
@@ -92,10 +93,23 @@ class MemoryStore:
         row = self.events.get(event_id)
         return None if row is None else row[1]
 
+    async def supersede_outcomes(self, sha1: str, event_id: str | None, prefix: str, outcome: str) -> list[str]:
+        now = self.clock()
+        replaced = []
+        for key in sorted(self.events):
+            event, old, at = self.events[key]
+            if (event.sha1 == sha1 or key == event_id) and old.startswith(prefix):
+                self.events[key] = (event, outcome, at)
+                self.event_history.setdefault(key, []).append(
+                    {"outcome": old, "finished_at": at, "superseded_at": now})
+                replaced.append(old)
+        return replaced
+
     async def prune_events(self, older_than: float) -> int:
         old = [k for k, (_, _, at) in self.events.items() if at < older_than]
         for k in old:
             del self.events[k]
+            self.event_history.pop(k, None)
         return len(old)
 
     async def admit(self, event_id: str, sha1: str | None) -> tuple[bool, ScanRecord | None]:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from service.models import UploadEvent
 from service.store.base import RemoteScan, ScanRecord
 from service.store.db import Database
-from service.store.ledger import SEEN, put_event
+from service.store.ledger import SEEN, SqlLedger, put_event
 from service.store.matches import SqlMatches
 from service.store.remote import SqlRemoteScans, put_remote
 from service.store.scans import SqlScans, put_scan, scan_record
@@ -59,5 +59,5 @@ class SqlPipeline(SqlMatches):
         await self.db.write(tx)
 
 
-class SqlRescan(SqlRemoteScans, SqlScans, SqlMatches):
-    """:class:`~service.store.base.RescanStore` (the three share the database and the clock)."""
+class SqlRescan(SqlRemoteScans, SqlScans, SqlMatches, SqlLedger):
+    """:class:`~service.store.base.RescanStore` (they share the database and the clock)."""

@@ -43,7 +43,10 @@ events = Table(
     Column("log_action", Text, nullable=False),
     Column("outcome", Text, nullable=False),
     Column("finished_at", Double, nullable=False),
+    # Outcomes a later result replaced (error -> a rescan's verdict), oldest first: a JSON list.
+    Column("history", Text, nullable=False, server_default="[]"),
     Index("events_finished_at", "finished_at"),
+    Index("events_sha1", "sha1"),
 )
 
 scans = Table(
