@@ -322,3 +322,21 @@ async def test_watch_reloads_until_stopped(tmp_path: Path) -> None:
 async def test_watch_disabled_returns_at_once(tmp_path: Path) -> None:
     banks, _ = make(bank_cfg(write(tmp_path / "b.csv", [])))
     await asyncio.wait_for(banks.watch(0, asyncio.Event()), timeout=1)
+
+
+def test_reload_publishes_what_was_added_and_removed(tmp_path: Path) -> None:
+    from service.matchers.banks import BankDelta
+
+    path = tmp_path / "b.csv"
+    path.write_text("hash,category,source,id\n" + "a" * 40 + ",,s,one\n" + "b" * 64 + ",,s,two\n")
+    banks, _ = make(BankSection(name="b", path=str(path), category="terrorism"))
+    seen: list[BankDelta] = []
+    banks.subscribe(seen.append)
+    banks.subscribe(lambda d: 1 / 0)  # a failing listener does not stop the others
+    path.write_text("hash,category,source,id\n" + "b" * 64 + ",,s,two\n" + "c" * 32 + ",,s,three\n")
+    assert banks.reload_if_changed()
+    assert len(seen) == 1
+    delta = seen[0]
+    assert delta.bank == "b"
+    assert [(e.hash, e.kind, e.category) for e in delta.added] == [("c" * 32, "md5", "terrorism")]
+    assert [(e.hash, e.kind) for e in delta.removed] == [("a" * 40, "sha1")]

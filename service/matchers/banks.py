@@ -24,7 +24,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,25 @@ class BankEntry:
     source: str
     id: str
 
+    @property
+    def kind(self) -> str:
+        """``sha1``, ``md5`` or ``pdq``, from the hash's length."""
+        return _KIND_BY_LENGTH[len(self.hash)]
+
+
+@dataclass(frozen=True)
+class BankDelta:
+    """What one change of one bank added and removed (entries of every kind), applied at ``at``.
+
+    Listeners registered with :meth:`BankSet.subscribe` receive one delta per changed bank after the
+    new content is matchable (retroactive matching of stored file hashes starts from these).
+    """
+
+    bank: str
+    added: tuple[BankEntry, ...]
+    removed: tuple[BankEntry, ...]
+    at: float  # Unix time
+
 
 @dataclass(frozen=True)
 class Bank:
@@ -65,6 +85,13 @@ class Bank:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def entries(self) -> set[BankEntry]:
+        out = set(self.pdq_entries)
+        for table in self.exact.values():
+            for es in table.values():
+                out.update(es)
+        return out
 
     def sizes(self) -> dict[str, int]:
         out = {kind: sum(len(v) for v in self.exact[kind].values()) for kind in ("sha1", "md5")}
@@ -184,6 +211,7 @@ class BankSet:
         self._metrics = metrics
         self._lock = threading.Lock()  # one reload at a time; lookups never take it
         self._files: dict[str, _FileState] = {}
+        self._listeners: list[Callable[[BankDelta], None]] = []
         banks = []
         for bank_cfg in cfg.list:
             stat, data = self._read(bank_cfg)
@@ -253,6 +281,30 @@ class BankSet:
 
     # ----------------------------------------------------------------------- reloading
 
+    def subscribe(self, listener: Callable[[BankDelta], None]) -> None:
+        """Call ``listener(delta)`` for each bank that changes from now on, after the change is matchable.
+
+        Called in the thread that applied the change (a reload runs in a worker thread): a listener
+        that needs the event loop hands over with ``loop.call_soon_threadsafe``.  A listener that
+        raises is logged and does not stop the others.
+        """
+        self._listeners.append(listener)
+
+    def _publish(self, old: Bank | None, new: Bank) -> None:
+        if not self._listeners:
+            return
+        before = old.entries() if old is not None else set()
+        after = new.entries()
+        delta = BankDelta(bank=new.name, added=tuple(sorted(after - before, key=_entry_key)),
+                          removed=tuple(sorted(before - after, key=_entry_key)), at=time.time())
+        if not delta.added and not delta.removed:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(delta)
+            except Exception:
+                log.exception("bank %s: a change listener failed", new.name)
+
     def reload_if_changed(self) -> bool:
         """Re-read banks whose file changed (stat first, then content digest).  True if any bank changed.
 
@@ -268,8 +320,10 @@ class BankSet:
             if not changed:
                 return False
             self._snapshot = self._make_snapshot(new_banks)  # one assignment: atomic for readers
+        previous = {b.name: b for b in old.banks}
         for bank in changed:
             self._log_loaded(bank, "reloaded")
+            self._publish(previous.get(bank.name), bank)
         return True
 
     def _reload_one(self, bank: Bank, changed: list[Bank]) -> Bank:
@@ -347,6 +401,10 @@ class BankSet:
             "bank %s %s from %s: %d SHA-1, %d MD5, %d PDQ (digest %s)",
             bank.name, verb, bank.config.path, sizes["sha1"], sizes["md5"], sizes["pdq"], bank.digest[:12],
         )
+
+
+def _entry_key(e: BankEntry) -> tuple[str, str, str, str]:
+    return (e.hash, e.category, e.source, e.id)
 
 
 def _stat(path: str) -> FileStat:
