@@ -99,7 +99,7 @@ class TakedownSection:
 
 @dataclass(frozen=True)
 class ReviewerSection:
-    # reviewers; `password_hash` is an argon2 hash (`python -m service.web.review.auth hash`); may be empty only with
+    # reviewers; `password_hash` is an argon2 hash (`mediamoderation reviewer hash-password`); may be empty only with
     # `proxy_auth`.
     name: str = ""
     # argon2 hash (`mediamoderation reviewer hash-password`), inline or read once at start from `{file: PATH}` /
