@@ -62,7 +62,8 @@ class Secret:
 class ServiceSection:
     # User-Agent on every request; must name the client and a contact URL or email (Wikimedia blocks generic agents).
     user_agent: str = ""
-    # `debug`, `info`, `warning`, `error` (in any case). Logs are JSON lines on stderr.
+    # `debug`, `info`, `warning`, `error` (in any case). Logs go to stderr: coloured console lines on a terminal,
+    # JSON lines otherwise (`--log-format`, `--log-level`, `-v`/`-q` override).
     log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(lower)] = "info"
     # seconds to finish in-flight events after SIGTERM.
     shutdown_grace: NonNegFloat = 30.0
@@ -99,8 +100,10 @@ class WikiSection:
     # the wiki's `api.php`.
     api_url: str = ""
     media_hosts: tuple[str, ...] = ()  # "host" (the API's scheme, its default port) or "host:port"
-    # Links in emails and the review queue are built from these, never from an event.
-    server_url: str = ""  # default: the API's scheme://host[:port]
+    # the wiki's `server` from `meta=siteinfo` (default: the API's scheme://host[:port]); links in emails and the
+    # review queue are built from it and `article_path`, never from an event.
+    server_url: str = ""
+    # the wiki's `articlepath` from `meta=siteinfo`, with one `$1` for the title.
     article_path: str = "/wiki/$1"
 
     @property
