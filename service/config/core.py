@@ -99,7 +99,9 @@ class WikiSection:
     id: str = ""
     # the wiki's `api.php`.
     api_url: str = ""
-    media_hosts: tuple[str, ...] = ()  # "host" (the API's scheme, its default port) or "host:port"
+    # hosts thumbnails and originals may come from besides the API host: "host" (the API's scheme, its default
+    # port) or "host:port".
+    media_hosts: tuple[str, ...] = ()
     # the wiki's `server` from `meta=siteinfo` (default: the API's scheme://host[:port]); links in emails and the
     # review queue are built from it and `article_path`, never from an event.
     server_url: str = ""
@@ -138,7 +140,7 @@ class PipelineSection:
     # capacity of each stage's queue.
     queue_size: PosInt = 64
     concurrency: ConcurrencySection = field(default_factory=ConcurrencySection)
-    cpu_workers: PosInt | None = None  # default: number of cores
+    cpu_workers: PosInt | None = None  # size of the decode/hash pool (default: number of cores)
     # `process` or `thread`.
     cpu_pool: Literal["process", "thread"] = "process"
     # Address-space ceiling (RLIMIT_AS, bytes) of each decode worker process; 0: none.  Not for cpu_pool: thread.
@@ -153,5 +155,7 @@ class PipelineSection:
 class StoreSection:
     # the SQLite store.
     path: str = "./data/mediamoderation.sqlite3"
-    url: str | None = None  # postgresql://user@host/db selects the PostgreSQL store (then ``path`` is unused)
+    # postgresql://user@host:5432/db selects the PostgreSQL store (then ``path`` is unused); put the password in
+    # ~/.pgpass or PGPASSWORD, not in the URL.
+    url: str | None = None
     outbox_lease: PosFloat = 300.0  # seconds an outbox item claimed by one replica is hidden from the others
