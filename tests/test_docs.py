@@ -8,7 +8,8 @@ Read: README.md, docs/*.md, the Helm chart's README, values files and NOTES.txt,
   against the chart's ``values.yaml`` and ``values.schema.json`` instead (either is enough when both have it).
 * **Commands** ``mediamoderation <command> [subcommand]`` in code spans, code blocks and YAML comments,
   against the argparse parser.
-* **Metrics** ``mediamoderation_…`` anywhere, against the series a :class:`~service.metrics.Metrics`
+* **Metrics** ``mediamoderation_…`` anywhere (and counters named without the prefix in a code span,
+  ``outcomes_total{outcome}``), against the series a :class:`~service.metrics.Metrics`
   registry declares (counters with ``_total``, histograms with ``_bucket``/``_sum``/``_count``).
 * **Links**: every relative link in Markdown points at an existing file (and an existing heading for
   ``#anchor``), except the pages in :data:`PENDING_PAGES`.
@@ -52,6 +53,7 @@ KEY_RE = re.compile(r"(?<![\w./-])([a-z][A-Za-z0-9_]*(?:\[\d*\])?(?:\.(?:[A-Za-z
                     r"(?:\[\d*\])?)+)(?![\w/-]|\.\w)")
 COMMAND_RE = re.compile(r"(?<![\w./@:-])mediamoderation[ \t]+([a-z][a-z-]*)(?:[ \t]+([a-z][a-z-]*))?(?![\w.@/-])")
 METRIC_RE = re.compile(rf"(?<![\w/]){PREFIX}_[a-z0-9_]*[a-z0-9_*]")
+SHORT_COUNTER_RE = re.compile(r"^([a-z][a-z0-9_]*_total)(?:\{[^}]*\})?$")  # `outcomes_total{outcome}` in a code span
 LINK_RE = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 CODE_SPAN_RE = re.compile(r"(`+)(.+?)\1")
 FILE_SUFFIXES = frozenset({"yaml", "yml", "json", "md", "py", "txt", "csv", "sh", "sqlite3", "eml", "jpg", "jpeg",
@@ -214,6 +216,9 @@ def test_docs_name_only_existing_keys_commands_metrics_and_links() -> None:
                 elif name not in metrics:
                     problems.append(f"{rel}:{number}: unknown metric `{name}`")
         for number, part, is_code in code_texts(path):
+            short = SHORT_COUNTER_RE.match(part.strip())
+            if short and not short.group(1).startswith(PREFIX) and f"{PREFIX}_{short.group(1)}" not in metrics:
+                problems.append(f"{rel}:{number}: unknown metric `{PREFIX}_{short.group(1)}`")
             if is_code:
                 for token in KEY_RE.findall(part):
                     problems += [f"{rel}:{number}: {p}" for p in key_problems(token, config, values)]
@@ -311,6 +316,7 @@ def test_the_checker_finds_what_it_should(tmp_path: Path) -> None:
     assert {"mediamoderation_outcomes_total", "mediamoderation_stage_duration_seconds_bucket",
             "mediamoderation_review_pending", "mediamoderation_build_info"} <= metric_names()
     assert "mediamoderation_outcomes_total_created" not in metric_names()
+    assert SHORT_COUNTER_RE.match('outcomes_total{result="x"}') and not SHORT_COUNTER_RE.match("open_seconds")
     assert slug("How it works: `run` (the service)") == "how-it-works-run-the-service"
     page = tmp_path / "page.md"
     page.write_text("# Title\n\n[ok](#title) [bad](#nope) [gone](missing.md) [web](https://x.example/a.md)\n")
