@@ -6,8 +6,8 @@ Read: README.md, docs/*.md, the Helm chart's README, values files and NOTES.txt,
   Markdown code spans and in YAML comments, against the JSON Schema generated from the config model.  A key
   whose first part is a top-level value of the chart (``secrets.smtpPassword.existingSecret``) is checked
   against the chart's ``values.yaml`` and ``values.schema.json`` instead (either is enough when both have it).
-* **Commands** ``mediamoderation <command> [subcommand]`` in code spans, code blocks and YAML comments,
-  against the argparse parser.
+* **Commands** ``mediamoderation <command> [subcommand] [--option ...]`` in code spans, code blocks and YAML
+  comments, against the argparse parser.
 * **Metrics** ``mediamoderation_…`` anywhere (and counters named without the prefix in a code span,
   ``outcomes_total{outcome}``), against the series a :class:`~service.metrics.Metrics`
   registry declares (counters with ``_total``, histograms with ``_bucket``/``_sum``/``_count``).
@@ -104,15 +104,38 @@ def values_paths() -> set[str]:
     return paths
 
 
+def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _options(p: argparse.ArgumentParser) -> set[str]:
+    return {o for action in p._actions for o in action.option_strings}
+
+
 def commands(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
     """Each command and its subcommands (empty when it takes none)."""
-    def subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-        for action in p._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return dict(action.choices)
-        return {}
+    return {name: set(_subparsers(sub)) for name, sub in _subparsers(parser).items()}
 
-    return {name: set(subparsers(sub)) for name, sub in subparsers(parser).items()}
+
+def command_options(parser: argparse.ArgumentParser) -> dict[tuple[str, ...], set[str]]:
+    """The options of every command and subcommand: ``("run",)``, ``("config", "show")``."""
+    found: dict[tuple[str, ...], set[str]] = {}
+    for name, sub in _subparsers(parser).items():
+        found[(name,)] = _options(sub)
+        for subname, subsub in _subparsers(sub).items():
+            found[(name, subname)] = _options(subsub)
+    return found
+
+
+def option_problems(command: tuple[str, ...], rest: str, options: dict[tuple[str, ...], set[str]]) -> list[str]:
+    """The ``--long`` options written after a command (up to a shell separator) that it does not take."""
+    rest = re.split(r"\s(?:\||&&|;|#)|;", rest, maxsplit=1)[0]
+    known = options.get(command, set())
+    return [f"`mediamoderation {' '.join(command)}` has no option {flag}"
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest) if flag not in known]
 
 
 def metric_names() -> set[str]:
@@ -200,6 +223,7 @@ def test_docs_name_only_existing_keys_commands_metrics_and_links() -> None:
     config = schema_paths(json_schema())
     values = values_paths()
     known_commands = commands(build_parser())
+    options = command_options(build_parser())
     metrics = metric_names()
     problems: list[str] = []
     for path in doc_files():
@@ -222,11 +246,17 @@ def test_docs_name_only_existing_keys_commands_metrics_and_links() -> None:
             if is_code:
                 for token in KEY_RE.findall(part):
                     problems += [f"{rel}:{number}: {p}" for p in key_problems(token, config, values)]
-                for command, sub in COMMAND_RE.findall(part):
+                for match in COMMAND_RE.finditer(part):
+                    command, sub = match.groups()
                     if command not in known_commands:
                         problems.append(f"{rel}:{number}: unknown command `mediamoderation {command}`")
-                    elif known_commands[command] and sub and sub not in known_commands[command]:
+                        continue
+                    if known_commands[command] and sub and sub not in known_commands[command]:
                         problems.append(f"{rel}:{number}: unknown command `mediamoderation {command} {sub}`")
+                        continue
+                    name = (command, sub) if known_commands[command] and sub else (command,)
+                    rest = part[match.end():] if len(name) == 2 or not sub else part[match.start(2):]
+                    problems += [f"{rel}:{number}: {p}" for p in option_problems(name, rest, options)]
         if path.suffix == ".md":
             problems += link_problems(path, rel)
     assert not problems, "the docs name things that do not exist:\n" + "\n".join(problems)
@@ -311,6 +341,11 @@ def test_the_checker_finds_what_it_should(tmp_path: Path) -> None:
         ["e.g", "stream.wikimedia.org", "store.url"]
     found = commands(build_parser())
     assert found["config"] == {"schema", "show", "reference"} and found["scan"] == set()
+    options = command_options(build_parser())
+    assert option_problems(("run",), " [-c x] [--since T] [--role all\\|worker]; foo --bogus", options) == []
+    assert option_problems(("backfill",), " --wiki w --rescan", options) == [
+        "`mediamoderation backfill` has no option --rescan"]
+    assert "--raw" in options[("photodna", "check")]
     assert COMMAND_RE.findall("mediamoderation config show -c x; helm/mediamoderation -f; mediamoderation-banks") == \
         [("config", "show")]
     assert {"mediamoderation_outcomes_total", "mediamoderation_stage_duration_seconds_bucket",
