@@ -201,7 +201,8 @@ class Metrics:
         )
         self.review_pending = Gauge(
             f"{p}_review_pending", "Review cases still to do (open or escalated) by category; a case of two "
-            "categories counts in both.  Counted from the store every 30 s", ["category"], registry=r,
+            "categories counts in both.  Counted from the store every 30 s and after new matches and decisions",
+            ["category"], registry=r,
         )
         self.allowlisted = Counter(
             f"{p}_allowlisted_matches", "Matches dropped because a reviewer allowlisted the content for the bank",
