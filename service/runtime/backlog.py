@@ -20,7 +20,7 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 INTERVAL = 30.0
-MIN_GAP = 1.0
+MIN_GAP = 2.0  # a burst of matches or decisions costs one count per MIN_GAP per replica
 
 
 class PendingCounts(Protocol):
