@@ -11,6 +11,7 @@ Read: README.md, docs/*.md, the Helm chart's README, values files and NOTES.txt,
 * **Metrics** ``mediamoderation_…`` anywhere (and counters named without the prefix in a code span,
   ``outcomes_total{outcome}``), against the series a :class:`~service.metrics.Metrics`
   registry declares (counters with ``_total``, histograms with ``_bucket``/``_sum``/``_count``).
+* **YAML examples** in Markdown that are a config (or a chart values file) use only existing keys.
 * **Links**: every relative link in Markdown points at an existing file (and an existing heading for
   ``#anchor``), except the pages in :data:`PENDING_PAGES`.
 
@@ -259,7 +260,52 @@ def test_docs_name_only_existing_keys_commands_metrics_and_links() -> None:
                     problems += [f"{rel}:{number}: {p}" for p in option_problems(name, rest, options)]
         if path.suffix == ".md":
             problems += link_problems(path, rel)
+            for number, block in yaml_blocks(path):
+                problems += [f"{rel}:{number}: {p}" for p in yaml_block_problems(block, config, values)]
     assert not problems, "the docs name things that do not exist:\n" + "\n".join(problems)
+
+
+def yaml_blocks(path: Path) -> Iterator[tuple[int, Any]]:
+    """The parsed ```yaml blocks of a Markdown file, with the line each starts on (unparsable ones skipped)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start: int | None = None
+    for number, line in enumerate(lines, 1):
+        if start is None and line.strip() == "```yaml":
+            start = number
+        elif start is not None and line.strip() == "```":
+            try:
+                yield start, yaml.safe_load("\n".join(lines[start:number - 1]))
+            except yaml.YAMLError:
+                pass
+            start = None
+
+
+def _tree_paths(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, child in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            yield path
+            yield from _tree_paths(child, path)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _tree_paths(child, prefix + "[]")
+
+
+def yaml_block_problems(block: Any, config: set[str], values: set[str]) -> list[str]:
+    """A YAML example that is (part of) a config.yaml or a chart values file may only use existing keys."""
+    if not isinstance(block, dict) or not block:
+        return []
+    config_roots = {p.split(".")[0].split("[")[0] for p in config}
+    values_roots = {p.split(".")[0].split("[")[0] for p in values}
+    if set(block) <= config_roots:
+        return [f"unknown config key `{p}` in a YAML example" for p in _tree_paths(block) if p not in config]
+    if set(block) <= values_roots:
+        problems = [f"unknown chart value `{p}` in a YAML example" for p in _tree_paths(block)
+                    if p not in values and not p.startswith("config.")]
+        if isinstance(block.get("config"), dict):
+            problems += yaml_block_problems(block["config"], config, set())
+        return problems
+    return []
 
 
 # --------------------------------------------------------------------------- links
@@ -352,6 +398,11 @@ def test_the_checker_finds_what_it_should(tmp_path: Path) -> None:
             "mediamoderation_review_pending", "mediamoderation_build_info"} <= metric_names()
     assert "mediamoderation_outcomes_total_created" not in metric_names()
     assert SHORT_COUNTER_RE.match('outcomes_total{result="x"}') and not SHORT_COUNTER_RE.match("open_seconds")
+    assert yaml_block_problems({"store": {"url": "x"}, "wikis": [{"id": "w", "server": "x"}]}, config, values) == [
+        "unknown config key `wikis[].server` in a YAML example"]
+    assert yaml_block_problems({"banks": {"existingSecret": "b"}, "config": {"http": {"prot": 1}}}, config, values) \
+        == ["unknown config key `http.prot` in a YAML example"]
+    assert yaml_block_problems({"apiVersion": "v1", "kind": "Secret"}, config, values) == []
     assert slug("How it works: `run` (the service)") == "how-it-works-run-the-service"
     page = tmp_path / "page.md"
     page.write_text("# Title\n\n[ok](#title) [bad](#nope) [gone](missing.md) [web](https://x.example/a.md)\n")
