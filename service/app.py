@@ -28,6 +28,7 @@ from service.metrics import Metrics
 from service.net import Proxies
 from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
+from service.runtime.backlog import ReviewBacklog
 from service.runtime.http import HttpServer, source_details, source_ready, store_ready
 from service.runtime.supervisor import RESTART, RestartPolicy, Supervisor, TaskFailed
 from service.sources.base import Source
@@ -84,6 +85,7 @@ class Service:
                                    audit=self.stores.review)
         self.review = (ReviewUI(cfg, store=self.stores.review, fetcher=self.wiki_client, metrics=self.metrics,
                                 kick=self._kick_actions) if cfg.review.enabled else None)
+        self.backlog = ReviewBacklog(self.stores.review, self.metrics)  # mediamoderation_review_pending
         self.pipeline: Pipeline | None = None
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
@@ -175,6 +177,7 @@ class Service:
                 sup.start("bank-watch", lambda: self.banks.watch(self.cfg.banks.reload_interval, self.stop_event),
                           restart=policy)
             sup.start("maintenance", self._maintenance, restart=policy)
+            sup.start("review-backlog", lambda: self.backlog.run(self.stop_event), restart=policy)
             if self.photodna is not None:
                 probe = self.photodna.probe  # while the key is refused: one probe per auth_retry_interval
                 sup.start("photodna-probe", lambda: probe.run(self.stop_event), restart=policy)
@@ -227,9 +230,11 @@ class Service:
         )
 
     def _kick_actions(self) -> None:
-        """New outbox items were written: both dispatchers look for due items now."""
+        """New outbox items were written (a match, a decision): both dispatchers look for due items now, and
+        the review backlog is counted again."""
         self.dispatcher.kick()
         self.takedowns.kick()
+        self.backlog.kick()
 
     async def _forward_stop(self, pipeline: Pipeline) -> None:
         await self.stop_event.wait()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 from service.config import WikiSection
@@ -63,16 +65,47 @@ def with_configured_links(event: UploadEvent, wiki: WikiSection) -> UploadEvent:
     return dataclasses.replace(event, server_url=wiki.server, page_url=page_url(wiki, event.title))
 
 
-def configured_links(event: UploadEvent, wiki: WikiSection, metrics: Metrics) -> UploadEvent:
+class MismatchLogLimit:
+    """At most one ``event_link_mismatch`` warning per wiki per ``interval`` seconds.
+
+    A forged or broken stream can send such events by the thousand; the counter counts every one, the log
+    gets one line per wiki per interval that says how many were left out since the previous line.
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def admit(self, wiki: str) -> int | None:
+        """None when this event's line is suppressed; otherwise how many were suppressed since the last line."""
+        now = self._clock()
+        last = self._last.get(wiki)
+        if last is not None and now - last < self.interval:
+            self._suppressed[wiki] = self._suppressed.get(wiki, 0) + 1
+            return None
+        self._last[wiki] = now
+        return self._suppressed.pop(wiki, 0)
+
+
+def configured_links(event: UploadEvent, wiki: WikiSection, metrics: Metrics,
+                     limit: MismatchLogLimit | None = None) -> UploadEvent:
     """The intake's check: links come from ``wiki``; an event pointing elsewhere is counted and logged.
 
     Such an event is still scanned (a broken upstream must not hide an upload), only its links are dropped.
+    Every one is counted; the warning is rate-limited per wiki by ``limit`` (none: every event is logged).
     """
     foreign = foreign_links(event, wiki)
     if foreign:
         metrics.event_link_mismatch.labels(event.wiki).inc()
-        log.warning("event %s: %s not on the configured wiki %s; scanning it with the configured links",
-                    event.event_id, " and ".join(foreign), wiki.id,
-                    extra={"event_id": event.event_id, "wiki": event.wiki, "fields": ",".join(foreign),
-                           "server_url": event.server_url[:300], "uri": event.page_url[:300]})
+        suppressed = limit.admit(event.wiki) if limit is not None else 0
+        if suppressed is not None:
+            more = (f" ({suppressed} more such events on {event.wiki} since the last line were not logged)"
+                    if suppressed else "")
+            log.warning("event %s: %s not on the configured wiki %s; scanning it with the configured links%s",
+                        event.event_id, " and ".join(foreign), wiki.id, more,
+                        extra={"event_id": event.event_id, "wiki": event.wiki, "fields": ",".join(foreign),
+                               "server_url": event.server_url[:300], "uri": event.page_url[:300],
+                               "suppressed": suppressed})
     return with_configured_links(event, wiki)

@@ -199,6 +199,11 @@ class Metrics:
             f"{p}_review_previews", "Previews served by mode (blurred, clear) and result", ["mode", "result"],
             registry=r,
         )
+        self.review_pending = Gauge(
+            f"{p}_review_pending", "Review cases still to do (open or escalated) by category; a case of two "
+            "categories counts in both.  Counted from the store every 30 s and after new matches and decisions",
+            ["category"], registry=r,
+        )
         self.allowlisted = Counter(
             f"{p}_allowlisted_matches", "Matches dropped because a reviewer allowlisted the content for the bank",
             ["bank"], registry=r,

@@ -106,6 +106,7 @@ class Pipeline(StageSteps):
         self.queues: dict[str, asyncio.Queue[Work]] = {stage: asyncio.Queue(size) for stage in self.stages}
         self.committer = Committer(source, metrics)  # the checkpoint moves only past finished events
         self._inflight_ids: set[str] = set()
+        self._link_log = links.MismatchLogLimit()  # one event_link_mismatch warning per wiki per minute
         self.stop_event = asyncio.Event()
         self.finished = 0
         self._idle = asyncio.Condition()
@@ -194,7 +195,7 @@ class Pipeline(StageSteps):
         if parsed is None:  # malformed, or not an upload to scan: counted and skipped
             await self._done(seq)
             return
-        event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics)
+        event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics, self._link_log)
         if event.event_id in self._inflight_ids:
             self.metrics.events_skipped.labels("duplicate").inc()
             await self._done(seq)

@@ -989,7 +989,7 @@ def test_dashboard_structure_and_provisioning() -> None:
     (review,) = [i for i in rows if dash["panels"][i]["title"] == "Review backlog"]
     review_panels = dash["panels"][review + 1:next((i for i in rows if i > review), len(dash["panels"]))]
     review_exprs = " ".join(t["expr"] for p in review_panels for t in p["targets"])
-    for metric in ("review_decisions_total", "review_logins_total", "review_previews_total",
+    for metric in ("review_pending", "review_decisions_total", "review_logins_total", "review_previews_total",
                    "allowlisted_matches_total", "matches_total"):
         assert f"mediamoderation_{metric}" in review_exprs, f"review backlog row lacks {metric}"
     titles = " ".join(p["title"].lower() for p in panels)

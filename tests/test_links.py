@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from service.config import WikiSection, config_from_dict
-from service.links import foreign_links, origin, page_url, title_path
+from service.links import MismatchLogLimit, configured_links, foreign_links, origin, page_url, title_path
 from service.metrics import Metrics
 from service.models import UploadEvent
 from service.web.review.auth import hash_password
@@ -100,6 +100,35 @@ def test_the_mismatch_metric_is_labelled_by_wiki() -> None:
     m = Metrics()
     m.event_link_mismatch.labels("commonswiki").inc()
     assert m.registry.get_sample_value("mediamoderation_event_link_mismatch_total", {"wiki": "commonswiki"}) == 1
+
+
+def test_the_mismatch_warning_is_logged_once_per_wiki_per_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """Every forged event is counted; the log gets one line per wiki per minute naming how many it left out."""
+    caplog.set_level(logging.WARNING, logger="service.links")
+    now = [1000.0]
+    limit = MismatchLogLimit(interval=60.0, clock=lambda: now[0])
+    m = Metrics()
+    wikis = {w: WikiSection(id=w, api_url=f"https://{w}.example/w/api.php") for w in ("a", "b")}
+
+    def forged(wiki: str, n: int) -> UploadEvent:
+        return UploadEvent(event_id=f"{wiki}-{n}", wiki=wiki, title="File:X.jpg", server_url="https://phish.example",
+                           page_url="https://phish.example/wiki/File:X.jpg", uploader="u",
+                           upload_time=datetime(2026, 1, 1, tzinfo=UTC), log_action="upload", sha1="0" * 40)
+
+    for n in range(5):
+        event = configured_links(forged("a", n), wikis["a"], m, limit)
+        assert event.server_url == "https://a.example"  # the links are always replaced
+        now[0] += 10
+    configured_links(forged("b", 0), wikis["b"], m, limit)  # another wiki has its own minute
+    now[0] += 15  # 65 s after the first line on wiki a
+    configured_links(forged("a", 5), wikis["a"], m, limit)
+
+    lines = [(r.wiki, r.suppressed, r.getMessage()) for r in caplog.records]  # type: ignore[attr-defined]
+    assert [(w, s) for w, s, _ in lines] == [("a", 0), ("b", 0), ("a", 4)]
+    assert "4 more such events on a since the last line were not logged" in lines[2][2]
+    assert "more such events" not in lines[0][2]
+    assert m.registry.get_sample_value("mediamoderation_event_link_mismatch_total", {"wiki": "a"}) == 6
+    assert m.registry.get_sample_value("mediamoderation_event_link_mismatch_total", {"wiki": "b"}) == 1
 
 
 # --------------------------------------------------------------------------- end to end
@@ -198,5 +227,6 @@ async def test_forged_event_links_never_reach_email_or_review_page(
             assert foreign_urls(page, (wiki_base, "http://www.w3.org/")) == [], kind
             assert f'href="{wiki_base}' in page, kind
 
-    logged = {r.event_id for r in caplog.records if hasattr(r, "event_id")}  # type: ignore[attr-defined]
-    assert logged == {events["phish"]["meta"]["id"], events["metadata"]["meta"]["id"]}
+    # Both were counted above; the warning is rate-limited to one line per wiki per minute.
+    logged = [r.event_id for r in caplog.records if hasattr(r, "event_id")]  # type: ignore[attr-defined]
+    assert len(logged) == 1 and logged[0] in {events["phish"]["meta"]["id"], events["metadata"]["meta"]["id"]}

@@ -99,7 +99,7 @@ class TakedownSection:
 
 @dataclass(frozen=True)
 class ReviewerSection:
-    # reviewers; `password_hash` is an argon2 hash (`python -m service.web.review.auth hash`); may be empty only with
+    # reviewers; `password_hash` is an argon2 hash (`mediamoderation reviewer hash-password`); may be empty only with
     # `proxy_auth`.
     name: str = ""
     # argon2 hash (`mediamoderation reviewer hash-password`), inline or read once at start from `{file: PATH}` /
@@ -129,6 +129,7 @@ class ReviewSection:
     session_idle: float = 1800.0  # seconds without a request before a session ends
     session_max: float = 43200.0  # seconds after login a session ends anyway
     escalate_recipients: tuple[Email, ...] = ()  # Escalate emails these (default: actions.notify.recipients)
-    blur_radius: Annotated[float, Field(ge=4)] = 12.0  # the preview must stay unrecognisable
+    # blur of the default preview (at least 4: the preview must stay unrecognisable).
+    blur_radius: Annotated[float, Field(ge=4)] = 12.0
     # queue rows per page.
     page_size: Annotated[int, Field(ge=1, le=500)] = 50

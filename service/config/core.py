@@ -62,7 +62,8 @@ class Secret:
 class ServiceSection:
     # User-Agent on every request; must name the client and a contact URL or email (Wikimedia blocks generic agents).
     user_agent: str = ""
-    # `debug`, `info`, `warning`, `error` (in any case). Logs are JSON lines on stderr.
+    # `debug`, `info`, `warning`, `error` (in any case). Logs go to stderr: coloured console lines on a terminal,
+    # JSON lines otherwise (`--log-format`, `--log-level`, `-v`/`-q` override).
     log_level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(lower)] = "info"
     # seconds to finish in-flight events after SIGTERM.
     shutdown_grace: NonNegFloat = 30.0
@@ -98,9 +99,13 @@ class WikiSection:
     id: str = ""
     # the wiki's `api.php`.
     api_url: str = ""
-    media_hosts: tuple[str, ...] = ()  # "host" (the API's scheme, its default port) or "host:port"
-    # Links in emails and the review queue are built from these, never from an event.
-    server_url: str = ""  # default: the API's scheme://host[:port]
+    # hosts thumbnails and originals may come from besides the API host: "host" (the API's scheme, its default
+    # port) or "host:port".
+    media_hosts: tuple[str, ...] = ()
+    # the wiki's `server` from `meta=siteinfo` (default: the API's scheme://host[:port]); links in emails and the
+    # review queue are built from it and `article_path`, never from an event.
+    server_url: str = ""
+    # the wiki's `articlepath` from `meta=siteinfo`, with one `$1` for the title.
     article_path: str = "/wiki/$1"
 
     @property
@@ -135,7 +140,7 @@ class PipelineSection:
     # capacity of each stage's queue.
     queue_size: PosInt = 64
     concurrency: ConcurrencySection = field(default_factory=ConcurrencySection)
-    cpu_workers: PosInt | None = None  # default: number of cores
+    cpu_workers: PosInt | None = None  # size of the decode/hash pool (default: number of cores)
     # `process` or `thread`.
     cpu_pool: Literal["process", "thread"] = "process"
     # Address-space ceiling (RLIMIT_AS, bytes) of each decode worker process; 0: none.  Not for cpu_pool: thread.
@@ -150,5 +155,7 @@ class PipelineSection:
 class StoreSection:
     # the SQLite store.
     path: str = "./data/mediamoderation.sqlite3"
-    url: str | None = None  # postgresql://user@host/db selects the PostgreSQL store (then ``path`` is unused)
+    # postgresql://user@host:5432/db selects the PostgreSQL store (then ``path`` is unused); put the password in
+    # ~/.pgpass or PGPASSWORD, not in the URL.
+    url: str | None = None
     outbox_lease: PosFloat = 300.0  # seconds an outbox item claimed by one replica is hidden from the others

@@ -220,7 +220,7 @@ def _validate_takedown_review(cfg: Config, problems: _Problems) -> None:
         names.add(reviewer.name)
         stored = reviewer.password_hash
         if isinstance(stored, str) and stored and not stored.startswith("$argon2"):
-            problems.add(f"{p}.password_hash", "must be an argon2 hash (python -m service.web.review.auth hash)")
+            problems.add(f"{p}.password_hash", "must be an argon2 hash (mediamoderation reviewer hash-password)")
         has_hash = stored.configured if isinstance(stored, Secret) else bool(stored)
         if not has_hash and r.proxy_auth.header is None:
             problems.add(f"{p}.password_hash", "is required unless review.proxy_auth.header is set")

@@ -342,6 +342,14 @@ class MemoryStore:
         cases.sort(key=lambda c: c.last_seen, reverse=True)
         return cases[offset:offset + limit], len(cases)
 
+    async def pending_by_category(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for case in (self._case(s) for s in {r["sha1"] for r in self.matches}):
+            if case is not None and case.state in ("open", "escalated"):
+                for category in case.categories:
+                    counts[category] = counts.get(category, 0) + 1
+        return counts
+
     async def review_case(self, sha1: str) -> ReviewCase | None:
         return self._case(sha1)
 

@@ -159,6 +159,13 @@ class SqlReview:
 
         return await self.db.read(q)
 
+    async def pending_by_category(self) -> dict[str, int]:
+        cases = self._cases().subquery("cases")
+        todo = sa.select(cases.c.sha1).where(cases.c.state.in_(("open", "escalated")))
+        stmt = (sa.select(m.c.category, sa.func.count(sa.distinct(m.c.sha1)))
+                .where(m.c.sha1.in_(todo)).group_by(m.c.category))
+        return await self.db.read(lambda c: {str(cat): int(n) for cat, n in c.execute(stmt)})
+
     async def review_case(self, sha1: str) -> ReviewCase | None:
         stmt = self._cases(m.c.sha1 == sha1)
         row = await self.db.read(lambda c: c.execute(stmt).mappings().first())

@@ -248,6 +248,7 @@ async def test_review_queue_decisions_allowlist_and_audit(store: Stores, backend
     await store.pipeline.record_matches(upload(6, "b" * 40), "b" * 40, [M], [])
     cases, total = await store.review.review_cases(CaseFilter(state="todo"), 10, 0)
     assert total == 2 and [c.sha1 for c in cases] == ["b" * 40, SHA]
+    assert await store.review.pending_by_category() == {"child-protection": 2, "terrorism": 1}
     case = cases[1]
     assert (case.state, case.categories, case.wikis, case.matchers, case.banks, case.uploads) == (
         "open", ("child-protection", "terrorism"), ("otherwiki", "testwiki"), ("pdq", "sha1"), ("b", "c"), 2)
@@ -267,6 +268,7 @@ async def test_review_queue_decisions_allowlist_and_audit(store: Stores, backend
     case2 = await store.review.review_case(SHA)
     assert case2 is not None and (case2.state, case2.decided_by, case2.decided_at) == ("dismissed", "rev", 1010.0)
     assert (await store.review.review_cases(CaseFilter(state="dismissed"), 10, 0))[1] == 1
+    assert await store.review.pending_by_category() == {"child-protection": 1}  # dismissed cases are done
     [entry] = await store.review.list_audit(10)
     assert (entry.id, entry.actor, entry.action, entry.sha1, entry.title, entry.note, entry.detail) == (
         audit_id, "rev", "dismiss", SHA, "File:F4.jpg", "fp", {"why": "test"})
@@ -290,14 +292,20 @@ async def test_decisions_retry_failed_actions_and_later_uploads_reopen_a_case(st
                                                            action="confirm", retry_keys=(key, "missing")))
     assert [(i.id, i.state, i.next_attempt_at) for i in items] == [(item.id, "pending", 1005.0)]
     assert (await store.review.review_case(SHA) or pytest.fail()).state == "confirmed"
+    assert await store.review.pending_by_category() == {}
     await store.review.mark_removed(SHA, 1006.0)  # a human decision stands ...
     assert (await store.review.review_case(SHA) or pytest.fail()).state == "confirmed"
     backend.clock[0] = 1010.0
     await store.pipeline.record_matches(upload(2), SHA, [M], [])  # ... until a newer upload reopens the case
     assert (await store.review.review_case(SHA) or pytest.fail()).state == "open"
+    assert await store.review.pending_by_category() == {"child-protection": 1}
     await store.review.mark_removed(SHA, 1011.0)
     case = await store.review.review_case(SHA)
     assert case is not None and (case.state, case.decided_by) == ("removed", "system")
+    assert await store.review.pending_by_category() == {}
+    backend.clock[0] = 1012.0
+    await store.review.record_decision(Decision(sha1=SHA, state="escalated", reviewer="rev", action="escalate"))
+    assert await store.review.pending_by_category() == {"child-protection": 1}  # escalated is still to do
 
 
 async def test_audit_log_pages_and_filters(store: Stores) -> None:

@@ -377,8 +377,7 @@ class ReviewUI:
         _, items = await self.store.record_decision(decision)
         self.metrics.review_decisions.labels(choice).inc()
         log.info("review: %s %s %s (%d action(s))", s.reviewer, choice, sha1, len(items))
-        if items:
-            self.kick()
+        self.kick()  # the dispatchers look for the new items; the review backlog gauge is counted again
         return _redirect(f"{BASE}/matches/{sha1}?done={flash}")
 
 
