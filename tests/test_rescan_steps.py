@@ -119,7 +119,7 @@ async def test_a_rescan_match_is_recorded_like_a_live_one_allowlist_and_metrics_
         RescanSection(concurrency=1, budget_reserve=0.0), matcher=Remote(), budget=Budget(),  # type: ignore[arg-type]
         store=store, fetcher=Fetcher(), wikis={"testwiki": WIKI}, prepare=recording_prepare, cpu=None,
         thumbnail_cfg=ThumbnailSection(), planners=[planner], metrics=metrics, scan_version=lambda: "v1+photodna",
-        on_actions=kicked.extend, clock=lambda: NOW, allowlist=store,
+        on_actions=kicked.extend, clock=lambda: NOW, allowlist=NegativeBank(store),
     )
     assert await rescanner.run_once() == {REMOTE_MATCH: 2}
     # Decoded as the thumbnail stage does: the original's MD5 and where the bytes came from.
