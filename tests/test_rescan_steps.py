@@ -9,6 +9,7 @@ from typing import Any
 from service.config import RescanSection, ThumbnailSection, WikiSection
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, PreparedMedia, UploadEvent
+from service.negative_bank import NegativeBank
 from service.rescan import Rescanner
 from service.store.base import REMOTE_MATCH, NewAction, OutboxItem, RemoteScan, RemoteScanRow, ScanRecord
 from tests.test_rescan import NOW, WIKI, sha, upload
