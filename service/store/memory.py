@@ -474,7 +474,7 @@ class MemoryStore:
         return out
 
     async def filter_values(self) -> dict[str, list[str]]:
-        return {col: sorted({r[col] for r in self.matches}) for col in ("category", "wiki", "matcher")}
+        return {col: sorted({r[col] for r in self.matches}) for col in ("category", "wiki", "matcher", "bank")}
 
     # ------------------------------------------------------------------ review: sessions
 

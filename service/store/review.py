@@ -314,7 +314,7 @@ class SqlReview:
     async def filter_values(self) -> dict[str, list[str]]:
         def q(c: Connection) -> dict[str, list[str]]:
             return {col: list(c.execute(sa.select(m.c[col]).distinct().order_by(m.c[col])).scalars())
-                    for col in ("category", "wiki", "matcher")}
+                    for col in ("category", "wiki", "matcher", "bank")}
 
         return await self.db.read(q)
 

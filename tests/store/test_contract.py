@@ -274,7 +274,8 @@ async def test_review_queue_decisions_allowlist_and_audit(store: Stores, backend
         audit_id, "rev", "dismiss", SHA, "File:F4.jpg", "fp", {"why": "test"})
     assert await store.review.review_case("c" * 40) is None
     assert (await store.review.filter_values()) == {
-        "category": ["child-protection", "terrorism"], "wiki": ["otherwiki", "testwiki"], "matcher": ["pdq", "sha1"]}
+        "category": ["child-protection", "terrorism"], "wiki": ["otherwiki", "testwiki"], "matcher": ["pdq", "sha1"],
+        "bank": ["b", "c"]}
     assert await store.review.case_titles([SHA]) == {SHA: [("otherwiki", "File:F5.jpg"), ("testwiki", "File:F4.jpg")]}
     assert await store.review.case_titles([]) == {}
     assert [i.key for i in await store.review.case_actions(SHA)] == [action.key]
