@@ -38,7 +38,7 @@ def admin_only(handler: Handler) -> Handler:
 
 
 class AdminPages:
-    def __init__(self, store: ReviewStore, reviewers: ReviewerStore | None, cfg: ReviewSection, *,
+    def __init__(self, store: ReviewStore, reviewers: ReviewerStore, cfg: ReviewSection, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.reviewers = reviewers
@@ -85,7 +85,7 @@ class AdminPages:
         return http.redirect(f"{BASE}/allowlist?{urlencode({'done': 'undone' if removed else 'gone'})}")
 
     async def reviewer_list(self, request: web.Request) -> web.StreamResponse:
-        stored = await self.reviewers.list_reviewers() if self.reviewers is not None else []
+        stored = await self.reviewers.list_reviewers()
         return http.html(admin_views.reviewers_page(stored, self.cfg.reviewers, **_nav(request)))
 
     async def signins(self, request: web.Request) -> web.StreamResponse:
@@ -94,7 +94,7 @@ class AdminPages:
         except ValueError:
             before = None
         size = 100
-        entries = await self.reviewers.list_signins(size + 1, before) if self.reviewers is not None else []
+        entries = await self.reviewers.list_signins(size + 1, before)
         more = entries[size - 1].id if len(entries) > size else None
         return http.html(admin_views.signins_page(entries[:size], next_before=more, **_nav(request)))
 

@@ -61,7 +61,7 @@ class ReviewUI:
         cfg: Config,
         *,
         store: ReviewStore,
-        reviewers: ReviewerStore | None = None,
+        reviewers: ReviewerStore,
         fetcher: Fetcher,
         metrics: Metrics,
         kick: Callable[[], None],
