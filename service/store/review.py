@@ -149,7 +149,7 @@ class SqlReview:
         def tx(c: Connection) -> bool:
             stmt = self.db.insert(allowlist).values(bank=e.bank, sha1=e.sha1, added_by=e.added_by,
                                                     added_at=e.added_at, note=e.note, pdq=e.pdq)
-            if c.execute(stmt.on_conflict_do_nothing()).rowcount == 0:
+            if c.execute(stmt.on_conflict_do_nothing().returning(allowlist.c.sha1)).first() is None:
                 return False
             _insert_audit(c, e.added_at, e.added_by, "allowlist-add", e.sha1, None, None, e.note,
                           {"bank": e.bank, "pdq": e.pdq})

@@ -41,8 +41,8 @@ class SqlReviewers:
     async def add_reviewer(self, name: str, password_hash: str, role: str) -> bool:
         now = self.clock()
         stmt = self.db.insert(reviewers).values(name=name, password_hash=password_hash, role=role, created_at=now,
-                                                updated_at=now).on_conflict_do_nothing()
-        return await self.db.write(lambda c: c.execute(stmt).rowcount == 1)
+                                                updated_at=now).on_conflict_do_nothing().returning(reviewers.c.name)
+        return await self.db.write(lambda c: c.execute(stmt).first() is not None)
 
     async def get_reviewer(self, name: str) -> Reviewer | None:
         stmt = sa.select(reviewers).where(reviewers.c.name == name)
@@ -63,8 +63,8 @@ class SqlReviewers:
             values["role"] = role
         if disabled is not None:
             values["disabled_at"] = now if disabled else None
-        stmt = sa.update(reviewers).where(reviewers.c.name == name).values(**values)
-        return await self.db.write(lambda c: c.execute(stmt).rowcount == 1)
+        stmt = sa.update(reviewers).where(reviewers.c.name == name).values(**values).returning(reviewers.c.name)
+        return await self.db.write(lambda c: c.execute(stmt).first() is not None)
 
     async def record_signin(self, name: str, address: str, result: str) -> None:
         stmt = sa.insert(s).values(at=self.clock(), name=name, address=address, result=result)
