@@ -87,6 +87,9 @@ class Store:
     async def allowlisted_banks(self, sha1: str) -> frozenset[str]:
         return self.allowlisted.get(sha1, frozenset())
 
+    async def content_pdq(self, sha1: str) -> str | None:
+        return None
+
     async def supersede_outcomes(self, sha1: str, event_id: str | None, prefix: str, outcome: str) -> list[str]:
         return []  # no upload of these old clean contents ended in an error
 
