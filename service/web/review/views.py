@@ -110,7 +110,7 @@ def layout(title: str, body: str, *, user: str | None = None, csrf: str | None =
 {body}
 </main>
 <footer><p>Keys: <kbd>j</kbd>/<kbd>k</kbd> next/previous · <kbd>Enter</kbd> open · <kbd>u</kbd> unblur/blur
-the focused preview · <kbd>n</kbd> note · <kbd>/</kbd> filters · <kbd>g</kbd> queue.
+the focused preview · <kbd>n</kbd> note · <kbd>/</kbd> search · <kbd>g</kbd> queue.
 Previews are blurred and greyscale until you ask to see them.</p></footer>
 </body></html>
 """
