@@ -280,7 +280,7 @@ async def test_the_allowlist_page_adds_and_undoes_with_audit(make_ui: Callable[.
     assert "allowlist-undo" in await (await h.client.get("/review/audit")).text()
 
 
-def _pdq(data: bytes) -> tuple[str, str]:
+def pdq_of(data: bytes) -> tuple[str, str]:
     sha1 = hashlib.sha1(data).hexdigest()
     media = prepare(data, sha1, ThumbnailSection())
     assert media.pdq is not None
@@ -302,10 +302,10 @@ async def test_a_reencoded_copy_of_a_dismissed_image_does_not_alert(make_ui: Cal
     h = await make_ui()
     original = images.jpeg_bytes(images.photo(501, (640, 480)))
     copy = reencoded(original)
-    sha_o, pdq_o = _pdq(original)
-    sha_c, pdq_c = _pdq(copy)
+    sha_o, pdq_o = pdq_of(original)
+    sha_c, pdq_c = pdq_of(copy)
     assert sha_o != sha_c and 0 < _distance(pdq_o, pdq_c) <= 31
-    unrelated_sha, unrelated_pdq = _pdq(images.jpeg_bytes(images.photo(502, (640, 480))))
+    unrelated_sha, unrelated_pdq = pdq_of(images.jpeg_bytes(images.photo(502, (640, 480))))
     assert _distance(pdq_o, unrelated_pdq) > 31
     assert pdq_words  # the index works in the banks' word layout (see service.negative_bank.pdq_row)
 
