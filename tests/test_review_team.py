@@ -337,3 +337,22 @@ async def test_a_reencoded_copy_of_a_dismissed_image_does_not_alert(make_ui: Cal
     # Undo on the allowlist page: the copy alerts again (the index reloads when the allowlist changes).
     await post(h, "/review/allowlist/undo", {"sha1": sha_o, "bank": "cp-bank"})
     assert await record("File:Reencoded copy 2.jpg", sha_c, pdq_c)
+
+
+async def test_the_sign_in_throttle_is_shared_by_replicas(make_ui: Callable[..., Any]) -> None:
+    """Failures counted by one replica refuse the next attempt on another: the counts are in the store."""
+    from service.store import sqlite_stores
+    from service.web.review.auth import Auth
+
+    h = await make_ui()
+    other_stores = sqlite_stores(h.ui.cfg.store.path, clock=lambda: h.clock[0])  # another replica's connection
+    await other_stores.open()
+    try:
+        other = Auth(h.ui.cfg.review, other_stores.review, lambda: h.clock[0], reviewers=other_stores.reviewers)
+        for _ in range(5):
+            assert await other.sign_in("alice", "guess", "127.0.0.1") == "bad-password"
+        assert (await h.login("alice")).status == 429  # this replica never saw those failures itself
+        h.clock[0] += 901  # the window passed
+        assert (await h.login("alice")).status == 303
+    finally:
+        await other_stores.close()
