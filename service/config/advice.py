@@ -45,6 +45,9 @@ def _takedown_review_warnings(cfg: Config) -> list[str]:
     if t.mode == "review" and not ui:
         out.append("actions.takedown.mode is review but the review UI is off (review.enabled / http.enabled): "
                    "nothing will be taken down")
+    if ui and not r.reviewers and r.proxy_auth.header is None:
+        out.append("review.reviewers is empty and review.proxy_auth is off: only reviewers in the store can sign in "
+                   "(add them with `mediamoderation reviewer add NAME`)")
     if ui and r.reviewers:
         out.append("review.reviewers is deprecated (removed in the next release): add each reviewer to the store with "
                    "`mediamoderation reviewer add NAME [--role admin]`, then remove them from the config (config-file "
