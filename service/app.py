@@ -25,6 +25,7 @@ from service.matchers.photodna import PhotoDnaMatcher, build_matcher
 from service.media.pool import CpuPool, ProcessPool, thread_pool
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
+from service.negative_bank import NegativeBank
 from service.net import Proxies
 from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
@@ -61,6 +62,8 @@ class Service:
         self.metrics = Metrics(registry)
         # PostgreSQL when store.url is set, else SQLite; ``make_source`` builds a worker's or a replay's source.
         self.stores = stores if stores is not None else make_stores(cfg.store)
+        # content dismissed as a false positive (and its near copies) never alerts again
+        self.negative_bank = NegativeBank(self.stores.review, cfg.review.allowlist_pdq_distance)
         self.banks = BankSet(cfg.banks, self.metrics)
         self.exact = ExactMatcher(self.banks)
         self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks)]
@@ -83,7 +86,8 @@ class Service:
         # Takedowns have their own dispatcher: an email and a takedown of one match never wait for each other.
         self.takedowns = Takedowns(cfg, self.stores.outbox, self.metrics, kick_notify=self.dispatcher.kick,
                                    audit=self.stores.review)
-        self.review = (ReviewUI(cfg, store=self.stores.review, fetcher=self.wiki_client, metrics=self.metrics,
+        self.review = (ReviewUI(cfg, store=self.stores.review, reviewers=self.stores.reviewers,
+                                fetcher=self.wiki_client, metrics=self.metrics,
                                 kick=self._kick_actions) if cfg.review.enabled else None)
         self.backlog = ReviewBacklog(self.stores.review, self.metrics)  # mediamoderation_review_pending
         self.pipeline: Pipeline | None = None
@@ -167,7 +171,7 @@ class Service:
                 remote_matchers=[self.photodna] if self.photodna is not None else [],
                 remote_when_local=self.cfg.photodna.call_when_local_match,
                 remote_retry_delays=self.cfg.photodna.rescan.retry_delays,
-                allowlist=self.stores.review,
+                allowlist=self.negative_bank,
             )
             pipeline = self.pipeline
             sup, policy = self.supervisor, self.restart
@@ -226,7 +230,7 @@ class Service:
             metrics=self.metrics,
             scan_version=lambda: pipeline.scan_version,
             on_actions=lambda items: self._kick_actions(),
-            allowlist=self.stores.review,
+            allowlist=self.negative_bank,
         )
 
     def _kick_actions(self) -> None:

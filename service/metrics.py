@@ -189,7 +189,12 @@ class Metrics:
             registry=r,
         )
         self.review_decisions = Counter(
-            f"{p}_review_decisions", "Review decisions by kind (confirm, dismiss, escalate)", ["decision"], registry=r
+            f"{p}_review_decisions", "Review decisions by kind (confirm, dismiss, escalate) and the reviewer's role "
+            "(reviewer, admin)", ["decision", "role"], registry=r
+        )
+        self.review_signin_failures = Counter(
+            f"{p}_review_signin_failures", "Failed review sign-ins by reason (bad-password, throttled)", ["reason"],
+            registry=r,
         )
         self.review_logins = Counter(
             f"{p}_review_logins", "Review logins by result (ok, bad-password, throttled, proxy)", ["result"],

@@ -34,6 +34,7 @@ from service.errors import FetchError, FileGone, ServiceError, Unscannable
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
 from service.models import CLEAN, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
+from service.negative_bank import NegativeBank
 from service.pipeline_steps import StageSteps, read_upload
 from service.runtime.committer import Committer
 from service.runtime.supervisor import reap
@@ -52,7 +53,6 @@ from service.stages import _merge as _merge
 from service.store.base import (
     REMOTE_FAILED,
     REMOTE_SEEN,
-    AllowlistStore,
     OutboxItem,
     PipelineStore,
     RemoteScan,
@@ -81,7 +81,7 @@ class Pipeline(StageSteps):
         remote_matchers: Sequence[Matcher] = (),
         remote_when_local: bool = False,
         remote_retry_delays: tuple[float, ...] = (60.0,),
-        allowlist: AllowlistStore | None = None,
+        allowlist: NegativeBank | None = None,
     ) -> None:
         self.cfg = cfg
         self.allowlist = allowlist  # content a reviewer dismissed as a false positive, per bank

@@ -20,13 +20,14 @@ from service.errors import MalformedEvent, ServiceError, Unscannable
 from service.media.pool import CpuPool
 from service.metrics import Metrics
 from service.models import CLEAN, MATCH, FetchedMedia, Match, PreparedMedia, RawEvent, UploadEvent
+from service.negative_bank import NegativeBank
 from service.stages import ExactBank, Fetcher, Matcher, Planner, Prepare, Work, _call_prepare, _Finished, _merge
 from service.store.base import (
+    ANY_BANK,
     REMOTE_CLEAN,
     REMOTE_FAILED,
     REMOTE_MATCH,
     REMOTE_UNSCANNABLE,
-    AllowlistStore,
     MatchStore,
     OutboxItem,
     PipelineStore,
@@ -48,7 +49,7 @@ class StageSteps:
         matchers: list[Matcher]
         remote: list[Matcher]
         remote_when_local: bool
-        allowlist: AllowlistStore | None
+        allowlist: NegativeBank | None
         planners: list[Planner]
         store: PipelineStore
         metrics: Metrics
@@ -125,7 +126,8 @@ class StageSteps:
         """Store the matches and enqueue their actions (idempotent: recording twice adds nothing twice)."""
         await record_matches(work.event, work.sha1 or "", work.matches, store=self.store, planners=self.planners,
                              metrics=self.metrics, on_actions=self.on_actions, allowlist=self.allowlist,
-                             counted=work.counted)
+                             counted=work.counted, pdq=work.prepared.pdq.hex if work.prepared and work.prepared.pdq
+                             else None)
         work.counted = len(work.matches)
 
 
@@ -163,18 +165,20 @@ async def record_matches(
     planners: Sequence[Planner],
     metrics: Metrics,
     on_actions: Callable[[list[OutboxItem]], None],
-    allowlist: AllowlistStore | None = None,
+    allowlist: NegativeBank | None = None,
     counted: int = 0,
+    pdq: str | None = None,
 ) -> list[Match]:
     """Store an upload's matches and enqueue their actions (idempotent: recording twice adds nothing twice);
-    returns the matches kept.  Matches of a bank a reviewer dismissed for this content (the allowlist) are
-    counted but never alert again.  ``counted``: how many of ``matches`` are already in the metrics."""
+    returns the matches kept.  Matches of a bank a reviewer dismissed for this content or a near copy of it
+    (the negative bank) are counted but never alert again.  ``counted``: how many of ``matches`` are already in
+    the metrics; ``pdq``: the content's PDQ (hex) when known."""
     kept = list(matches)
     if allowlist is not None and sha1:
-        banks = await allowlist.allowlisted_banks(sha1)
-        kept = [m for m in matches if m.bank not in banks]
+        banks = await allowlist.suppressed_banks(sha1, pdq)
+        kept = [m for m in matches if m.bank not in banks and ANY_BANK not in banks]
         for m in matches[counted:]:
-            if m.bank in banks:
+            if m.bank in banks or ANY_BANK in banks:
                 metrics.allowlisted.labels(m.bank).inc()
     actions = [a for plan in planners for a in plan(event, sha1, kept)] if kept else []
     new_items = await store.record_matches(event, sha1, kept, actions) if kept else []

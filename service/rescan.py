@@ -40,6 +40,7 @@ from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
 from service.models import CLEAN, GONE, MATCH, Match, UploadEvent, unscannable
 from service.models import error as error_outcome
+from service.negative_bank import NegativeBank
 from service.pipeline_steps import prepare_media, record_matches
 from service.ratelimit import MonthlyBudget
 from service.stages import Fetcher, Planner, Prepare
@@ -49,7 +50,6 @@ from service.store.base import (
     REMOTE_GONE,
     REMOTE_MATCH,
     REMOTE_UNSCANNABLE,
-    AllowlistStore,
     OutboxItem,
     RemoteScan,
     RemoteScanRow,
@@ -78,7 +78,7 @@ class Rescanner:
         scan_version: Callable[[], str],
         on_actions: Callable[[list[OutboxItem]], None] = lambda items: None,
         clock: Callable[[], float] = time.time,
-        allowlist: AllowlistStore | None = None,
+        allowlist: NegativeBank | None = None,
     ) -> None:
         self.cfg = cfg
         self.matcher = matcher

@@ -9,6 +9,7 @@ from typing import Any
 from service.config import RescanSection, ThumbnailSection, WikiSection
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, PreparedMedia, UploadEvent
+from service.negative_bank import NegativeBank
 from service.rescan import Rescanner
 from service.store.base import REMOTE_MATCH, NewAction, OutboxItem, RemoteScan, RemoteScanRow, ScanRecord
 from tests.test_rescan import NOW, WIKI, sha, upload
@@ -86,6 +87,9 @@ class Store:
     async def allowlisted_banks(self, sha1: str) -> frozenset[str]:
         return self.allowlisted.get(sha1, frozenset())
 
+    async def content_pdq(self, sha1: str) -> str | None:
+        return None
+
     async def supersede_outcomes(self, sha1: str, event_id: str | None, prefix: str, outcome: str) -> list[str]:
         return []  # no upload of these old clean contents ended in an error
 
@@ -119,7 +123,7 @@ async def test_a_rescan_match_is_recorded_like_a_live_one_allowlist_and_metrics_
         RescanSection(concurrency=1, budget_reserve=0.0), matcher=Remote(), budget=Budget(),  # type: ignore[arg-type]
         store=store, fetcher=Fetcher(), wikis={"testwiki": WIKI}, prepare=recording_prepare, cpu=None,
         thumbnail_cfg=ThumbnailSection(), planners=[planner], metrics=metrics, scan_version=lambda: "v1+photodna",
-        on_actions=kicked.extend, clock=lambda: NOW, allowlist=store,
+        on_actions=kicked.extend, clock=lambda: NOW, allowlist=NegativeBank(store),
     )
     assert await rescanner.run_once() == {REMOTE_MATCH: 2}
     # Decoded as the thumbnail stage does: the original's MD5 and where the bytes came from.

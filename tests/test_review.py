@@ -121,7 +121,8 @@ async def make_ui(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         fetcher = FakeFetcher()
         kicks: list[int] = []
         ui_clock = [1_800_000_000.0]
-        ui = ReviewUI(cfg, store=stores.review, fetcher=fetcher, metrics=Metrics(), kick=lambda: kicks.append(1),
+        ui = ReviewUI(cfg, store=stores.review, reviewers=stores.reviewers, fetcher=fetcher, metrics=Metrics(),
+                      kick=lambda: kicks.append(1),
                       clock=lambda: ui_clock[0], sleep=sleep)
         app = web.Application()
         ui.mount(app)

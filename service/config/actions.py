@@ -99,8 +99,9 @@ class TakedownSection:
 
 @dataclass(frozen=True)
 class ReviewerSection:
-    # reviewers; `password_hash` is an argon2 hash (`mediamoderation reviewer hash-password`); may be empty only with
-    # `proxy_auth`.
+    # deprecated (kept for one release; warns at start): reviewers are now managed in the store with
+    # `mediamoderation reviewer add`. Config-file reviewers sign in with the `admin` role. `password_hash` may be
+    # empty only with `proxy_auth`.
     name: str = ""
     # argon2 hash (`mediamoderation reviewer hash-password`), inline or read once at start from `{file: PATH}` /
     # `{env: VAR}` (e.g. a mounted Kubernetes Secret); empty: proxy login only.
@@ -133,3 +134,8 @@ class ReviewSection:
     blur_radius: Annotated[float, Field(ge=4)] = 12.0
     # queue rows per page.
     page_size: Annotated[int, Field(ge=1, le=500)] = 50
+    # seconds a reviewer holds a case they opened; others see who holds it and are asked before acting on it.
+    claim_ttl: Annotated[float, Field(ge=30, le=86400)] = 900.0
+    # a match is suppressed when the upload's PDQ is within this distance of an allowlisted (dismissed) content's
+    # PDQ for the same bank: re-encoded or resized copies of a false positive stay quiet.
+    allowlist_pdq_distance: Annotated[int, Field(ge=0, le=64)] = 31

@@ -46,7 +46,12 @@ def _takedown_review_warnings(cfg: Config) -> list[str]:
         out.append("actions.takedown.mode is review but the review UI is off (review.enabled / http.enabled): "
                    "nothing will be taken down")
     if ui and not r.reviewers and r.proxy_auth.header is None:
-        out.append("review.reviewers is empty and review.proxy_auth is off: nobody can log in to the review queue")
+        out.append("review.reviewers is empty and review.proxy_auth is off: only reviewers in the store can sign in "
+                   "(add them with `mediamoderation reviewer add NAME`)")
+    if ui and r.reviewers:
+        out.append("review.reviewers is deprecated (removed in the next release): add each reviewer to the store with "
+                   "`mediamoderation reviewer add NAME [--role admin]`, then remove them from the config (config-file "
+                   "reviewers sign in as admins meanwhile)")
     if ui and cfg.actions.notify.review_url is None:
         out.append("actions.notify.review_url is not set: emails will not link to the review page")
     if ui and not r.escalate_recipients:

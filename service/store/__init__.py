@@ -21,6 +21,7 @@ from service.store.base import (
     PipelineStore,
     RemoteScanStore,
     RescanStore,
+    ReviewerStore,
     ReviewStore,
     ScanStore,
     StoreError,
@@ -34,6 +35,7 @@ from service.store.outbox import SqlOutbox
 from service.store.pipeline import SqlPipeline, SqlRescan
 from service.store.remote import SqlRemoteScans
 from service.store.review import SqlReview
+from service.store.reviewers import SqlReviewers
 from service.store.scans import SqlScans
 
 __all__ = ["Database", "MemoryStore", "StoreError", "Stores", "make_stores", "memory_stores", "sql_stores"]
@@ -53,6 +55,7 @@ class Stores:
     rescan: RescanStore
     budget: BudgetStore
     review: ReviewStore
+    reviewers: ReviewerStore
 
     async def open(self) -> None:
         await self.db.open()
@@ -70,7 +73,7 @@ def sql_stores(db: Database, *, outbox_lease: float | None = None,
         db=db, checkpoints=SqlCheckpoints(db, clock), ledger=SqlLedger(db, clock), scans=SqlScans(db, clock),
         pipeline=SqlPipeline(db, clock), outbox=SqlOutbox(db, clock, lease=outbox_lease),
         remote=SqlRemoteScans(db, clock), rescan=SqlRescan(db, clock), budget=SqlBudget(db, clock),
-        review=SqlReview(db, clock),
+        review=SqlReview(db, clock), reviewers=SqlReviewers(db, clock),
     )
 
 
@@ -96,4 +99,4 @@ def make_stores(cfg: StoreSection, *, clock: Callable[[], float] = time.time) ->
 def memory_stores(store: MemoryStore | None = None) -> Stores:
     m = store if store is not None else MemoryStore()
     return Stores(db=m, checkpoints=m, ledger=m, scans=m, pipeline=m, outbox=m, remote=m, rescan=m, budget=m,
-                  review=m)
+                  review=m, reviewers=m)

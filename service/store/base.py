@@ -7,6 +7,7 @@ for SQLite and PostgreSQL alike) are the ``Sql*`` classes of this package, the i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -253,6 +254,7 @@ class Decision:
     action: str  # the audit action: confirm / dismiss / escalate
     note: str = ""
     allowlist_banks: tuple[str, ...] = ()
+    allowlist_pdq: str | None = None  # the content's PDQ (hex), kept with its allowlist rows (near copies)
     actions: tuple[NewAction, ...] = ()
     retry_keys: tuple[str, ...] = ()  # failed outbox items to try again (e.g. a takedown after a fixed right)
     title: str | None = None  # the latest upload's title, for the audit log
@@ -282,6 +284,69 @@ class CaseFilter:
     category: str | None = None
     wiki: str | None = None
     matcher: str | None = None
+    # Free text: a title or uploader substring, a SHA-1 (or its first 6+ hex digits) or a bank hash id.
+    query: str | None = None
+    uploader: str | None = None  # exactly this uploader's uploads
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A reviewer working on a case until ``expires_at``."""
+
+    sha1: str
+    reviewer: str
+    claimed_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AllowlistEntry:
+    """One negative-bank row: matches of ``bank`` (``*``: any bank) for this content, or a near copy of its PDQ,
+    never alert."""
+
+    sha1: str
+    bank: str
+    added_by: str
+    added_at: float
+    note: str = ""
+    pdq: str | None = None
+
+
+ANY_BANK = "*"
+SEARCH_HEX_RE = re.compile(r"^[0-9a-f]{6,40}$")  # a search that may be the start of a SHA-1
+ROLES = ("reviewer", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Reviewer:
+    name: str
+    password_hash: str
+    role: str  # one of ROLES
+    disabled_at: float | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def active(self) -> bool:
+        return self.disabled_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    id: int
+    at: float
+    name: str
+    address: str
+    result: str  # ok, bad-password, throttled, disabled
+
+
+@dataclass(frozen=True, slots=True)
+class SignInCounts:
+    """Failed sign-ins since a time: for one (name, address) since its last success there, per address, per name."""
+
+    pair: int
+    address: int
+    name: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +361,19 @@ class ReviewSession:
 
 class AllowlistStore(Protocol):
     async def allowlisted_banks(self, sha1: str) -> frozenset[str]:
-        """The banks whose matches of this content a reviewer dismissed as false positives."""
+        """The banks whose matches of this content a reviewer dismissed as false positives (``*``: all)."""
+        ...
+
+    async def allowlist_pdqs(self) -> list[AllowlistEntry]:
+        """Every allowlist row that has a PDQ (for the in-process index of near copies)."""
+        ...
+
+    async def allowlist_version(self) -> tuple[int, float]:
+        """(rows, newest added_at): changes whenever a row is added or removed, so an index knows to reload."""
+        ...
+
+    async def content_pdq(self, sha1: str) -> str | None:
+        """The PDQ (hex) the scan cache holds for this content, if any."""
         ...
 
 
@@ -309,6 +386,30 @@ class AuditStore(Protocol):
     async def mark_removed(self, sha1: str, at: float) -> None:
         """An automatic takedown removed this content: the case leaves the to-do list."""
         ...
+
+
+class ReviewerStore(Protocol):
+    """Reviewers (managed with the CLI), their sign-ins (audit) and the shared sign-in throttle's counts."""
+
+    async def add_reviewer(self, name: str, password_hash: str, role: str) -> bool:
+        """False when the name exists already."""
+        ...
+
+    async def get_reviewer(self, name: str) -> Reviewer | None: ...
+    async def list_reviewers(self) -> list[Reviewer]: ...
+
+    async def update_reviewer(self, name: str, *, password_hash: str | None = None, role: str | None = None,
+                              disabled: bool | None = None) -> bool:
+        """Change what is given; False when there is no such reviewer."""
+        ...
+
+    async def record_signin(self, name: str, address: str, result: str) -> None: ...
+
+    async def signin_counts(self, name: str, address: str, since: float) -> SignInCounts:
+        """Failed sign-ins after ``since``: see :class:`SignInCounts`."""
+        ...
+
+    async def list_signins(self, limit: int, before_id: int | None = None) -> list[SignIn]: ...
 
 
 class ReviewStore(AllowlistStore, AuditStore, Protocol):
@@ -329,3 +430,25 @@ class ReviewStore(AllowlistStore, AuditStore, Protocol):
     async def touch_session(self, token_hash: str, now: float) -> None: ...
     async def delete_session(self, token_hash: str) -> None: ...
     async def prune_sessions(self, now: float) -> int: ...
+    async def list_allowlist(self, limit: int = 500) -> list[AllowlistEntry]: ...
+
+    async def add_allowlist(self, entry: AllowlistEntry) -> bool:
+        """Add a row and its audit line in one transaction; False (and no audit line) when it exists."""
+        ...
+
+    async def remove_allowlist(self, sha1: str, bank: str, actor: str, note: str = "") -> bool:
+        """Undo: remove a row and write its audit line in one transaction; False when there was none."""
+        ...
+
+    async def claim_case(self, sha1: str, reviewer: str, now: float, ttl: float, *, take_over: bool = False) -> Claim:
+        """Claim a case for ``ttl`` seconds (renewing one's own claim) unless another reviewer's claim is still
+        running and ``take_over`` is false; returns the claim that holds afterwards."""
+        ...
+
+    async def case_claims(self, sha1s: Sequence[str], now: float) -> dict[str, Claim]:
+        """The running claims of these cases."""
+        ...
+
+    async def release_claim(self, sha1: str, reviewer: str) -> None:
+        """End ``reviewer``'s claim of the case (another reviewer's claim stays)."""
+        ...

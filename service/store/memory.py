@@ -19,16 +19,22 @@ from service.store.base import (
     REMOTE_CLEAN,
     REMOTE_FAILED,
     REMOTE_SEEN,
+    SEARCH_HEX_RE,
+    AllowlistEntry,
     AuditEntry,
     CaseFilter,
+    Claim,
     Decision,
     NewAction,
     OutboxItem,
     RemoteScan,
     RemoteScanRow,
     ReviewCase,
+    Reviewer,
     ReviewSession,
     ScanRecord,
+    SignIn,
+    SignInCounts,
     StoreError,
 )
 
@@ -48,7 +54,10 @@ class MemoryStore:
         self.remote: dict[tuple[str, str], RemoteScanRow] = {}
         self.budgets: dict[tuple[str, str], int] = {}
         self.audit: list[AuditEntry] = []
-        self.allowlist: dict[tuple[str, str], dict[str, Any]] = {}
+        self.allowlist: dict[tuple[str, str], AllowlistEntry] = {}
+        self.claims: dict[str, Claim] = {}
+        self.reviewers: dict[str, Reviewer] = {}
+        self.signins: list[SignIn] = []
         self.review_state: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, ReviewSession] = {}
         self._ids = itertools.count(1)
@@ -263,8 +272,93 @@ class MemoryStore:
     async def allowlisted_banks(self, sha1: str) -> frozenset[str]:
         return frozenset(bank for s, bank in self.allowlist if s == sha1)
 
-    async def list_allowlist(self, limit: int = 500) -> list[dict[str, Any]]:
-        return sorted(self.allowlist.values(), key=lambda r: -r["added_at"])[:limit]
+    async def list_allowlist(self, limit: int = 500) -> list[AllowlistEntry]:
+        return sorted(self.allowlist.values(), key=lambda r: (-r.added_at, r.sha1))[:limit]
+
+    async def allowlist_pdqs(self) -> list[AllowlistEntry]:
+        return [e for e in self.allowlist.values() if e.pdq is not None]
+
+    async def allowlist_version(self) -> tuple[int, float]:
+        return len(self.allowlist), max((e.added_at for e in self.allowlist.values()), default=0.0)
+
+    async def content_pdq(self, sha1: str) -> str | None:
+        scan = self.scans.get(sha1)
+        return scan.pdq if scan else None
+
+    async def add_allowlist(self, entry: AllowlistEntry) -> bool:
+        if (entry.sha1, entry.bank) in self.allowlist:
+            return False
+        self.allowlist[(entry.sha1, entry.bank)] = entry
+        self._append_audit(entry.added_at, entry.added_by, "allowlist-add", entry.sha1, None, None, entry.note,
+                           {"bank": entry.bank, "pdq": entry.pdq})
+        return True
+
+    async def remove_allowlist(self, sha1: str, bank: str, actor: str, note: str = "") -> bool:
+        row = self.allowlist.pop((sha1, bank), None)
+        if row is None:
+            return False
+        self._append_audit(self.clock(), actor, "allowlist-undo", sha1, None, None, note,
+                           {"bank": bank, "pdq": row.pdq, "added_by": row.added_by, "added_at": row.added_at,
+                            "added_note": row.note})
+        return True
+
+    # ------------------------------------------------------------------ review: claims
+
+    async def claim_case(self, sha1: str, reviewer: str, now: float, ttl: float, *, take_over: bool = False) -> Claim:
+        old = self.claims.get(sha1)
+        if old is None or take_over or old.reviewer == reviewer or old.expires_at <= now:
+            since = old.claimed_at if old is not None and old.reviewer == reviewer else now
+            self.claims[sha1] = Claim(sha1=sha1, reviewer=reviewer, claimed_at=since, expires_at=now + ttl)
+        return self.claims[sha1]
+
+    async def case_claims(self, sha1s: Sequence[str], now: float) -> dict[str, Claim]:
+        return {s: c for s in sha1s if (c := self.claims.get(s)) is not None and c.expires_at > now}
+
+    async def release_claim(self, sha1: str, reviewer: str) -> None:
+        if (c := self.claims.get(sha1)) is not None and c.reviewer == reviewer:
+            del self.claims[sha1]
+
+    # ------------------------------------------------------------------ reviewers and sign-ins
+
+    async def add_reviewer(self, name: str, password_hash: str, role: str) -> bool:
+        if name in self.reviewers:
+            return False
+        now = self.clock()
+        self.reviewers[name] = Reviewer(name=name, password_hash=password_hash, role=role, disabled_at=None,
+                                        created_at=now, updated_at=now)
+        return True
+
+    async def get_reviewer(self, name: str) -> Reviewer | None:
+        return self.reviewers.get(name)
+
+    async def list_reviewers(self) -> list[Reviewer]:
+        return [self.reviewers[n] for n in sorted(self.reviewers)]
+
+    async def update_reviewer(self, name: str, *, password_hash: str | None = None, role: str | None = None,
+                              disabled: bool | None = None) -> bool:
+        old = self.reviewers.get(name)
+        if old is None:
+            return False
+        now = self.clock()
+        self.reviewers[name] = dataclasses.replace(
+            old, updated_at=now, password_hash=old.password_hash if password_hash is None else password_hash,
+            role=old.role if role is None else role,
+            disabled_at=old.disabled_at if disabled is None else (now if disabled else None))
+        return True
+
+    async def record_signin(self, name: str, address: str, result: str) -> None:
+        self.signins.append(SignIn(id=len(self.signins) + 1, at=self.clock(), name=name, address=address,
+                                   result=result))
+
+    async def signin_counts(self, name: str, address: str, since: float) -> SignInCounts:
+        last_ok = max((x.id for x in self.signins if (x.name, x.address, x.result) == (name, address, "ok")),
+                      default=0)
+        failed = [x for x in self.signins if x.result == "bad-password" and x.at > since]
+        return SignInCounts(pair=sum((x.name, x.address) == (name, address) and x.id > last_ok for x in failed),
+                            address=sum(x.address == address for x in failed), name=sum(x.name == name for x in failed))
+
+    async def list_signins(self, limit: int, before_id: int | None = None) -> list[SignIn]:
+        return [x for x in reversed(self.signins) if before_id is None or x.id < before_id][:limit]
 
     def _append_audit(self, at: float, actor: str, action: str, sha1: str | None, wiki: str | None,
                       title: str | None, note: str, detail: dict[str, Any]) -> int:
@@ -289,8 +383,9 @@ class MemoryStore:
         audit_id = self._append_audit(now, d.reviewer, d.action, d.sha1, None, d.title, d.note, dict(d.detail))
         self.review_state[d.sha1] = {"state": d.state, "reviewer": d.reviewer, "decided_at": now, "note": d.note}
         for bank in d.allowlist_banks:
-            self.allowlist.setdefault((d.sha1, bank), {"bank": bank, "sha1": d.sha1, "added_by": d.reviewer,
-                                                       "added_at": now, "note": d.note})
+            self.allowlist.setdefault((d.sha1, bank), AllowlistEntry(sha1=d.sha1, bank=bank, added_by=d.reviewer,
+                                                                     added_at=now, note=d.note, pdq=d.allowlist_pdq))
+        self.claims.pop(d.sha1, None)
         items = self._insert_actions(d.actions, now)
         for item in list(self.outbox.values()):
             if item.key in d.retry_keys and item.state == "failed":
@@ -334,6 +429,12 @@ class MemoryStore:
             cases = [c for c in cases if filt.wiki in c.wikis]
         if filt.matcher:
             cases = [c for c in cases if filt.matcher in c.matchers]
+        if filt.uploader:
+            mine = {r["sha1"] for r in self.matches if r["uploader"] == filt.uploader}
+            cases = [c for c in cases if c.sha1 in mine]
+        if filt.query and filt.query.strip():
+            found = {r["sha1"] for r in self.matches if _found(r, filt.query.strip())}
+            cases = [c for c in cases if c.sha1 in found]
         if filt.state == "todo":
             cases = [c for c in cases if c.state in ("open", "escalated")]
         elif filt.state:
@@ -373,7 +474,7 @@ class MemoryStore:
         return out
 
     async def filter_values(self) -> dict[str, list[str]]:
-        return {col: sorted({r[col] for r in self.matches}) for col in ("category", "wiki", "matcher")}
+        return {col: sorted({r[col] for r in self.matches}) for col in ("category", "wiki", "matcher", "bank")}
 
     # ------------------------------------------------------------------ review: sessions
 
@@ -398,3 +499,10 @@ class MemoryStore:
         for k in old:
             del self.sessions[k]
         return len(old)
+
+
+def _found(row: dict[str, Any], query: str) -> bool:
+    """The free-text search of :class:`~service.store.base.CaseFilter` (as :func:`service.store.review._search`)."""
+    q = query.lower()
+    return (q in row["title"].lower() or q in (row["uploader"] or "").lower() or row["hash_id"] == query
+            or (SEARCH_HEX_RE.match(q) is not None and row["sha1"].startswith(q)))

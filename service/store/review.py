@@ -15,10 +15,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
-from service.store.base import AuditEntry, CaseFilter, Decision, OutboxItem, ReviewCase, ReviewSession
+from service.store.base import (
+    SEARCH_HEX_RE,
+    AllowlistEntry,
+    AuditEntry,
+    CaseFilter,
+    Claim,
+    Decision,
+    OutboxItem,
+    ReviewCase,
+    ReviewSession,
+)
 from service.store.db import Database
 from service.store.outbox import insert_actions, items_about, retry_failed
-from service.store.schema import allowlist, audit_log, matches, review_sessions, review_state
+from service.store.schema import allowlist, audit_log, matches, review_claims, review_sessions, review_state, scans
 
 m, r = matches, review_state
 
@@ -48,6 +58,37 @@ def _session(row: RowMapping) -> ReviewSession:
         token_hash=row["token_hash"], reviewer=row["reviewer"], csrf=row["csrf"], created_at=row["created_at"],
         last_seen=row["last_seen"], expires_at=row["expires_at"],
     )
+
+
+def _entry(row: RowMapping) -> AllowlistEntry:
+    return AllowlistEntry(sha1=row["sha1"], bank=row["bank"], added_by=row["added_by"], added_at=row["added_at"],
+                          note=row["note"], pdq=row["pdq"])
+
+
+def _claim(row: RowMapping) -> Claim:
+    return Claim(sha1=row["sha1"], reviewer=row["reviewer"], claimed_at=row["claimed_at"],
+                 expires_at=row["expires_at"])
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` for LIKE with ``\\`` as the escape character, lower-cased (compared with ``lower(column)``)."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _search(query: str) -> sa.ColumnElement[bool]:
+    """Matches rows whose title or uploader contains ``query`` (any case), whose hash id is it, or whose SHA-1
+    starts with it (6+ hex digits)."""
+    q = query.strip()
+    pattern = like_pattern(q)
+    terms: list[sa.ColumnElement[bool]] = [
+        sa.func.lower(m.c.title).like(pattern, escape="\\"),
+        sa.func.lower(sa.func.coalesce(m.c.uploader, "")).like(pattern, escape="\\"),
+        m.c.hash_id == q,
+    ]
+    if SEARCH_HEX_RE.match(q.lower()):
+        terms.append(m.c.sha1.like(f"{q.lower()}%"))
+    return sa.or_(*terms)
 
 
 def _insert_audit(conn: Connection, at: float, actor: str, action: str, sha1: str | None, wiki: str | None,
@@ -85,9 +126,82 @@ class SqlReview:
         stmt = sa.select(allowlist.c.bank).where(allowlist.c.sha1 == sha1)
         return await self.db.read(lambda c: frozenset(c.execute(stmt).scalars()))
 
-    async def list_allowlist(self, limit: int = 500) -> list[dict[str, Any]]:
-        stmt = sa.select(allowlist).order_by(allowlist.c.added_at.desc()).limit(limit)
-        return await self.db.read(lambda c: [dict(row) for row in c.execute(stmt).mappings()])
+    async def list_allowlist(self, limit: int = 500) -> list[AllowlistEntry]:
+        stmt = sa.select(allowlist).order_by(allowlist.c.added_at.desc(), allowlist.c.sha1).limit(limit)
+        return await self.db.read(lambda c: [_entry(row) for row in c.execute(stmt).mappings()])
+
+    async def allowlist_pdqs(self) -> list[AllowlistEntry]:
+        stmt = sa.select(allowlist).where(allowlist.c.pdq.is_not(None))
+        return await self.db.read(lambda c: [_entry(row) for row in c.execute(stmt).mappings()])
+
+    async def allowlist_version(self) -> tuple[int, float]:
+        stmt = sa.select(sa.func.count(), sa.func.max(allowlist.c.added_at))
+        row = await self.db.read(lambda c: c.execute(stmt).one())
+        return int(row[0]), float(row[1] or 0.0)
+
+    async def content_pdq(self, sha1: str) -> str | None:
+        stmt = sa.select(scans.c.pdq).where(scans.c.sha1 == sha1)
+        return await self.db.read(lambda c: c.execute(stmt).scalar())
+
+    async def add_allowlist(self, entry: AllowlistEntry) -> bool:
+        e = entry
+
+        def tx(c: Connection) -> bool:
+            stmt = self.db.insert(allowlist).values(bank=e.bank, sha1=e.sha1, added_by=e.added_by,
+                                                    added_at=e.added_at, note=e.note, pdq=e.pdq)
+            if c.execute(stmt.on_conflict_do_nothing().returning(allowlist.c.sha1)).first() is None:
+                return False
+            _insert_audit(c, e.added_at, e.added_by, "allowlist-add", e.sha1, None, None, e.note,
+                          {"bank": e.bank, "pdq": e.pdq})
+            return True
+
+        return await self.db.write(tx)
+
+    async def remove_allowlist(self, sha1: str, bank: str, actor: str, note: str = "") -> bool:
+        now = self.clock()
+
+        def tx(c: Connection) -> bool:
+            where = (allowlist.c.sha1 == sha1, allowlist.c.bank == bank)
+            row = c.execute(sa.select(allowlist).where(*where)).mappings().first()
+            if row is None:
+                return False
+            c.execute(sa.delete(allowlist).where(*where))
+            _insert_audit(c, now, actor, "allowlist-undo", sha1, None, None, note,
+                          {"bank": bank, "pdq": row["pdq"], "added_by": row["added_by"], "added_at": row["added_at"],
+                           "added_note": row["note"]})
+            return True
+
+        return await self.db.write(tx)
+
+    # ------------------------------------------------------------------ claims
+
+    async def claim_case(self, sha1: str, reviewer: str, now: float, ttl: float, *, take_over: bool = False) -> Claim:
+        ins = self.db.insert(review_claims).values(sha1=sha1, reviewer=reviewer, claimed_at=now, expires_at=now + ttl)
+        free = sa.or_(review_claims.c.reviewer == reviewer, review_claims.c.expires_at <= now)
+        # one's own claim is renewed from its first claim time; a taken-over or expired one starts again
+        claimed_at = sa.case((review_claims.c.reviewer == reviewer, review_claims.c.claimed_at),
+                             else_=ins.excluded.claimed_at)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[review_claims.c.sha1],
+            set_={"reviewer": ins.excluded.reviewer, "claimed_at": claimed_at, "expires_at": ins.excluded.expires_at},
+            where=None if take_over else free)
+        get = sa.select(review_claims).where(review_claims.c.sha1 == sha1)
+
+        def tx(c: Connection) -> Claim:
+            c.execute(stmt)
+            return _claim(c.execute(get).mappings().one())
+
+        return await self.db.write(tx)
+
+    async def case_claims(self, sha1s: Sequence[str], now: float) -> dict[str, Claim]:
+        if not sha1s:
+            return {}
+        stmt = sa.select(review_claims).where(review_claims.c.sha1.in_(list(sha1s)), review_claims.c.expires_at > now)
+        return await self.db.read(lambda c: {row["sha1"]: _claim(row) for row in c.execute(stmt).mappings()})
+
+    async def release_claim(self, sha1: str, reviewer: str) -> None:
+        stmt = sa.delete(review_claims).where(review_claims.c.sha1 == sha1, review_claims.c.reviewer == reviewer)
+        await self.db.write(lambda c: c.execute(stmt))
 
     # ------------------------------------------------------------------ audit log and decisions
 
@@ -121,7 +235,8 @@ class SqlReview:
                 "decided_at": ins.excluded.decided_at, "note": ins.excluded.note}))
             for bank in d.allowlist_banks:
                 c.execute(self.db.insert(allowlist).values(bank=bank, sha1=d.sha1, added_by=d.reviewer, added_at=now,
-                                                           note=d.note).on_conflict_do_nothing())
+                                                           note=d.note, pdq=d.allowlist_pdq).on_conflict_do_nothing())
+            c.execute(sa.delete(review_claims).where(review_claims.c.sha1 == d.sha1))
             items = insert_actions(self.db, c, d.actions, now) + retry_failed(c, d.retry_keys, now)
             return audit_id, sorted(items, key=lambda i: i.id)
 
@@ -143,6 +258,10 @@ class SqlReview:
         inner = [m.c.sha1.in_(sa.select(m.c.sha1).where(m.c[column] == value))
                  for column, value in (("category", filt.category), ("wiki", filt.wiki), ("matcher", filt.matcher))
                  if value]
+        if filt.uploader:
+            inner.append(m.c.sha1.in_(sa.select(m.c.sha1).where(m.c.uploader == filt.uploader)))
+        if filt.query and filt.query.strip():
+            inner.append(m.c.sha1.in_(sa.select(m.c.sha1).where(_search(filt.query))))
         cases = self._cases(*inner).subquery("cases")
         outer: list[sa.ColumnElement[bool]] = []
         if filt.state == "todo":
@@ -195,7 +314,7 @@ class SqlReview:
     async def filter_values(self) -> dict[str, list[str]]:
         def q(c: Connection) -> dict[str, list[str]]:
             return {col: list(c.execute(sa.select(m.c[col]).distinct().order_by(m.c[col])).scalars())
-                    for col in ("category", "wiki", "matcher")}
+                    for col in ("category", "wiki", "matcher", "bank")}
 
         return await self.db.read(q)
 

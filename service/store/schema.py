@@ -160,6 +160,8 @@ allowlist = Table(
     Column("added_by", Text, nullable=False),
     Column("added_at", Double, nullable=False),
     Column("note", Text, nullable=False, server_default=""),
+    # The content's PDQ (hex) when known: near copies (re-encoded, resized) are allowlisted too.
+    Column("pdq", Text),
     PrimaryKeyConstraint("sha1", "bank"),
 )
 
@@ -179,5 +181,38 @@ review_sessions = Table(
     Column("csrf", Text, nullable=False),
     Column("created_at", Double, nullable=False),
     Column("last_seen", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
+
+# Reviewers managed with `mediamoderation reviewer ...` (config-file reviewers are the deprecated other source).
+reviewers = Table(
+    "reviewers", metadata,
+    Column("name", Text, primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", Text, nullable=False, server_default="reviewer"),
+    Column("disabled_at", Double),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+# Every sign-in attempt (audit, visible to admins) and the shared sign-in throttle's state: the throttle counts
+# recent failures here, so all replicas see the same counts.
+review_signins = Table(
+    "review_signins", metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("at", Double, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("result", Text, nullable=False),
+    Index("review_signins_name", "name", "at"),
+    Index("review_signins_address", "address", "at"),
+)
+
+# Who is working on a case, until when.
+review_claims = Table(
+    "review_claims", metadata,
+    Column("sha1", Text, primary_key=True),
+    Column("reviewer", Text, nullable=False),
+    Column("claimed_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,16 +15,19 @@ import pytest
 from service.models import Match, UploadEvent
 from service.store import Database, MemoryStore, StoreError, Stores, memory_stores, postgres_stores, sqlite_stores
 from service.store.base import (
+    ANY_BANK,
     REMOTE_CLEAN,
     REMOTE_FAILED,
     REMOTE_GONE,
     REMOTE_SEEN,
+    AllowlistEntry,
     CaseFilter,
     Decision,
     NewAction,
     RemoteScan,
     ReviewSession,
     ScanRecord,
+    SignInCounts,
 )
 from tests.infra.postgres import TestDatabase
 
@@ -274,7 +278,8 @@ async def test_review_queue_decisions_allowlist_and_audit(store: Stores, backend
         audit_id, "rev", "dismiss", SHA, "File:F4.jpg", "fp", {"why": "test"})
     assert await store.review.review_case("c" * 40) is None
     assert (await store.review.filter_values()) == {
-        "category": ["child-protection", "terrorism"], "wiki": ["otherwiki", "testwiki"], "matcher": ["pdq", "sha1"]}
+        "category": ["child-protection", "terrorism"], "wiki": ["otherwiki", "testwiki"], "matcher": ["pdq", "sha1"],
+        "bank": ["b", "c"]}
     assert await store.review.case_titles([SHA]) == {SHA: [("otherwiki", "File:F5.jpg"), ("testwiki", "File:F4.jpg")]}
     assert await store.review.case_titles([]) == {}
     assert [i.key for i in await store.review.case_actions(SHA)] == [action.key]
@@ -394,3 +399,109 @@ async def test_outbox_items_are_claimed_by_one_replica_and_leased(sql_backend: B
     finally:
         await a.close()
         await b.close()
+
+
+# ------------------------------------------------------------------ the review queue for a team (issue 13)
+
+
+async def test_case_search_by_title_uploader_sha1_and_hash_id(store: Stores) -> None:
+    other = dataclasses.replace(upload(2, "b" * 40), uploader="Mallory_99", title="File:Holiday_50%.jpg")
+    await store.pipeline.record_matches(upload(1), SHA, [M], [])
+    await store.pipeline.record_matches(other, "b" * 40, [dataclasses.replace(M, hash_id="x-1")], [])
+
+    async def found(**kw: Any) -> list[str]:
+        return [c.sha1 for c in (await store.review.review_cases(CaseFilter(**kw), 10, 0))[0]]
+
+    assert await found(query="holiday_50%") == ["b" * 40]  # any case; LIKE wildcards are plain characters
+    assert await found(query="day_5") == ["b" * 40] and await found(query="d%y") == []
+    assert await found(query="mallory") == ["b" * 40]
+    assert await found(uploader="Mallory_99") == ["b" * 40] and await found(uploader="mallory_99") == []
+    assert await found(query="aaaaaa") == [SHA]  # the start of a SHA-1
+    assert await found(query="x-1") == ["b" * 40] and await found(query="7") == [SHA]  # a hash id, exactly
+    assert await found(query="f1.jpg") == [SHA]
+    assert sorted(await found(query="  ")) == [SHA, "b" * 40]  # blank: no search
+
+
+async def test_claims_expire_are_renewed_and_taken_over(store: Stores) -> None:
+    first = await store.review.claim_case(SHA, "alice", 100.0, 60.0)
+    assert (first.reviewer, first.claimed_at, first.expires_at) == ("alice", 100.0, 160.0)
+    held = await store.review.claim_case(SHA, "bob", 110.0, 60.0)
+    assert held == first  # alice's claim is still running
+    renewed = await store.review.claim_case(SHA, "alice", 120.0, 60.0)
+    assert (renewed.reviewer, renewed.claimed_at, renewed.expires_at) == ("alice", 100.0, 180.0)
+    taken = await store.review.claim_case(SHA, "bob", 130.0, 60.0, take_over=True)
+    assert (taken.reviewer, taken.claimed_at) == ("bob", 130.0)
+    assert await store.review.case_claims([SHA, "b" * 40], 131.0) == {SHA: taken}
+    assert await store.review.case_claims([SHA], 190.0) == {}  # expired
+    after = await store.review.claim_case(SHA, "carol", 191.0, 60.0)
+    assert after.reviewer == "carol"
+    await store.review.release_claim(SHA, "bob")  # not bob's any more: stays
+    assert (await store.review.case_claims([SHA], 192.0))[SHA].reviewer == "carol"
+    await store.pipeline.record_matches(upload(1), SHA, [M], [])
+    await store.review.record_decision(Decision(sha1=SHA, state="confirmed", reviewer="carol", action="confirm"))
+    assert await store.review.case_claims([SHA], 192.0) == {}  # a decision ends the claim
+
+
+async def test_allowlist_keeps_the_pdq_and_undo_is_audited(store: Stores, backend: Backend) -> None:
+    pdq = "0f" * 32
+    await store.pipeline.record_matches(upload(1), SHA, [M], [])
+    await store.scans.put_scan(ScanRecord(sha1=SHA, outcome="match", bank_version="v", scanned_at=1.0, pdq=pdq))
+    assert await store.review.content_pdq(SHA) == pdq and await store.review.content_pdq("c" * 40) is None
+    v0 = await store.review.allowlist_version()
+    await store.review.record_decision(Decision(sha1=SHA, state="dismissed", reviewer="rev", action="dismiss",
+                                                allowlist_banks=("b",), allowlist_pdq=pdq))
+    backend.clock[0] = 1001.0
+    entry = AllowlistEntry(sha1="c" * 40, bank=ANY_BANK, added_by="admin", added_at=1001.0, note="logo")
+    assert await store.review.add_allowlist(entry) is True
+    assert await store.review.add_allowlist(entry) is False
+    v1 = await store.review.allowlist_version()
+    assert v1 != v0
+    assert [(a.sha1, a.bank, a.pdq, a.added_by) for a in await store.review.list_allowlist()] == [
+        ("c" * 40, ANY_BANK, None, "admin"), (SHA, "b", pdq, "rev")]
+    assert [(a.sha1, a.pdq) for a in await store.review.allowlist_pdqs()] == [(SHA, pdq)]
+    assert await store.review.allowlisted_banks("c" * 40) == frozenset({ANY_BANK})
+    backend.clock[0] = 1002.0
+    assert await store.review.remove_allowlist(SHA, "b", "admin", "was real") is True
+    assert await store.review.remove_allowlist(SHA, "b", "admin") is False
+    assert await store.review.allowlisted_banks(SHA) == frozenset()
+    assert await store.review.allowlist_version() != v1
+    audit = [(a.actor, a.action, a.sha1, a.note, a.detail.get("bank")) for a in await store.review.list_audit(10)]
+    assert audit == [("admin", "allowlist-undo", SHA, "was real", "b"), ("admin", "allowlist-add", "c" * 40, "logo",
+                                                                         ANY_BANK), ("rev", "dismiss", SHA, "", None)]
+
+
+async def test_reviewers_are_added_changed_and_disabled(store: Stores, backend: Backend) -> None:
+    assert await store.reviewers.add_reviewer("alice", "$argon2id$x", "reviewer") is True
+    assert await store.reviewers.add_reviewer("alice", "$argon2id$y", "admin") is False
+    await store.reviewers.add_reviewer("bob", "$argon2id$b", "admin")
+    backend.clock[0] = 1005.0
+    assert await store.reviewers.update_reviewer("alice", role="admin", password_hash="$argon2id$z") is True
+    assert await store.reviewers.update_reviewer("nobody", role="admin") is False
+    alice = await store.reviewers.get_reviewer("alice")
+    assert alice is not None
+    assert (alice.role, alice.password_hash, alice.active, alice.created_at, alice.updated_at) == (
+        "admin", "$argon2id$z", True, 1000.0, 1005.0)
+    await store.reviewers.update_reviewer("alice", disabled=True)
+    assert (await store.reviewers.get_reviewer("alice") or pytest.fail()).disabled_at == 1005.0
+    await store.reviewers.update_reviewer("alice", disabled=False)
+    assert (await store.reviewers.get_reviewer("alice") or pytest.fail()).active
+    assert [r.name for r in await store.reviewers.list_reviewers()] == ["alice", "bob"]
+    assert await store.reviewers.get_reviewer("carol") is None
+
+
+async def test_signins_are_logged_and_counted_for_the_throttle(store: Stores, backend: Backend) -> None:
+    r = store.reviewers
+    for at, name, address, result in [(1000.0, "alice", "a", "bad-password"), (1001.0, "alice", "a", "bad-password"),
+                                      (1002.0, "alice", "b", "bad-password"), (1003.0, "bob", "a", "bad-password"),
+                                      (1004.0, "alice", "a", "throttled"), (1005.0, "alice", "b", "ok"),
+                                      (1005.0, "alice", "b", "bad-password")]:
+        backend.clock[0] = at
+        await r.record_signin(name, address, result)
+    assert await r.signin_counts("alice", "a", 999.0) == SignInCounts(pair=2, address=3, name=4)
+    assert await r.signin_counts("alice", "b", 999.0) == SignInCounts(pair=1, address=2, name=4)  # after its ok
+    assert await r.signin_counts("alice", "a", 1000.5) == SignInCounts(pair=1, address=2, name=3)  # the window
+    rows = await r.list_signins(3)
+    assert [(x.name, x.address, x.result) for x in rows] == [("alice", "b", "bad-password"), ("alice", "b", "ok"),
+                                                              ("alice", "a", "throttled")]
+    older = await r.list_signins(10, before_id=rows[-1].id)
+    assert [x.id for x in older] == [x.id for x in (await r.list_signins(10))[3:]]

@@ -16,21 +16,21 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from aiohttp import web
 
-from service.actions.notify import review_link
-from service.actions.plan import takedown_payload, upload_key
-from service.actions.policy import TakedownPolicy
+from service.actions.plan import upload_key
 from service.config import Config
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
-from service.links import page_url
 from service.metrics import Metrics
 from service.pipeline import Fetcher
-from service.store.base import CaseFilter, Decision, NewAction, OutboxItem, ReviewSession, ReviewStore
-from service.web.review import preview, views
+from service.store.base import CaseFilter, Claim, ReviewCase, ReviewerStore, ReviewStore
+from service.web.review import http, preview, team_views, views
+from service.web.review.admin import AdminPages
 from service.web.review.auth import Auth, same
+from service.web.review.decisions import Decider, Refused, file_deleted, takedown_summary, uploads_of
+from service.web.review.http import NEW_TOKEN_KEY, ROLE_KEY, SESSION_KEY
 from service.web.review.views import BASE
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,11 @@ FLASH = {
     "dismiss-removed": "Dismissed as a false positive: the content is on the bank allowlist. It was already "
                        "deleted on the wiki: restore it there (Special:Undelete) if that was wrong.",
     "escalate": "Escalated: the escalation list is being emailed.",
+    "bulk": "Done: the decision was recorded for the selected cases.",
+    "none-left": "No more cases to review for these filters.",
 }
-_Key = getattr(web, "RequestKey", None)  # aiohttp >= 3.13; plain string keys before
-SESSION_KEY: Any = _Key("review_session", object) if _Key else "review_session"
-NEW_TOKEN_KEY: Any = _Key("review_new_token", str) if _Key else "review_new_token"
-
-
-def _match_dict(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("matcher", "bank", "category", "hash_id", "hash_value", "distance", "source", "details")
-    return {k: row.get(k) for k in keys}
+FILTER_KEYS = ("state", "category", "wiki", "matcher", "q")
+BULK_MAX = 200
 
 
 class ReviewUI:
@@ -65,6 +61,7 @@ class ReviewUI:
         cfg: Config,
         *,
         store: ReviewStore,
+        reviewers: ReviewerStore,
         fetcher: Fetcher,
         metrics: Metrics,
         kick: Callable[[], None],
@@ -77,8 +74,10 @@ class ReviewUI:
         self.fetcher = fetcher
         self.metrics = metrics
         self.kick = kick
-        self.policy = TakedownPolicy(cfg.actions.takedown)
-        self.auth = Auth(cfg.review, store, clock, sleep=sleep)
+        self.clock = clock
+        self.decider = Decider(cfg, store)
+        self.policy = self.decider.policy
+        self.auth = Auth(cfg.review, store, clock, reviewers=reviewers, sleep=sleep)
         self.app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
         r = self.app.router
         r.add_get("/", self.queue)
@@ -90,13 +89,17 @@ class ReviewUI:
         r.add_get("/matches/{sha1}", self.detail)
         r.add_get("/matches/{sha1}/preview/{match_id:\\d+}", self.preview)
         r.add_post("/matches/{sha1}/decide", self.decide)
+        r.add_post("/bulk", self.bulk)
+        r.add_get("/next", self.next_case)
+        self.admin = AdminPages(store, reviewers, cfg.review, clock=clock)
+        self.admin.add_routes(r)
 
     def mount(self, parent: web.Application) -> None:
         parent.router.add_get(BASE, self._to_queue)
         parent.add_subapp(BASE, self.app)
 
     async def _to_queue(self, request: web.Request) -> web.StreamResponse:
-        return _redirect(f"{BASE}/")
+        return http.redirect(f"{BASE}/")
 
     # ------------------------------------------------------------------ middleware
 
@@ -123,7 +126,7 @@ class ReviewUI:
         public = path == f"{BASE}/login" or path.startswith(f"{BASE}/static/")
         session = await self.auth.session(request.cookies.get(self.auth.cookie))
         header = self.rcfg.proxy_auth.header
-        proxied = self.auth.proxy_user(request.remote, request.headers.get(header)) if header else None
+        proxied = await self.auth.proxy_user(request.remote, request.headers.get(header)) if header else None
         if header and proxied is None and header in request.headers \
                 and request.remote in self.rcfg.proxy_auth.trusted_proxies:
             session = None  # the proxy names someone who is not a reviewer: its word beats an old cookie
@@ -133,9 +136,11 @@ class ReviewUI:
             self.metrics.review_logins.labels("proxy").inc()
             await self.store.append_audit(proxied, "login", note=f"single sign-on ({header})")
         request[SESSION_KEY] = session
+        role = await self.auth.role(session.reviewer) if session is not None else None
+        request[ROLE_KEY] = role or "reviewer"
         if session is None and not public:
             if request.method == "GET" and "/preview/" not in path:
-                return _redirect(f"{BASE}/login?next={quote(request.path_qs, safe='')}")
+                return http.redirect(f"{BASE}/login?next={quote(request.path_qs, safe='')}")
             return web.Response(status=401 if request.method == "GET" else 403, content_type="text/plain",
                                 text="Sign in first: /review/login")
         if request.method == "POST" and path != f"{BASE}/login":
@@ -154,17 +159,14 @@ class ReviewUI:
         resp.set_cookie(name, value, max_age=max_age, path="/", secure=self.rcfg.secure_cookies, httponly=True,
                         samesite=samesite)
 
-    @staticmethod
-    def _session(request: web.Request) -> ReviewSession:
-        session = request[SESSION_KEY]
-        assert isinstance(session, ReviewSession)
-        return session
+    _session = staticmethod(http.session)
+    _nav = staticmethod(http.nav)
 
     # ------------------------------------------------------------------ sign-in
 
     async def login_form(self, request: web.Request) -> web.StreamResponse:
         if request.get(SESSION_KEY) is not None:
-            return _redirect(_next(request.query.get("next")))
+            return http.redirect(_next(request.query.get("next")))
         return self._login_page(request, _next(request.query.get("next")))
 
     def _login_page(self, request: web.Request, next_url: str, error: str | None = None,
@@ -185,6 +187,8 @@ class ReviewUI:
         address = self.auth.client_address(request.remote, request.headers)
         result = await self.auth.sign_in(name, password, address)
         self.metrics.review_logins.labels(result).inc()
+        if result != "ok":
+            self.metrics.review_signin_failures.labels(result).inc()
         if result == "throttled":
             return self._login_page(request, next_url, "Too many failed sign-ins from this address. Wait 15 "
                                     "minutes.", 429)
@@ -194,7 +198,7 @@ class ReviewUI:
         await self.auth.end_session(request.cookies.get(self.auth.cookie))
         token, _ = await self.auth.new_session(name)
         await self.store.append_audit(name, "login", note=f"from {address}")
-        resp = _redirect(next_url)
+        resp = http.redirect(next_url)
         self._set_cookie(resp, self.auth.cookie, token, max_age=int(self.rcfg.session_max))
         resp.del_cookie(self.auth.login_cookie, path="/")
         return resp
@@ -203,7 +207,7 @@ class ReviewUI:
         session = self._session(request)
         await self.auth.end_session(request.cookies.get(self.auth.cookie))
         await self.store.append_audit(session.reviewer, "logout")
-        resp = _redirect(f"{BASE}/login")
+        resp = http.redirect(f"{BASE}/login")
         resp.del_cookie(self.auth.cookie, path="/")
         return resp
 
@@ -216,31 +220,46 @@ class ReviewUI:
 
     # ------------------------------------------------------------------ pages
 
-    async def queue(self, request: web.Request) -> web.StreamResponse:
-        s = self._session(request)
-        q = request.query
-        state = q.get("state", "todo")
+    def _filters(self, query: Any) -> tuple[dict[str, str], CaseFilter]:
+        """The queue's filters from a query (kept across pages, cases and decisions) and the store's filter."""
+        state = str(query.get("state", "todo"))
         if state not in {k for k, _ in views.STATE_FILTERS}:
             state = "todo"
-        filters = {"state": state, "category": q.get("category", ""), "wiki": q.get("wiki", ""),
-                   "matcher": q.get("matcher", "")}
+        filters = {"state": state, **{k: str(query.get(k, "")).strip()[:200] for k in FILTER_KEYS if k != "state"}}
+        filt = CaseFilter(state=None if state == "all" else state, category=filters["category"] or None,
+                          wiki=filters["wiki"] or None, matcher=filters["matcher"] or None,
+                          query=filters["q"] or None)
+        return filters, filt
+
+    @staticmethod
+    def _kept(request: web.Request, form: Any = None) -> dict[str, str]:
+        """The queue filters a page came from (``f``: their query string), to go back to and to find the next case."""
+        raw = str((form if form is not None else request.query).get("f", ""))[:1000]
+        return {k: v for k, v in parse_qsl(raw) if k in FILTER_KEYS and v}
+
+    async def queue(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        filters, filt = self._filters(q)
         try:
             page = max(1, int(q.get("page", "1")))
         except ValueError:
             page = 1
         size = self.rcfg.page_size
-        filt = CaseFilter(state=None if state == "all" else state, category=filters["category"] or None,
-                          wiki=filters["wiki"] or None, matcher=filters["matcher"] or None)
         cases, total = await self.store.review_cases(filt, size, (page - 1) * size)
-        titles = await self.store.case_titles([c.sha1 for c in cases])
-        takedowns = {c.sha1: _takedown_summary(await self.store.case_actions(c.sha1)) for c in cases}
+        sha1s = [c.sha1 for c in cases]
+        titles = await self.store.case_titles(sha1s)
+        takedowns = {c.sha1: takedown_summary(await self.store.case_actions(c.sha1)) for c in cases}
         view = views.QueueView(cases=cases, total=total, page=page, page_size=size, filters=filters,
                                options=await self.store.filter_values(), titles=titles, takedowns=takedowns,
-                               mode=self.policy.mode)
-        return _html(views.queue_page(view, user=s.reviewer, csrf=s.csrf))
+                               mode=self.policy.mode, claims=await self.store.case_claims(sha1s, self.clock()),
+                               flash=FLASH.get(q.get("done", "")), me=self._session(request).reviewer)
+        return http.html(views.queue_page(view, **self._nav(request)))
 
-    async def _case(self, request: web.Request) -> tuple[str, Any, list[dict[str, Any]]]:
-        sha1 = request.match_info["sha1"].lower()
+    async def _case(self, request: web.Request) -> tuple[str, ReviewCase, list[dict[str, Any]]]:
+        return await self._case_of(request.match_info["sha1"])
+
+    async def _case_of(self, value: str) -> tuple[str, ReviewCase, list[dict[str, Any]]]:
+        sha1 = value.lower()
         if not SHA1_RE.match(sha1):
             raise web.HTTPNotFound(text="No such match")
         case = await self.store.review_case(sha1)
@@ -251,12 +270,14 @@ class ReviewUI:
     async def detail(self, request: web.Request) -> web.StreamResponse:
         s = self._session(request)
         sha1, case, rows = await self._case(request)
-        items = {i.key: i for i in await self.store.case_actions(sha1)}
+        all_items = await self.store.case_actions(sha1)
+        items = {i.key: i for i in all_items}
+        upload_rows = uploads_of(rows)
         uploads: list[views.Upload] = []
-        for row in _uploads(rows):
+        for row in upload_rows:
             wiki, title = row["wiki"], row["title"]
             uploads.append(views.Upload(
-                match_id=row["id"], wiki=wiki, title=title, page_url=self._page_url(wiki, title),
+                match_id=row["id"], wiki=wiki, title=title, page_url=self.decider.page_url(wiki, title),
                 uploader=row["uploader"],
                 upload_time=row["upload_time"], log_action=row["log_action"], recorded=row["created_at"],
                 takedown=items.get(upload_key("takedown", wiki, title, sha1))
@@ -266,23 +287,34 @@ class ReviewUI:
             clear = int(request.query.get("clear", ""))
         except ValueError:
             clear = None
+        deleted = file_deleted(case, upload_rows, all_items)
+        claim: Claim | None = None
+        if case.state in ("open", "escalated") and not deleted:  # opening a case to do claims it
+            claim = await self.store.claim_case(sha1, s.reviewer, self.clock(), self.rcfg.claim_ttl)
+        kept = self._kept(request)
         view = views.DetailView(
             case=case, uploads=uploads, matches=rows, audit=await self.store.list_audit(100, sha1=sha1),
             mode=self.policy.mode, escalations=[i for k, i in items.items() if k.startswith("escalate:")],
-            nonce=secrets.token_urlsafe(16), clear=clear, flash=FLASH.get(request.query.get("done", "")))
-        return _html(views.detail_page(view, user=s.reviewer, csrf=s.csrf))
+            nonce=secrets.token_urlsafe(16), clear=clear, flash=FLASH.get(request.query.get("done", "")),
+            deleted=deleted, claim=claim, me=s.reviewer, admin=request[ROLE_KEY] == "admin", kept=kept,
+            uploaders=await self._uploaders(sha1, rows))
+        return http.html(views.detail_page(view, **self._nav(request)))
 
-    def _payload(self, sha1: str, upload: dict[str, Any], rows: Sequence[dict[str, Any]],
-                 link: str | None) -> dict[str, Any]:
-        return _payload(sha1, upload, rows, link, self._page_url(upload["wiki"], upload["title"]))
-
-    def _page_url(self, wiki_id: str, title: str) -> str | None:
-        """The file page from the configuration, never the URL stored with the match (it came from the event)."""
-        wiki = self.cfg.wiki(wiki_id)
-        return page_url(wiki, title) if wiki is not None else None
+    async def _uploaders(self, sha1: str, rows: Sequence[dict[str, Any]]) -> list[views.Uploader]:
+        """Each uploader of the content: their other matched uploads with their outcomes, and block links."""
+        out = []
+        names = dict.fromkeys(r["uploader"] for r in rows if r["uploader"])
+        for name in list(names)[:5]:
+            cases, total = await self.store.review_cases(CaseFilter(uploader=name), 21, 0)
+            others = [c for c in cases if c.sha1 != sha1][:20]
+            titles = await self.store.case_titles([c.sha1 for c in others])
+            wikis = sorted({r["wiki"] for r in rows if r["uploader"] == name})
+            blocks = [(w, url) for w in wikis if (url := self.decider.page_url(w, f"Special:Block/{name}"))]
+            out.append(views.Uploader(name=name, others=others, titles=titles, total=max(0, total - 1),
+                                      block_links=blocks))
+        return out
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
-        s = self._session(request)
         try:
             before = int(request.query["before"]) if "before" in request.query else None
         except ValueError:
@@ -290,7 +322,22 @@ class ReviewUI:
         size = 100
         entries = await self.store.list_audit(size + 1, before_id=before)
         more = entries[size - 1].id if len(entries) > size else None
-        return _html(views.audit_page(entries[:size], next_before=more, user=s.reviewer, csrf=s.csrf))
+        return http.html(views.audit_page(entries[:size], next_before=more, **self._nav(request)))
+
+    async def next_case(self, request: web.Request) -> web.StreamResponse:
+        """The first case to do under the kept filters that nobody else holds (``after``: the one just decided)."""
+        s = self._session(request)
+        kept = self._kept(request)
+        _, filt = self._filters(kept)
+        after = request.query.get("after", "")
+        cases, _ = await self.store.review_cases(filt, 100, 0)
+        claims = await self.store.case_claims([c.sha1 for c in cases], self.clock())
+        for c in cases:
+            holder = claims.get(c.sha1)
+            free = holder is None or holder.reviewer == s.reviewer
+            if c.sha1 != after and c.state in ("open", "escalated") and free:
+                return http.redirect(views.case_href(c.sha1, kept))
+        return http.redirect(f"{BASE}/?{urlencode({**kept, 'done': 'none-left'})}")
 
     # ------------------------------------------------------------------ preview
 
@@ -339,57 +386,65 @@ class ReviewUI:
         choice = str(form.get("decision", ""))
         note = str(form.get("note", "")).strip()[:2000]
         nonce = re.sub(r"[^A-Za-z0-9_-]", "", str(form.get("nonce", "")))[:64] or secrets.token_urlsafe(16)
-        link = review_link(self.cfg.actions.notify.review_url, sha1)
-        uploads = _uploads(rows)
-        flash = choice
-        if choice == "confirm":
-            kind = self.policy.confirm_kind
-            if kind is None:
-                return _html(views.message_page("Takedown is off", "actions.takedown.mode is off: nothing can be "
-                                                "deleted from here.", user=s.reviewer, csrf=s.csrf), status=409)
-            actions = tuple(
-                NewAction(key=upload_key(kind, u["wiki"], u["title"], sha1), kind="takedown",
-                          payload=takedown_payload(self._payload(sha1, u, rows, link), dry_run=kind == "dryrun",
-                                                   requested_by=s.reviewer))
-                for u in uploads)
-            decision = Decision(sha1=sha1, state="confirmed", reviewer=s.reviewer, action="confirm", note=note,
-                                actions=actions, retry_keys=tuple(a.key for a in actions),
-                                detail={"uploads": [f"{u['wiki']}:{u['title']}" for u in uploads], "kind": kind})
-            flash = "confirm-dry" if kind == "dryrun" else "confirm"
-        elif choice == "dismiss":
-            decision = Decision(sha1=sha1, state="dismissed", reviewer=s.reviewer, action="dismiss", note=note,
-                                allowlist_banks=case.banks, detail={"banks": list(case.banks)})
-            items = await self.store.case_actions(sha1)
-            if any(i.key.startswith("takedown:") and i.state == "done" for i in items):
-                flash = "dismiss-removed"
-        elif choice == "escalate":
-            latest = uploads[0]
-            payload = self._payload(sha1, latest, rows, link)
-            payload["recipients"] = list(self.rcfg.escalate_recipients or self.cfg.actions.notify.recipients)
-            payload["alert"] = f"ESCALATED by {s.reviewer}" + (f": {note}" if note else "")
-            payload["subject_prefix"] = "ESCALATED:"
-            payload["done"] = [f"escalated by reviewer {s.reviewer}"]
-            decision = Decision(sha1=sha1, state="escalated", reviewer=s.reviewer, action="escalate", note=note,
-                                actions=(NewAction(key=f"escalate:{sha1}:{nonce}", kind="notify", payload=payload),))
-        else:
-            raise web.HTTPBadRequest(text="Unknown decision")
-        decision = dataclasses.replace(decision, title=uploads[0]["title"] if uploads else None)
+        kept = self._kept(request, form)
+        nav = self._nav(request)
+        holder = (await self.store.case_claims([sha1], self.clock())).get(sha1)
+        if holder is not None and holder.reviewer != s.reviewer and form.get("take_over") != "1":
+            return http.html(team_views.take_over_page([(case, holder)], action=f"{BASE}/matches/{sha1}/decide",
+                                              fields={"decision": choice, "note": note, "nonce": nonce,
+                                                      "f": urlencode(kept)}, **nav), status=409)
+        try:
+            decision, flash = await self.decider.decide(case, rows, choice, reviewer=s.reviewer,
+                                                        role=request[ROLE_KEY], note=note, nonce=nonce)
+        except Refused as exc:
+            return http.html(views.message_page(exc.title, exc.text, **nav), status=exc.status)
+        await self._record(decision, request)
+        done = {"done": flash, **({"f": urlencode(kept)} if kept else {})}
+        return http.redirect(f"{BASE}/matches/{sha1}?{urlencode(done)}")
+
+    async def _record(self, decision: Any, request: web.Request) -> None:
         _, items = await self.store.record_decision(decision)
-        self.metrics.review_decisions.labels(choice).inc()
-        log.info("review: %s %s %s (%d action(s))", s.reviewer, choice, sha1, len(items))
+        self.metrics.review_decisions.labels(decision.action, request[ROLE_KEY]).inc()
+        log.info("review: %s %s %s (%d action(s))", decision.reviewer, decision.action, decision.sha1, len(items))
         self.kick()  # the dispatchers look for the new items; the review backlog gauge is counted again
-        return _redirect(f"{BASE}/matches/{sha1}?done={flash}")
+
+    async def bulk(self, request: web.Request) -> web.StreamResponse:
+        """Confirm, Dismiss or Escalate many cases: a confirmation page first (naming cases others hold), then each
+        case exactly as from its own page."""
+        s = self._session(request)
+        form = await request.post()
+        choice = str(form.get("decision", ""))
+        note = str(form.get("note", "")).strip()[:2000]
+        kept = self._kept(request, form)
+        nav = self._nav(request)
+        sha1s = list(dict.fromkeys(str(v).lower() for v in form.getall("sha1", [])))[:BULK_MAX]
+        if choice not in ("confirm", "dismiss", "escalate") or not sha1s:
+            return http.html(views.message_page("Nothing to do", "Select one or more cases and a decision.", **nav),
+                         status=400)
+        cases = [await self._case_of(sha1) for sha1 in sha1s]
+        claims = await self.store.case_claims(sha1s, self.clock())
+        if form.get("confirmed") != "1":
+            held = {c: claims[c] for c in sha1s if c in claims and claims[c].reviewer != s.reviewer}
+            titles = await self.store.case_titles(sha1s)
+            return http.html(team_views.bulk_confirm_page([c for _, c, _ in cases], choice, note=note, titles=titles,
+                                                 held=held, kept=kept, mode=self.policy.mode, **nav))
+        done, refused = 0, []
+        for sha1, case, rows in cases:
+            try:
+                decision, _ = await self.decider.decide(case, rows, choice, reviewer=s.reviewer, role=request[ROLE_KEY],
+                                                        note=note, nonce=secrets.token_urlsafe(16))
+            except Refused as exc:
+                refused.append(f"{sha1[:12]}: {exc.title}")
+                continue
+            await self._record(dataclasses.replace(decision, detail={**decision.detail, "bulk": len(cases)}), request)
+            done += 1
+        if refused:
+            title = f"{done} case(s) done, {len(refused)} refused"
+            return http.html(views.message_page(title, "; ".join(refused), **nav), status=409)
+        return http.redirect(f"{BASE}/?{urlencode({**kept, 'done': 'bulk'})}")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=text, content_type="text/html")
-
-
-def _redirect(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
 
 
 def _placeholder(text: str) -> web.Response:
@@ -415,43 +470,3 @@ def _next(value: str | None) -> str:
             or "." in segments or ".." in segments:
         return f"{BASE}/"
     return quote(value, safe="/?&=%:@!$'()*+,;-._~")  # stays ASCII in the Location header
-
-
-def _uploads(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per upload (wiki, title), most recently matched first."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
-        seen.setdefault((r["wiki"], r["title"]), r)
-    return list(seen.values())
-
-
-def _payload(sha1: str, upload: dict[str, Any], rows: Sequence[dict[str, Any]], link: str | None,
-             page: str | None) -> dict[str, Any]:
-    """A notification-shaped payload for one upload, from the stored match rows (``page``: from the config)."""
-    mine = [r for r in rows if (r["wiki"], r["title"]) == (upload["wiki"], upload["title"])]
-    return {
-        "wiki": upload["wiki"], "title": upload["title"], "page_url": page,
-        "uploader": upload["uploader"], "upload_time": upload["upload_time"], "log_action": upload["log_action"],
-        "sha1": sha1, "event_id": upload["event_id"], "matches": [_match_dict(r) for r in mine],
-        "categories": sorted({r["category"] for r in mine}), "done": [], "review_url": link,
-    }
-
-
-def _takedown_summary(items: Sequence[OutboxItem]) -> str:
-    takedowns = [i for i in items if i.kind == "takedown"]
-    if not takedowns:
-        return "none"
-    failed = sum(i.state == "failed" for i in takedowns)
-    pending = sum(i.state == "pending" for i in takedowns)
-    done = [i for i in takedowns if i.state == "done"]
-    dry = sum(i.key.startswith("dryrun:") for i in done)
-    parts = []
-    if failed:
-        parts.append(f"FAILED {failed}")
-    if pending:
-        parts.append(f"pending {pending}")
-    if len(done) - dry:
-        parts.append(f"deleted {len(done) - dry}")
-    if dry:
-        parts.append(f"dry-run {dry}")
-    return ", ".join(parts)

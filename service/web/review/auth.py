@@ -1,8 +1,11 @@
 """Who may use the review queue: argon2 passwords or a trusted proxy header, sessions, CSRF tokens.
 
-* Reviewers are listed in ``review.reviewers`` with an argon2 hash (``mediamoderation reviewer
-  hash-password`` prints one).  Unknown names are verified against a dummy hash, so timing says nothing.
-* Failed sign-ins are throttled (see :class:`SignInThrottle`): 5 in 15 minutes for one reviewer name from
+* Reviewers are in the store (``mediamoderation reviewer add``, roles ``reviewer`` and ``admin``) with an
+  argon2 hash; the deprecated ``review.reviewers`` of the config file still sign in (as admins) for one
+  release.  Unknown names are verified against a dummy hash, so timing says nothing.  A reviewer added or
+  disabled in the store counts at the next request, without a restart.
+* Every sign-in attempt is a row in the store (the admins' sign-in log); failed ones are throttled from those
+  rows, so every replica shares the counts (see :class:`SignInLimits`): 5 in 15 minutes for one reviewer name from
   one client address, 20 from one address whatever the names; past 10 failures for a name from anywhere,
   every attempt for that name waits a few seconds first.  No count of failures ever refuses the right
   password from an address that has not failed: an attacker hammering a name cannot lock its owner out.
@@ -35,7 +38,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from service.config import ReviewSection, Secret
-from service.store.base import ReviewSession, ReviewStore
+from service.store.base import ReviewerStore, ReviewSession, ReviewStore, SignInCounts
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,7 @@ class Throttle:
 
 
 SignInResult = Literal["ok", "bad-password", "throttled"]
+CONFIG_ROLE = "admin"  # config-file reviewers (deprecated) could always do everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,28 +108,42 @@ class Verdict:
     delay: float  # seconds to wait before checking the password (the name is under attack)
 
 
-class SignInThrottle:
-    """Failed sign-ins counted per (name, address), per address and per name, over a sliding window.
+@dataclass(frozen=True, slots=True)
+class SignInLimits:
+    """The throttle's rule, whoever counts: failures per (name, address) and per address refuse that address only;
+    failures per name only slow every attempt for the name, so the right password from another address always gets
+    through."""
 
-    The first two refuse (429) only their own address; the per-name count only slows every attempt
-    for the name, so the right password from another address always gets through.
-    """
+    pair_failures: int = THROTTLE_FAILURES
+    address_failures: int = THROTTLE_ADDRESS_FAILURES
+    name_ceiling: int = THROTTLE_NAME_CEILING
+    slow_delay: float = THROTTLE_SLOW_DELAY
+    window: float = THROTTLE_WINDOW
+
+    def verdict(self, counts: SignInCounts) -> Verdict:
+        refused = counts.pair >= self.pair_failures or counts.address >= self.address_failures
+        return Verdict(refused=refused, delay=self.slow_delay if counts.name >= self.name_ceiling else 0.0)
+
+
+class SignInThrottle:
+    """The same rule over in-process counts (one process; the service counts in the store, see :class:`Auth`)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, pair_failures: int = THROTTLE_FAILURES,
                  address_failures: int = THROTTLE_ADDRESS_FAILURES, name_ceiling: int = THROTTLE_NAME_CEILING,
                  slow_delay: float = THROTTLE_SLOW_DELAY, window: float = THROTTLE_WINDOW) -> None:
+        self.limits = SignInLimits(pair_failures, address_failures, name_ceiling, slow_delay, window)
         self._pairs = Throttle(pair_failures, window, clock)
         self._addresses = Throttle(address_failures, window, clock)
         self._names = Throttle(name_ceiling, window, clock)
-        self._slow_delay = slow_delay
 
     @staticmethod
     def _pair(name: str, address: str) -> str:
         return f"{name}\x00{address}"
 
     def check(self, name: str, address: str) -> Verdict:
-        refused = self._pairs.blocked(self._pair(name, address)) or self._addresses.blocked(address)
-        return Verdict(refused=refused, delay=self._slow_delay if self._names.blocked(name) else 0.0)
+        return self.limits.verdict(SignInCounts(pair=self._pairs.count(self._pair(name, address)),
+                                                address=self._addresses.count(address),
+                                                name=self._names.count(name)))
 
     def failed(self, name: str, address: str) -> None:
         self._pairs.fail(self._pair(name, address))
@@ -141,42 +159,76 @@ class SignInThrottle:
 
 
 class Auth:
+    """Sign-in, roles and sessions.  Reviewers come from the store (``reviewers``) and, deprecated, from the config
+    file; every attempt is recorded in the store, whose recent failures are the throttle all replicas share."""
+
     def __init__(self, cfg: ReviewSection, store: ReviewStore, clock: Callable[[], float] = time.time, *,
-                 throttle: SignInThrottle | None = None,
+                 reviewers: ReviewerStore | None = None, limits: SignInLimits | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.cfg = cfg
         self._store = store
+        self._reviewers = reviewers
         self._clock = clock
         # A hash given as {file: PATH} / {env: VAR} (a mounted Secret) is read once, here.
         self._hashes = {r.name: (r.password_hash.get() or "") if isinstance(r.password_hash, Secret)
                         else r.password_hash for r in cfg.reviewers}
-        self.throttle = throttle or SignInThrottle()
+        if self._hashes:
+            log.warning("review.reviewers in the config file is deprecated and will be removed in the next release: "
+                        "add reviewers to the store with `mediamoderation reviewer add` (%d config reviewer(s) "
+                        "still sign in, as admins)", len(self._hashes))
+        self.limits = limits or SignInLimits()
         self._sleep = sleep
         prefix = "__Host-" if cfg.secure_cookies else ""
         self.cookie = f"{prefix}mm-review"
         self.login_cookie = f"{prefix}mm-login"
 
-    # -- passwords
+    # -- reviewers and passwords
+
+    async def identity(self, name: str) -> tuple[str, str] | None:
+        """(password hash, role) of an active reviewer: the store's entry wins (a disabled one refuses), then the
+        config file's (role admin)."""
+        if self._reviewers is not None:
+            r = await self._reviewers.get_reviewer(name)
+            if r is not None:
+                return (r.password_hash, r.role) if r.active else None
+        stored = self._hashes.get(name)
+        return None if stored is None else (stored, CONFIG_ROLE)
+
+    async def role(self, name: str) -> str | None:
+        """The reviewer's role; None when they may not use the queue (unknown or disabled)."""
+        found = await self.identity(name)
+        if found is not None:
+            return found[1]
+        p = self.cfg.proxy_auth
+        return "reviewer" if p.header is not None and not p.listed_only else None
 
     async def check_password(self, name: str, password: str) -> bool:
-        stored = self._hashes.get(name) or ""
+        found = await self.identity(name)
+        stored = found[0] if found else ""
         candidate = stored if stored.startswith("$argon2") else _DUMMY_HASH
         ok = await asyncio.to_thread(_verify, candidate, password)
         return ok and candidate is stored
 
     async def sign_in(self, name: str, password: str, address: str) -> SignInResult:
-        """Check a password under the throttle: "ok", "bad-password" or "throttled" (nothing was checked)."""
-        verdict = self.throttle.check(name, address)
+        """Check a password under the throttle: "ok", "bad-password" or "throttled" (nothing was checked).
+        Every attempt is recorded (the admins' sign-in log and the throttle's counts)."""
+        result = await self._sign_in(name, password, address)
+        if self._reviewers is not None:
+            await self._reviewers.record_signin(name, address, result)
+        return result
+
+    async def _sign_in(self, name: str, password: str, address: str) -> SignInResult:
+        counts = (await self._reviewers.signin_counts(name, address, self._clock() - self.limits.window)
+                  if self._reviewers is not None else SignInCounts(0, 0, 0))
+        verdict = self.limits.verdict(counts)
         if verdict.refused:
             return "throttled"
         if verdict.delay:
             log.info("review: sign-in for %r from %s slowed by %.1f s (%d recent failures for the name)",
-                     name, address, verdict.delay, self.throttle.name_failures(name))
+                     name, address, verdict.delay, counts.name)
             await self._sleep(verdict.delay)
         if not await self.check_password(name, password):
-            self.throttle.failed(name, address)
             return "bad-password"
-        self.throttle.succeeded(name, address)
         return "ok"
 
     # -- client address and proxy header
@@ -201,13 +253,13 @@ class Auth:
                 return peer  # a malformed header from the proxy: count the proxy's own address
         return peer
 
-    def proxy_user(self, remote: str | None, header_value: str | None) -> str | None:
+    async def proxy_user(self, remote: str | None, header_value: str | None) -> str | None:
         """The reviewer a trusted proxy vouches for, or None."""
         p = self.cfg.proxy_auth
         if p.header is None or not header_value or remote not in p.trusted_proxies:
             return None
         name = header_value.strip()
-        if not name or (p.listed_only and name not in self._hashes):
+        if not name or (p.listed_only and await self.identity(name) is None):
             return None
         return name
 
@@ -230,27 +282,16 @@ class Auth:
         if s is None:
             return None
         now = self._clock()
-        if now >= s.expires_at or now - s.last_seen > self.cfg.session_idle or s.reviewer not in self._allowed():
+        if now >= s.expires_at or now - s.last_seen > self.cfg.session_idle or await self.role(s.reviewer) is None:
             await self._store.delete_session(h)
             return None
         if now - s.last_seen > TOUCH_EVERY:
             await self._store.touch_session(h, now)
         return s
 
-    def _allowed(self) -> set[str]:
-        # A reviewer removed from the config loses their sessions; proxy users may be unlisted.
-        if self.cfg.proxy_auth.header is not None and not self.cfg.proxy_auth.listed_only:
-            return _Everyone()
-        return set(self._hashes)
-
     async def end_session(self, token: str | None) -> None:
         if token:
             await self._store.delete_session(token_hash(token))
-
-
-class _Everyone(set[str]):
-    def __contains__(self, item: object) -> bool:
-        return True
 
 
 def _verify(stored: str, password: str) -> bool:

@@ -44,7 +44,7 @@
   document.addEventListener("click", function (ev) {
     var link = ev.target.closest && ev.target.closest("a[data-preview]");
     if (link) { ev.preventDefault(); toggle(link); return; }
-    var btn = ev.target.closest && ev.target.closest("button[value=confirm]");
+    var btn = ev.target.closest && ev.target.closest("section.decide button[value=confirm]");
     if (btn && !window.confirm("Take down every upload of this file on the wiki now?")) { ev.preventDefault(); }
   });
 
@@ -60,7 +60,10 @@
       if (link) { toggle(link); link.focus(); }
     }
     else if (k === "n") { var note = document.getElementById("note"); if (note) { note.focus(); } }
-    else if (k === "/") { var sel = document.querySelector("form.filters select"); if (sel) { sel.focus(); } }
+    else if (k === "/") {
+      var box = document.querySelector("form.filters input[type=search], form.filters select");
+      if (box) { box.focus(); }
+    }
     else if (k === "g") { window.location.href = "/review/"; }
     else { return; }
     ev.preventDefault();
