@@ -62,12 +62,32 @@ class FileInfo:
     thumb_height: int | None = None
 
 
+# What kind of media an upload is, for the decode step and the outcome (see docs/media-coverage.md).
+KIND_IMAGE = "image"  # still or animated image, SVG (the wiki's PNG rendering)
+KIND_DOCUMENT = "document"  # PDF, DjVu, multi-page TIFF: the wiki's page thumbnails
+KIND_VIDEO = "video"  # the original, streamed to a temporary file and decoded in the decode pool
+KIND_AUDIO = "audio"  # exact MD5 / SHA-1 only
+
+
 @dataclass(frozen=True, slots=True)
 class FetchedMedia:
     info: FileInfo
     data: bytes  # the bytes to decode: thumbnail, or the original when no thumbnail could be had
     data_source: str  # "thumbnail" or "original"
     original_md5: str | None = None  # MD5 of the original, when the original was fetched
+    kind: str = KIND_IMAGE
+    path: str | None = None  # video: the original, streamed to this temporary file (deleted after decoding)
+    pages: tuple[tuple[int, bytes], ...] = ()  # documents: (page number, thumbnail bytes) of pages after the first
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHash:
+    """The PDQ of one sampled video or animation frame, or of one document page (vPDQ's per-frame record)."""
+
+    frame_number: int  # video/animation: index of the decoded frame; document: the page number
+    timestamp: float  # seconds from the start (0 for document pages)
+    pdq: bytes  # 32 bytes, standard PDQ hex order
+    quality: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +113,10 @@ class PreparedMedia:
     width: int
     height: int
     source: str = "thumbnail"
+    kind: str = KIND_IMAGE
+    frames: tuple[FrameHash, ...] = ()  # sampled frames (video, animation) or further pages (document)
+    frames_sampled: int = 0  # frames hashed, including those below the quality threshold
+    duration: float | None = None  # seconds (video, animation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +165,7 @@ class Match:
 
 # Outcome strings: "clean", "match", "gone", "unscannable:<reason>", "error:<reason>".
 CLEAN = "clean"
+CLEAN_EXACT_ONLY = "clean:exact-only"  # audio: only exact hashes exist to match against (no perceptual lists)
 MATCH = "match"
 GONE = "gone"
 

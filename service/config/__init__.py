@@ -53,6 +53,13 @@ from service.config.matching import (
     RescanSection,
     ThumbnailSection,
 )
+from service.config.media import (
+    AnimationSection,
+    DocumentSection,
+    MediaSection,
+    VideoSection,
+    VpdqBankSection,
+)
 from service.config.problems import ConfigFileError, problem_lines
 from service.config.root import Config
 from service.config.scale import BackfillSection, WorkSection
@@ -76,6 +83,7 @@ __all__ = [
     "PHOTODNA_MIN_SIDE",
     "STANDARD_THUMB_WIDTHS",
     "ActionsSection",
+    "AnimationSection",
     "BackfillSection",
     "BackoffSection",
     "BankSection",
@@ -85,6 +93,7 @@ __all__ = [
     "CircuitSection",
     "ConcurrencySection",
     "Config",
+    "DocumentSection",
     "ConfigError",
     "ConfigFileError",
     "EventStreamsSection",
@@ -92,6 +101,7 @@ __all__ = [
     "HttpSection",
     "KafkaConnectionSection",
     "KafkaSection",
+    "MediaSection",
     "MwApiSection",
     "NetworkSection",
     "NotifySection",
@@ -109,6 +119,8 @@ __all__ = [
     "SourceSection",
     "StoreSection",
     "TakedownSection",
+    "VideoSection",
+    "VpdqBankSection",
     "ThumbnailSection",
     "WikiAuthSection",
     "WikiSection",
