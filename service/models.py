@@ -60,6 +60,7 @@ class FileInfo:
     thumb_url: str | None = None
     thumb_width: int | None = None
     thumb_height: int | None = None
+    pagecount: int = 1  # pages of a PDF, DjVu or multi-page TIFF
 
 
 # What kind of media an upload is, for the decode step and the outcome (see docs/media-coverage.md).
