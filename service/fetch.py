@@ -54,7 +54,9 @@ _MAX_BACKOFF = 60.0
 # Multi-page formats whose further pages the wiki renders (``iiurlparam=page<N>-<width>px``).
 DOCUMENT_MIMES = frozenset({"application/pdf", "image/vnd.djvu", "image/x-djvu", "image/tiff"})
 # Formats that may be animated: the original (within media.animation.original_max_bytes) is decoded, all frames.
-ANIMATED_MIMES = frozenset({"image/gif", "image/png", "image/apng", "image/webp"})
+# Not image/png: MediaWiki labels APNG image/png too, and fetching every PNG's original instead of its thumbnail
+# would cost too much; an APNG is judged by its first frame (the wiki's thumbnail).
+ANIMATED_MIMES = frozenset({"image/gif", "image/apng", "image/webp"})
 # The wiki answers a file it cannot render (a video without TimedMediaHandler) with a generic icon.
 FILE_ICON_PATH = "/file-type-icons/"
 

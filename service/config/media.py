@@ -64,8 +64,8 @@ class AnimationSection:
     sample_rate: PosFloat = 1.0
     # animated GIF, PNG (APNG) and WebP: at most this many frames hashed per file.
     max_frames: PosInt = 60
-    # GIF, PNG and WebP originals up to this size are decoded from the original (all frames) instead of the
-    # wiki's thumbnail (which has the first frame only); 0: thumbnails only.
+    # GIF and WebP originals up to this size are decoded from the original (all frames) instead of the wiki's
+    # thumbnail (which may show the first frame only); 0: thumbnails only.  PNG always uses the thumbnail.
     original_max_bytes: NonNegInt = 5_000_000
 
 
