@@ -22,8 +22,8 @@ from service.matchers.banks import BankSet
 from service.matchers.exact import ExactMatcher
 from service.matchers.frames import FrameMatcher
 from service.matchers.pdq import PdqMatcher
-from service.matchers.vpdq import VpdqMatcher
 from service.matchers.photodna import PhotoDnaMatcher, build_matcher
+from service.matchers.vpdq import VpdqMatcher
 from service.media.pool import CpuPool, ProcessPool, thread_pool
 from service.media.thumbnail import prepare
 from service.metrics import Metrics

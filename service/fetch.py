@@ -36,8 +36,8 @@ from service.errors import (
     WikiApiError,
     WikiResponseTooLarge,
 )
-from service.mediawiki.allowlist import origin_allowed as origin_allowed  # re-exported: `photodna check` uses it
 from service.media.download import HashingSink
+from service.mediawiki.allowlist import origin_allowed as origin_allowed  # re-exported: `photodna check` uses it
 from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
 from service.mediawiki.transport import AiohttpTransport, Transport
 from service.metrics import Metrics

@@ -164,6 +164,27 @@ class Match:
         )
 
 
+def where_matched(details: Mapping[str, Any]) -> str | None:
+    """Where in a video, animation or document a match was found, for emails and the review page:
+    ``"video at 4.0 s, 5.0 s, 6.0 s (3 of 11 sampled frames)"``, ``"document page 2"``; None for images."""
+    media = details.get("media")
+    if media is None:
+        return None
+    pages = details.get("pages")
+    if isinstance(pages, list | tuple) and pages:
+        return f"{media} page{'s' if len(pages) > 1 else ''} " + ", ".join(str(int(p)) for p in pages)
+    offsets = details.get("offsets")
+    if not isinstance(offsets, list | tuple) or not offsets:
+        return None
+    text = f"{media} at " + ", ".join(f"{float(t):.1f} s" for t in offsets[:10])
+    if len(offsets) > 10:
+        text += ", ..."
+    matched, hashed = details.get("frames_matched"), details.get("frames_hashed")
+    if isinstance(matched, int) and isinstance(hashed, int):
+        text += f" ({matched} of {hashed} sampled frames)"
+    return text
+
+
 # Outcome strings: "clean", "match", "gone", "unscannable:<reason>", "error:<reason>".
 CLEAN = "clean"
 CLEAN_EXACT_ONLY = "clean:exact-only"  # audio: only exact hashes exist to match against (no perceptual lists)

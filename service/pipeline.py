@@ -31,9 +31,9 @@ from typing import Any
 from service import links
 from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
+from service.media.download import discard
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
-from service.media.download import discard
 from service.models import CLEAN, CLEAN_EXACT_ONLY, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
 from service.pipeline_steps import StageSteps, read_upload
 from service.runtime.committer import Committer

@@ -42,14 +42,14 @@ def match_frames(banks: BankSet, media: PreparedMedia) -> list[Match]:
     hits: dict[str, tuple[Match, list[tuple[float, int, int]]]] = {}
     for frame in media.frames:
         for m in banks.match_pdq(PdqSignal(hashes=(frame.pdq,), quality=frame.quality)):
-            where = (frame.timestamp, frame.frame_number, m.distance if m.distance is not None else 0)
+            spot = (frame.timestamp, frame.frame_number, m.distance if m.distance is not None else 0)
             if m.key in hits:
-                hits[m.key][1].append(where)
+                hits[m.key][1].append(spot)
             else:
-                hits[m.key] = (m, [where])
+                hits[m.key] = (m, [spot])
     out: list[Match] = []
-    for first, where in hits.values():
-        where.sort()
+    for first, spots in hits.values():
+        where = sorted(spots)
         best = min(d for _, _, d in where)
         details: dict[str, object] = {
             "media": media.kind,

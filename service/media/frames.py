@@ -15,8 +15,9 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pdqhash
@@ -26,7 +27,7 @@ from service.config.matching import ThumbnailSection
 from service.config.media import AnimationSection
 from service.errors import Unscannable
 from service.media.thumbnail import _resize_to_fit, _to_rgb, pdq_bytes
-from service.models import KIND_DOCUMENT, FrameHash, PreparedMedia
+from service.models import KIND_DOCUMENT, KIND_VIDEO, FetchedMedia, FrameHash, PreparedMedia
 
 if TYPE_CHECKING:
     from service.stages import Prepare
@@ -59,8 +60,7 @@ def prepare_frames(
     sampled = animation_frames(data, animation, cfg)
     if sampled is None:
         return media
-    frames, count, duration = sampled
-    return replace(media, frames=frames, frames_sampled=count, duration=duration)
+    return replace(media, frames=sampled[0], frames_sampled=sampled[1], duration=sampled[2])
 
 
 def _page(prepare: Prepare, number: int, data: bytes, sha1: str, cfg: ThumbnailSection) -> FrameHash | None:
@@ -79,7 +79,7 @@ def animation_frames(data: bytes, cfg: AnimationSection,
     """``(frames, frames hashed, duration)`` of an animated image, or None for a still one.
 
     Frames are kept whatever their PDQ quality (the banks' ``pdq_quality_min`` applies when matching)."""
-    formats = [f for f in thumb.formats if f in ANIMATED_FORMATS]
+    formats: list[str] = [f for f in thumb.formats if f in ANIMATED_FORMATS]
     if not formats:
         return None
     try:
@@ -113,3 +113,28 @@ def animation_frames(data: bytes, cfg: AnimationSection,
     finally:
         img.close()
     return (tuple(frames), sampled, t) if frames else None
+
+
+def matched_picture(fetched: FetchedMedia, details: Mapping[str, Any]) -> bytes:
+    """The picture a match was found in, for the review preview: the matched video frame (first offset),
+    animation frame or document page; the fetched bytes themselves for a still image."""
+    offsets = details.get("offsets") or []
+    if fetched.kind == KIND_VIDEO and fetched.path:
+        from service.media.video import frame_png
+
+        return frame_png(fetched.path, float(offsets[0]) if offsets else 0.0)
+    pages = dict(fetched.pages)
+    for page in details.get("pages") or []:
+        if page in pages:
+            return pages[page]
+    numbers = details.get("frame_numbers") or []
+    if numbers and fetched.data:
+        try:
+            with Image.open(io.BytesIO(fetched.data), formats=ANIMATED_FORMATS) as img:
+                img.seek(int(numbers[0]))
+                out = io.BytesIO()
+                _to_rgb(img.copy()).save(out, "PNG")
+                return out.getvalue()
+        except Exception as exc:
+            raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
+    return fetched.data

@@ -175,3 +175,34 @@ def _cpu_kill_timer(seconds: float) -> Iterator[None]:
 def vpdq_lines(frames: tuple[FrameHash, ...] | list[FrameHash]) -> list[str]:
     """The signature in the reference ``vpdq`` output format: ``frame_number,quality,pdq_hex,timestamp``."""
     return [f"{f.frame_number},{f.quality},{f.pdq.hex()},{f.timestamp:.3f}" for f in frames]
+
+
+def frame_png(path: str, seconds: float, *, max_side: int = 960, budget: float = 30.0) -> bytes:
+    """The frame shown at ``seconds`` (the first at or after it; the last one if the video is shorter), as PNG:
+    what the review page blurs and greys like an image preview.  Raises :class:`Unscannable`."""
+    import io
+
+    import av
+
+    deadline = time.monotonic() + budget
+    try:
+        with av.open(path, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise Unscannable("undecodable", "no video stream")
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            chosen = None
+            for frame in container.decode(stream):
+                chosen = frame
+                if (frame.time or 0.0) + 1e-6 >= seconds or time.monotonic() > deadline:
+                    break
+            if chosen is None:
+                raise Unscannable("undecodable", "no video frame")
+            scale = min(1.0, max_side / max(chosen.width, chosen.height))
+            img = chosen.to_image(width=max(1, round(chosen.width * scale)),
+                                  height=max(1, round(chosen.height * scale)))
+    except (av.FFmpegError, ValueError) as exc:
+        raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
