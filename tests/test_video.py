@@ -7,7 +7,9 @@ another size, frame rate and codec.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from service.matchers.banks import BankSet
 from service.matchers.frames import match_frames
 from service.matchers.vpdq import match_bank, parse_vpdq_bank
 from service.media.frames import prepare_frames
+from service.media.pool import ProcessPool
 from service.media.thumbnail import prepare
-from service.media.video import prepare_video, vpdq_lines
+from service.media.video import _cpu_kill_timer, prepare_video, vpdq_lines
 from service.metrics import Metrics
 from service.models import FrameHash, PreparedMedia
 from tests.infra import images, videos
@@ -182,3 +185,26 @@ def test_document_pages_are_matched(known_bank: BankSet) -> None:
     assert media.kind == "document" and [f.frame_number for f in media.frames] == [1, 2]
     [hit] = match_frames(known_bank, media)
     assert hit.details["pages"] == [2]
+
+
+def spin_in_c(budget: float) -> bytes:
+    """A decoder that never returns to Python: C code burning CPU under the video decode's kill timer."""
+    with _cpu_kill_timer(budget):
+        return hashlib.pbkdf2_hmac("sha256", b"spin", b"salt", 500_000_000)
+
+
+async def test_a_spinning_decoder_is_killed_and_the_pool_goes_on(known_video: Path) -> None:
+    pool = ProcessPool(2, memory_limit=1024 * 1024 * 1024, metrics=Metrics())
+    try:
+        spinning = asyncio.create_task(pool.run(spin_in_c, 0.5))
+        hashed = await asyncio.wait_for(pool.run(prepare_video, str(known_video), "e" * 40, None, VideoSection(),
+                                                 ThumbnailSection()), 120)
+        assert hashed.frames_sampled == 11  # decoded meanwhile
+        with pytest.raises(Unscannable) as ei:
+            await asyncio.wait_for(spinning, 120)
+        assert ei.value.reason == "decoder-crashed"  # killed by its CPU timer, twice (once retried alone)
+        again = await asyncio.wait_for(pool.run(prepare_video, str(known_video), "e" * 40, None, VideoSection(),
+                                                ThumbnailSection()), 120)
+        assert again.frames_sampled == 11 and pool.failure is None
+    finally:
+        pool.shutdown()
