@@ -57,6 +57,9 @@ DOCUMENT_MIMES = frozenset({"application/pdf", "image/vnd.djvu", "image/x-djvu",
 # Not image/png: MediaWiki labels APNG image/png too, and fetching every PNG's original instead of its thumbnail
 # would cost too much; an APNG is judged by its first frame (the wiki's thumbnail).
 ANIMATED_MIMES = frozenset({"image/gif", "image/apng", "image/webp"})
+# Containers that may carry video although the wiki labels them audio (it does so when it finds no video
+# track, e.g. in a damaged file): the video decoder looks at them and says.
+CONTAINER_MIMES = frozenset({"application/ogg", "audio/ogg", "audio/webm"})
 # The wiki answers a file it cannot render (a video without TimedMediaHandler) with a generic icon.
 FILE_ICON_PATH = "/file-type-icons/"
 
@@ -64,8 +67,8 @@ FILE_ICON_PATH = "/file-type-icons/"
 def media_kind(info: FileInfo) -> str:
     """video, audio, document or image, from imageinfo's mediatype and MIME type."""
     mediatype, mime = info.mediatype.upper(), info.mime.lower()
-    if mediatype == "VIDEO" or mime.startswith("video/") or mime == "application/ogg":
-        return KIND_VIDEO  # an Ogg with audio only is found out by the decoder and judged as audio
+    if mediatype == "VIDEO" or mime.startswith("video/") or mime in CONTAINER_MIMES:
+        return KIND_VIDEO  # the decoder finds out an Ogg or WebM with audio only and judges it as audio
     if mediatype == "AUDIO" or mime.startswith("audio/"):
         return KIND_AUDIO
     if mime in DOCUMENT_MIMES and info.pagecount > 1:

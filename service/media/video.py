@@ -67,6 +67,8 @@ def prepare_video(
             raise Unscannable("undecodable", f"not a readable media file: {exc}") from exc
         try:
             if not container.streams.video:
+                if not container.streams.audio:
+                    raise Unscannable("undecodable", "no video or audio stream")
                 return PreparedMedia(sha1=sha1, md5=md5, pdq=None, jpeg=None, width=0, height=0,
                                      source="original", kind=KIND_AUDIO)
             stream = container.streams.video[0]
