@@ -83,7 +83,7 @@ def _measure(kind: str, path: str) -> dict[str, Any]:  # runs in a fresh worker 
         import vpdq  # type: ignore[import-not-found]
 
         sampled = len(vpdq.computeHash(path, seconds_per_hash=1, downsample_width=0, downsample_height=0,
-                                       num_threads=1))
+                                       thread_count=1))
     return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "sampled": sampled,
             "rss": _peak_rss_mib()}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from service.cli import main
 from service.config import BankSection, BanksSection, ThumbnailSection
 from service.config.media import AnimationSection, VideoSection, VpdqBankSection
 from service.errors import Unscannable
@@ -208,3 +209,26 @@ async def test_a_spinning_decoder_is_killed_and_the_pool_goes_on(known_video: Pa
         assert again.frames_sampled == 11 and pool.failure is None
     finally:
         pool.shutdown()
+
+
+def test_vpdq_command_prints_bank_rows(known_video: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["vpdq", str(known_video), "--id", "vid-9", "--source", "local", "--header"]) == 0
+    text = capsys.readouterr().out
+    bank = parse_vpdq_bank(VpdqBankSection(name="v", path="v.csv", category="child-protection"), text.encode())
+    [video] = bank.videos
+    assert video.id == "vid-9" and video.source == "local" and video.frames == 11
+    assert main(["vpdq", str(Path(__file__)), "--id", "x"]) == 3  # not a video
+
+
+def test_signature_equals_the_reference_vpdq(known_video: Path, tmp_path: Path) -> None:
+    """Same frames, timestamps, qualities and hashes as the reference hasher (when it is installed: pip
+    ``vpdq`` builds against Debian's FFmpeg development packages)."""
+    vpdq = pytest.importorskip("vpdq")
+    mp4 = tmp_path / "known.mp4"
+    mp4.write_bytes(videos.video(videos.with_known(images.photo(KNOWN_SEED)), ext="mp4", fps=25))
+    for path in (known_video, mp4):
+        reference = vpdq.computeHash(str(path), seconds_per_hash=1, downsample_width=0, downsample_height=0,
+                                     thread_count=1)
+        ours = _hash(path)
+        assert [(r.frame_number, round(r.timestamp, 3), r.quality, r.hex) for r in reference] == \
+            [(f.frame_number, f.timestamp, f.quality, f.pdq.hex()) for f in ours.frames]
