@@ -118,6 +118,7 @@ class PreparedMedia:
     frames: tuple[FrameHash, ...] = ()  # sampled frames (video, animation) or further pages (document)
     frames_sampled: int = 0  # frames hashed, including those below the quality threshold
     duration: float | None = None  # seconds (video, animation)
+    keyframes: tuple[tuple[float, bytes], ...] = ()  # video: (time, JPEG) of the best frames for remote matchers
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from service import events as ev
@@ -116,7 +117,7 @@ class StageSteps:
         assert media is not None
         for m in self.remote:  # until a verdict arrives (a deadline or a crash leaves "failed")
             work.remote_states[m.name] = (REMOTE_FAILED, "interrupted")
-        results = await asyncio.gather(*(m.match(media) for m in self.remote), return_exceptions=True)
+        results = await asyncio.gather(*(remote_match(m, media) for m in self.remote), return_exceptions=True)
         failure: BaseException | None = None
         for matcher, result in zip(self.remote, results, strict=True):
             if isinstance(result, BaseException):
@@ -149,6 +150,18 @@ class StageSteps:
                              metrics=self.metrics, on_actions=self.on_actions, allowlist=self.allowlist,
                              counted=work.counted)
         work.counted = len(work.matches)
+
+
+async def remote_match(matcher: Matcher, media: PreparedMedia) -> list[Match]:
+    """A remote matcher's verdict; for a video, on each keyframe in turn (best first) until one matches, the
+    match saying at what time the keyframe is."""
+    if not media.keyframes:
+        return await matcher.match(media)
+    for t, jpeg in media.keyframes:
+        hits = await matcher.match(replace(media, jpeg=jpeg))
+        if hits:
+            return [replace(m, details={**m.details, "media": media.kind, "offsets": [t]}) for m in hits]
+    return []
 
 
 def read_upload(raw: RawEvent, wikis: Collection[str], metrics: Metrics) -> UploadEvent | None:

@@ -19,6 +19,7 @@ import pytest
 
 from service.config import ThumbnailSection
 from service.config.media import VideoSection
+from service.media.download import TEMP_PREFIX
 from service.media.thumbnail import prepare
 from service.media.video import prepare_video, vpdq_lines
 from tests.infra import images, videos
@@ -33,6 +34,10 @@ pytestmark = pytest.mark.wiki
 
 KNOWN = 7301
 MAX_VIDEO_BYTES = 1_500_000
+
+
+def _leftover_files() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"))
 
 
 def _signature(data: bytes) -> list[str]:
@@ -129,4 +134,4 @@ async def test_media_kinds_through_the_pipeline(
     assert metric(text, "mediamoderation_frames_hashed_total", kind="video") >= 11 + 11 + 1 + 4
     # The file-type icon the wiki shows for videos was never downloaded.
     assert metric(text, "mediamoderation_fetch_requests_total", kind="thumbnail", result="ok") == 4 + 2  # jpgs, pdf
-    assert not list(Path(tempfile.gettempdir()).glob("mediamod-*"))  # no temporary video left behind
+    assert not _leftover_files()  # no temporary video left behind

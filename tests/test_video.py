@@ -20,6 +20,7 @@ from service.config import BankSection, BanksSection, ThumbnailSection
 from service.config.media import AnimationSection, VideoSection, VpdqBankSection
 from service.errors import Unscannable
 from service.matchers.banks import BankSet
+from service.matchers.base import StaticMatcher
 from service.matchers.frames import match_frames
 from service.matchers.vpdq import match_bank, parse_vpdq_bank
 from service.media.frames import prepare_frames
@@ -27,7 +28,8 @@ from service.media.pool import ProcessPool
 from service.media.thumbnail import prepare
 from service.media.video import _cpu_kill_timer, prepare_video, vpdq_lines
 from service.metrics import Metrics
-from service.models import FrameHash, PreparedMedia
+from service.models import FrameHash, Match, PreparedMedia
+from service.pipeline_steps import remote_match
 from tests.infra import images, videos
 
 KNOWN_SEED = 7101
@@ -232,3 +234,29 @@ def test_signature_equals_the_reference_vpdq(known_video: Path, tmp_path: Path) 
         ours = _hash(path)
         assert [(r.frame_number, round(r.timestamp, 3), r.quality, r.hex) for r in reference] == \
             [(f.frame_number, f.timestamp, f.quality, f.pdq.hex()) for f in ours.frames]
+
+
+async def test_keyframes_for_photodna(known_video: Path) -> None:
+    """With PhotoDNA on (make_jpeg), the best distinct frames become JPEG keyframes; the remote matcher is asked
+    about each in turn until one matches, and the match says at what time that keyframe is."""
+    media = prepare_video(str(known_video), "f" * 40, None, VideoSection(photodna_keyframes=3),
+                          ThumbnailSection(make_jpeg=True))
+    assert len(media.keyframes) == 3 and media.jpeg == media.keyframes[0][1]
+    assert len({t for t, _ in media.keyframes}) == 3
+    wanted = media.keyframes[1][1]
+    seen: list[bytes] = []
+    hit = Match(matcher="photodna", bank="photodna", category="child-protection", hash_id="", hash_value="")
+
+    async def only_second(m: PreparedMedia) -> list[Match]:
+        assert m.jpeg is not None
+        seen.append(m.jpeg)
+        return [hit] if m.jpeg == wanted else []
+
+    matcher = StaticMatcher("photodna")
+    matcher.match = only_second  # type: ignore[method-assign]
+    [found] = await remote_match(matcher, media)
+    assert found.details["offsets"] == [media.keyframes[1][0]] and found.details["media"] == "video"
+    assert seen == [media.keyframes[0][1], wanted]  # stopped at the first match
+    off = prepare_video(str(known_video), "f" * 40, None, VideoSection(photodna_keyframes=0),
+                        ThumbnailSection(make_jpeg=True))
+    assert off.keyframes == () and off.jpeg is None

@@ -52,8 +52,9 @@ class VideoSection:
     frame_max_side: PosInt = 512
     # frames of at least this PDQ quality are kept (vPDQ's reference: 50).
     quality_min: Annotated[int, Field(ge=0, le=100)] = 50
-    # where PhotoDNA is enabled: the best keyframe (highest PDQ quality) is sent as the file's JPEG.
-    photodna_keyframes: NonNegInt = 1
+    # where PhotoDNA is enabled: up to this many distinct frames of the highest PDQ quality are sent, best first,
+    # until one matches (each is one request of the budget); 0: videos are not sent.
+    photodna_keyframes: NonNegInt = 3
     # vPDQ banks the whole video is matched against (frames are also matched against the image PDQ banks).
     vpdq_banks: tuple[VpdqBankSection, ...] = ()
 

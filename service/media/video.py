@@ -42,6 +42,7 @@ from service.models import KIND_AUDIO, KIND_VIDEO, FrameHash, PreparedMedia
 log = logging.getLogger(__name__)
 
 _AV_TIME_BASE = 1_000_000  # container.duration is in microseconds
+_DISTINCT = 31  # keyframes further apart than this (PDQ bits) show different pictures
 
 
 def prepare_video(
@@ -94,7 +95,8 @@ def _sample(container: object, stream: object, sha1: str, md5: str | None, cfg: 
     next_t = 0.0
     frames: list[FrameHash] = []
     sampled = 0
-    best: tuple[int, np.ndarray] | None = None
+    best: list[tuple[int, float, bytes, np.ndarray]] = []  # keyframe candidates: quality, time, PDQ, pixels
+    want_keyframes = cfg.photodna_keyframes if thumb_cfg.make_jpeg else 0
     last_t = 0.0
     width = height = 0
     index = -1
@@ -122,8 +124,8 @@ def _sample(container: object, stream: object, sha1: str, md5: str | None, cfg: 
             if quality >= cfg.quality_min:
                 frames.append(FrameHash(frame_number=index, timestamp=round(float(t), 3),
                                         pdq=pdq_bytes(vector), quality=int(quality)))
-                if thumb_cfg.make_jpeg and cfg.photodna_keyframes and (best is None or quality > best[0]):
-                    best = (int(quality), rgb)
+                if want_keyframes:
+                    _keep_keyframe(best, (int(quality), round(float(t), 3), frames[-1].pdq, rgb), want_keyframes)
             if sampled >= cfg.max_frames:
                 log.info("video %s: frame cap of %d reached at %.1f s", sha1, cfg.max_frames, t)
                 break
@@ -134,15 +136,34 @@ def _sample(container: object, stream: object, sha1: str, md5: str | None, cfg: 
                  exc, sampled)
     if sampled == 0:
         raise Unscannable("undecodable", "no video frame could be decoded")
-    jpeg = None
-    if best is not None:
-        img = Image.fromarray(best[1], "RGB")
+    keyframes: list[tuple[float, bytes]] = []
+    for _, t, _, rgb in best:
+        img = Image.fromarray(rgb, "RGB")
         jpeg = _make_jpeg(img, img, thumb_cfg)
+        if jpeg is not None:
+            keyframes.append((t, jpeg))
     return PreparedMedia(
-        sha1=sha1, md5=md5, pdq=None, jpeg=jpeg, width=width, height=height, source="original",
-        kind=KIND_VIDEO, frames=tuple(frames), frames_sampled=sampled,
-        duration=duration if duration is not None else last_t,
+        sha1=sha1, md5=md5, pdq=None, jpeg=keyframes[0][1] if keyframes else None, width=width, height=height,
+        source="original", kind=KIND_VIDEO, frames=tuple(frames), frames_sampled=sampled,
+        duration=duration if duration is not None else last_t, keyframes=tuple(keyframes),
     )
+
+
+def _keep_keyframe(best: list[tuple[int, float, bytes, np.ndarray]], candidate: tuple[int, float, bytes, np.ndarray],
+                   limit: int) -> None:
+    """Keep the ``limit`` highest-quality frames that differ (PDQ distance > 31): the keyframes sent to PhotoDNA,
+    best first.  A near-duplicate of a kept frame replaces it only when of higher quality."""
+    quality, _, pdq, _ = candidate
+    value = int.from_bytes(pdq, "big")
+    for i, kept in enumerate(best):
+        if (value ^ int.from_bytes(kept[2], "big")).bit_count() <= _DISTINCT:
+            if quality > kept[0]:
+                best[i] = candidate
+                best.sort(key=lambda k: -k[0])
+            return
+    best.append(candidate)
+    best.sort(key=lambda k: -k[0])
+    del best[limit:]
 
 
 def _duration(container: object, stream: object) -> float | None:
