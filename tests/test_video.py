@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.cli import main
-from service.config import BankSection, BanksSection, ThumbnailSection
+from service.config import BankSection, BanksSection, Config, ThumbnailSection
 from service.config.media import AnimationSection, VideoSection, VpdqBankSection
 from service.errors import Unscannable
 from service.matchers.banks import BankSet
@@ -260,3 +261,19 @@ async def test_keyframes_for_photodna(known_video: Path) -> None:
     off = prepare_video(str(known_video), "f" * 40, None, VideoSection(photodna_keyframes=0),
                         ThumbnailSection(make_jpeg=True))
     assert off.keyframes == () and off.jpeg is None
+
+
+def test_media_coverage_doc_names_only_real_keys_and_metrics() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "media-coverage.md").read_text()
+    cfg = Config()
+    for key in set(re.findall(r"`((?:media|banks|pipeline)\.[a-z_.]+)`", text)):
+        node: object = cfg
+        for part in key.split("."):
+            assert dataclasses.is_dataclass(node) and part in {f.name for f in dataclasses.fields(node)}, key
+            node = getattr(node, part)
+    bank_keys = {f.name for f in dataclasses.fields(VpdqBankSection)}
+    for name in re.findall(r"`(pdq_threshold|query_match_pct|candidate_match_pct|category)`", text):
+        assert name in bank_keys, name
+    names = {m.name for m in Metrics().registry.collect()}
+    for metric_name in set(re.findall(r"`(mediamoderation_[a-z_]+)", text)):
+        assert metric_name.removesuffix("_total") in names, metric_name
