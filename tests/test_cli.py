@@ -51,6 +51,7 @@ REQUIRED = {
     ("run",): [], ("check-config",): [], ("scan",): ["x.jpg"], ("photodna", "check"): ["x.jpg"],
     ("replay",): ["--since", "2026-01-01T00:00:00Z"], ("backfill",): ["--wiki", "w"],
     ("reviewer", "hash-password"): [], ("config", "schema"): [], ("config", "show"): [], ("config", "reference"): [],
+    ("vpdq",): ["x.webm", "--id", "x"],
 }
 
 
