@@ -78,7 +78,7 @@ def _measure(kind: str, path: str) -> dict[str, Any]:  # runs in a fresh worker 
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
             frames = sum(1 for _ in container.decode(stream))
-        sampled = frames // 25 + 1
+        sampled = -(-frames // 25)  # what the service samples at 1 frame/s
     else:  # the reference vpdq hasher, 1 frame per second
         import vpdq  # type: ignore[import-not-found]
 

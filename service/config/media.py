@@ -41,8 +41,9 @@ class VideoSection:
     max_duration: PosFloat = 4 * 3600.0
     # largest frame decoded (width x height); larger ones end `unscannable:too-large-decoded`.
     max_frame_pixels: PosInt = 8192 * 4320
-    # seconds of decoding per file; past it the file ends `unscannable:decode-timeout` (a decoder that does not
-    # return control is killed at twice this CPU time and the file ends `unscannable:decoder-crashed`).
+    # seconds of CPU time for decoding one file (and at most 3 times that in wall time); past it the file ends
+    # `unscannable:decode-timeout`.  A decoder that does not return control is killed at twice this CPU time
+    # and the file ends `unscannable:decoder-crashed`.
     decode_budget: PosFloat = 300.0
     # frames sampled per second of video (vPDQ samples 1).
     sample_rate: PosFloat = 1.0

@@ -43,6 +43,19 @@ log = logging.getLogger(__name__)
 
 _AV_TIME_BASE = 1_000_000  # container.duration is in microseconds
 _DISTINCT = 31  # keyframes further apart than this (PDQ bits) show different pictures
+WALL_FACTOR = 3.0  # a decode also stops after this many times its CPU budget in wall-clock time
+
+
+class _Budget:
+    """``decode_budget`` seconds of this thread's CPU time (fair on a loaded machine: the decoder runs in the
+    calling thread), and at most ``WALL_FACTOR`` times that in wall-clock time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.cpu_end = time.thread_time() + seconds
+        self.wall_end = time.monotonic() + seconds * WALL_FACTOR
+
+    def spent(self) -> bool:
+        return time.thread_time() > self.cpu_end or time.monotonic() > self.wall_end
 
 
 def prepare_video(
@@ -60,7 +73,7 @@ def prepare_video(
     """
     import av  # imported here: the image-only paths never load FFmpeg
 
-    deadline = time.monotonic() + cfg.decode_budget
+    budget = _Budget(cfg.decode_budget)
     with _cpu_kill_timer(cfg.decode_budget * 2):
         try:
             container = av.open(path, mode="r", metadata_errors="ignore")
@@ -81,13 +94,13 @@ def prepare_video(
                 raise Unscannable("too-large-decoded", f"{width}x{height} frames (> {cfg.max_frame_pixels} pixels)")
             stream.thread_type = "SLICE"
             stream.codec_context.thread_count = 1  # one decode worker is one core
-            return _sample(container, stream, sha1, md5, cfg, thumb_cfg, deadline, duration)
+            return _sample(container, stream, sha1, md5, cfg, thumb_cfg, budget, duration)
         finally:
             container.close()
 
 
 def _sample(container: object, stream: object, sha1: str, md5: str | None, cfg: VideoSection,
-            thumb_cfg: ThumbnailSection, deadline: float, duration: float | None) -> PreparedMedia:
+            thumb_cfg: ThumbnailSection, budget: _Budget, duration: float | None) -> PreparedMedia:
     import av
 
     fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0  # type: ignore[attr-defined]
@@ -103,9 +116,10 @@ def _sample(container: object, stream: object, sha1: str, md5: str | None, cfg: 
     try:
         for frame in container.decode(stream):  # type: ignore[attr-defined]
             index += 1
-            if time.monotonic() > deadline:
-                raise Unscannable("decode-timeout", f"decoding took more than {cfg.decode_budget:.0f} s "
-                                                    f"({sampled} frames hashed)")
+            if budget.spent():
+                raise Unscannable("decode-timeout", f"decoding took more than {cfg.decode_budget:.0f} s of CPU "
+                                                    f"(or {WALL_FACTOR:.0f} times that in wall time; {sampled} "
+                                                    "frames hashed)")
             t = frame.time if frame.time is not None else index / fps
             last_t = max(last_t, t)
             if t > cfg.max_duration:
