@@ -20,8 +20,10 @@ from service.errors import ServiceError
 from service.fetch import WikiClient
 from service.matchers.banks import BankSet
 from service.matchers.exact import ExactMatcher
+from service.matchers.frames import FrameMatcher
 from service.matchers.pdq import PdqMatcher
 from service.matchers.photodna import PhotoDnaMatcher, build_matcher
+from service.matchers.vpdq import VpdqMatcher
 from service.media.pool import CpuPool, ProcessPool, thread_pool
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
@@ -66,7 +68,9 @@ class Service:
         self.negative_bank = NegativeBank(self.stores.review, cfg.review.allowlist_pdq_distance)
         self.banks = BankSet(cfg.banks, self.metrics)
         self.exact = ExactMatcher(self.banks)
-        self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks)]
+        self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks), FrameMatcher(self.banks)]
+        if cfg.media.video.vpdq_banks:
+            self.matchers.append(VpdqMatcher(cfg.media.video, self.metrics))
         self.photodna: PhotoDnaMatcher | None = None
         self.rescanner: Rescanner | None = None
         proxies = Proxies.for_config(cfg.network)  # every outgoing HTTP request; see service.net
@@ -74,7 +78,8 @@ class Service:
             self.photodna = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=self.stores.budget,
                                           metrics=self.metrics, on_recover=self._photodna_recovered,
                                           proxies=proxies)
-        self.wiki_client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, self.metrics, proxies=proxies)
+        self.wiki_client = WikiClient(cfg.fetch, cfg.wikis, cfg.service.user_agent, self.metrics, proxies=proxies,
+                                      media=cfg.media)
         self.source: Source = source or (
             make_source(cfg, self.stores, self.metrics) if make_source is not None
             else live_source(cfg, self.stores.checkpoints, self.metrics, since)

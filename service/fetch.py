@@ -26,7 +26,7 @@ import aiohttp
 from yarl import URL
 
 from service.backoff import parse_retry_after as parse_retry_after  # re-exported for callers and tests
-from service.config import STANDARD_THUMB_WIDTHS, FetchSection, WikiSection
+from service.config import STANDARD_THUMB_WIDTHS, FetchSection, MediaSection, WikiSection
 from service.errors import (
     FetchError,
     FileGone,
@@ -36,11 +36,12 @@ from service.errors import (
     WikiApiError,
     WikiResponseTooLarge,
 )
+from service.media.download import HashingSink
 from service.mediawiki.allowlist import origin_allowed as origin_allowed  # re-exported: `photodna check` uses it
 from service.mediawiki.client import MediaWikiClient, RetryPolicy, Sleep
 from service.mediawiki.transport import AiohttpTransport, Transport
 from service.metrics import Metrics
-from service.models import FetchedMedia, FileInfo
+from service.models import KIND_AUDIO, KIND_DOCUMENT, KIND_IMAGE, KIND_VIDEO, FetchedMedia, FileInfo
 from service.net import Proxies
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,34 @@ IMAGE_MEDIATYPES = frozenset({"BITMAP", "DRAWING"})  # the original may be decod
 MAXLAG_MIN_WAIT = 5.0  # Wikimedia: on a maxlag error wait Retry-After, at least 5 seconds
 _API_MAX_BYTES = 2_000_000  # one batch of imageinfo is a few hundred bytes per title
 _MAX_BACKOFF = 60.0
+# Multi-page formats whose further pages the wiki renders (``iiurlparam=page<N>-<width>px``).
+DOCUMENT_MIMES = frozenset({"application/pdf", "image/vnd.djvu", "image/x-djvu", "image/tiff"})
+# Formats that may be animated: the original (within media.animation.original_max_bytes) is decoded, all frames.
+# Not image/png: MediaWiki labels APNG image/png too, and fetching every PNG's original instead of its thumbnail
+# would cost too much; an APNG is judged by its first frame (the wiki's thumbnail).
+ANIMATED_MIMES = frozenset({"image/gif", "image/apng", "image/webp"})
+# Containers that may carry video although the wiki labels them audio (it does so when it finds no video
+# track, e.g. in a damaged file): the video decoder looks at them and says.
+CONTAINER_MIMES = frozenset({"application/ogg", "audio/ogg", "audio/webm"})
+# The wiki answers a file it cannot render (a video without TimedMediaHandler) with a generic icon.
+FILE_ICON_PATH = "/file-type-icons/"
+
+
+def media_kind(info: FileInfo) -> str:
+    """video, audio, document or image, from imageinfo's mediatype and MIME type."""
+    mediatype, mime = info.mediatype.upper(), info.mime.lower()
+    if mediatype == "VIDEO" or mime.startswith("video/") or mime in CONTAINER_MIMES:
+        return KIND_VIDEO  # the decoder finds out an Ogg or WebM with audio only and judges it as audio
+    if mediatype == "AUDIO" or mime.startswith("audio/"):
+        return KIND_AUDIO
+    if mime in DOCUMENT_MIMES and info.pagecount > 1:
+        return KIND_DOCUMENT
+    return KIND_IMAGE
+
+
+def is_file_icon(url: str | None) -> bool:
+    """True for the generic file-type icon MediaWiki gives as the "thumbnail" of what it cannot render."""
+    return url is not None and (FILE_ICON_PATH in url or URL(url).name.startswith("fileicon"))
 
 
 def fetch_error(exc: WikiApiError) -> FetchError:
@@ -112,10 +141,12 @@ class WikiClient:
         maxlag_min_wait: float = MAXLAG_MIN_WAIT,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        media: MediaSection | None = None,
     ) -> None:
         if not user_agent.strip():
             raise ValueError("a descriptive User-Agent is required")
         self._fetch = fetch
+        self._media = media or MediaSection()
         self._wikis = {w.id: w for w in wikis}
         self._user_agent = user_agent
         self._metrics = metrics
@@ -191,9 +222,19 @@ class WikiClient:
             log.warning("%s %r: imageinfo SHA-1 %s differs from the event's %s (a newer version may have "
                         "been uploaded); scanning the current version",
                         wiki.id, title, info.sha1, expected_sha1)
+        kind = media_kind(info)
+        if kind in (KIND_VIDEO, KIND_AUDIO):
+            return await self.stream_original(wiki, info, kind)
+        if is_file_icon(info.thumb_url):  # never hash the generic icon as if it were the file
+            raise Unscannable("no-thumbnail", f"{info.mediatype} {info.mime}: the wiki shows a file-type icon")
 
         original: bytes | None = None
-        if info.thumb_url is not None and info.thumb_url != info.url:
+        animation_cap = self._media.animation.original_max_bytes
+        if info.mime.lower() in ANIMATED_MIMES and 0 < info.size <= min(animation_cap, cfg.max_bytes):
+            # It may be animated: the wiki's thumbnail would show the first frame only.
+            original = await self._download_original(wiki, info)
+            data, source = original, "original"
+        elif info.thumb_url is not None and info.thumb_url != info.url:
             try:
                 data = await self.download(wiki, info.thumb_url, kind="thumbnail", limit=cfg.max_bytes)
                 source = "thumbnail"
@@ -203,7 +244,8 @@ class WikiClient:
                 refused = exc.reason.startswith("http-4") and not isinstance(exc, HostNotAllowed)
                 if not refused:
                     raise  # transient, or a policy refusal (host, redirects): never work around it
-                if info.mediatype.upper() not in IMAGE_MEDIATYPES or info.size > cfg.max_bytes:
+                if info.mediatype.upper() not in IMAGE_MEDIATYPES or info.size > cfg.max_bytes \
+                        or info.mime.lower() == "image/svg+xml":  # never render SVG here
                     raise Unscannable("thumbnail-failed", str(exc)) from exc
                 log.info("%s %r: thumbnail failed (%s); scanning the original", wiki.id, title, exc)
                 original = await self._download_original(wiki, info)
@@ -221,7 +263,70 @@ class WikiClient:
                 log.info("%s %r: original is %d bytes (> %d), MD5 not computed", wiki.id, title, info.size,
                          cfg.max_bytes)
         md5 = hashlib.md5(original).hexdigest() if original is not None else None
-        return FetchedMedia(info=info, data=data, data_source=source, original_md5=md5)
+        pages: tuple[tuple[int, bytes], ...] = ()
+        if kind == KIND_DOCUMENT and source == "thumbnail":
+            pages = await self._pages(wiki, info)
+        return FetchedMedia(info=info, data=data, data_source=source, original_md5=md5,
+                            kind=KIND_DOCUMENT if pages else KIND_IMAGE, pages=pages)
+
+    async def _pages(self, wiki: WikiSection, info: FileInfo) -> tuple[tuple[int, bytes], ...]:
+        """The wiki's thumbnails of pages 2 .. 1 + ``media.documents.extra_pages`` (never rendered here)."""
+        last = min(info.pagecount, 1 + self._media.documents.extra_pages)
+        width = info.thumb_width or self._fetch.thumb_width
+        out: list[tuple[int, bytes]] = []
+        for page in range(2, last + 1):
+            params = {"action": "query", "prop": "imageinfo", "titles": info.title, "iiprop": "url",
+                      "iiurlwidth": str(width), "iiurlparam": f"page{page}-{width}px"}
+            try:
+                answer = await self.client(wiki).api(params, what="imageinfo", limit=_API_MAX_BYTES)
+            except WikiApiError as exc:
+                raise fetch_error(exc) from exc
+            pages = (answer.get("query") or {}).get("pages") or []
+            ii = (pages[0].get("imageinfo") or [{}])[0] if pages and isinstance(pages[0], dict) else {}
+            thumb = ii.get("thumburl") if isinstance(ii, dict) else None
+            if not thumb or is_file_icon(str(thumb)):
+                log.info("%s %r: no thumbnail for page %d", wiki.id, info.title, page)
+                continue
+            url = str(URL(wiki.api_url).join(URL(str(thumb), encoded=True)))
+            out.append((page, await self.download(wiki, url, kind="thumbnail", limit=self._fetch.max_bytes)))
+        return tuple(out)
+
+    async def stream_original(self, wiki: WikiSection, info: FileInfo, kind: str) -> FetchedMedia:
+        """Stream a video or audio original, hashing it (MD5, SHA-1) on the way; never the whole file in memory.
+
+        A video is kept in a temporary file for the decode pool (``FetchedMedia.path``, deleted by whoever
+        decodes it: :func:`service.media.download.discard`); audio (or video with ``media.video.enabled``
+        off) is only hashed."""
+        video = self._media.video
+        decode = kind == KIND_VIDEO and video.enabled
+        limit = video.max_bytes if decode else max(video.max_bytes, self._fetch.max_bytes)
+        if info.size > limit:
+            raise Unscannable("too-large", f"original is {info.size} bytes (> {limit})")
+        sink = HashingSink(keep=decode, suffix="." + info.title.rsplit(".", 1)[-1][:8].lower())
+        try:
+            with self._counted("original"):
+                try:
+                    resp = await self.client(wiki).get(info.url, what="original", limit=limit, sink=sink,
+                                                       timeout=max(self._fetch.timeout, limit / 1_000_000))
+                except WikiResponseTooLarge as exc:
+                    raise Unscannable("too-large", f"original exceeds {limit} bytes") from exc
+                except WikiApiError as exc:
+                    raise fetch_error(exc) from exc
+                if resp.status in (404, 410):
+                    raise FileGone(f"original {info.url}: HTTP {resp.status}")
+                if not 200 <= resp.status < 300:
+                    raise FetchError(f"original {info.url}: HTTP {resp.status}", reason=f"http-{resp.status}")
+            self._metrics.bytes_fetched.labels("original").inc(sink.size)
+            sink.close()
+            sha1 = sink.sha1.hexdigest()
+            if sha1 != info.sha1:
+                raise TransientFetchError(f"{wiki.id} {info.title!r}: original's SHA-1 {sha1} != imageinfo "
+                                          f"{info.sha1}", reason="sha1-mismatch")
+        except BaseException:
+            sink.delete()
+            raise
+        return FetchedMedia(info=info, data=b"", data_source="original", original_md5=sink.md5.hexdigest(),
+                            kind=KIND_VIDEO if decode else KIND_AUDIO, path=sink.path)
 
     # -- imageinfo
 
@@ -339,6 +444,7 @@ class WikiClient:
                 thumb_url=str(base.join(URL(thumb, encoded=True))) if thumb else None,
                 thumb_width=int(ii["thumbwidth"]) if thumb and ii.get("thumbwidth") else None,
                 thumb_height=int(ii["thumbheight"]) if thumb and ii.get("thumbheight") else None,
+                pagecount=int(ii.get("pagecount") or 1),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TransientFetchError(f"{wiki.id} {title!r}: incomplete imageinfo ({exc!r})",

@@ -237,3 +237,10 @@ class Metrics:
         self.backfill_batches = Counter(f"{p}_backfill_batches", "list=allimages batches read", ["wiki"], registry=r)
         self.backfill_done = Gauge(f"{p}_backfill_complete", "1 once the backfill listed its whole range",
                                    ["wiki"], registry=r)
+        self.media_kinds = Counter(f"{p}_media_scanned", "Files decoded and matched, by kind (image, video, "
+                                   "audio, document)", ["kind"], registry=r)
+        self.frames_hashed = Counter(f"{p}_frames_hashed", "Video and animation frames and document pages "
+                                     "PDQ-hashed, by kind", ["kind"], registry=r)
+        self.decode_seconds = Histogram(f"{p}_decode_seconds", "Time to decode and hash one file in the decode "
+                                        "pool, by kind", ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.vpdq_videos = Gauge(f"{p}_vpdq_bank_videos", "Videos loaded per vPDQ bank", ["bank"], registry=r)

@@ -60,6 +60,14 @@ class FileInfo:
     thumb_url: str | None = None
     thumb_width: int | None = None
     thumb_height: int | None = None
+    pagecount: int = 1  # pages of a PDF, DjVu or multi-page TIFF
+
+
+# What kind of media an upload is, for the decode step and the outcome (see docs/media-coverage.md).
+KIND_IMAGE = "image"  # still or animated image, SVG (the wiki's PNG rendering)
+KIND_DOCUMENT = "document"  # PDF, DjVu, multi-page TIFF: the wiki's page thumbnails
+KIND_VIDEO = "video"  # the original, streamed to a temporary file and decoded in the decode pool
+KIND_AUDIO = "audio"  # exact MD5 / SHA-1 only
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,19 @@ class FetchedMedia:
     data: bytes  # the bytes to decode: thumbnail, or the original when no thumbnail could be had
     data_source: str  # "thumbnail" or "original"
     original_md5: str | None = None  # MD5 of the original, when the original was fetched
+    kind: str = KIND_IMAGE
+    path: str | None = None  # video: the original, streamed to this temporary file (deleted after decoding)
+    pages: tuple[tuple[int, bytes], ...] = ()  # documents: (page number, thumbnail bytes) of pages after the first
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHash:
+    """The PDQ of one sampled video or animation frame, or of one document page (vPDQ's per-frame record)."""
+
+    frame_number: int  # video/animation: index of the decoded frame; document: the page number
+    timestamp: float  # seconds from the start (0 for document pages)
+    pdq: bytes  # 32 bytes, standard PDQ hex order
+    quality: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +114,11 @@ class PreparedMedia:
     width: int
     height: int
     source: str = "thumbnail"
+    kind: str = KIND_IMAGE
+    frames: tuple[FrameHash, ...] = ()  # sampled frames (video, animation) or further pages (document)
+    frames_sampled: int = 0  # frames hashed, including those below the quality threshold
+    duration: float | None = None  # seconds (video, animation)
+    keyframes: tuple[tuple[float, bytes], ...] = ()  # video: (time, JPEG) of the best frames for remote matchers
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +165,30 @@ class Match:
         )
 
 
+def where_matched(details: Mapping[str, Any]) -> str | None:
+    """Where in a video, animation or document a match was found, for emails and the review page:
+    ``"video at 4.0 s, 5.0 s, 6.0 s (3 of 11 sampled frames)"``, ``"document page 2"``; None for images."""
+    media = details.get("media")
+    if media is None:
+        return None
+    pages = details.get("pages")
+    if isinstance(pages, list | tuple) and pages:
+        return f"{media} page{'s' if len(pages) > 1 else ''} " + ", ".join(str(int(p)) for p in pages)
+    offsets = details.get("offsets")
+    if not isinstance(offsets, list | tuple) or not offsets:
+        return None
+    text = f"{media} at " + ", ".join(f"{float(t):.1f} s" for t in offsets[:10])
+    if len(offsets) > 10:
+        text += ", ..."
+    matched, hashed = details.get("frames_matched"), details.get("frames_hashed")
+    if isinstance(matched, int) and isinstance(hashed, int):
+        text += f" ({matched} of {hashed} sampled frames)"
+    return text
+
+
 # Outcome strings: "clean", "match", "gone", "unscannable:<reason>", "error:<reason>".
 CLEAN = "clean"
+CLEAN_EXACT_ONLY = "clean:exact-only"  # audio: only exact hashes exist to match against (no perceptual lists)
 MATCH = "match"
 GONE = "gone"
 

@@ -31,9 +31,10 @@ from typing import Any
 from service import links
 from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
+from service.media.download import discard
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
-from service.models import CLEAN, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
+from service.models import CLEAN, CLEAN_EXACT_ONLY, GONE, MATCH, RawEvent, UploadEvent, error, unscannable
 from service.negative_bank import NegativeBank
 from service.pipeline_steps import StageSteps, read_upload
 from service.runtime.committer import Committer
@@ -241,10 +242,13 @@ class Pipeline(StageSteps):
         if hits:
             work.matches = hits
             return "act"
-        if cached is not None and cached.bank_version == self.scan_version and cached.outcome in (CLEAN, MATCH):
+        if cached is not None and cached.bank_version == self.scan_version \
+                and cached.outcome in (CLEAN, MATCH, CLEAN_EXACT_ONLY):
             self.metrics.cache_hits.inc()
             work.cached = True
             work.matches = list(cached.matches)
+            if cached.outcome == CLEAN_EXACT_ONLY:
+                work.outcome = CLEAN_EXACT_ONLY
             return "act"
         return "fetch"
 
@@ -303,11 +307,12 @@ class Pipeline(StageSteps):
 
     async def _finish(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
         event = work.event
+        discard(work.fetched)  # a video's temporary file, when the upload ended before its decode
         if work.recorded and outcome.startswith("error:"):
             # Local matches were recorded and acted on; only the remote part failed (retried on schedule).
             outcome = MATCH
         scan: ScanRecord | None = None
-        if work.sha1 and not work.cached and outcome in (CLEAN, MATCH):
+        if work.sha1 and not work.cached and outcome in (CLEAN, MATCH, CLEAN_EXACT_ONLY):
             media = work.prepared
             scan = ScanRecord(
                 sha1=work.sha1,

@@ -12,14 +12,30 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from service import events as ev
-from service.config import ThumbnailSection, WikiSection
+from service.config import Config, MediaSection, ThumbnailSection, WikiSection
 from service.errors import MalformedEvent, ServiceError, Unscannable
+from service.media.download import discard
+from service.media.frames import prepare_frames
 from service.media.pool import CpuPool
+from service.media.video import prepare_video
 from service.metrics import Metrics
-from service.models import CLEAN, MATCH, FetchedMedia, Match, PreparedMedia, RawEvent, UploadEvent
+from service.models import (
+    CLEAN,
+    CLEAN_EXACT_ONLY,
+    KIND_AUDIO,
+    KIND_IMAGE,
+    KIND_VIDEO,
+    MATCH,
+    FetchedMedia,
+    Match,
+    PreparedMedia,
+    RawEvent,
+    UploadEvent,
+)
 from service.negative_bank import NegativeBank
 from service.stages import ExactBank, Fetcher, Matcher, Planner, Prepare, Work, _call_prepare, _Finished, _merge
 from service.store.base import (
@@ -40,6 +56,7 @@ class StageSteps:
     """The per-stage steps; relies on the attributes :class:`~service.pipeline.Pipeline` sets."""
 
     if TYPE_CHECKING:
+        cfg: Config
         wikis: dict[str, WikiSection]
         fetcher: Fetcher
         exact: ExactBank
@@ -72,9 +89,13 @@ class StageSteps:
     async def _thumbnail(self, work: Work) -> str:
         fetched = work.fetched
         assert fetched is not None
-        work.prepared = await prepare_media(self.cpu, self.prepare, fetched, work.sha1 or fetched.info.sha1,
-                                            self.thumbnail_cfg)
-        work.fetched = None  # drop the bytes as early as possible
+        try:
+            work.prepared = await prepare_media(self.cpu, self.prepare, fetched, work.sha1 or fetched.info.sha1,
+                                                self.thumbnail_cfg, self.cfg.media, self.metrics)
+        finally:
+            work.fetched = None  # drop the bytes (and any temporary file) as early as possible
+        if work.prepared.kind == KIND_AUDIO:
+            work.outcome = CLEAN_EXACT_ONLY  # unless the exact banks match
         return "match"
 
     async def _match(self, work: Work) -> str:
@@ -84,6 +105,8 @@ class StageSteps:
         for hits in results:
             _merge(work, hits)
         if not self.remote or (work.matches and not self.remote_when_local):
+            return "act"
+        if media.kind != KIND_IMAGE and media.jpeg is None:  # audio, or a video without a keyframe to send
             return "act"
         if work.matches:
             await self._record(work)  # local matches are acted on now, never after the remote call
@@ -95,7 +118,7 @@ class StageSteps:
         assert media is not None
         for m in self.remote:  # until a verdict arrives (a deadline or a crash leaves "failed")
             work.remote_states[m.name] = (REMOTE_FAILED, "interrupted")
-        results = await asyncio.gather(*(m.match(media) for m in self.remote), return_exceptions=True)
+        results = await asyncio.gather(*(remote_match(m, media) for m in self.remote), return_exceptions=True)
         failure: BaseException | None = None
         for matcher, result in zip(self.remote, results, strict=True):
             if isinstance(result, BaseException):
@@ -117,7 +140,7 @@ class StageSteps:
         return "act"
 
     async def _act(self, work: Work) -> None:
-        outcome = MATCH if work.matches else CLEAN
+        outcome = MATCH if work.matches else (work.outcome or CLEAN)
         if work.matches and not (work.recorded and work.counted == len(work.matches)):
             await self._record(work)
         raise _Finished(outcome)
@@ -129,6 +152,18 @@ class StageSteps:
                              counted=work.counted, pdq=work.prepared.pdq.hex if work.prepared and work.prepared.pdq
                              else None)
         work.counted = len(work.matches)
+
+
+async def remote_match(matcher: Matcher, media: PreparedMedia) -> list[Match]:
+    """A remote matcher's verdict; for a video, on each keyframe in turn (best first) until one matches, the
+    match saying at what time the keyframe is."""
+    if not media.keyframes:
+        return await matcher.match(media)
+    for t, jpeg in media.keyframes:
+        hits = await matcher.match(replace(media, jpeg=jpeg))
+        if hits:
+            return [replace(m, details={**m.details, "media": media.kind, "offsets": [t]}) for m in hits]
+    return []
 
 
 def read_upload(raw: RawEvent, wikis: Collection[str], metrics: Metrics) -> UploadEvent | None:
@@ -151,9 +186,36 @@ def read_upload(raw: RawEvent, wikis: Collection[str], metrics: Metrics) -> Uplo
 
 
 async def prepare_media(cpu: CpuPool, prepare: Prepare, fetched: FetchedMedia, sha1: str | None,
-                        cfg: ThumbnailSection) -> PreparedMedia:
-    """Decode and hash fetched bytes on the CPU pool (the thumbnail stage; the rescanner's decode)."""
-    return await cpu.run(_call_prepare, prepare, fetched.data, sha1, cfg, fetched.original_md5, fetched.data_source)
+                        cfg: ThumbnailSection, media: MediaSection | None = None,
+                        metrics: Metrics | None = None) -> PreparedMedia:
+    """Decode and hash fetched media on the CPU pool (the thumbnail stage; the rescanner's decode).
+
+    Images (and animations, documents' pages) go through ``prepare``; a video's temporary file through
+    :func:`~service.media.video.prepare_video` (and is deleted afterwards, whatever happens); audio is
+    not decoded (exact hashes only)."""
+    t0 = time.monotonic()
+    try:
+        if fetched.kind == KIND_AUDIO:
+            prepared = PreparedMedia(sha1=sha1 or fetched.info.sha1, md5=fetched.original_md5, pdq=None, jpeg=None,
+                                     width=0, height=0, source="original", kind=KIND_AUDIO)
+        elif fetched.kind == KIND_VIDEO:
+            video = (media or MediaSection()).video
+            prepared = await cpu.run(prepare_video, fetched.path, sha1, fetched.original_md5, video, cfg)
+        elif media is None and not fetched.pages:
+            prepared = await cpu.run(_call_prepare, prepare, fetched.data, sha1, cfg, fetched.original_md5,
+                                     fetched.data_source)
+        else:
+            animation = media.animation if media is not None and fetched.kind == KIND_IMAGE else None
+            prepared = await cpu.run(prepare_frames, prepare, fetched.data, sha1, cfg, fetched.original_md5,
+                                     fetched.data_source, animation, fetched.pages)
+    finally:
+        discard(fetched)
+    if metrics is not None:
+        metrics.media_kinds.labels(prepared.kind).inc()
+        metrics.decode_seconds.labels(prepared.kind).observe(time.monotonic() - t0)
+        if prepared.frames_sampled:
+            metrics.frames_hashed.labels(prepared.kind).inc(prepared.frames_sampled)
+    return prepared
 
 
 async def record_matches(

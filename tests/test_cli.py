@@ -53,6 +53,7 @@ REQUIRED = {
     ("reviewer", "hash-password"): [], ("config", "schema"): [], ("config", "show"): [], ("config", "reference"): [],
     ("reviewer", "add"): ["carol"], ("reviewer", "list"): [], ("reviewer", "disable"): ["carol"],
     ("reviewer", "enable"): ["carol"], ("reviewer", "passwd"): ["carol"], ("reviewer", "role"): ["carol", "admin"],
+    ("vpdq",): ["x.webm", "--id", "x"],
 }
 
 

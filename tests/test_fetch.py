@@ -323,13 +323,18 @@ async def test_expected_sha1_mismatch_warns_and_scans(
 
 
 async def test_no_thumbnail(fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
-    fake.add("Sound.ogg", FakeFile(b"OggS" + b"\0" * 100, 0, 0, "audio/ogg", "AUDIO", renders=False))
+    sound = fake.add("Sound.flac", FakeFile(b"fLaC" + b"\0" * 100, 0, 0, "audio/flac", "AUDIO", renders=False))
+    fake.add("Data.bin", FakeFile(b"\0" * 100, 0, 0, "application/octet-stream", "UNKNOWN", renders=False))
     bmp = fake.add("Raw.png", FakeFile(png(600, 400), 600, 400, renders=False))
     fake.add("Big.png", FakeFile(png(600, 400), 600, 400, renders=False))
     h = await make(fake.wiki())
     with pytest.raises(Unscannable) as ei:
-        await h.client.fetch(fake.wiki(), "File:Sound.ogg")
+        await h.client.fetch(fake.wiki(), "File:Data.bin")
     assert ei.value.reason == "no-thumbnail"
+    # Audio (issue 14): the original is streamed for its MD5 (exact banks only), nothing kept.
+    audio = await h.client.fetch(fake.wiki(), "File:Sound.flac")
+    assert audio.kind == "audio" and audio.path is None and audio.data == b""
+    assert audio.original_md5 == hashlib.md5(sound.data).hexdigest()
     media = await h.client.fetch(fake.wiki(), "File:Raw.png")  # bitmap: fall back to the original
     assert media.data == bmp.data and media.data_source == "original"
     h2 = await make(fake.wiki(), replace(FAST, max_bytes=100))

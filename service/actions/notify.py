@@ -37,7 +37,7 @@ from service.config import NotifySection, WikiSection
 from service.errors import NotifyError, PermanentNotifyError
 from service.links import page_url as wiki_page_url
 from service.metrics import Metrics
-from service.models import Match, UploadEvent
+from service.models import Match, UploadEvent, where_matched
 from service.store.base import OutboxItem
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,9 @@ def _details(details: object) -> str:
         parts.append(f"matched as {clean(details['variant'], 40)}")
     if details.get("quality") is not None:
         parts.append(f"PDQ quality {clean(details['quality'], 10)}")
+    where = where_matched(details)
+    if where:
+        parts.append(clean(where, 300))
     return "; ".join(parts) or "-"
 
 

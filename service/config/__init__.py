@@ -53,6 +53,13 @@ from service.config.matching import (
     RescanSection,
     ThumbnailSection,
 )
+from service.config.media import (
+    AnimationSection,
+    DocumentSection,
+    MediaSection,
+    VideoSection,
+    VpdqBankSection,
+)
 from service.config.problems import ConfigFileError, problem_lines
 from service.config.root import Config
 from service.config.scale import BackfillSection, WorkSection
@@ -76,6 +83,7 @@ __all__ = [
     "PHOTODNA_MIN_SIDE",
     "STANDARD_THUMB_WIDTHS",
     "ActionsSection",
+    "AnimationSection",
     "BackfillSection",
     "BackoffSection",
     "BankSection",
@@ -87,11 +95,13 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigFileError",
+    "DocumentSection",
     "EventStreamsSection",
     "FetchSection",
     "HttpSection",
     "KafkaConnectionSection",
     "KafkaSection",
+    "MediaSection",
     "MwApiSection",
     "NetworkSection",
     "NotifySection",
@@ -110,6 +120,8 @@ __all__ = [
     "StoreSection",
     "TakedownSection",
     "ThumbnailSection",
+    "VideoSection",
+    "VpdqBankSection",
     "WikiAuthSection",
     "WikiSection",
     "WorkSection",

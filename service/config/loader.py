@@ -80,6 +80,8 @@ def _from_dict(data: Any, *, base: Path, source: str, problems: _Problems, secre
     banks = tuple(
         dataclasses.replace(b, path=str(resolve_path(base, b.path))) for b in cfg.banks.list
     )
+    video = cfg.media.video
+    vpdq_banks = tuple(dataclasses.replace(b, path=str(resolve_path(base, b.path))) for b in video.vpdq_banks)
     notify = cfg.actions.notify
     # Remote matchers need JPEG bytes from the thumbnail stage: derived, never a second flag to set.
     thumbnail = dataclasses.replace(cfg.thumbnail, make_jpeg=True) if cfg.photodna.enabled else cfg.thumbnail
@@ -87,6 +89,7 @@ def _from_dict(data: Any, *, base: Path, source: str, problems: _Problems, secre
         cfg,
         thumbnail=thumbnail,
         banks=dataclasses.replace(cfg.banks, list=banks),
+        media=dataclasses.replace(cfg.media, video=dataclasses.replace(video, vpdq_banks=vpdq_banks)),
         store=dataclasses.replace(cfg.store, path=str(resolve_path(base, cfg.store.path))),
         actions=dataclasses.replace(
             cfg.actions,

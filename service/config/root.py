@@ -17,6 +17,7 @@ from service.config.core import (
     WikiSection,
 )
 from service.config.matching import BanksSection, FetchSection, PhotoDnaSection, ThumbnailSection
+from service.config.media import MediaSection
 from service.config.scale import BackfillSection, WorkSection
 from service.config.sources import SourceSection
 
@@ -34,6 +35,7 @@ class Config:
     fetch: FetchSection = field(default_factory=FetchSection)
     thumbnail: ThumbnailSection = field(default_factory=ThumbnailSection)
     banks: BanksSection = field(default_factory=BanksSection)
+    media: MediaSection = field(default_factory=MediaSection)
     actions: ActionsSection = field(default_factory=ActionsSection)
     photodna: PhotoDnaSection = field(default_factory=PhotoDnaSection)
     review: ReviewSection = field(default_factory=lambda: ReviewSection())

@@ -52,7 +52,7 @@ from service.errors import (
     WikiUnreachable,
 )
 from service.mediawiki.allowlist import origin, origin_allowed
-from service.mediawiki.transport import AiohttpTransport, Request, Response, Transport
+from service.mediawiki.transport import AiohttpTransport, Request, Response, Sink, Transport
 from service.net import Proxies
 
 log = logging.getLogger(__name__)
@@ -159,25 +159,31 @@ class MediaWikiClient:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def get(self, url: URL | str, *, what: str, limit: int) -> Response:
+    async def get(self, url: URL | str, *, what: str, limit: int, sink: Sink | None = None,
+                  timeout: float | None = None) -> Response:
         """GET ``url`` with the allowlist, redirects, the byte cap and retries.
 
+        With ``sink``, a 2xx body is streamed into it (reset before each attempt) instead of memory;
+        ``timeout`` replaces the client's per-attempt timeout (a large original takes longer).
         Returns any answer but 429/5xx (those are retried, then raised as WikiHttpTransient); raises
         HostNotAllowed, WikiTooManyRedirects, WikiResponseTooLarge, WikiUnreachable or WikiTimeout.
         """
         return await self._send("GET", URL(url, encoded=True) if isinstance(url, str) else url,
-                                None, what=what, limit=limit)
+                                None, what=what, limit=limit, sink=sink, timeout=timeout)
 
     async def _send(self, method: str, url: URL, data: Mapping[str, str] | None, *, what: str,
-                    limit: int) -> Response:
+                    limit: int, sink: Sink | None = None, timeout: float | None = None) -> Response:
         attempt = 0
+        timeout = timeout or self.timeout
         while True:
             retry_after: float | None = None
+            if sink is not None:
+                sink.reset()
             try:
-                async with asyncio.timeout(self.timeout):
-                    resp = await self._follow(method, url, data, limit)
+                async with asyncio.timeout(timeout):
+                    resp = await self._follow(method, url, data, limit, sink)
             except TimeoutError:
-                err: WikiApiError = WikiTimeout(f"{self.wiki.id} {what} {url}: no answer within {self.timeout} s")
+                err: WikiApiError = WikiTimeout(f"{self.wiki.id} {what} {url}: no answer within {timeout} s")
             except WikiUnreachable as exc:
                 err = exc
             else:
@@ -197,7 +203,8 @@ class MediaWikiClient:
             await self._sleep(delay)
             attempt += 1
 
-    async def _follow(self, method: str, url: URL, data: Mapping[str, str] | None, limit: int) -> Response:
+    async def _follow(self, method: str, url: URL, data: Mapping[str, str] | None, limit: int,
+                      sink: Sink | None = None) -> Response:
         hops = 0
         while True:
             if not origin_allowed(self.wiki, url):
@@ -205,7 +212,7 @@ class MediaWikiClient:
             headers = {"Authorization": f"Bearer {self._bearer}"} \
                 if self._bearer and origin(url) == self._api_origin else {}
             self.requests += 1
-            resp = await self._transport.handle(Request(method, url, data, headers), limit=limit)
+            resp = await self._transport.handle(Request(method, url, data, headers, sink), limit=limit)
             if not resp.redirect or method != "GET":
                 return resp
             hops += 1

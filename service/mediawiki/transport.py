@@ -22,12 +22,23 @@ from service.net import Proxies, describe
 _CHUNK = 65536
 
 
+class Sink(Protocol):
+    """Where a streamed body goes instead of memory (e.g. a temporary file, hashed on the way)."""
+
+    def reset(self) -> None:
+        """Forget what was written (called before each attempt: a retry starts the body again)."""
+        ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     method: str  # "GET" or "POST"
     url: URL
     data: Mapping[str, str] | None = None  # form fields of a POST
     headers: Mapping[str, str] = field(default_factory=dict)
+    sink: Sink | None = None  # a 2xx body is written here chunk by chunk (``Response.body`` stays empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +104,7 @@ class AiohttpTransport:
         try:
             async with session.request(request.method, request.url, data=request.data, headers=headers,
                                        allow_redirects=False, proxy=proxy.url if proxy else None) as resp:
-                body = await _read_capped(resp, limit) if 200 <= resp.status < 300 else b""
+                body = await _read_capped(resp, limit, request.sink) if 200 <= resp.status < 300 else b""
                 return Response(resp.status, CIMultiDict(resp.headers), body, resp.url)
         except aiohttp.InvalidURL as exc:
             raise WikiBadUrl(f"invalid URL {request.url}") from exc
@@ -106,15 +117,20 @@ class AiohttpTransport:
         self._session = None
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, sink: Sink | None = None) -> bytes:
     if resp.content_length is not None and resp.content_length > limit:
         raise WikiResponseTooLarge(f"{resp.url}: {resp.content_length} bytes declared (> {limit})",
                                    seen=resp.content_length)
     buf = bytearray()
+    seen = 0
     async for chunk in resp.content.iter_chunked(_CHUNK):
-        buf += chunk
-        if len(buf) > limit:
-            raise WikiResponseTooLarge(f"{resp.url}: more than {limit} bytes", seen=len(buf))
+        seen += len(chunk)
+        if seen > limit:
+            raise WikiResponseTooLarge(f"{resp.url}: more than {limit} bytes", seen=seen)
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            buf += chunk
     return bytes(buf)
 
 
@@ -153,6 +169,10 @@ class MockTransport:
             return Response(resp.status, resp.headers, b"", request.url)
         if len(resp.body) > limit:
             raise WikiResponseTooLarge(f"{request.url}: more than {limit} bytes", seen=len(resp.body))
+        if request.sink is not None:
+            for start in range(0, len(resp.body), _CHUNK):
+                request.sink.write(resp.body[start:start + _CHUNK])
+            return Response(resp.status, resp.headers, b"", request.url)
         return Response(resp.status, resp.headers, resp.body, request.url)
 
     async def aclose(self) -> None:

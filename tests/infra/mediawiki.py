@@ -37,7 +37,10 @@ CONVERT = "/usr/bin/convert"
 USER_AGENT = "mediamoderation-tests/0.1 (https://example.invalid/mediamoderation; test suite) requests"
 FULL_GRANTS = "basic,highvolume,uploadfile,uploadeditmovefile,delete,editpage,createeditmovepage"
 NODELETE_GRANTS = "basic,highvolume,uploadfile,uploadeditmovefile,editpage,createeditmovepage"
-FILE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "svg", "tif", "tiff", "bmp")
+FILE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "svg", "tif", "tiff", "bmp",
+                   "webm", "ogv", "ogg", "oga", "flac", "wav", "mp3", "mp4", "pdf", "djvu")
+GHOSTSCRIPT = "/usr/bin/gs"  # PdfHandler renders PDF pages with it (Debian ghostscript)
+PDFINFO = "/usr/bin/pdfinfo"  # and reads page counts with poppler-utils
 # Bot passwords must match /^[0-9a-w]{32,}$/ (BotPassword::canonicalizeLoginData), not any 32 chars.
 _BOT_PASSWORD_ALPHABET = "0123456789abcdefghijklmnopqrstuvw"
 
@@ -402,6 +405,13 @@ $wgDeletedDirectory = "{self.root / 'deleted'}";
 $wgTmpDirectory = "{self.root / 'tmp'}";
 $wgCacheDirectory = "{self.root / 'tmp'}";
 $wgFileExtensions = [ {extensions} ];
+if ( is_executable( "{GHOSTSCRIPT}" ) && is_executable( "{PDFINFO}" ) ) {{
+    wfLoadExtension( 'PdfHandler' );
+    $wgPdfProcessor = "{GHOSTSCRIPT}";
+    $wgPdfPostProcessor = "{CONVERT}";
+    $wgPdfInfo = "{PDFINFO}";
+    $wgPdftoText = "/usr/bin/pdftotext";
+}}
 $wgMaxUploadSize = 1024 * 1024 * 1024;
 $wgMaxImageArea = 1e8;
 $wgTiffThumbnailType = [ 'jpg', 'image/jpeg' ];

@@ -23,6 +23,8 @@ from aiohttp import web
 from service.actions.plan import upload_key
 from service.config import Config
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
+from service.media.download import discard
+from service.media.frames import matched_picture
 from service.metrics import Metrics
 from service.pipeline import Fetcher
 from service.store.base import CaseFilter, Claim, ReviewCase, ReviewerStore, ReviewStore
@@ -363,13 +365,18 @@ class ReviewUI:
             return _placeholder("Preview unavailable")
         if fetched.info.sha1 and fetched.info.sha1 != sha1:
             self.metrics.review_previews.labels(mode, "changed").inc()
+            discard(fetched)
             return _placeholder("Current version is other content")
         try:
-            data = await asyncio.to_thread(preview.render, fetched.data, mode, blur_radius=self.rcfg.blur_radius,
+            # A video, animation or document: the matched frame or page, blurred and greyed like an image.
+            picture = await asyncio.to_thread(matched_picture, fetched, row.get("details") or {})
+            data = await asyncio.to_thread(preview.render, picture, mode, blur_radius=self.rcfg.blur_radius,
                                            max_pixels=self.cfg.thumbnail.max_pixels)
         except Unscannable:
             self.metrics.review_previews.labels(mode, "error").inc()
             return _placeholder("Preview unavailable")
+        finally:
+            discard(fetched)
         self.metrics.review_previews.labels(mode, "ok").inc()
         if mode != "blur":
             await self.store.append_audit(s.reviewer, "preview-unblurred", sha1=sha1, wiki=row["wiki"],

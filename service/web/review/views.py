@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from service.models import where_matched
 from service.store.base import AuditEntry, Claim, OutboxItem, ReviewCase
 
 BASE = "/review"
@@ -305,6 +306,9 @@ def _details(d: Mapping[str, Any]) -> str:
         return "-"
     labels = {"tracking_id": "Tracking id", "violations": "Violations", "source": "Source", "match_id": "Match id"}
     parts = []
+    where = where_matched(d)  # video offsets, document pages
+    if where:
+        parts.append(f"<dt>Found in</dt><dd>{e(where)}</dd>")
     for k, v in d.items():
         text = ", ".join(map(str, v)) if isinstance(v, list) else (json.dumps(v) if isinstance(v, dict) else v)
         parts.append(f"<dt>{e(labels.get(k, k))}</dt><dd>{e(text)}</dd>")
