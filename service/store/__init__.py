@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from service.config import StoreSection
 from service.store.base import (
+    BankSyncStore,
     BudgetStore,
     CheckpointStore,
     EventLedger,
@@ -25,6 +26,7 @@ from service.store.base import (
     ScanStore,
     StoreError,
 )
+from service.store.banksync import SqlBankSync
 from service.store.budget import SqlBudget
 from service.store.checkpoints import SqlCheckpoints
 from service.store.db import Database
@@ -53,6 +55,7 @@ class Stores:
     rescan: RescanStore
     budget: BudgetStore
     review: ReviewStore
+    banksync: BankSyncStore
 
     async def open(self) -> None:
         await self.db.open()
@@ -70,7 +73,7 @@ def sql_stores(db: Database, *, outbox_lease: float | None = None,
         db=db, checkpoints=SqlCheckpoints(db, clock), ledger=SqlLedger(db, clock), scans=SqlScans(db, clock),
         pipeline=SqlPipeline(db, clock), outbox=SqlOutbox(db, clock, lease=outbox_lease),
         remote=SqlRemoteScans(db, clock), rescan=SqlRescan(db, clock), budget=SqlBudget(db, clock),
-        review=SqlReview(db, clock),
+        review=SqlReview(db, clock), banksync=SqlBankSync(db, clock),
     )
 
 
@@ -96,4 +99,4 @@ def make_stores(cfg: StoreSection, *, clock: Callable[[], float] = time.time) ->
 def memory_stores(store: MemoryStore | None = None) -> Stores:
     m = store if store is not None else MemoryStore()
     return Stores(db=m, checkpoints=m, ledger=m, scans=m, pipeline=m, outbox=m, remote=m, rescan=m, budget=m,
-                  review=m)
+                  review=m, banksync=m)
