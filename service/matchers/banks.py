@@ -293,11 +293,13 @@ class BankSet:
         """The bank's current content (None for a name not configured)."""
         return next((b for b in self._snapshot.banks if b.name == name), None)
 
-    def set_entries(self, name: str, entries: Iterable[BankEntry], *, digest: str) -> BankDelta | None:
+    def set_entries(self, name: str, entries: Iterable[BankEntry], *, digest: str,
+                    publish: bool = True) -> BankDelta | None:
         """Replace the content of a ``url`` or ``exchange`` bank (a sync applied a delta or a full list).
 
         ``digest`` identifies the new content (it goes into :attr:`version`).  The new content is matchable
         when this returns; subscribers get the :class:`BankDelta` (returned too; None when nothing changed).
+        ``publish=False`` (loading the stored content at start) tells no subscriber: nothing is new.
         """
         with self._lock:
             old = self._snapshot
@@ -306,7 +308,7 @@ class BankSet:
                 raise KeyError(name)
             new = build_bank(previous.config, entries, digest)
             self._snapshot = self._make_snapshot(b if b.name != name else new for b in old.banks)
-        return self._publish(previous, new)
+        return self._publish(previous, new) if publish else None
 
     def match_sha1(self, sha1: str) -> list[Match]:
         return self._match_exact("sha1", sha1)
