@@ -141,6 +141,22 @@ class BankSection:
 
 
 @dataclass(frozen=True)
+class BanksSection:
+    reload_interval: NonNegFloat = 10.0  # seconds between checks of the bank files for changes; 0: never
+    # PDQ hashes of lower quality are not matched.
+    pdq_quality_min: Annotated[int, Field(ge=0, le=100)] = 50
+    list: tuple[BankSection, ...] = ()
+    # hosts `url` banks and exchange `base_url`s may be fetched from: `host` (port 443) or `host:port`.
+    allowed_hosts: tuple[str, ...] = ()
+    # largest list a `url` bank may download, in bytes.
+    max_bytes: PosInt = 1_000_000_000
+    # seconds per request to a `url` bank.
+    timeout: PosFloat = 60.0
+    # first retry delay (seconds) after a failed sync; doubles per failure up to the bank's `interval`.
+    retry_delay: PosFloat = 30.0
+
+
+@dataclass(frozen=True)
 class BackoffSection:
     # exponential backoff with jitter between attempts (a `Retry-After` wins).
     initial_delay: float = 0.5

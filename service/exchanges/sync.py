@@ -30,11 +30,11 @@ from typing import Any
 
 from service.backoff import exponential_backoff
 from service.config.matching import BankSection, BanksSection
-from service.errors import BankError, ExchangeError, StoreError
+from service.errors import BankError, ExchangeError
 from service.matchers.banks import BankEntry, BankSet, parse_entries
 from service.metrics import Metrics
 from service.net import Proxies
-from service.store.base import BankHash, BankSyncStore
+from service.store.base import BankHash, BankSyncStore, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.config import StoreSection
+from service.store.banksync import SqlBankSync
 from service.store.base import (
     BankSyncStore,
     BudgetStore,
@@ -26,7 +27,6 @@ from service.store.base import (
     ScanStore,
     StoreError,
 )
-from service.store.banksync import SqlBankSync
 from service.store.budget import SqlBudget
 from service.store.checkpoints import SqlCheckpoints
 from service.store.db import Database
