@@ -242,7 +242,7 @@ async def test_url_bank_etag_auth_header_and_allowlist(standin: ExchangeStandIn)
     standin.set_list("list.jsonl", "\n".join(rows).encode())
     bank = BankSection(name="curated", url=standin.url("lists") + "/list.jsonl", category="child-protection",
                        auth=Secret(env="LIST_TOKEN"))
-    syncer, bank_set, stores, _ = make(standin, [bank])
+    syncer, bank_set, _, _ = make(standin, [bank])
     first = await syncer.sync("curated")
     assert first.ok and first.added == 5 and bank_set.sizes()["curated"]["sha1"] == 5
     assert standin.list_requests[-1]["Authorization"] == "Bearer list-secret"
