@@ -51,6 +51,8 @@ REQUIRED = {
     ("run",): [], ("check-config",): [], ("scan",): ["x.jpg"], ("photodna", "check"): ["x.jpg"],
     ("replay",): ["--since", "2026-01-01T00:00:00Z"], ("backfill",): ["--wiki", "w"],
     ("reviewer", "hash-password"): [], ("config", "schema"): [], ("config", "show"): [], ("config", "reference"): [],
+    ("bank", "list"): [], ("bank", "sync"): [], ("bank", "add"): ["b", "a" * 40], ("bank", "remove"): ["b", "a" * 40],
+    ("bank", "import"): ["f.csv", "--bank", "b"], ("bank", "export"): ["b"],
 }
 
 

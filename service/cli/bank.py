@@ -125,7 +125,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     cfg = load(args)
     start_logging(args, cfg, tool=True)
     stored, states = asyncio.run(_stored(cfg))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for bank in cfg.banks.list:
         try:
             entries = _file_entries(bank) if bank.kind == "file" else stored.get(bank.name, [])

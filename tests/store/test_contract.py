@@ -14,11 +14,11 @@ import pytest
 from service.models import Match, UploadEvent
 from service.store import Database, MemoryStore, StoreError, Stores, memory_stores, postgres_stores, sqlite_stores
 from service.store.base import (
-    BankHash,
     REMOTE_CLEAN,
     REMOTE_FAILED,
     REMOTE_GONE,
     REMOTE_SEEN,
+    BankHash,
     CaseFilter,
     Decision,
     NewAction,
