@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from service.config import BankSection, BanksSection, ExchangeSection, LabelCategory, Secret
 from service.exchanges.sync import BankSyncer
 from service.matchers.banks import BankDelta, BankSet
 from service.metrics import Metrics
+from service.models import RawEvent
+from service.sources.base import SourceBase
 from service.store import MemoryStore, Stores, memory_stores, sqlite_stores
 from tests.helpers import until
 from tests.infra.exchanges import (
@@ -288,3 +293,54 @@ def test_config_accepts_exchange_and_url_banks_and_keeps_path_banks(tmp_path: Pa
     problems = dict(info.value.problems)
     assert "not in banks.allowed_hosts" in problems["banks.list[2].url"]
     assert "must be one of" in problems["banks.list[1].exchange.environment"]
+
+
+class _IdleSource(SourceBase):
+    name = "idle"
+    connected = True
+
+    async def run(self, out: asyncio.Queue[RawEvent], stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    async def commit(self, position: Any) -> None:
+        pass
+
+
+async def test_the_service_syncs_each_bank_in_its_own_task_and_reports_a_failing_one_as_degraded(
+        standin: ExchangeStandIn, tmp_path: Path) -> None:
+    from service.app import Service
+    from service.config import config_from_dict
+
+    pdq = random_hash("pdq")
+    standin.add("tcap", Record("1", now() - 10, {"pdq": pdq}))
+    standin.fail_next("stopncii", 401, count=1000)
+    cfg = config_from_dict({
+        "service": {"user_agent": "mm-test/0.1 (ts@example.org)"},
+        "wikis": [{"id": "w", "api_url": "https://w.example/api.php"}],
+        "actions": {"notify": {"enabled": False}},
+        "http": {"port": 0},
+        "pipeline": {"cpu_pool": "thread"},
+        "store": {"path": str(tmp_path / "db.sqlite3")},
+        "banks": {"allowed_hosts": [f"127.0.0.1:{standin.port}"], "retry_delay": 0.05, "list": [
+            {"name": "tcap", "category": "terrorism", "exchange": {
+                "type": "tcap", "credentials": {"env": "TCAP_CREDENTIALS"}, "base_url": standin.url("tcap")}},
+            {"name": "stopncii", "category": "ncii", "exchange": {
+                "type": "stopncii", "credentials": {"env": "STOPNCII_KEYS"}, "base_url": standin.url("stopncii")}},
+        ]},
+    }, base=tmp_path)
+    service = Service(cfg, source=_IdleSource())
+    task = asyncio.create_task(service.run())
+    try:
+        await until(service.started, timeout=30)
+        await until(lambda: pdq in hashes(service.banks, "tcap"), timeout=30, what="tcap synced")
+        await until(lambda: standin.requests["stopncii"] >= 3, timeout=30, what="stopncii retried with backoff")
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{service.http_port}/healthz/pipeline") as r:
+            body = await r.json()
+        assert r.status == 200, body  # degraded, not unready
+        sync = body["details"]["bank_sync"]
+        assert sync["tcap"] == {"state": "ok"} and sync["stopncii"]["state"] == "degraded"
+        assert service.supervisor.problem() is None
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 60)
