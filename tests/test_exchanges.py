@@ -199,6 +199,7 @@ async def test_a_stale_checkpoint_refetches_everything_and_swaps_only_when_compl
     # Upstream forgot record 0 entirely (no deletion record: it fell out of the retention window).
     with standin._lock:
         standin.feeds["stopncii"].records = [r for r in standin.feeds["stopncii"].records if r.id != "0"]
+        standin.feeds["stopncii"].reindex()
     state = await stores.banksync.bank_sync_state("stopncii")
     assert state is not None
     stale = {**state.checkpoint, "last_fetch_time": now() - 40 * 86400}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import secrets
 import socket
 import threading
@@ -59,11 +60,20 @@ class Record:
 
 @dataclass
 class Feed:
-    records: list[Record] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)  # sorted by (updated, id): see reindex()
+    times: list[int] = field(default_factory=list)
 
     def upsert(self, record: Record) -> None:
         self.records = [r for r in self.records if r.id != record.id] + [record]
+        self.reindex()
+
+    def reindex(self) -> None:
         self.records.sort(key=lambda r: (r.updated, r.id))
+        self.times = [r.updated for r in self.records]
+
+    def since(self, ts: int) -> list[Record]:
+        """Records updated at or after ``ts`` (a binary search: large lists page fast)."""
+        return self.records[bisect.bisect_left(self.times, ts):]
 
 
 class ExchangeStandIn:
@@ -172,9 +182,10 @@ class ExchangeStandIn:
                                     content_type=response.content_type)
         return response
 
-    def _page(self, prefix: str, keep: Any, offset: int, size: int) -> tuple[list[Record], bool]:
+    def _page(self, prefix: str, keep: Any, offset: int, size: int, since: int = 0) -> tuple[list[Record], bool]:
+        """Records kept by ``keep`` among those updated at or after ``since``: ``size`` from ``offset``."""
         with self._lock:
-            chosen = [r for r in self.feeds[prefix].records if keep(r)]
+            chosen = [r for r in self.feeds[prefix].since(since) if keep(r)]
         return chosen[offset:offset + size], offset + size < len(chosen)
 
     # ------------------------------------------------------------------ NCMEC
@@ -190,7 +201,7 @@ class ExchangeStandIn:
         start = int(datetime.strptime(q["from"], _DATE).replace(tzinfo=UTC).timestamp())
         end = int(datetime.strptime(q["to"], _DATE).replace(tzinfo=UTC).timestamp())
         offset = int(q.get("start", 0))
-        page, more = self._page("ncmec", lambda r: start <= r.updated < end, offset, self.page_size)
+        page, more = self._page("ncmec", lambda r: start <= r.updated < end, offset, self.page_size, start)
         images = [r for r in page if not r.video]
         videos = [r for r in page if r.video]
         parts = ['<?xml version="1.0" encoding="UTF-8"?>',
@@ -232,7 +243,7 @@ class ExchangeStandIn:
         start = int(request.query.get("startTimestamp", 0))
         size = int(request.query.get("pageSize", 800))
         offset = int(request.query.get("nextPageToken") or 0)
-        page, more = self._page("stopncii", lambda r: r.updated > start, offset, size)
+        page, more = self._page("stopncii", lambda r: r.updated > start, offset, size, start)
         records = []
         for r in page:
             kind, value = next(iter(r.fingerprints.items()))
@@ -267,7 +278,8 @@ class ExchangeStandIn:
         after_key = (int(after.split(",")[0]), int(after.split(",")[1])) if after else (-1, -1)
         offset = int(request.query.get("offset", 0))
         limit = int(request.query.get("limit", self.page_size))
-        page, more = self._page("tcap", lambda r: (r.updated, int(r.id)) > after_key, offset, limit)
+        page, more = self._page("tcap", lambda r: (r.updated, int(r.id)) > after_key, offset, limit,
+                                after_key[0])
         results = []
         for r in page:
             kind, value = next(iter(r.fingerprints.items()))
