@@ -345,3 +345,18 @@ async def test_the_service_syncs_each_bank_in_its_own_task_and_reports_a_failing
     finally:
         service.stop()
         await asyncio.wait_for(task, 60)
+
+
+async def test_a_sync_by_another_process_is_loaded_before_the_next_delta(standin: ExchangeStandIn) -> None:
+    first = [random_hash("pdq") for _ in range(5)]
+    for i, h in enumerate(first):
+        standin.add("stopncii", Record(str(i), now() - 100 + i, {"pdq": h}))
+    bank = exchange_bank(standin, "stopncii")
+    service, service_banks, stores, _ = make(standin, [bank])
+    await service.load()  # the service starts with an empty store
+    cli, _, _, _ = make(standin, [bank], stores)  # `bank sync` in another process, same store
+    assert (await cli.sync("stopncii")).ok
+    later = random_hash("pdq")
+    standin.add("stopncii", Record("later", now(), {"pdq": later}))
+    assert (await service.sync("stopncii")).ok
+    assert hashes(service_banks, "stopncii") == {*first, later}

@@ -34,7 +34,7 @@ from service.errors import BankError, ExchangeError
 from service.matchers.banks import BankEntry, BankSet, parse_entries
 from service.metrics import Metrics
 from service.net import Proxies
-from service.store.base import BankHash, BankSyncStore, StoreError
+from service.store.base import BankHash, BankSyncState, BankSyncStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class BankSyncer:
         self.managed = {b.name: b for b in cfg.list if b.kind != "file"}
         self._content: dict[str, Content] = {}
         self._errors: dict[str, str | None] = {}
+        self._seen: dict[str, Any] = {}  # the checkpoint of the content in memory, as stored
         self._locks = {name: asyncio.Lock() for name in self.managed}
 
     # ------------------------------------------------------------------ cold start
@@ -78,19 +79,34 @@ class BankSyncer:
     async def load(self) -> None:
         """Each managed bank's stored content into the BankSet (no :class:`BankDelta`: nothing is new)."""
         for name, bank in self.managed.items():
-            rows = await self.store.bank_hashes(name)
-            content: Content = {}
-            for r in rows:
-                entry = BankEntry(hash=r.hash, category=r.category, source=r.source, id=r.entry_id)
-                content[r.record] = (*content.get(r.record, ()), entry)
             state = await self.store.bank_sync_state(name)
-            self._content[name] = content
-            self._apply(name, content, state.checkpoint if state else None, publish=False)
+            size = await self._load_one(name, state, publish=False)
             if state is not None:
                 self._errors[name] = state.last_error
                 if state.last_success:
                     self.metrics.bank_sync_success.labels(name).set(state.last_success)
-            log.info("bank %s loaded from the store: %d hashes (%s)", name, len(rows), bank.location)
+            log.info("bank %s loaded from the store: %d hashes (%s)", name, size, bank.location)
+
+    async def _load_one(self, name: str, state: BankSyncState | None, *, publish: bool) -> int:
+        rows = await self.store.bank_hashes(name)
+        content: Content = {}
+        for r in rows:
+            entry = BankEntry(hash=r.hash, category=r.category, source=r.source, id=r.entry_id)
+            content[r.record] = (*content.get(r.record, ()), entry)
+        self._content[name] = content
+        self._seen[name] = state.checkpoint if state is not None else None
+        self._apply(name, content, self._seen[name], publish=publish)
+        return len(rows)
+
+    async def _state(self, name: str) -> BankSyncState | None:
+        """The stored state; when another process (``bank sync``, a replica) moved the bank on since this one
+        last wrote it, its stored content is loaded first, so a delta is never applied to an old base."""
+        state = await self.store.bank_sync_state(name)
+        stored = state.checkpoint if state is not None else None
+        if name in self._seen and stored != self._seen[name]:
+            log.info("bank %s was synced by another process; loading its stored content", name)
+            await self._load_one(name, state, publish=True)
+        return state
 
     # ------------------------------------------------------------------ one sync
 
@@ -128,7 +144,7 @@ class BankSyncer:
         assert bank.exchange is not None
         name = bank.name
         client = self.make_client(bank)
-        state = await self.store.bank_sync_state(name)
+        state = await self._state(name)
         checkpoint = client.checkpoint_from_json(state.checkpoint if state else None)
         full = checkpoint is None or checkpoint.is_stale()
         if checkpoint is not None and full:
@@ -160,6 +176,7 @@ class BankSyncer:
             last_json = client.checkpoint_to_json(batch.checkpoint) if batch.checkpoint is not None else last_json
             if not full:  # each delta is durable with its checkpoint, and matchable within APPLY_EVERY
                 await self.store.apply_bank_delta(name, list(batch.updates), rows, last_json)
+                self._seen[name] = last_json
                 self._content[name] = content
                 if time.monotonic() - applied_at >= APPLY_EVERY:
                     self._apply(name, content, last_json)
@@ -169,6 +186,7 @@ class BankSyncer:
                 progress(changed, _size(content))
         if full:  # replace only now that the whole list is in
             await self.store.replace_bank(name, [_row(rec, e) for rec, es in content.items() for e in es], last_json)
+            self._seen[name] = last_json
         added, removed = _count_changes(old, content)
         self._content[name] = content
         self._apply(name, content, last_json)
@@ -178,7 +196,7 @@ class BankSyncer:
         from service.exchanges.urllist import fetch_list
 
         name = bank.name
-        state = await self.store.bank_sync_state(name)
+        state = await self._state(name)
         got = await fetch_list(bank, self.cfg, validators=state.checkpoint if state else None,
                                user_agent=self.user_agent, proxies=self.proxies)
         self.metrics.bank_sync_lag.labels(name).set(0)
@@ -194,6 +212,7 @@ class BankSyncer:
             content[f"{e.kind}:{e.hash}:{e.id}"] = (*content.get(f"{e.kind}:{e.hash}:{e.id}", ()), e)
         await self.store.replace_bank(name, [_row(rec, e) for rec, es in content.items() for e in es],
                                       got.validators)
+        self._seen[name] = got.validators
         added, removed = _count_changes(old, content)
         self._content[name] = content
         self._apply(name, content, got.validators)
