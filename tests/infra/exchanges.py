@@ -185,7 +185,8 @@ class ExchangeStandIn:
     def _page(self, prefix: str, keep: Any, offset: int, size: int, since: int = 0) -> tuple[list[Record], bool]:
         """Records kept by ``keep`` among those updated at or after ``since``: ``size`` from ``offset``."""
         with self._lock:
-            chosen = [r for r in self.feeds[prefix].since(since) if keep(r)]
+            after = self.feeds[prefix].since(since)
+            chosen = after if keep is None else [r for r in after if keep(r)]
         return chosen[offset:offset + size], offset + size < len(chosen)
 
     # ------------------------------------------------------------------ NCMEC
@@ -243,7 +244,7 @@ class ExchangeStandIn:
         start = int(request.query.get("startTimestamp", 0))
         size = int(request.query.get("pageSize", 800))
         offset = int(request.query.get("nextPageToken") or 0)
-        page, more = self._page("stopncii", lambda r: r.updated > start, offset, size, start)
+        page, more = self._page("stopncii", None, offset, size, start + 1)  # updated after start
         records = []
         for r in page:
             kind, value = next(iter(r.fingerprints.items()))
@@ -255,7 +256,7 @@ class ExchangeStandIn:
                                   "source": "csp-1"}],
             })
         with self._lock:
-            newest = max((r.updated for r in self.feeds["stopncii"].records), default=start)
+            newest = self.feeds["stopncii"].times[-1] if self.feeds["stopncii"].times else start
         return web.json_response({
             "count": len(records), "nextPageToken": str(offset + size) if more else None,
             "nextSetTimestamp": max([start, *(r.updated for r in page)]) if more else max(start, newest),
