@@ -26,6 +26,8 @@ from tests.infra.exchanges import (
     STOPNCII_SUBSCRIPTION_KEY,
     TCAP_PASSWORD,
     TCAP_USER,
+    TE_PRIVACY_GROUP,
+    TE_TOKEN,
     ExchangeStandIn,
     Record,
     now,
@@ -47,11 +49,14 @@ def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STOPNCII_KEYS", f"{STOPNCII_FETCH_KEY},{STOPNCII_SUBSCRIPTION_KEY}")
     monkeypatch.setenv("TCAP_CREDENTIALS", f"{TCAP_USER}:{TCAP_PASSWORD}")
     monkeypatch.setenv("LIST_TOKEN", "Bearer list-secret")
+    monkeypatch.setenv("TE_TOKEN", TE_TOKEN)
 
 
 def exchange_bank(standin: ExchangeStandIn, kind: str, name: str | None = None, **kw: object) -> BankSection:
-    env = {"ncmec": "NCMEC_CREDENTIALS", "stopncii": "STOPNCII_KEYS", "tcap": "TCAP_CREDENTIALS"}[kind]
-    ex = ExchangeSection(type=kind, credentials=Secret(env=env), base_url=standin.url(kind),  # type: ignore[arg-type]
+    env = {"ncmec": "NCMEC_CREDENTIALS", "stopncii": "STOPNCII_KEYS", "tcap": "TCAP_CREDENTIALS",
+           "threatexchange": "TE_TOKEN"}[kind]
+    prefix = "te" if kind == "threatexchange" else kind
+    ex = ExchangeSection(type=kind, credentials=Secret(env=env), base_url=standin.url(prefix),  # type: ignore[arg-type]
                          **kw)  # type: ignore[arg-type]
     category = "terrorism" if kind == "tcap" else "child-protection"
     return BankSection(name=name or kind, exchange=ex, category=category)
@@ -360,3 +365,25 @@ async def test_a_sync_by_another_process_is_loaded_before_the_next_delta(standin
     standin.add("stopncii", Record("later", now(), {"pdq": later}))
     assert (await service.sync("stopncii")).ok
     assert hashes(service_banks, "stopncii") == {*first, later}
+
+
+async def test_threatexchange_privacy_group_tags_deletions_and_resume(standin: ExchangeStandIn) -> None:
+    t0 = now() - 1000
+    pdqs = [random_hash("pdq") for _ in range(120)]
+    for i, h in enumerate(pdqs):
+        standin.add("te", Record(str(i), t0 + i, {"pdq": h}, label="gifct_category_x" if i % 2 else "other"))
+    standin.add("te", Record("1000", t0, {"md5": random_hash("md5")}))
+    standin.add("te", Record("1001", t0, {"tmk": "00ff"}))
+    rules = (LabelCategory(label="GIFCT_category_x", category="terrorism"),)
+    bank = exchange_bank(standin, "threatexchange", privacy_group=TE_PRIVACY_GROUP, categories=rules)
+    syncer, bank_set, _, metrics = make(standin, [bank])
+    result = await syncer.sync("threatexchange")
+    assert result.ok, result.error
+    assert bank_set.sizes()["threatexchange"] == {"sha1": 0, "md5": 1, "pdq": 120}
+    assert metric(metrics, "bank_sync_skipped_signals_total", bank="threatexchange", signal_type="HASH_TMK") == 1
+    by_hash = {e.hash: e.category for e in bank_set.bank("threatexchange").entries()}  # type: ignore[union-attr]
+    assert by_hash[pdqs[1]] == "terrorism" and by_hash[pdqs[2]] == "child-protection"
+    before = standin.requests["te"]
+    standin.delete("te", "5", at=now())
+    assert (await syncer.sync("threatexchange")).ok
+    assert pdqs[5] not in hashes(bank_set, "threatexchange") and standin.requests["te"] - before == 1

@@ -12,6 +12,8 @@ format as python-threatexchange's clients use it:
 - ``/tcap``: Tech Against Terrorism, ``POST /token-auth/tcap/`` (form user/password) returning a token, then
   ``GET /api/hash-list/v2/all?offset=&limit=&order=asc&after=<ts,id>`` with ``Authorization: Bearer``, JSON with
   ``results``, ``next`` and ``checkpoint``;
+- ``/te``: Meta ThreatExchange Graph API, ``GET /<privacy_group>/threat_updates/?access_token=&start_time=&limit=``,
+  JSON ``data`` (indicators with ``descriptors``, or ``should_delete`` tombstones) and ``paging.next``;
 - ``/lists/<name>``: a CSV or JSON-lines list with ``ETag`` / ``Last-Modified`` and 304 answers.
 
 Hashes are generated (random bits), never real.  Faults are injected per prefix: ``fail_next(prefix, status,
@@ -39,6 +41,8 @@ from aiohttp import web
 NCMEC_USER, NCMEC_PASSWORD = "esp-user", "esp-password"
 STOPNCII_FETCH_KEY, STOPNCII_SUBSCRIPTION_KEY = "fetch-key", "subscription-key"
 TCAP_USER, TCAP_PASSWORD = "tcap-user", "tcap-password"
+TE_TOKEN = "1234|te-secret"  # app_id|secret
+TE_PRIVACY_GROUP = 303636684709969
 _DATE = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -81,7 +85,7 @@ class ExchangeStandIn:
 
     def __init__(self, *, page_size: int = 50) -> None:
         self.page_size = page_size
-        self.feeds: dict[str, Feed] = {"ncmec": Feed(), "stopncii": Feed(), "tcap": Feed()}
+        self.feeds: dict[str, Feed] = {"ncmec": Feed(), "stopncii": Feed(), "tcap": Feed(), "te": Feed()}
         self.lists: dict[str, tuple[bytes, str, str]] = {}  # name -> (body, etag, last-modified)
         self.requests: Counter[str] = Counter()
         self.list_requests: list[dict[str, str]] = []  # headers of each /lists request
@@ -172,6 +176,8 @@ class ExchangeStandIn:
             response = self._stopncii(request, tail)
         elif prefix == "tcap":
             response = await self._tcap(request, tail)
+        elif prefix == "te":
+            response = self._threatexchange(request, tail)
         elif prefix == "lists":
             response = self._list(request, tail)
         else:
@@ -294,6 +300,36 @@ class ExchangeStandIn:
             "count": len(results), "next": f"offset={offset + limit}&limit={limit}" if more else None,
             "previous": None, "checkpoint": checkpoint, "results": results,
         })
+
+    # ------------------------------------------------------------------ ThreatExchange (Graph API)
+
+    def _threatexchange(self, request: web.Request, tail: str) -> web.Response:
+        q = request.query
+        if q.get("access_token") != TE_TOKEN:
+            return web.json_response({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException",
+                                                "code": 190}}, status=400)
+        if tail != f"{TE_PRIVACY_GROUP}/threat_updates/":
+            return web.json_response({"error": {"message": "Unsupported get request.", "code": 100}}, status=400)
+        start = int(q.get("start_time") or 0)
+        limit = int(q.get("limit") or 100)
+        offset = int(q.get("after") or 0)
+        page, more = self._page("te", None, offset, limit, start)
+        data = []
+        for r in page:
+            kind, value = next(iter(r.fingerprints.items()))
+            item: dict[str, Any] = {"id": r.id, "indicator": value, "type": f"HASH_{kind.upper()}",
+                                    "creation_time": r.updated, "last_updated": r.updated,
+                                    "should_delete": r.deleted}
+            if not r.deleted:
+                descriptor = {"id": str(10**9 + int(r.id)), "owner": {"id": "777"}, "status": "MALICIOUS",
+                              "tags": [r.label] if r.label else [], "added_on": r.updated}
+                item["descriptors"] = {"data": [descriptor]}
+            data.append(item)
+        body: dict[str, Any] = {"data": data}
+        if more:
+            nxt = request.url.update_query({"after": str(offset + limit)})
+            body["paging"] = {"cursors": {"after": str(offset + limit)}, "next": str(nxt)}
+        return web.json_response(body)
 
     # ------------------------------------------------------------------ plain lists
 
