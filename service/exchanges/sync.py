@@ -133,7 +133,8 @@ class BankSyncer:
         self._errors[name] = None
         self.metrics.bank_sync_degraded.labels(name).set(0)
         self.metrics.bank_sync_success.labels(name).set(time.time())
-        await self.store.record_bank_sync(name, error=None)
+        with contextlib.suppress(StoreError):  # the status only; the content and checkpoint are stored
+            await self.store.record_bank_sync(name, error=None)
         self.metrics.bank_sync_changes.labels(name, "added").inc(result.added)
         self.metrics.bank_sync_changes.labels(name, "removed").inc(result.removed)
         log.info("bank %s synced: +%d -%d, %d hashes%s", name, result.added, result.removed, result.hashes,
@@ -158,32 +159,40 @@ class BankSyncer:
         changed = 0
         last_json: Any = client.checkpoint_to_json(checkpoint)
         applied_at = time.monotonic()
-        while True:
-            batch = await asyncio.to_thread(next, fetched, None)
-            if batch is None:
-                break
-            for signal_type, n in batch.skipped.items():
-                self.metrics.bank_sync_skipped.labels(name, signal_type).inc(n)
-            rows: list[BankHash] = []
-            for record, signals in batch.updates.items():
-                content.pop(record, None)
-                if signals:
-                    entries = tuple(BankEntry(hash=s.hash, category=_category(s.labels, rules, bank.category),
-                                              source=bank.exchange.type, id=record) for s in signals)
-                    content[record] = entries
-                    rows.extend(_row(record, e) for e in entries)
-            changed += len(batch.updates)
-            last_json = client.checkpoint_to_json(batch.checkpoint) if batch.checkpoint is not None else last_json
-            if not full:  # each delta is durable with its checkpoint, and matchable within APPLY_EVERY
-                await self.store.apply_bank_delta(name, list(batch.updates), rows, last_json)
-                self._seen[name] = last_json
-                self._content[name] = content
-                if time.monotonic() - applied_at >= APPLY_EVERY:
-                    self._apply(name, content, last_json)
-                    applied_at = time.monotonic()
-            self._lag(name, batch.checkpoint)
-            if progress is not None:
-                progress(changed, _size(content))
+        pending = False  # deltas stored but not yet swapped into the BankSet
+        try:
+            while True:
+                batch = await asyncio.to_thread(next, fetched, None)
+                if batch is None:
+                    break
+                for signal_type, n in batch.skipped.items():
+                    self.metrics.bank_sync_skipped.labels(name, signal_type).inc(n)
+                rows: list[BankHash] = []
+                for record, signals in batch.updates.items():
+                    content.pop(record, None)
+                    if signals:
+                        entries = tuple(BankEntry(hash=s.hash, category=_category(s.labels, rules, bank.category),
+                                                  source=bank.exchange.type, id=record) for s in signals)
+                        content[record] = entries
+                        rows.extend(_row(record, e) for e in entries)
+                changed += len(batch.updates)
+                if batch.checkpoint is not None:
+                    last_json = client.checkpoint_to_json(batch.checkpoint)
+                if not full:  # each delta is durable with its checkpoint, and matchable within APPLY_EVERY
+                    await self.store.apply_bank_delta(name, list(batch.updates), rows, last_json)
+                    self._seen[name] = last_json
+                    self._content[name] = content
+                    pending = True
+                    if time.monotonic() - applied_at >= APPLY_EVERY:
+                        self._apply(name, content, last_json)
+                        pending, applied_at = False, time.monotonic()
+                self._lag(name, batch.checkpoint)
+                if progress is not None:
+                    progress(changed, _size(content))
+        except BaseException:
+            if pending:  # failed after some stored deltas: what is stored is matchable too
+                self._apply(name, content, last_json)
+            raise
         if full:  # replace only now that the whole list is in
             await self.store.replace_bank(name, [_row(rec, e) for rec, es in content.items() for e in es], last_json)
             self._seen[name] = last_json
