@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +18,7 @@ from service.actions.plan import build_planners
 from service.actions.takedown import Takedowns
 from service.config import Config, warnings_for
 from service.errors import ServiceError
+from service.exchanges.sync import BankSyncer
 from service.fetch import WikiClient
 from service.matchers.banks import BankSet
 from service.matchers.exact import ExactMatcher
@@ -68,12 +70,15 @@ class Service:
         self.negative_bank = NegativeBank(self.stores.review, cfg.review.allowlist_pdq_distance)
         self.banks = BankSet(cfg.banks, self.metrics)
         self.exact = ExactMatcher(self.banks)
+        proxies = Proxies.for_config(cfg.network)  # every outgoing HTTP request; see service.net
+        # `url` and `exchange` banks: loaded from the store at start, then synced (each bank its own task).
+        self.bank_sync = BankSyncer(cfg.banks, self.banks, self.stores.banksync, self.metrics,
+                                    user_agent=cfg.service.user_agent, proxies=proxies)
         self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks), FrameMatcher(self.banks)]
         if cfg.media.video.vpdq_banks:
             self.matchers.append(VpdqMatcher(cfg.media.video, self.metrics))
         self.photodna: PhotoDnaMatcher | None = None
         self.rescanner: Rescanner | None = None
-        proxies = Proxies.for_config(cfg.network)  # every outgoing HTTP request; see service.net
         if cfg.photodna.enabled:
             self.photodna = build_matcher(cfg.photodna, user_agent=cfg.service.user_agent, store=self.stores.budget,
                                           metrics=self.metrics, on_recover=self._photodna_recovered,
@@ -144,18 +149,27 @@ class Service:
         await self.http.start(
             {"store": store_ready(self.stores)},  # /readyz: the review UI and metrics can be served
             {"pipeline": self._live_pipeline, "tasks": self.supervisor.problem},
-            details=source_details(self.source),
+            details=self._details,
             mount=[self.review.mount] if self.review is not None else [],
             # /healthz/pipeline: uploads are being scanned
             pipeline={"source": source, "banks": self._ready_banks,
                       **({"photodna": self._ready_photodna} if self.photodna is not None else {})},
         )
 
+    def _details(self) -> dict[str, object]:
+        """``/healthz/pipeline`` details: the source's, and each synced bank's state (a failing sync is shown as
+        degraded; it never makes the pipeline unready: matching goes on with the bank's stored content)."""
+        out = dict(source_details(self.source)())
+        if self.bank_sync.managed:
+            out["bank_sync"] = self.bank_sync.details()
+        return out
+
     async def run(self) -> None:
         for warning in warnings_for(self.cfg):
             log.warning(warning)
         try:
             await self.stores.open()
+            await self.bank_sync.load()  # synced banks' stored content, matchable before the first upload
             await self._start_http()
             await self.wiki_client.start()
             if self.photodna is not None:
@@ -187,6 +201,8 @@ class Service:
                           restart=policy)
             sup.start("maintenance", self._maintenance, restart=policy)
             sup.start("review-backlog", lambda: self.backlog.run(self.stop_event), restart=policy)
+            for name in self.bank_sync.managed:
+                sup.start(f"bank-sync:{name}", self._bank_sync_task(name), restart=policy)
             if self.photodna is not None:
                 probe = self.photodna.probe  # while the key is refused: one probe per auth_retry_interval
                 sup.start("photodna-probe", lambda: probe.run(self.stop_event), restart=policy)
@@ -204,6 +220,9 @@ class Service:
             await self._close()
         if self.supervisor.failure is not None:
             raise self.supervisor.failure
+
+    def _bank_sync_task(self, name: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        return lambda: self.bank_sync.run_bank(name, self.stop_event)
 
     def _task_failed(self, failure: TaskFailed) -> None:
         """A task failure stops the service; /healthz reports it (``tasks``) until the process exits."""

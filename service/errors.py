@@ -89,6 +89,15 @@ class BankError(ServiceError):
     reason = "bank"
 
 
+class ExchangeError(BankError):
+    """A sync of a ``url`` or ``exchange`` bank failed: ``reason`` is ``http``, ``auth``, ``data``, ``network``,
+    ``refused`` (host not allowlisted) or ``store``.  The bank keeps its content; the sync is retried with
+    backoff."""
+
+    retriable = True
+    reason = "http"
+
+
 class NotifyError(ServiceError):
     """Sending a notification failed; another attempt later may succeed."""
 

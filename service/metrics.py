@@ -134,6 +134,7 @@ class Metrics:
         self._init_photodna(r, p)
         self._init_takedown_review(r, p)
         self._init_scale(r, p)
+        self._init_bank_sync(r, p)
 
     def _init_photodna(self, r: CollectorRegistry, p: str) -> None:
         """Remote matching (PhotoDNA) and the rescanner."""
@@ -244,3 +245,43 @@ class Metrics:
         self.decode_seconds = Histogram(f"{p}_decode_seconds", "Time to decode and hash one file in the decode "
                                         "pool, by kind", ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
         self.vpdq_videos = Gauge(f"{p}_vpdq_bank_videos", "Videos loaded per vPDQ bank", ["bank"], registry=r)
+
+    def _init_bank_sync(self, r: CollectorRegistry, p: str) -> None:
+        """Bank contents by category, and the syncs of `url` and `exchange` banks."""
+        self.bank_category_size = Gauge(
+            f"{p}_bank_category_hashes", "Hashes per bank, kind (sha1, md5, pdq) and category", ["bank", "kind",
+                                                                                                 "category"],
+            registry=r,
+        )
+        self.bank_sync_success = Gauge(
+            f"{p}_bank_sync_last_success_timestamp_seconds", "When a url or exchange bank last synced completely",
+            ["bank"], registry=r,
+        )
+        self.bank_sync_errors = Counter(
+            f"{p}_bank_sync_errors", "Failed syncs of a url or exchange bank, by reason (http, auth, data, "
+            "network, refused, store)", ["bank", "reason"], registry=r,
+        )
+        self.bank_sync_lag = Gauge(
+            f"{p}_bank_sync_lag_seconds", "Now minus the newest upstream change the bank has (the exchange's "
+            "checkpoint time; for url banks the last successful fetch)", ["bank"], registry=r,
+        )
+        self.bank_sync_changes = Counter(
+            f"{p}_bank_sync_changes", "Hashes a sync added or removed", ["bank", "change"], registry=r,
+        )
+        self.bank_sync_skipped = Counter(
+            f"{p}_bank_sync_skipped_signals", "Exchange signals skipped because the service cannot match their "
+            "type (e.g. TMK, PhotoDNA), by type", ["bank", "signal_type"], registry=r,
+        )
+        self.bank_sync_degraded = Gauge(
+            f"{p}_bank_sync_degraded", "1 while the bank's last sync failed (matching goes on with its content)",
+            ["bank"], registry=r,
+        )
+        self._bank_category_keys: dict[str, set[tuple[str, str]]] = {}
+
+    def set_bank_categories(self, bank: str, sizes: dict[tuple[str, str], int]) -> None:
+        """Set ``bank_category_hashes`` for one bank; categories no longer present drop to 0."""
+        for key in self._bank_category_keys.get(bank, set()) - set(sizes):
+            self.bank_category_size.labels(bank, *key).set(0)
+        for (kind, category), n in sizes.items():
+            self.bank_category_size.labels(bank, kind, category).set(n)
+        self._bank_category_keys[bank] = set(sizes)

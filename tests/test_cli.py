@@ -54,6 +54,8 @@ REQUIRED = {
     ("reviewer", "add"): ["carol"], ("reviewer", "list"): [], ("reviewer", "disable"): ["carol"],
     ("reviewer", "enable"): ["carol"], ("reviewer", "passwd"): ["carol"], ("reviewer", "role"): ["carol", "admin"],
     ("vpdq",): ["x.webm", "--id", "x"],
+    ("bank", "list"): [], ("bank", "sync"): [], ("bank", "add"): ["b", "a" * 40], ("bank", "remove"): ["b", "a" * 40],
+    ("bank", "import"): ["f.csv", "--bank", "b"], ("bank", "export"): ["b"],
 }
 
 

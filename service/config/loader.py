@@ -78,7 +78,7 @@ def _from_dict(data: Any, *, base: Path, source: str, problems: _Problems, secre
         raise ConfigFileError(problems.items, source=source, marks=marks or {}, origins=origins)
     # Resolve relative paths against the config file's directory, once.
     banks = tuple(
-        dataclasses.replace(b, path=str(resolve_path(base, b.path))) for b in cfg.banks.list
+        dataclasses.replace(b, path=str(resolve_path(base, b.path))) if b.path else b for b in cfg.banks.list
     )
     video = cfg.media.video
     vpdq_banks = tuple(dataclasses.replace(b, path=str(resolve_path(base, b.path))) for b in video.vpdq_banks)

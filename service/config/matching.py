@@ -61,16 +61,83 @@ class ThumbnailSection:
     make_jpeg: bool = False  # produce JPEG bytes for remote matchers (PhotoDNA turns this on)
 
 
+ExchangeType = Literal["ncmec", "stopncii", "tcap", "threatexchange"]
+BankFormat = Literal["auto", "csv", "jsonl"]
+
+
+@dataclass(frozen=True)
+class LabelCategory:
+    """Maps one exchange label (an NCMEC classification, a ThreatExchange tag, a StopNCII tag) to a category."""
+
+    label: str = ""  # the label as the exchange sends it, case-insensitive
+    category: str = ""  # the service category entries with this label get
+
+
+@dataclass(frozen=True)
+class ExchangeSection:
+    # `ncmec` (NCMEC hash sharing), `stopncii`, `tcap` (Tech Against Terrorism), `threatexchange` (Meta
+    # ThreatExchange privacy group, how GIFCT-style lists are shared).
+    type: ExchangeType = "ncmec"
+    # the credentials, `{env: VAR}` or `{file: PATH}`: ncmec and tcap `user:password`; stopncii
+    # `fetch_function_key,subscription_key`; threatexchange the Graph API access token.
+    credentials: Secret = field(default_factory=Secret)
+    # the API's base URL when not the exchange's own (a proxy or a test stand-in); its host must be in
+    # `banks.allowed_hosts`.
+    base_url: str = ""
+    # NCMEC environment (`Industry`, `NGO`, `Exploitative`, ... as named by python-threatexchange).
+    environment: str = "Industry"
+    # ThreatExchange privacy group id.
+    privacy_group: NonNegInt = 0
+    # label -> category rules; the first rule naming one of an entry's labels wins, else the bank's `category`.
+    categories: tuple[LabelCategory, ...] = ()
+
+
 @dataclass(frozen=True)
 class BankSection:
-    # one bank file; the category applies to rows with an empty category.
+    # the bank's name (in matches, metrics and the `bank` commands).
     name: str = ""
-    # one bank file; the category applies to rows with an empty category.
+    # a local bank file (CSV with header `hash,category,source,id`, or JSON lines); reloaded when it changes.
     path: str = ""
-    # one bank file; the category applies to rows with an empty category.
+    # an https:// URL to a CSV or JSON-lines list, fetched every `interval` with ETag / If-Modified-Since; the host
+    # must be in `banks.allowed_hosts`.
+    url: str = ""
+    # a hash-sharing exchange, fetched incrementally every `interval` through python-threatexchange.
+    exchange: ExchangeSection | None = None
+    # the category of entries that carry none (and of exchange entries no label rule maps).
     category: str = ""
     # PDQ Hamming distance (of 256 bits) at or below which a hash matches; at most 100 (more matches nearly anything).
     pdq_threshold: Annotated[int, Field(ge=0, le=PDQ_THRESHOLD_MAX)] = 31
+    # `csv`, `jsonl` (one `{"hash","category","source","id"}` object per line) or `auto` (`.jsonl`/`.json`
+    # files and URLs are JSON lines, the rest CSV).
+    format: BankFormat = "auto"
+    # seconds between syncs of a `url` or `exchange` bank.
+    interval: PosFloat = 3600.0
+    # the header carrying `auth` on `url` requests.
+    auth_header: str = "Authorization"
+    # the value of `auth_header` for `url` requests, `{env: VAR}` or `{file: PATH}` (e.g. `Bearer ...`); unset: none.
+    auth: Secret = field(default_factory=Secret)
+
+    @property
+    def kind(self) -> str:
+        """``file``, ``url`` or ``exchange``: where the bank's content comes from."""
+        if self.exchange is not None:
+            return "exchange"
+        return "url" if self.url else "file"
+
+    @property
+    def location(self) -> str:
+        """The file, the URL or the exchange type, for logs and ``bank list``."""
+        if self.exchange is not None:
+            return self.exchange.type
+        return self.url or self.path
+
+    @property
+    def file_format(self) -> str:
+        """``csv`` or ``jsonl``."""
+        if self.format != "auto":
+            return self.format
+        where = (self.url or self.path).lower().split("?")[0]
+        return "jsonl" if where.endswith((".jsonl", ".json", ".ndjson")) else "csv"
 
 
 @dataclass(frozen=True)
@@ -79,6 +146,14 @@ class BanksSection:
     # PDQ hashes of lower quality are not matched.
     pdq_quality_min: Annotated[int, Field(ge=0, le=100)] = 50
     list: tuple[BankSection, ...] = ()
+    # hosts `url` banks and exchange `base_url`s may be fetched from: `host` (port 443) or `host:port`.
+    allowed_hosts: tuple[str, ...] = ()
+    # largest list a `url` bank may download, in bytes.
+    max_bytes: PosInt = 1_000_000_000
+    # seconds per request to a `url` bank.
+    timeout: PosFloat = 60.0
+    # first retry delay (seconds) after a failed sync; doubles per failure up to the bank's `interval`.
+    retry_delay: PosFloat = 30.0
 
 
 @dataclass(frozen=True)

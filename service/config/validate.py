@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from service.config.core import Secret
 from service.config.fields import check_https_url, check_path, check_secret_shapes, check_url, check_wiki_urls
-from service.config.matching import STANDARD_THUMB_WIDTHS
+from service.config.matching import STANDARD_THUMB_WIDTHS, BankSection
 from service.config.problems import _Problems
 from service.config.root import Config
 from service.config.values import EMAIL_RE
@@ -107,10 +107,7 @@ def _validate(cfg: Config, base: Path, problems: _Problems) -> None:
         names.add(bank.name)
         if not bank.category:
             problems.add(f"{p}.category", "is required (e.g. child-protection, terrorism)")
-        if not bank.path:
-            problems.add(f"{p}.path", "is required")
-        else:
-            check_path(problems, f"{p}.path", base, bank.path, must_exist=True)
+        _check_bank_source(problems, p, base, bank, b.allowed_hosts)
 
     n = cfg.actions.notify
     if n.enabled:
@@ -269,3 +266,57 @@ def _validate_scale(cfg: Config, problems: _Problems) -> None:
     s = cfg.store
     if s.url is not None and not s.url.startswith(("postgresql://", "postgres://")):
         problems.add("store.url", f"must be a postgresql:// URL, got {s.url.split('@')[-1]!r}")
+
+
+def _check_bank_source(problems: _Problems, p: str, base: Path, bank: BankSection,
+                       allowed_hosts: tuple[str, ...]) -> None:
+    """Exactly one of ``path``, ``url``, ``exchange``; URLs https:// (loopback http:// for tests), allowlisted."""
+    given = [k for k, v in (("path", bank.path), ("url", bank.url), ("exchange", bank.exchange)) if v]
+    if not given:
+        problems.add(f"{p}.path", "one of path, url or exchange is required")
+        return
+    if len(given) > 1:
+        problems.add(f"{p}.{given[1]}", f"only one of path, url or exchange may be set, got {', '.join(given)}")
+        return
+    if bank.path:
+        check_path(problems, f"{p}.path", base, bank.path, must_exist=True)
+    urls = [("url", bank.url)] if bank.url else []
+    if bank.exchange is not None:
+        ex = bank.exchange
+        if ex.base_url:
+            urls.append(("exchange.base_url", ex.base_url))
+        if not ex.credentials.configured:
+            problems.add(f"{p}.exchange.credentials", "is required: {env: VAR} or {file: PATH}")
+        if ex.type == "threatexchange" and not ex.privacy_group:
+            problems.add(f"{p}.exchange.privacy_group", "is required for threatexchange")
+        if ex.type == "ncmec":
+            from service.exchanges.names import NCMEC_ENVIRONMENTS
+
+            if ex.environment not in NCMEC_ENVIRONMENTS:
+                problems.add(f"{p}.exchange.environment",
+                             f"must be one of {', '.join(NCMEC_ENVIRONMENTS)}, got {ex.environment!r}")
+    for key, url in urls:
+        check_https_url(problems, f"{p}.{key}", url)
+        if not host_allowed(allowed_hosts, url):
+            problems.add(f"{p}.{key}", f"host is not in banks.allowed_hosts: {url!r}")
+
+
+def host_allowed(allowed_hosts: tuple[str, ...], url: str) -> bool:
+    """Whether ``url``'s host (and port: 443/80 when not given) is one of ``allowed_hosts`` (``host[:port]``)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host or parts.username is not None or parts.password is not None:
+        return False
+    for entry in allowed_hosts:
+        try:
+            allowed = urlsplit(f"//{entry}")
+            allowed_port = allowed.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            continue
+        if (allowed.hostname or "").lower().rstrip(".") == host and allowed_port == port:
+            return True
+    return False

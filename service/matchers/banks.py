@@ -20,6 +20,7 @@ import asyncio
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ HEADER = ("hash", "category", "source", "id")
 KINDS = ("sha1", "md5", "pdq")
 _KIND_BY_LENGTH = {40: "sha1", 32: "md5", 64: "pdq"}
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
+_EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 FileStat = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): any change means "look again"
 
 
@@ -101,14 +103,22 @@ class Bank:
 
 def parse_bank(config: BankSection, data: bytes, *, path: str = "") -> Bank:
     """Parse one bank file's bytes; raise :class:`BankError` naming the file and line of any problem."""
-    where = path or config.path or config.name
+    entries = parse_entries(config, data, path=path)
+    return build_bank(config, entries, hashlib.sha256(data).hexdigest())
+
+
+def parse_entries(config: BankSection, data: bytes, *, path: str = "", fmt: str | None = None) -> list[BankEntry]:
+    """A bank list's entries (CSV or JSON lines, per ``fmt`` or the bank's ``format``); :class:`BankError` naming
+    the file and line of the first problem."""
+    where = path or config.path or config.url or config.name
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BankError(f"{where}: not UTF-8 text (byte {exc.start})") from exc
+    if (fmt or config.file_format) == "jsonl":
+        return _parse_jsonl(config, text, where)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    exact: dict[str, dict[str, list[BankEntry]]] = {"sha1": {}, "md5": {}}
-    pdq: list[BankEntry] = []
+    out: list[BankEntry] = []
     try:
         header = next(reader, None)
         if header is None:
@@ -122,24 +132,58 @@ def parse_bank(config: BankSection, data: bytes, *, path: str = "") -> Bank:
             if len(row) != len(HEADER):
                 raise BankError(f"{where}:{line}: expected {len(HEADER)} fields, got {len(row)}")
             value, category, source, entry_id = (c.strip() for c in row)
-            value = value.lower()
-            kind = _KIND_BY_LENGTH.get(len(value))
-            if kind is None or not _HEX_RE.match(value):
-                raise BankError(
-                    f"{where}:{line}: hash must be 40 (SHA-1), 32 (MD5) or 64 (PDQ) hex digits, "
-                    f"got {value[:80]!r}"
-                )
-            entry = BankEntry(hash=value, category=category or config.category, source=source, id=entry_id)
-            if kind == "pdq":
-                pdq.append(entry)
-            else:
-                exact[kind].setdefault(value, []).append(entry)
+            out.append(make_entry(config, value, category, source, entry_id, where=f"{where}:{line}"))
     except csv.Error as exc:
         raise BankError(f"{where}:{reader.line_num}: {exc}") from exc
+    return out
+
+
+def _parse_jsonl(config: BankSection, text: str, where: str) -> list[BankEntry]:
+    out: list[BankEntry] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise BankError(f"{where}:{line}: not a JSON object: {exc}") from exc
+        if not isinstance(obj, dict) or not isinstance(obj.get("hash"), str):
+            raise BankError(f"{where}:{line}: expected an object with a \"hash\" string")
+        fields = [obj.get(k) or "" for k in ("category", "source", "id")]
+        if not all(isinstance(f, str | int) for f in fields):
+            raise BankError(f"{where}:{line}: category, source and id must be strings")
+        category, source, entry_id = (str(f).strip() for f in fields)
+        out.append(make_entry(config, obj["hash"].strip(), category, source, entry_id, where=f"{where}:{line}"))
+    return out
+
+
+def make_entry(config: BankSection, value: str, category: str = "", source: str = "", entry_id: str = "", *,
+               where: str = "") -> BankEntry:
+    """One checked entry (hash lower-cased; an empty category is the bank's); :class:`BankError` if the hash is
+    not 40 (SHA-1), 32 (MD5) or 64 (PDQ) hex digits."""
+    value = value.strip().lower()
+    kind = _KIND_BY_LENGTH.get(len(value))
+    if kind is None or not _HEX_RE.match(value):
+        raise BankError(
+            f"{where or config.name}: hash must be 40 (SHA-1), 32 (MD5) or 64 (PDQ) hex digits, got {value[:80]!r}"
+        )
+    return BankEntry(hash=value, category=category or config.category, source=source, id=entry_id)
+
+
+def build_bank(config: BankSection, entries: Iterable[BankEntry], digest: str) -> Bank:
+    """A :class:`Bank` of checked entries (see :func:`make_entry`)."""
+    exact: dict[str, dict[str, list[BankEntry]]] = {"sha1": {}, "md5": {}}
+    pdq: list[BankEntry] = []
+    for entry in entries:
+        kind = entry.kind
+        if kind == "pdq":
+            pdq.append(entry)
+        else:
+            exact[kind].setdefault(entry.hash, []).append(entry)
     words = np.frombuffer(b"".join(bytes.fromhex(e.hash) for e in pdq), dtype=np.uint64)
     return Bank(
         config=config,
-        digest=hashlib.sha256(data).hexdigest(),
+        digest=digest,
         exact={k: {h: tuple(es) for h, es in table.items()} for k, table in exact.items()},
         pdq_entries=tuple(pdq),
         pdq_words=np.ascontiguousarray(words.reshape(-1, 4).T),
@@ -214,6 +258,9 @@ class BankSet:
         self._listeners: list[Callable[[BankDelta], None]] = []
         banks = []
         for bank_cfg in cfg.list:
+            if bank_cfg.kind != "file":  # filled from the store, then by syncs (service.exchanges.sync)
+                banks.append(build_bank(bank_cfg, (), _EMPTY_DIGEST))
+                continue
             stat, data = self._read(bank_cfg)
             bank = parse_bank(bank_cfg, data)
             self._files[bank_cfg.name] = _FileState(stat, bank.digest)
@@ -221,7 +268,8 @@ class BankSet:
             metrics.bank_reloads.labels(bank_cfg.name, "loaded").inc()
         self._snapshot = self._make_snapshot(banks)
         for bank in banks:
-            self._log_loaded(bank, "loaded")
+            if bank.config.kind == "file":
+                self._log_loaded(bank, "loaded")
 
     # ----------------------------------------------------------------------- lookups
 
@@ -240,6 +288,27 @@ class BankSet:
 
     def sizes(self) -> dict[str, dict[str, int]]:
         return {b.name: b.sizes() for b in self._snapshot.banks}
+
+    def bank(self, name: str) -> Bank | None:
+        """The bank's current content (None for a name not configured)."""
+        return next((b for b in self._snapshot.banks if b.name == name), None)
+
+    def set_entries(self, name: str, entries: Iterable[BankEntry], *, digest: str,
+                    publish: bool = True) -> BankDelta | None:
+        """Replace the content of a ``url`` or ``exchange`` bank (a sync applied a delta or a full list).
+
+        ``digest`` identifies the new content (it goes into :attr:`version`).  The new content is matchable
+        when this returns; subscribers get the :class:`BankDelta` (returned too; None when nothing changed).
+        ``publish=False`` (loading the stored content at start) tells no subscriber: nothing is new.
+        """
+        with self._lock:
+            old = self._snapshot
+            previous = next((b for b in old.banks if b.name == name), None)
+            if previous is None:
+                raise KeyError(name)
+            new = build_bank(previous.config, entries, digest)
+            self._snapshot = self._make_snapshot(b if b.name != name else new for b in old.banks)
+        return self._publish(previous, new) if publish else None
 
     def match_sha1(self, sha1: str) -> list[Match]:
         return self._match_exact("sha1", sha1)
@@ -290,20 +359,19 @@ class BankSet:
         """
         self._listeners.append(listener)
 
-    def _publish(self, old: Bank | None, new: Bank) -> None:
-        if not self._listeners:
-            return
+    def _publish(self, old: Bank | None, new: Bank) -> BankDelta | None:
         before = old.entries() if old is not None else set()
         after = new.entries()
         delta = BankDelta(bank=new.name, added=tuple(sorted(after - before, key=_entry_key)),
                           removed=tuple(sorted(before - after, key=_entry_key)), at=time.time())
         if not delta.added and not delta.removed:
-            return
+            return None
         for listener in list(self._listeners):
             try:
                 listener(delta)
             except Exception:
                 log.exception("bank %s: a change listener failed", new.name)
+        return delta
 
     def reload_if_changed(self) -> bool:
         """Re-read banks whose file changed (stat first, then content digest).  True if any bank changed.
@@ -316,7 +384,7 @@ class BankSet:
             new_banks: list[Bank] = []
             changed: list[Bank] = []
             for bank in old.banks:
-                new_banks.append(self._reload_one(bank, changed))
+                new_banks.append(self._reload_one(bank, changed) if bank.config.kind == "file" else bank)
             if not changed:
                 return False
             self._snapshot = self._make_snapshot(new_banks)  # one assignment: atomic for readers
@@ -392,6 +460,7 @@ class BankSet:
         for b in banks:
             for kind, n in b.sizes().items():
                 self._metrics.bank_size.labels(b.name, kind).set(n)
+            self._metrics.set_bank_categories(b.name, _category_sizes(b))
         return _Snapshot(banks=banks, version=h.hexdigest()[:16])
 
     @staticmethod
@@ -401,6 +470,17 @@ class BankSet:
             "bank %s %s from %s: %d SHA-1, %d MD5, %d PDQ (digest %s)",
             bank.name, verb, bank.config.path, sizes["sha1"], sizes["md5"], sizes["pdq"], bank.digest[:12],
         )
+
+
+def _category_sizes(bank: Bank) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for e in bank.pdq_entries:
+        out[("pdq", e.category)] = out.get(("pdq", e.category), 0) + 1
+    for kind, table in bank.exact.items():
+        for entries in table.values():
+            for e in entries:
+                out[(kind, e.category)] = out.get((kind, e.category), 0) + 1
+    return out
 
 
 def _entry_key(e: BankEntry) -> tuple[str, str, str, str]:

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.config import StoreSection
+from service.store.banksync import SqlBankSync
 from service.store.base import (
+    BankSyncStore,
     BudgetStore,
     CheckpointStore,
     EventLedger,
@@ -56,6 +58,7 @@ class Stores:
     budget: BudgetStore
     review: ReviewStore
     reviewers: ReviewerStore
+    banksync: BankSyncStore
 
     async def open(self) -> None:
         await self.db.open()
@@ -73,7 +76,7 @@ def sql_stores(db: Database, *, outbox_lease: float | None = None,
         db=db, checkpoints=SqlCheckpoints(db, clock), ledger=SqlLedger(db, clock), scans=SqlScans(db, clock),
         pipeline=SqlPipeline(db, clock), outbox=SqlOutbox(db, clock, lease=outbox_lease),
         remote=SqlRemoteScans(db, clock), rescan=SqlRescan(db, clock), budget=SqlBudget(db, clock),
-        review=SqlReview(db, clock), reviewers=SqlReviewers(db, clock),
+        review=SqlReview(db, clock), reviewers=SqlReviewers(db, clock), banksync=SqlBankSync(db, clock),
     )
 
 
@@ -99,4 +102,4 @@ def make_stores(cfg: StoreSection, *, clock: Callable[[], float] = time.time) ->
 def memory_stores(store: MemoryStore | None = None) -> Stores:
     m = store if store is not None else MemoryStore()
     return Stores(db=m, checkpoints=m, ledger=m, scans=m, pipeline=m, outbox=m, remote=m, rescan=m, budget=m,
-                  review=m, reviewers=m)
+                  review=m, reviewers=m, banksync=m)

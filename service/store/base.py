@@ -452,3 +452,49 @@ class ReviewStore(AllowlistStore, AuditStore, Protocol):
     async def release_claim(self, sha1: str, reviewer: str) -> None:
         """End ``reviewer``'s claim of the case (another reviewer's claim stays)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class BankHash:
+    """One hash of a synced bank, under the upstream record (``record``) it came from."""
+
+    record: str
+    kind: str  # sha1, md5, pdq
+    hash: str
+    category: str
+    source: str = ""
+    entry_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BankSyncState:
+    """Where a ``url`` or ``exchange`` bank's sync resumes, and how its last syncs went."""
+
+    bank: str
+    checkpoint: Any | None = None  # JSON value
+    last_success: float | None = None
+    last_attempt: float | None = None
+    last_error: str | None = None
+    errors: int = 0  # consecutive failed syncs
+
+
+class BankSyncStore(Protocol):
+    """Checkpoints and content of banks filled by syncs (see :mod:`service.exchanges.sync`)."""
+
+    async def bank_sync_states(self) -> list[BankSyncState]: ...
+    async def bank_sync_state(self, bank: str) -> BankSyncState | None: ...
+    async def bank_hashes(self, bank: str) -> list[BankHash]: ...
+
+    async def apply_bank_delta(self, bank: str, records: Sequence[str], rows: Sequence[BankHash],
+                               checkpoint: Any) -> None:
+        """In one transaction: drop the rows of ``records`` (updated or deleted upstream), insert ``rows`` (each
+        one's record must be in ``records``), store ``checkpoint``."""
+        ...
+
+    async def replace_bank(self, bank: str, rows: Sequence[BankHash], checkpoint: Any) -> None:
+        """In one transaction: the bank's content becomes ``rows``, its checkpoint ``checkpoint``."""
+        ...
+
+    async def record_bank_sync(self, bank: str, *, error: str | None) -> None:
+        """A sync ended: ``error`` None is a success (errors reset), else one more consecutive failure."""
+        ...

@@ -22,6 +22,8 @@ from service.store.base import (
     SEARCH_HEX_RE,
     AllowlistEntry,
     AuditEntry,
+    BankHash,
+    BankSyncState,
     CaseFilter,
     Claim,
     Decision,
@@ -60,6 +62,8 @@ class MemoryStore:
         self.signins: list[SignIn] = []
         self.review_state: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, ReviewSession] = {}
+        self.bank_sync: dict[str, BankSyncState] = {}
+        self.bank_rows: dict[str, dict[str, list[BankHash]]] = {}  # bank -> record -> rows
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ life cycle
@@ -499,6 +503,45 @@ class MemoryStore:
         for k in old:
             del self.sessions[k]
         return len(old)
+
+    # ------------------------------------------------------------------ bank sync
+
+    async def bank_sync_states(self) -> list[BankSyncState]:
+        return [self.bank_sync[b] for b in sorted(self.bank_sync)]
+
+    async def bank_sync_state(self, bank: str) -> BankSyncState | None:
+        return self.bank_sync.get(bank)
+
+    async def bank_hashes(self, bank: str) -> list[BankHash]:
+        rows = {(r.record, r.kind, r.hash): r for rs in self.bank_rows.get(bank, {}).values() for r in rs}
+        return [rows[k] for k in sorted(rows)]
+
+    def _set_bank_checkpoint(self, bank: str, checkpoint: Any) -> None:
+        old = self.bank_sync.get(bank) or BankSyncState(bank=bank)
+        self.bank_sync[bank] = dataclasses.replace(old, checkpoint=json.loads(json.dumps(checkpoint)))
+
+    async def apply_bank_delta(self, bank: str, records: Sequence[str], rows: Sequence[BankHash],
+                               checkpoint: Any) -> None:
+        table = self.bank_rows.setdefault(bank, {})
+        for key in records:
+            table.pop(key, None)
+        for r in rows:
+            table.setdefault(r.record, []).append(r)
+        self._set_bank_checkpoint(bank, checkpoint)
+
+    async def replace_bank(self, bank: str, rows: Sequence[BankHash], checkpoint: Any) -> None:
+        self.bank_rows[bank] = {}
+        await self.apply_bank_delta(bank, (), rows, checkpoint)
+
+    async def record_bank_sync(self, bank: str, *, error: str | None) -> None:
+        now = self.clock()
+        old = self.bank_sync.get(bank) or BankSyncState(bank=bank)
+        if error is None:
+            self.bank_sync[bank] = dataclasses.replace(old, last_attempt=now, last_success=now, last_error=None,
+                                                       errors=0)
+        else:
+            self.bank_sync[bank] = dataclasses.replace(old, last_attempt=now, last_error=error,
+                                                       errors=old.errors + 1)
 
 
 def _found(row: dict[str, Any], query: str) -> bool:

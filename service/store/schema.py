@@ -216,3 +216,26 @@ review_claims = Table(
     Column("claimed_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
 )
+
+# Hash banks filled by syncs (`url` and `exchange` banks): where each one's sync resumes, and its content.
+bank_sync = Table(
+    "bank_sync", metadata,
+    Column("bank", Text, primary_key=True),
+    Column("checkpoint", Text, nullable=True),  # JSON: the exchange's checkpoint, or a URL's ETag/Last-Modified
+    Column("last_success", Double, nullable=True),
+    Column("last_attempt", Double, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("errors", Integer, nullable=False, server_default="0"),  # consecutive failed syncs
+)
+
+bank_hashes = Table(
+    "bank_hashes", metadata,
+    Column("bank", Text, nullable=False),
+    Column("record", Text, nullable=False),  # the upstream record's key: an update to it replaces its rows
+    Column("kind", Text, nullable=False),  # sha1, md5, pdq
+    Column("hash", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("source", Text, nullable=False, server_default=""),
+    Column("entry_id", Text, nullable=False, server_default=""),
+    PrimaryKeyConstraint("bank", "record", "kind", "hash"),
+)

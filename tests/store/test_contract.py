@@ -21,6 +21,7 @@ from service.store.base import (
     REMOTE_GONE,
     REMOTE_SEEN,
     AllowlistEntry,
+    BankHash,
     CaseFilter,
     Decision,
     NewAction,
@@ -505,3 +506,32 @@ async def test_signins_are_logged_and_counted_for_the_throttle(store: Stores, ba
                                                               ("alice", "a", "throttled")]
     older = await r.list_signins(10, before_id=rows[-1].id)
     assert [x.id for x in older] == [x.id for x in (await r.list_signins(10))[3:]]
+async def test_bank_sync_deltas_replacement_checkpoint_and_status(store: Stores, backend: Backend) -> None:
+    bs = store.banksync
+    assert await bs.bank_sync_state("ncmec") is None and await bs.bank_hashes("ncmec") == []
+    rows = [BankHash("42-1", "md5", "a" * 32, "child-protection", "ncmec", "42-1"),
+            BankHash("42-1", "pdq", "b" * 64, "child-protection", "ncmec", "42-1"),
+            BankHash("42-2", "sha1", "c" * 40, "exploitative", "ncmec", "42-2")]
+    await bs.apply_bank_delta("ncmec", ["42-1", "42-2"], rows, {"get_entries_max_ts": 10, "paging_info": None})
+    assert await bs.bank_hashes("ncmec") == sorted(rows, key=lambda r: (r.record, r.kind, r.hash))
+    # An update replaces a record's rows; a deletion (a record without rows) removes them; other banks untouched.
+    await bs.apply_bank_delta("other", ["x"], [BankHash("x", "md5", "d" * 32, "terrorism")], {"c": 1})
+    await bs.apply_bank_delta("ncmec", ["42-1", "42-2"], [BankHash("42-1", "md5", "e" * 32, "child-protection",
+                                                                    "ncmec", "42-1")], {"get_entries_max_ts": 20})
+    assert [r.hash for r in await bs.bank_hashes("ncmec")] == ["e" * 32]
+    state = await bs.bank_sync_state("ncmec")
+    assert state is not None and state.checkpoint == {"get_entries_max_ts": 20} and state.errors == 0
+    backend.clock[0] = 2000.0
+    await bs.record_bank_sync("ncmec", error="HTTP 503")
+    await bs.record_bank_sync("ncmec", error="HTTP 429")
+    state = await bs.bank_sync_state("ncmec")
+    assert state is not None and (state.errors, state.last_error, state.last_attempt) == (2, "HTTP 429", 2000.0)
+    assert state.checkpoint == {"get_entries_max_ts": 20} and state.last_success is None
+    backend.clock[0] = 3000.0
+    await bs.record_bank_sync("ncmec", error=None)
+    state = await bs.bank_sync_state("ncmec")
+    assert state is not None and (state.errors, state.last_error, state.last_success) == (0, None, 3000.0)
+    await bs.replace_bank("ncmec", rows[2:], {"get_entries_max_ts": 30})
+    assert [r.record for r in await bs.bank_hashes("ncmec")] == ["42-2"]
+    assert [s.bank for s in await bs.bank_sync_states()] == ["ncmec", "other"]
+    assert [r.hash for r in await bs.bank_hashes("other")] == ["d" * 32]
