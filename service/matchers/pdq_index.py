@@ -61,25 +61,30 @@ def distances(hashes: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
 
 
-def _near(hashes: np.ndarray, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in ``hashes`` (N, 4) within ``radius`` of ``q`` (4,), and their distances.
+def _near(hashes: np.ndarray, rows: np.ndarray | None, query: np.ndarray, qrow: np.ndarray | None,
+          radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``i`` with ``hashes[rows[i]]`` within ``radius`` of ``query[qrow[i]]``, and distances.
 
-    Fast path: the query tiled to the block's length keeps numpy's inner loops long (a (N, 4) ^ (4,)
-    broadcast runs a 4-element loop N times), and the four per-word popcounts are summed by one
-    multiplication of their bytes seen as a uint32.  That sum wraps only at distance 256, so hits are
-    re-measured exactly.
+    ``rows=None`` means every row of ``hashes``; ``qrow=None`` means query row 0.  The first two words
+    (128 bits) filter first, one word at a time so numpy's loops stay long: their distance never
+    exceeds the full distance, and for unrelated hashes it is ~64, so few rows reach the full compare.
     """
-    n = hashes.shape[0]
-    flat = np.bitwise_xor(hashes.reshape(-1), np.tile(q, n))
-    packed = np.bitwise_count(flat).view(np.uint32)
-    packed *= np.uint32(0x01010101)
-    packed >>= np.uint32(24)
-    hit = np.flatnonzero(packed <= radius)
-    if hit.size == 0:
-        return hit, np.empty(0, np.int32)
-    d = distances(hashes[hit], q)
+    cand = hashes if rows is None else np.take(hashes, rows, axis=0)  # one cache miss per row
+    n = cand.shape[0]
+    buf = np.empty(n, np.uint64)
+    half = np.empty(n, np.uint8)
+    tmp = np.empty(n, np.uint8)
+    for w, out in ((0, half), (1, tmp)):
+        q = query[0, w] if qrow is None else np.take(query[:, w], qrow)
+        np.bitwise_count(np.bitwise_xor(cand[:, w], q, out=buf), out=out)
+    np.add(half, tmp, out=half)  # <= 128: fits uint8
+    pos = np.flatnonzero(half <= radius)
+    if pos.size == 0:
+        return pos, np.empty(0, np.int32)
+    q2 = query[0] if qrow is None else query[qrow[pos]]
+    d = distances(cand[pos], q2)
     keep = d <= radius
-    return hit[keep], d[keep]
+    return pos[keep], d[keep]
 
 
 class PdqIndex:
@@ -235,8 +240,8 @@ class PdqIndex:
             "order": order,
         }
         if state.tables is not None:
-            arrays |= {"width": np.array([state.tables.width]), "entries": state.tables.entries,
-                       "offsets": state.tables.offsets}
+            t = state.tables
+            arrays |= {"width": np.array([t.width]), "entries": t.entries, "base": t.base, "local": t.local}
         try:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)  # type: ignore[arg-type]
@@ -257,7 +262,7 @@ class PdqIndex:
             tables = None
             if "entries" in z:
                 width = int(z["width"][0])
-                tables = Tables(width, z["entries"], z["offsets"], pdq_mih.flip_masks(width))
+                tables = Tables(width, z["entries"], z["base"], z["local"], pdq_mih.flip_masks(width))
             index._order = z["order"]
         n = alive.size
         index._free = np.flatnonzero(~alive).astype(np.int64)
@@ -271,10 +276,9 @@ def _scan(state: _State, query: np.ndarray, radius: int) -> tuple[np.ndarray, np
         block = state.hashes[start : min(start + _SCAN_BLOCK, state.n_rows)]
         alive = state.alive[start : start + block.shape[0]]
         for v in range(query.shape[0]):
-            pos, d = _near(block, query[v], radius)
+            pos, d = _near(block, None, query[v : v + 1], None, radius)
             live = alive[pos]
-            pos, d = pos[live], d[live]
-            found.append((pos + start, d, np.full(pos.size, v)))
+            found.append((pos[live] + start, d[live], np.full(int(live.sum()), v)))
     return _concat(found)
 
 
@@ -282,18 +286,8 @@ def _probe(tables: Tables, hashes: np.ndarray, query: np.ndarray, radius: int) -
     rows, qrow = pdq_mih.candidates(tables, query, radius)
     if rows.size == 0:
         return rows, np.empty(0, np.int32), qrow
-    cand = np.take(hashes, rows, axis=0)
-    if query.shape[0] == 1:
-        pos, d = _near(cand, query[0], radius)
-        return rows[pos], d, qrow[pos]
-    x = np.bitwise_xor(cand.reshape(-1), np.take(query, qrow, axis=0).reshape(-1))
-    packed = np.bitwise_count(x).view(np.uint32)
-    packed *= np.uint32(0x01010101)
-    packed >>= np.uint32(24)
-    pos = np.flatnonzero(packed <= radius)
-    d = distances(cand[pos], query[qrow[pos]])
-    keep = d <= radius
-    return rows[pos[keep]], d[keep], qrow[pos[keep]]
+    pos, d = _near(hashes, rows, query, qrow if query.shape[0] > 1 else None, radius)
+    return rows[pos], d, qrow[pos]
 
 
 def _concat(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

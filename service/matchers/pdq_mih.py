@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+import math
 
 import numpy as np
 
@@ -27,8 +28,8 @@ _ROW_MASK = np.uint64(0xFFFFFFFF)
 
 
 def width_for(n: int) -> int:
-    """Chunk width for ``n`` hashes: about 4-5 hashes per bucket, offsets ~10 bytes per hash, 12..23 bits."""
-    return int(min(23, max(12, (max(n, 1) // 4).bit_length() - 1)))
+    """Chunk width for ``n`` hashes: 1.4-2.8 hashes per bucket (bucket starts ~10 bytes per hash), 12..23."""
+    return int(min(23, max(12, round(math.log2(max(n, 2) / 2)))))
 
 
 def flip_masks(width: int) -> np.ndarray:
@@ -57,25 +58,56 @@ def chunk_keys(hashes: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def query_buckets(query: np.ndarray, width: int) -> np.ndarray:
+    """:func:`_buckets` of :func:`chunk_keys` for a few query rows, with Python ints (no per-chunk numpy
+    calls: this runs once per lookup)."""
+    mask = (1 << width) - 1
+    out = []
+    for row in np.ascontiguousarray(query, dtype=np.uint64).reshape(-1, 4):
+        x = int.from_bytes(row.astype("<u8").tobytes(), "little")
+        out.append([(t << width) | ((x >> (t * width)) & mask) for t in range(CHUNKS)])
+    return np.array(out, dtype=np.int64).reshape(-1, CHUNKS)
+
+
 def _buckets(keys: np.ndarray, width: int) -> np.ndarray:
     """Global bucket numbers ``table << width | key``, same shape as ``keys`` (N, CHUNKS)."""
     return keys + (np.arange(CHUNKS, dtype=np.int64) << width)
 
 
+BLOCK_BITS = 8  # bucket starts are stored as a base per 256 buckets plus a small offset per bucket
+
+
 @dataclass(frozen=True, slots=True)
 class Tables:
+    """Bucket ``b`` spans ``entries[start(b):start(b + 1)]`` with ``start(b) = base[b >> 8] + local[b]``:
+    2 bytes per bucket instead of 4 (``local`` widens to uint32 only if 256 buckets hold 65,536+ rows),
+    which pays for one more key bit per chunk: half the candidates at the same memory."""
+
     width: int
-    entries: np.ndarray  # uint32 row numbers
-    offsets: np.ndarray  # CHUNKS << width + 1 bucket starts (uint32, or int64 past 2**32 entries)
+    entries: np.ndarray  # uint32 row numbers, table after table, bucket after bucket
+    base: np.ndarray  # int64, start of every block of 256 buckets (+ one past the end)
+    local: np.ndarray  # uint16 (or uint32), start of each bucket (+ the end) minus its block's base
     flips: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return int(self.entries.nbytes + self.offsets.nbytes)
+        return int(self.entries.nbytes + self.base.nbytes + self.local.nbytes)
+
+    def starts(self, buckets: np.ndarray) -> np.ndarray:
+        """int64 start positions of ``buckets`` (0 .. CHUNKS << width inclusive)."""
+        return self.base[buckets >> BLOCK_BITS] + self.local[buckets]
+
+    def offsets(self) -> np.ndarray:
+        """Every bucket start as one int64 array (for rewrites, not for lookups)."""
+        return self.starts(np.arange(self.local.size, dtype=np.int64))
 
 
-def _offset_dtype(n_entries: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
-    return np.uint32 if n_entries < 2**32 else np.int64
+def _split(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(base, local) of an int64 array of bucket starts."""
+    base = np.ascontiguousarray(offsets[::1 << BLOCK_BITS])
+    local = offsets - np.repeat(base, 1 << BLOCK_BITS)[: offsets.size]
+    dtype = np.uint16 if local.size == 0 or int(local.max()) < 1 << 16 else np.uint32
+    return base, local.astype(dtype)
 
 
 def build(rows: np.ndarray, hashes: np.ndarray, width: int) -> Tables:
@@ -91,20 +123,17 @@ def build(rows: np.ndarray, hashes: np.ndarray, width: int) -> Tables:
         packed = np.sort((key.astype(np.uint64) << _ROW_BITS) | rows)  # bucket-major, rows ascending
         entries[t * n : (t + 1) * n] = (packed & _ROW_MASK).astype(np.uint32)
         counts[t * nbuckets : (t + 1) * nbuckets] = np.bincount(key, minlength=nbuckets)
-    offsets = np.zeros(CHUNKS * nbuckets + 1, dtype=_offset_dtype(entries.size))
+    offsets = np.zeros(CHUNKS * nbuckets + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    return Tables(width, entries, offsets, flip_masks(width))
+    return Tables(width, entries, *_split(offsets), flip_masks(width))
 
 
-def _shift(offsets: np.ndarray, buckets: np.ndarray, sign: int) -> np.ndarray:
-    counts = np.bincount(buckets, minlength=offsets.size - 1)
-    moved = np.cumsum(counts)
-    out = offsets.astype(_offset_dtype(int(offsets[-1]) + sign * buckets.size), copy=True)
-    if sign > 0:
-        out[1:] += moved.astype(out.dtype)
-    else:
-        out[1:] -= moved.astype(out.dtype)
-    return out
+def _shift(tables: Tables, buckets: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray]:
+    """(base, local) after adding (sign 1) or removing (-1) one entry in each of ``buckets``."""
+    offsets = tables.offsets()
+    moved = np.cumsum(np.bincount(buckets, minlength=offsets.size - 1))
+    offsets[1:] += sign * moved
+    return _split(offsets)
 
 
 def insert(tables: Tables, rows: np.ndarray, hashes: np.ndarray) -> Tables:
@@ -112,10 +141,10 @@ def insert(tables: Tables, rows: np.ndarray, hashes: np.ndarray) -> Tables:
     if rows.size == 0:
         return tables
     buckets = _buckets(chunk_keys(hashes, tables.width), tables.width).ravel()
-    where = tables.offsets[buckets + 1].astype(np.int64)
+    where = tables.starts(buckets + 1)
     values = np.repeat(np.asarray(rows, dtype=np.uint32), CHUNKS)
     entries = np.insert(tables.entries, where, values)
-    return Tables(tables.width, entries, _shift(tables.offsets, buckets, 1), tables.flips)
+    return Tables(tables.width, entries, *_shift(tables, buckets, 1), tables.flips)
 
 
 def delete(tables: Tables, rows: np.ndarray, hashes: np.ndarray) -> Tables:
@@ -124,28 +153,33 @@ def delete(tables: Tables, rows: np.ndarray, hashes: np.ndarray) -> Tables:
         return tables
     buckets = _buckets(chunk_keys(hashes, tables.width), tables.width).ravel()
     wanted = np.repeat(np.asarray(rows, dtype=np.uint32), CHUNKS)
-    positions, owner = expand(tables.offsets, buckets)
+    positions, lengths = expand(tables, buckets)
+    owner = np.repeat(np.arange(buckets.size), lengths)
     found = positions[tables.entries[positions] == wanted[owner]]
     entries = np.delete(tables.entries, found)
-    return Tables(tables.width, entries, _shift(tables.offsets, buckets, -1), tables.flips)
+    return Tables(tables.width, entries, *_shift(tables, buckets, -1), tables.flips)
 
 
-def expand(offsets: np.ndarray, buckets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every entry position of ``buckets`` and, for each, the index of its bucket in ``buckets``."""
-    starts = offsets[buckets].astype(np.int64)
-    lengths = offsets[buckets + 1].astype(np.int64) - starts
+def expand(tables: Tables, buckets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every entry position of ``buckets``, and the number of entries in each bucket."""
+    starts = tables.starts(buckets)
+    lengths = tables.starts(buckets + 1) - starts
     ends = np.cumsum(lengths)
     total = int(ends[-1]) if ends.size else 0
-    owner = np.repeat(np.arange(buckets.size), lengths)
-    positions = np.arange(total, dtype=np.int64) + (starts - (ends - lengths))[owner]
-    return positions, owner
+    positions = np.repeat(starts - (ends - lengths), lengths)
+    positions += np.arange(total, dtype=np.int64)
+    return positions, lengths
 
 
 def candidates(tables: Tables, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows that may lie within ``radius`` (<= MAX_RADIUS) of a row of ``query`` (V, 4), and for each
     the query row that probed it.  A superset of the true answer; rows may repeat."""
     probes = tables.flips[: probe_count(tables.width, radius // CHUNKS)]
-    buckets = (_buckets(chunk_keys(query, tables.width), tables.width)[:, :, None] ^ probes).ravel()
-    positions, owner = expand(tables.offsets, buckets)
-    per_row = CHUNKS * probes.size
-    return tables.entries[positions], owner // per_row
+    buckets = (query_buckets(query, tables.width)[:, :, None] ^ probes).ravel()
+    positions, lengths = expand(tables, buckets)
+    rows = tables.entries[positions]
+    n_query = buckets.size // (CHUNKS * probes.size)
+    if n_query == 1:
+        return rows, np.zeros(rows.size, np.intp)
+    per_query = lengths.reshape(n_query, -1).sum(axis=1)
+    return rows, np.repeat(np.arange(n_query), per_query)
