@@ -129,11 +129,24 @@ def build(rows: np.ndarray, hashes: np.ndarray, width: int) -> Tables:
 
 
 def _shift(tables: Tables, buckets: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray]:
-    """(base, local) after adding (sign 1) or removing (-1) one entry in each of ``buckets``."""
-    offsets = tables.offsets()
-    moved = np.cumsum(np.bincount(buckets, minlength=offsets.size - 1))
-    offsets[1:] += sign * moved
-    return _split(offsets)
+    """(base, local) after adding (sign 1) or removing (-1) one entry in each of ``buckets``.
+
+    Without materialising every bucket start: blocks move by the entries changed in earlier blocks,
+    and inside a block each bucket by the entries changed in its earlier buckets (a cumulative sum
+    along rows of a (blocks, 256) view of a per-bucket count)."""
+    per = 1 << BLOCK_BITS
+    nblocks = tables.base.size
+    block_moved = np.bincount(buckets >> BLOCK_BITS, minlength=nblocks)
+    base = tables.base.copy()
+    base[1:] += sign * np.cumsum(block_moved)[:-1]
+    bump = np.zeros(nblocks * per, np.int32)
+    np.add.at(bump, buckets + 1, 1)
+    bump[::per] = 0  # a block's first bucket starts at its base
+    inside = np.cumsum(bump.reshape(nblocks, per), axis=1, dtype=np.int32).reshape(-1)[: tables.local.size]
+    local = tables.local.astype(np.int32)
+    local += sign * inside
+    dtype = np.uint16 if int(local.max(initial=0)) < 1 << 16 else np.uint32
+    return base, local.astype(dtype)
 
 
 def insert(tables: Tables, rows: np.ndarray, hashes: np.ndarray) -> Tables:
@@ -141,9 +154,11 @@ def insert(tables: Tables, rows: np.ndarray, hashes: np.ndarray) -> Tables:
     if rows.size == 0:
         return tables
     buckets = _buckets(chunk_keys(hashes, tables.width), tables.width).ravel()
-    where = tables.starts(buckets + 1)
     values = np.repeat(np.asarray(rows, dtype=np.uint32), CHUNKS)
-    entries = np.insert(tables.entries, where, values)
+    # Empty buckets share one end position: insert in bucket order so each value lands in its own.
+    by_bucket = np.argsort(buckets, kind="stable")
+    buckets, values = buckets[by_bucket], values[by_bucket]
+    entries = np.insert(tables.entries, tables.starts(buckets + 1), values)
     return Tables(tables.width, entries, *_shift(tables, buckets, 1), tables.flips)
 
 
