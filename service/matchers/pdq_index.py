@@ -28,7 +28,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -282,7 +282,8 @@ def _scan(state: _State, query: np.ndarray, radius: int) -> tuple[np.ndarray, np
     return _concat(found)
 
 
-def _probe(tables: Tables, hashes: np.ndarray, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _probe(tables: Tables, hashes: np.ndarray, query: np.ndarray,
+           radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows, qrow = pdq_mih.candidates(tables, query, radius)
     if rows.size == 0:
         return rows, np.empty(0, np.int32), qrow

@@ -14,9 +14,9 @@ pass over ``entries``), so readers holding the old pair keep a consistent view.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
-import math
 
 import numpy as np
 
