@@ -216,7 +216,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="100000,1000000,10000000")
     p.add_argument("--queries", type=int, default=1000, help="single-hash queries per kind")
-    p.add_argument("--deltas", default="1000,100,10", help="repeated deltas per size (RSS growth check)")
+    p.add_argument("--deltas", default="200,30,5", help="repeated deltas per size (RSS growth check)")
     p.add_argument("--te-queries", type=int, default=300)
     p.add_argument("--no-threatexchange", action="store_true")
     p.add_argument("--te-max-size", type=int, default=1_000_000,

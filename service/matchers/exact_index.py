@@ -160,13 +160,14 @@ class DigestIndex:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a snapshot (one uncompressed ``.npz``) atomically: a temporary file, fsync, rename."""
-        s = self._state
+        with self._lock:  # the writer's id arrays must belong to the same state
+            s, by_id, by_id_prefix = self._state, self._by_id, self._by_id_prefix
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
                 np.savez(f, size=np.array([self.size]), prefix=s.prefix, rest=s.rest, ids=s.ids,
-                         by_id=self._by_id, by_id_prefix=self._by_id_prefix)
+                         by_id=by_id, by_id_prefix=by_id_prefix)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -229,7 +229,8 @@ class PdqIndex:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a snapshot (one uncompressed ``.npz``) atomically: a temporary file, fsync, rename."""
-        state, order = self._state, self._order
+        with self._lock:  # the writer's id order must belong to the same state (arrays are not copied)
+            state, order = self._state, self._order
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         arrays: dict[str, np.ndarray] = {
