@@ -74,18 +74,18 @@ def _buckets(keys: np.ndarray, width: int) -> np.ndarray:
     return keys + (np.arange(CHUNKS, dtype=np.int64) << width)
 
 
-BLOCK_BITS = 8  # bucket starts are stored as a base per 256 buckets plus a small offset per bucket
+BLOCK_BITS = 6  # bucket starts are stored as a base per 64 buckets plus a small offset per bucket
 
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """Bucket ``b`` spans ``entries[start(b):start(b + 1)]`` with ``start(b) = base[b >> 8] + local[b]``:
-    2 bytes per bucket instead of 4 (``local`` widens to uint32 only if 256 buckets hold 65,536+ rows),
+    """Bucket ``b`` spans ``entries[start(b):start(b + 1)]`` with ``start(b) = base[b >> 6] + local[b]``:
+    2 bytes per bucket instead of 4 (``local`` widens to uint32 only if 64 buckets hold 65,536+ rows),
     which pays for one more key bit per chunk: half the candidates at the same memory."""
 
     width: int
     entries: np.ndarray  # uint32 row numbers, table after table, bucket after bucket
-    base: np.ndarray  # int64, start of every block of 256 buckets (+ one past the end)
+    base: np.ndarray  # int64, start of every block of 64 buckets (+ one past the end)
     local: np.ndarray  # uint16 (or uint32), start of each bucket (+ the end) minus its block's base
     flips: np.ndarray
 
@@ -103,9 +103,14 @@ class Tables:
 
 
 def _split(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(base, local) of an int64 array of bucket starts."""
-    base = np.ascontiguousarray(offsets[::1 << BLOCK_BITS])
-    local = offsets - np.repeat(base, 1 << BLOCK_BITS)[: offsets.size]
+    """(base, local) of an int64 array of bucket starts, padded to whole blocks with the last start."""
+    per = 1 << BLOCK_BITS
+    pad = (-offsets.size) % per
+    if pad:
+        offsets = np.concatenate([offsets, np.full(pad, offsets[-1], dtype=offsets.dtype)])
+    grid = offsets.reshape(-1, per)
+    base = grid[:, 0].copy()
+    local = (grid - base[:, None]).reshape(-1)
     dtype = np.uint16 if local.size == 0 or int(local.max()) < 1 << 16 else np.uint32
     return base, local.astype(dtype)
 
@@ -131,22 +136,25 @@ def build(rows: np.ndarray, hashes: np.ndarray, width: int) -> Tables:
 def _shift(tables: Tables, buckets: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray]:
     """(base, local) after adding (sign 1) or removing (-1) one entry in each of ``buckets``.
 
-    Without materialising every bucket start: blocks move by the entries changed in earlier blocks,
-    and inside a block each bucket by the entries changed in its earlier buckets (a cumulative sum
-    along rows of a (blocks, 256) view of a per-bucket count)."""
+    Blocks move by the entries changed in earlier blocks; inside a block, only the blocks a change
+    touched are rewritten, each bucket moving by the changes in its earlier buckets."""
     per = 1 << BLOCK_BITS
-    nblocks = tables.base.size
-    block_moved = np.bincount(buckets >> BLOCK_BITS, minlength=nblocks)
     base = tables.base.copy()
-    base[1:] += sign * np.cumsum(block_moved)[:-1]
-    bump = np.zeros(nblocks * per, np.int32)
-    np.add.at(bump, buckets + 1, 1)
-    bump[::per] = 0  # a block's first bucket starts at its base
-    inside = np.cumsum(bump.reshape(nblocks, per), axis=1, dtype=np.int32).reshape(-1)[: tables.local.size]
-    local = tables.local.astype(np.int32)
-    local += sign * inside
-    dtype = np.uint16 if int(local.max(initial=0)) < 1 << 16 else np.uint32
-    return base, local.astype(dtype)
+    base[1:] += sign * np.cumsum(np.bincount(buckets >> BLOCK_BITS, minlength=base.size))[:-1]
+    after = buckets + 1  # the starts that move: every later bucket up to the block's end
+    after = after[(after & (per - 1)) != 0]  # (a block's first bucket starts at its base)
+    if after.size == 0:
+        return base, tables.local
+    blocks, slot = np.unique(after >> BLOCK_BITS, return_inverse=True)
+    marks = np.zeros((blocks.size, per), np.int32)
+    np.add.at(marks, (slot, after & (per - 1)), 1)
+    np.cumsum(marks, axis=1, out=marks)
+    moved = tables.local.reshape(-1, per)[blocks].astype(np.int32)
+    moved += sign * marks
+    wide = tables.local.dtype == np.uint32 or int(moved.max()) >= 1 << 16
+    local = tables.local.astype(np.uint32 if wide else np.uint16, copy=True)
+    local.reshape(-1, per)[blocks] = moved
+    return base, local
 
 
 def insert(tables: Tables, rows: np.ndarray, hashes: np.ndarray) -> Tables:
