@@ -200,6 +200,15 @@ def test_deltas_equal_brute_force_across_the_scan_threshold() -> None:
         assert len(index) == len(model)
         assert index.query(query, 31) == brute(keys, current, query, 31)
     assert len(widths) >= 2  # tables built, then widened
+    # the merged tables are the tables a fresh build of the same rows gives (order inside a list aside)
+    state = index._state
+    assert state.tables is not None
+    live = np.flatnonzero(state.alive)
+    fresh = pdq_mih.build(live, state.hashes[live], state.tables.width)
+    starts = fresh.offsets()
+    assert np.array_equal(state.tables.offsets(), starts)
+    for a, b in zip(starts[:-1:97], starts[1::97], strict=True):
+        assert np.array_equal(np.sort(state.tables.entries[a:b]), fresh.entries[a:b])
 
 
 def test_memory_does_not_grow_across_1000_deltas() -> None:
