@@ -1,13 +1,33 @@
-"""The PdqIndex contract: exactly the brute-force answer, replace on re-add, removals, concurrent reads."""
+"""The PdqIndex contract: exactly the brute-force answer, replace on re-add, removals, concurrent reads.
+
+Every contract case runs twice: scanning (small index) and through the multi-index hashing tables
+(``brute_force_max=0``).  Random hashes and realistic ones (PDQ of generated photos and their
+transforms: near-duplicate clusters, skewed buckets) are checked against brute force.
+"""
 
 from __future__ import annotations
 
+import functools
+import gc
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from service.matchers import pdq_mih
 from service.matchers.pdq_index import PdqIndex
+from service.media.thumbnail import pdq_signal
+from tests.infra.images import photo, variants
+
+MODES = {"scan": lambda: PdqIndex(), "mih": lambda: PdqIndex(brute_force_max=0)}
+
+
+@pytest.fixture(params=sorted(MODES))
+def make(request: pytest.FixtureRequest) -> Callable[[], PdqIndex]:
+    return MODES[request.param]
 
 
 def brute(ids: np.ndarray, hashes: np.ndarray, query: np.ndarray, radius: int) -> list[tuple[int, int, int]]:
@@ -30,11 +50,11 @@ def flip(h: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
 
 
 @pytest.mark.parametrize("radius", [0, 10, 31, 40])
-def test_query_equals_brute_force(radius: int) -> None:
+def test_query_equals_brute_force(radius: int, make: Callable[[], PdqIndex]) -> None:
     rng = np.random.default_rng(radius)
     hashes = rng.integers(0, 2**64, size=(3000, 4), dtype=np.uint64)
     ids = np.arange(3000, dtype=np.int64) * 7
-    index = PdqIndex()
+    index = make()
     index.add(ids, hashes)
     assert len(index) == 3000
     # queries near planted hashes at distances 0..40, plus random misses
@@ -44,10 +64,10 @@ def test_query_equals_brute_force(radius: int) -> None:
     assert index.query(query, radius) == brute(ids, hashes, query, radius)
 
 
-def test_readd_replaces_and_remove() -> None:
+def test_readd_replaces_and_remove(make: Callable[[], PdqIndex]) -> None:
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, 2**64, size=(2, 4), dtype=np.uint64)
-    index = PdqIndex()
+    index = make()
     index.add(np.array([5]), a[None])
     index.add(np.array([5]), b[None])
     assert len(index) == 1
@@ -57,10 +77,10 @@ def test_readd_replaces_and_remove() -> None:
     assert len(index) == 0 and index.query(b[None], 31) == []
 
 
-def test_repeated_id_in_one_add_keeps_the_last() -> None:
+def test_repeated_id_in_one_add_keeps_the_last(make: Callable[[], PdqIndex]) -> None:
     rng = np.random.default_rng(2)
     a, b = rng.integers(0, 2**64, size=(2, 4), dtype=np.uint64)
-    index = PdqIndex()
+    index = make()
     index.add(np.array([1, 1]), np.stack([a, b]))
     assert len(index) == 1 and index.query(b[None], 0) == [(1, 0, 0)]
 
@@ -70,10 +90,10 @@ def test_mismatched_lengths_are_refused() -> None:
         PdqIndex().add(np.array([1, 2]), np.zeros((1, 4), dtype=np.uint64))
 
 
-def test_queries_during_writes_see_whole_adds() -> None:
+def test_queries_during_writes_see_whole_adds(make: Callable[[], PdqIndex]) -> None:
     rng = np.random.default_rng(3)
     base = rng.integers(0, 2**64, size=(1, 4), dtype=np.uint64)
-    index = PdqIndex()
+    index = make()
     stop = threading.Event()
     bad: list[int] = []
 
@@ -92,3 +112,185 @@ def test_queries_during_writes_see_whole_adds() -> None:
         stop.set()
         t.join()
     assert bad == [] and len(index) == 500
+
+
+# --------------------------------------------------------------------------- beyond the original contract
+
+
+def random_hashes(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2**64, size=(n, 4), dtype=np.uint64)
+
+
+@pytest.mark.parametrize("radius", [0, 9, 10, 11, 20, 21, 22, 31, 32, 33])
+def test_planted_matches_at_every_distance_and_misses(radius: int) -> None:
+    """Queries at distance 0..40 from indexed hashes (across every chunk-radius boundary) and misses, one
+    row at a time and eight at a time, through the tables: equal to brute force."""
+    rng = np.random.default_rng(100 + radius)
+    hashes = random_hashes(20_000, radius)
+    ids = rng.choice(10**9, size=20_000, replace=False).astype(np.int64)
+    index = PdqIndex(brute_force_max=0)
+    index.add(ids, hashes)
+    rows = [flip(hashes[int(rng.integers(20_000))], d, rng) for d in range(41)]
+    rows += list(random_hashes(8, 1000 + radius))
+    query = np.stack(rows)
+    for q in query:
+        assert index.query(q[None], radius) == brute(ids, hashes, q[None], radius)
+    for start in range(0, query.shape[0], 8):
+        part = query[start : start + 8]
+        assert index.query(part, radius) == brute(ids, hashes, part, radius)
+
+
+def words(digest: bytes) -> np.ndarray:
+    return np.frombuffer(digest, dtype=np.uint64)
+
+
+@functools.cache
+def realistic() -> tuple[np.ndarray, np.ndarray]:
+    """PDQ hashes (all eight dihedral variants) of generated photos and of their resized, recompressed,
+    mirrored and rotated copies: clusters of near-duplicates, as real banks hold."""
+    import io
+
+    bank, queries = [], []
+    for seed in range(40):
+        img = photo(seed, (200, 150))
+        bank += [words(h) for h in pdq_signal(img).hashes]
+        for data in variants(img).values():
+            queries.append(np.stack([words(h) for h in pdq_signal(Image.open(io.BytesIO(data)).convert("RGB")).hashes]))
+    return np.stack(bank), np.stack(queries)
+
+
+def test_realistic_hashes_equal_brute_force() -> None:
+    bank, queries = realistic()
+    ids = np.arange(bank.shape[0], dtype=np.int64) + 5
+    index = PdqIndex(brute_force_max=0)
+    index.add(ids, bank)
+    found = 0
+    for q in queries:  # one upload: its eight dihedral hashes at once
+        for radius in (10, 31, 32, 45):
+            expected = brute(ids, bank, q, radius)
+            assert index.query(q, radius) == expected
+            found += bool(expected)
+    assert found >= len(queries) * 3  # the transforms are found: the check is not vacuous
+
+
+def test_deltas_equal_brute_force_across_the_scan_threshold() -> None:
+    """Adds, replacements and removals (growing past the scan threshold, so the tables are built and
+    then widened): after each, the answer is the brute-force answer over the current contents."""
+    rng = np.random.default_rng(9)
+    pool = random_hashes(20_000, 9)
+    index = PdqIndex(brute_force_max=500)
+    model: dict[int, int] = dict.fromkeys(range(40_000, 40_300), 0)
+    index.add(np.arange(40_000, 40_300), np.repeat(pool[:1], 300, axis=0))
+    assert index._state.tables is None  # small: scanned
+    widths = set()
+    for step in range(40):
+        ids = rng.choice(40_000, size=800, replace=False)
+        which = rng.integers(0, 20_000, size=800)
+        index.add(ids, pool[which])
+        model.update(zip(ids.tolist(), which.tolist(), strict=True))
+        gone = rng.choice(40_000, size=40 + step, replace=False)
+        index.remove(gone)
+        for g in gone.tolist():
+            model.pop(g, None)
+        state = index._state
+        widths.add(state.tables.width if state.tables is not None else 0)
+        keys = np.array(sorted(model), dtype=np.int64)
+        current = pool[[model[k] for k in keys.tolist()]] if keys.size else np.empty((0, 4), np.uint64)
+        query = np.stack([flip(pool[int(rng.integers(20_000))], int(rng.integers(0, 33)), rng) for _ in range(6)])
+        assert len(index) == len(model)
+        assert index.query(query, 31) == brute(keys, current, query, 31)
+    assert len(widths) >= 2  # tables built, then widened
+    # the merged tables are the tables a fresh build of the same rows gives (order inside a list aside)
+    state = index._state
+    assert state.tables is not None
+    live = np.flatnonzero(state.alive)
+    fresh = pdq_mih.build(live, state.hashes[live], state.tables.width)
+    starts = fresh.offsets()
+    assert np.array_equal(state.tables.offsets(), starts)
+    for a, b in zip(starts[:-1:97], starts[1::97], strict=True):
+        assert np.array_equal(np.sort(state.tables.entries[a:b]), fresh.entries[a:b])
+
+
+def test_memory_does_not_grow_across_1000_deltas() -> None:
+    rng = np.random.default_rng(4)
+    index = PdqIndex(brute_force_max=0)
+    live = np.arange(20_000)
+    index.add(live, random_hashes(20_000, 4))
+    sizes = []
+    for step in range(1000):
+        gone = rng.choice(live.size, size=30, replace=False)
+        index.remove(live[gone])
+        fresh = np.arange(20_000 + 30 * step, 20_030 + 30 * step)
+        live = np.concatenate([np.delete(live, gone), fresh])
+        index.add(fresh, random_hashes(30, 10_000 + step))
+        if step % 100 == 99:
+            sizes.append((len(index), index.nbytes(), index._state.hashes.shape[0], index._state.n_rows))
+    # rows freed by removals are reused: the arrays hold the live hashes and nothing piles up
+    assert len(set(sizes)) == 1, sizes
+
+
+def test_freed_rows_wait_for_readers_of_older_states() -> None:
+    """A reader that took the index's state before a removal keeps comparing against the removed hashes'
+    rows; they are reused only once no such reader is left."""
+    index = PdqIndex(brute_force_max=0)
+    hashes = random_hashes(1000, 5)
+    index.add(np.arange(1000), hashes)
+    held = index._state
+    index.remove(np.arange(100))
+    index.add(np.arange(1000, 1100), random_hashes(100, 6))
+    assert (held.hashes[:100] == hashes[:100]).all()  # not overwritten under the reader
+    assert index._state.n_rows == 1100
+    del held
+    gc.collect()
+    index.remove(np.arange(1000, 1100))
+    index.add(np.arange(2000, 2100), random_hashes(100, 7))
+    index.add(np.arange(3000, 3100), random_hashes(100, 8))
+    assert index._state.n_rows == 1100  # the first freed rows were reused once released
+
+
+def test_snapshot_round_trip(tmp_path: Path, make: Callable[[], PdqIndex]) -> None:
+    rng = np.random.default_rng(6)
+    hashes = random_hashes(3000, 6)
+    ids = np.arange(3000, dtype=np.int64) * 11
+    index = make()
+    index.add(ids, hashes)
+    index.remove(ids[::7])
+    path = tmp_path / "bank.pdqidx.npz"
+    index.save(path)
+    loaded = PdqIndex.load(path, brute_force_max=0 if index._state.tables is not None else 20_000)
+    query = np.stack([flip(hashes[int(rng.integers(3000))], int(rng.integers(0, 32)), rng) for _ in range(16)])
+    assert len(loaded) == len(index) and loaded.query(query, 31) == index.query(query, 31)
+    for i in (index, loaded):  # both keep taking deltas the same way
+        i.add(ids[::7], hashes[::7])
+        i.remove(ids[1::5])
+    assert loaded.query(query, 31) == index.query(query, 31)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_chunking_covers_the_radius() -> None:
+    """Pigeonhole: 11 chunks probed at r // 11 bits find everything within r up to MAX_RADIUS."""
+    assert pdq_mih.MAX_RADIUS == 32 and pdq_mih.CHUNKS * pdq_mih.width_for(10**9) <= 256
+    for n in (1, 10**5, 10**6, 10**7):
+        assert 12 <= pdq_mih.width_for(n) <= 23
+
+
+def test_a_crowded_bucket_widens_the_bucket_starts() -> None:
+    """70,000 copies of one hash (a blank image in a bank) put 70,000 rows in one bucket per table:
+    the 2-byte bucket starts widen, on build and on a delta, and answers stay exact."""
+    rng = np.random.default_rng(12)
+    blank = random_hashes(1, 12)
+    crowd = np.repeat(blank, 70_000, axis=0)
+    others = random_hashes(100_000, 13)
+    index = PdqIndex(brute_force_max=0)
+    index.add(np.arange(100_000), others)
+    width = index._state.tables.width if index._state.tables is not None else 0
+    index.add(np.arange(200_000, 270_000), crowd)  # a delta into one bucket per table
+    assert index._state.tables is not None and index._state.tables.width == width  # merged, not rebuilt
+    assert index._state.tables.local.dtype == np.uint32
+    hashes = np.concatenate([others, crowd])
+    ids = np.concatenate([np.arange(100_000), np.arange(200_000, 270_000)])
+    query = np.stack([flip(blank[0], 5, rng), flip(others[7], 30, rng), random_hashes(1, 14)[0]])
+    assert index.query(query, 31) == brute(ids, hashes, query, 31)
+    rebuilt = PdqIndex(brute_force_max=0)
+    rebuilt.add(ids, hashes)
+    assert rebuilt.query(query, 31) == index.query(query, 31)
