@@ -29,7 +29,7 @@ DIHEDRAL_VARIANTS = (
 )
 _OUT = 64  # side of the decimated buffer
 _PASSES = 2  # Jarosz passes per axis
-MIN_SIDE = 16  # smaller views are not hashed (the box filter needs a few pixels per output sample)
+_MIN_SIDE = 5  # the reference hashes smaller images as all zeros, quality 0
 
 # DCT matrix of the reference: D[i, j] = sqrt(2/64) cos(pi / 128 * (i + 1) * (2j + 1)), i < 16.
 _DCT = (math.sqrt(2.0 / _OUT) * np.cos(
@@ -38,36 +38,56 @@ _DCT = (math.sqrt(2.0 / _OUT) * np.cos(
 _SIGN = np.where(np.arange(1, 17) % 2 == 1, -1.0, 1.0).astype(np.float32)
 
 
+def _box_right(u: np.ndarray, left: int, right: int) -> np.ndarray:
+    """``u @ B`` for the reference's box filter ``B`` over ``u.shape[1]`` samples: output ``o`` of ``B v``
+    averages ``v[o - left : o + right + 1]`` (clipped), so column ``p`` of ``u @ B`` sums ``u[:, o] / size(o)``
+    over ``o`` in ``[p - right, p + left]``."""
+    n = u.shape[1]
+    o = np.arange(n)
+    size = np.minimum(n - 1, o + right) - np.maximum(0, o - left) + 1
+    cs = np.zeros((u.shape[0], n + 1))
+    np.cumsum(u / size, axis=1, out=cs[:, 1:])
+    return cs[:, np.minimum(n, o + left + 1)] - cs[:, np.maximum(0, o - right)]
+
+
 @functools.lru_cache(maxsize=512)
-def _axis_taps(n: int, pad_lo: int = 0, pad_hi: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(indices (64, K), weights (64, K)) such that output sample ``o`` of an axis of length ``n``, after
+def _axis_taps(n: int, pad_lo: int = 0, pad_hi: int = 0, scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(indices (64, K), weights (64, K)) such that output sample ``o`` of an axis of ``n`` samples, after
     the Jarosz passes and the decimation, is ``sum(weights[o] * x[indices[o]])``.
 
-    With ``pad_lo`` / ``pad_hi``, the axis is first extended by that many samples at each end, repeating
-    the edge sample (no copy: the indices point back into the real samples)."""
-    size = n + pad_lo + pad_hi
+    ``scale`` > 1: each sample is the mean of ``scale`` pixels of the full-resolution image (a JPEG
+    decoded at 1/2, 1/4 or 1/8 scale, or an image reduced by block averaging); the filter is the one
+    the reference applies to the full-resolution axis, summed over each block, so the result is close
+    to the full decode's hash.  ``pad_lo`` / ``pad_hi``: the axis is first extended by that many samples
+    at each end, repeating the edge sample (no copy: the indices point back into the real samples)."""
+    blocks = n + pad_lo + pad_hi
+    size = blocks * scale
     window = (size + 2 * _OUT - 1) // (2 * _OUT)
     half = (window + 2) // 2
     left, right = window - half, half - 1  # the reference's box window: [o - left, o + right], clipped
-    box = np.zeros((size, size), dtype=np.float64)
-    for o in range(size):
-        lo, hi = max(0, o - left), min(size - 1, o + right)
-        box[o, lo:hi + 1] = 1.0 / (hi - lo + 1)
-    op = np.linalg.matrix_power(box, _PASSES)
-    rows = op[((np.arange(_OUT) + 0.5) * size / _OUT).astype(np.int64)]
-    k = min(_PASSES * (left + right) + 1, size)
-    start = np.clip(np.argmax(rows != 0, axis=1), 0, size - k)
+    rows = np.zeros((_OUT, size))
+    rows[np.arange(_OUT), ((np.arange(_OUT) + 0.5) * size / _OUT).astype(np.int64)] = 1.0
+    for _ in range(_PASSES):
+        rows = _box_right(rows, left, right)
+    if scale > 1:
+        rows = rows.reshape(_OUT, blocks, scale).sum(axis=2)
+    nonzero = rows != 0
+    first = np.argmax(nonzero, axis=1)
+    last = blocks - 1 - np.argmax(nonzero[:, ::-1], axis=1)
+    k = int((last - first).max()) + 1
+    start = np.clip(first, 0, blocks - k)
     virtual = start[:, None] + np.arange(k)
     weights = np.take_along_axis(rows, virtual, axis=1).astype(np.float32)
     return np.clip(virtual - pad_lo, 0, n - 1), weights
 
 
-def _downsample(luma: np.ndarray, pad: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
+def _downsample(luma: np.ndarray, pad: tuple[int, int, int, int] = (0, 0, 0, 0), scale: int = 1) -> np.ndarray:
     """The reference's 64 x 64 buffer of a 2-D luminance array (any dtype, any strides), optionally of
-    the array extended by margins ``pad`` = (top, bottom, left, right) that repeat its edge pixels."""
+    the array extended by margins ``pad`` = (top, bottom, left, right) that repeat its edge pixels.
+    ``scale``: see :func:`_axis_taps`."""
     h, w = luma.shape
-    ri, rw = _axis_taps(h, pad[0], pad[1])
-    ci, cw = _axis_taps(w, pad[2], pad[3])
+    ri, rw = _axis_taps(h, pad[0], pad[1], scale)
+    ci, cw = _axis_taps(w, pad[2], pad[3], scale)
     # Along the rows first: 64 x K x w, weighted sum -> 64 x w.  Then along the columns.
     tmp = np.einsum("ok,okw->ow", rw, luma[ri].astype(np.float32, copy=False), optimize=False)
     return np.einsum("ok,hok->ho", cw, tmp[:, ci], optimize=False)
@@ -82,13 +102,16 @@ def _quality(buf: np.ndarray) -> int:
 
 
 def dihedral_hashes(
-    luma: np.ndarray, pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    luma: np.ndarray, pad: tuple[int, int, int, int] = (0, 0, 0, 0), scale: int = 1
 ) -> tuple[tuple[bytes, ...], int]:
     """The eight dihedral PDQ hashes of ``luma`` (32 bytes each, standard hex order) and its quality;
-    with ``pad``, of ``luma`` extended by margins (top, bottom, left, right) repeating its edges."""
-    if luma.ndim != 2 or min(luma.shape) < MIN_SIDE:
-        raise ValueError(f"PDQ needs a 2-D array at least {MIN_SIDE} px a side, got shape {luma.shape}")
-    buf = _downsample(luma, pad)
+    with ``pad``, of ``luma`` extended by margins (top, bottom, left, right) repeating its edges; with
+    ``scale``, of the full-resolution image whose ``scale`` x ``scale`` block means ``luma`` holds."""
+    if luma.ndim != 2:
+        raise ValueError(f"PDQ needs a 2-D array, got shape {luma.shape}")
+    if min(luma.shape) * scale < _MIN_SIDE:  # the reference's answer for images too small to hash
+        return (bytes(32),) * len(DIHEDRAL_VARIANTS), 0
+    buf = _downsample(luma, pad, scale)
     quality = _quality(buf)
     b = _DCT @ buf @ _DCT.T  # (16, 16), row = vertical frequency
     s_rows, s_cols = _SIGN[:, None], _SIGN[None, :]

@@ -1,0 +1,167 @@
+"""Derived views of a decoded image that undo common edits made to dodge hash lists.
+
+Each view is a slice of the one decoded luminance array (no copy), optionally extended by margins that
+repeat its edge pixels, and is hashed with its eight dihedral variants like the image as uploaded:
+
+* ``trimmed-border``: uniform or near-uniform borders and padding trimmed on every side (any colour,
+  with a tolerance for JPEG noise and for gradients along or across the border);
+* ``trimmed-caption``: a caption strip removed (a band of text on a flat background at the top or
+  bottom);
+* ``uncrop-N``: the image extended by N % of its sides at every edge, for copies cropped by a few
+  percent per side (PDQ itself is not crop-tolerant: see docs/evasion.md for the rates reached).
+
+A trimmed view that leaves too little of the image (mostly flat padding) is dropped here; views whose
+PDQ quality is low are dropped by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.config.matching import PdqViewsSection
+
+ORIGINAL = "original"
+TRIMMED_BORDER = "trimmed-border"
+TRIMMED_CAPTION = "trimmed-caption"
+UNCROP = "uncrop"
+
+_MAX_DEPTH = 0.45  # a border or strip never covers more than this share of a side
+_MIN_KEPT = 0.3  # a trimmed view keeps at least this share of each side, else it is dropped as flat
+_MIN_KEPT_PX = 32
+_SMOOTH_RMS = 10.0  # a border row fits a straight line (uniform or gradient) within this RMS (grey levels)
+_STEP_MEAN = 8.0  # consecutive border rows differ in mean by at most this
+_STEP_SLOPE = 12.0  # ... and in the slope of their fitted line, over the row's length, by at most this
+_CAPTION_TOL = 16  # pixels within this of the strip's background colour count as background
+_CAPTION_BG = 0.4  # a caption row (text on background) has at least this share of background pixels
+_CAPTION_MIN, _CAPTION_MAX = 0.05, 0.3  # a caption strip's share of the height
+_CAPTION_TEXT_ROWS = 3  # rows with some text in them, needed to call a flat band a caption
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A derived view: rows ``top:bottom`` and columns ``left:right`` of the luminance array, then
+    ``pad`` = (top, bottom, left, right) pixels of repeated edge added around it."""
+
+    name: str
+    top: int
+    bottom: int
+    left: int
+    right: int
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def pixels(self, luma: np.ndarray) -> np.ndarray:
+        return luma[self.top:self.bottom, self.left:self.right]
+
+
+def describe_view(name: object) -> str:
+    """The view that matched, in words for reviewers ("" for the image as uploaded)."""
+    if not isinstance(name, str) or name == ORIGINAL:
+        return ""
+    if name == TRIMMED_BORDER:
+        return "after trimming a border"
+    if name == TRIMMED_CAPTION:
+        return "after removing a caption strip"
+    if name.startswith(UNCROP + "-"):
+        return f"after extending the edges by {name.removeprefix(UNCROP + '-')}% (a cropped copy)"
+    return f"in view {name[:40]}"
+
+
+def derived_views(luma: np.ndarray, cfg: PdqViewsSection) -> list[View]:
+    """The derived views of a 2-D luminance array that ``cfg`` enables and that apply to it."""
+    h, w = luma.shape
+    out: list[View] = []
+    if cfg.trim_border:
+        top, bottom, left, right = border_depths(luma)
+        view = _trimmed(TRIMMED_BORDER, h, w, top, bottom, left, right)
+        if view is not None:
+            out.append(view)
+    if cfg.trim_caption:
+        top, bottom = caption_depths(luma)
+        view = _trimmed(TRIMMED_CAPTION, h, w, top, bottom, 0, 0)
+        if view is not None:
+            out.append(view)
+    for share in cfg.uncrop:
+        ph, pw = round(h * share), round(w * share)
+        if ph or pw:
+            out.append(View(f"{UNCROP}-{share * 100:g}", 0, h, 0, w, (ph, ph, pw, pw)))
+    return out
+
+
+def _trimmed(name: str, h: int, w: int, top: int, bottom: int, left: int, right: int) -> View | None:
+    """A trimmed view, or None when nothing worth trimming was found or too little would be left."""
+    if max(_significant(top, h), _significant(bottom, h), _significant(left, w), _significant(right, w)) == 0:
+        return None
+    kept_h, kept_w = h - top - bottom, w - left - right
+    if kept_h < max(_MIN_KEPT_PX, _MIN_KEPT * h) or kept_w < max(_MIN_KEPT_PX, _MIN_KEPT * w):
+        return None
+    return View(name, top, h - bottom, left, w - right)
+
+
+def _significant(depth: int, side: int) -> int:
+    """``depth`` if it is at least 1 % of the side (and 2 px), else 0: a pixel or two of edge is noise."""
+    return depth if depth >= max(2, 0.01 * side) else 0
+
+
+# --------------------------------------------------------------------------- borders
+
+def border_depths(luma: np.ndarray) -> tuple[int, int, int, int]:
+    """Rows or columns of border at the top, bottom, left and right (0 where there is none)."""
+    h, w = luma.shape
+    top = _border_run(luma[: int(h * _MAX_DEPTH)])
+    bottom = _border_run(luma[::-1][: int(h * _MAX_DEPTH)])
+    inner = luma[top:h - bottom] if h - top - bottom >= _MIN_KEPT_PX else luma
+    left = _border_run(inner.T[: int(w * _MAX_DEPTH)])
+    right = _border_run(inner.T[::-1][: int(w * _MAX_DEPTH)])
+    return top, bottom, left, right
+
+
+def _border_run(block: np.ndarray) -> int:
+    """How many rows of ``block`` (row 0 at the image's edge) form a border: each row is smooth (a
+    straight line fits it, so uniform colours and gradients along the edge pass, JPEG noise too) and
+    close to the row before it (so gradients across the border pass, but not the picture's content)."""
+    if block.shape[0] == 0 or block.shape[1] < 2:
+        return 0
+    x = block.astype(np.float32)
+    n = x.shape[1]
+    j = np.arange(n, dtype=np.float32) - (n - 1) / 2
+    mean = x.mean(axis=1)
+    slope = (x @ j) / float(j @ j)
+    resid = x - mean[:, None] - slope[:, None] * j
+    rms = np.sqrt(np.mean(resid * resid, axis=1))
+    ok = rms <= _SMOOTH_RMS
+    ok[1:] &= (np.abs(np.diff(mean)) <= _STEP_MEAN) & (np.abs(np.diff(slope)) * n <= _STEP_SLOPE)
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if bad.size else block.shape[0]
+
+
+# --------------------------------------------------------------------------- captions
+
+def caption_depths(luma: np.ndarray) -> tuple[int, int]:
+    """Rows of caption strip at the top and at the bottom (0 where there is none)."""
+    h = luma.shape[0]
+    limit = int(h * _CAPTION_MAX) + 1
+    return _caption_run(luma[:limit], h), _caption_run(luma[::-1][:limit], h)
+
+
+def _caption_run(block: np.ndarray, height: int) -> int:
+    """Rows of ``block`` (row 0 at the edge) that form a caption strip: the edge row is flat background,
+    every row of the strip is mostly background (text covers the rest), some rows hold text, and the
+    strip ends where two rows in a row are mostly not background (the picture)."""
+    if block.shape[0] < 2:
+        return 0
+    bg = int(np.median(block[0]))
+    near = np.abs(block.astype(np.int16) - bg) <= _CAPTION_TOL
+    share = near.mean(axis=1)
+    if share[0] < 0.95:
+        return 0
+    not_bg = share < _CAPTION_BG
+    ends = np.flatnonzero(not_bg[:-1] & not_bg[1:])
+    if ends.size == 0:
+        return 0
+    depth = int(ends[0])
+    text_rows = int(np.count_nonzero(share[:depth] < 0.98))
+    if text_rows < _CAPTION_TEXT_ROWS or not _CAPTION_MIN * height <= depth <= _CAPTION_MAX * height:
+        return 0
+    return depth
