@@ -367,8 +367,8 @@ def test_jpeg_budget_applies_to_the_draft_size() -> None:
     assert run(data, dataclasses.replace(CFG, max_decoded_bytes=drafted)).pdq is not None
     assert reason(data, dataclasses.replace(CFG, max_decoded_bytes=drafted - 1)) == "too-large-decoded"
     assert drafted < full
-    # with a JPEG to make for PhotoDNA, in colour at 1/2 scale (1/4 would be under 512 px)
-    coloured = 1024 * 768 * 3
+    # with a JPEG to make for PhotoDNA: in colour, at the same 1/4 scale
+    coloured = 512 * 384 * 3
     assert run(data, dataclasses.replace(JPEG_CFG, max_decoded_bytes=coloured)).jpeg is not None
     assert reason(data, dataclasses.replace(JPEG_CFG, max_decoded_bytes=coloured - 1)) == "too-large-decoded"
 
