@@ -34,7 +34,8 @@ _SMOOTH_RMS = 10.0  # a border row fits a straight line (uniform or gradient) wi
 _STEP_MEAN = 8.0  # consecutive border rows differ in mean by at most this
 _STEP_SLOPE = 12.0  # ... and in the slope of their fitted line, over the row's length, by at most this
 _CAPTION_TOL = 16  # pixels within this of the strip's background colour count as background
-_CAPTION_BG = 0.4  # a caption row (text on background) has at least this share of background pixels
+_CAPTION_BG = 0.15  # a caption row (text on background) has at least this share of background pixels
+_CAPTION_PURE = 0.95  # a row of the strip's margins: background but for JPEG noise
 _CAPTION_MIN, _CAPTION_MAX = 0.05, 0.3  # a caption strip's share of the height
 _CAPTION_TEXT_ROWS = 3  # rows with some text in them, needed to call a flat band a caption
 
@@ -146,22 +147,19 @@ def caption_depths(luma: np.ndarray) -> tuple[int, int]:
 
 
 def _caption_run(block: np.ndarray, height: int) -> int:
-    """Rows of ``block`` (row 0 at the edge) that form a caption strip: the edge row is flat background,
-    every row of the strip is mostly background (text covers the rest), some rows hold text, and the
-    strip ends where two rows in a row are mostly not background (the picture)."""
+    """Rows of ``block`` (row 0 at the edge) that form a caption strip: it starts with rows of flat
+    background, holds rows of text (background between the letters), and ends with the last row of pure
+    background before the picture (the first row with almost no background colour in it)."""
     if block.shape[0] < 2:
         return 0
     bg = int(np.median(block[0]))
-    near = np.abs(block.astype(np.int16) - bg) <= _CAPTION_TOL
-    share = near.mean(axis=1)
-    if share[0] < 0.95:
+    share = (np.abs(block.astype(np.int16) - bg) <= _CAPTION_TOL).mean(axis=1)
+    if share[0] < _CAPTION_PURE:
         return 0
-    not_bg = share < _CAPTION_BG
-    ends = np.flatnonzero(not_bg[:-1] & not_bg[1:])
-    if ends.size == 0:
-        return 0
-    depth = int(ends[0])
-    text_rows = int(np.count_nonzero(share[:depth] < 0.98))
+    picture = np.flatnonzero(share < _CAPTION_BG)
+    band = share[: int(picture[0]) if picture.size else share.size]
+    depth = int(np.flatnonzero(band >= _CAPTION_PURE)[-1]) + 1
+    text_rows = int(np.count_nonzero(band[:depth] < _CAPTION_PURE))
     if text_rows < _CAPTION_TEXT_ROWS or not _CAPTION_MIN * height <= depth <= _CAPTION_MAX * height:
         return 0
     return depth
