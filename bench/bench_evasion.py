@@ -40,7 +40,7 @@ def bankset(path: Path) -> BankSet:
 
 def catch_rates(tmp: Path) -> dict[str, tuple[int, int, int]]:
     """edit -> (caught before, caught after, images)."""
-    known = [evasion.sample_photo(n) for n in evasion.KNOWN]
+    known = [evasion.known_photo(n) for n in evasion.KNOWN]
     banks = bankset(evasion.write_bank(tmp / "known.csv", [evasion.reference_hash(p) for p in known], "known"))
     out = {}
     for name, edit in evasion.EDITS.items():

@@ -52,6 +52,14 @@ def sample_photo(name: str) -> Image.Image:
         return img.convert("RGB")
 
 
+def known_photo(name: str) -> Image.Image:
+    """A sample photo at most 640 px a side: the known image a bank holds (and edits start from)."""
+    img = sample_photo(name)
+    scale = 640 / max(img.size)
+    return img if scale >= 1 else img.resize((round(img.width * scale), round(img.height * scale)),
+                                             Image.Resampling.LANCZOS)
+
+
 def thumbnail(img: Image.Image, width: int = 330) -> Image.Image:
     """What the wiki serves: ``width`` px wide, Lanczos, as a decoded image."""
     return img.resize((width, max(1, round(width * img.height / img.width))), Image.Resampling.LANCZOS)
