@@ -189,7 +189,9 @@ def test_generated_photos_edited_are_matched(tmp_path: Path) -> None:
 
 
 # Rates reached on the 10 sample photos (docs/evasion.md has the table): at least these many of 10.
-FLOOR = {"border": 9, "caption top": 10, "caption bottom": 8, "crop 2%": 10, "crop 3%": 8, "crop 4%": 7,
+# The misses are photos whose own edges are dark or flat (Hubble deep field, retina, cell): trimming cannot
+# tell their border from the picture.
+FLOOR = {"border": 8, "caption top": 10, "caption bottom": 8, "crop 2%": 10, "crop 3%": 9, "crop 4%": 7,
          "crop 6%": 2, "crop 8%": 2}
 
 
