@@ -202,7 +202,7 @@ async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
         info = r.json()["query"]["pages"][0]["imageinfo"][0]
         data = session.get(info["thumburl"]).content
         media = prepare(data, info["sha1"], cfg.thumbnail)
-        hits = banks.match_pdq(media.pdq) if media.pdq else []
+        hits = banks.match_pdq_signals(media.pdq_signals)
         matched += bool(hits)
         await stores.ledger.record_event(event, "match" if hits else "clean")  # type: ignore[arg-type]
     wall = time.perf_counter() - t0
@@ -275,7 +275,7 @@ def real_wiki(n: int) -> None:
                 event = classify(decode(data), {wiki.wiki_id})
                 fetched = await client.fetch(cfg.wikis[0], event.title)  # type: ignore[union-attr]
                 media = prepare(fetched.data, fetched.info.sha1, cfg.thumbnail)
-                banks.match_pdq(media.pdq) if media.pdq else None
+                banks.match_pdq_signals(media.pdq_signals)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             await client.aclose()
             return wall, cpu

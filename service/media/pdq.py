@@ -89,8 +89,9 @@ def _downsample(luma: np.ndarray, pad: tuple[int, int, int, int] = (0, 0, 0, 0),
     ri, rw = _axis_taps(h, pad[0], pad[1], scale)
     ci, cw = _axis_taps(w, pad[2], pad[3], scale)
     # Along the rows first: 64 x K x w, weighted sum -> 64 x w.  Then along the columns.
-    tmp = np.einsum("ok,okw->ow", rw, luma[ri].astype(np.float32, copy=False), optimize=False)
-    return np.einsum("ok,hok->ho", cw, tmp[:, ci], optimize=False)
+    rows = luma[ri]  # one gather: 64 x K x w
+    tmp = np.einsum("ok,okw->ow", rw, rows if rows.dtype == np.float32 else rows.astype(np.float32))
+    return np.einsum("ok,hok->ho", cw, tmp[:, ci])
 
 
 def _quality(buf: np.ndarray) -> int:

@@ -141,7 +141,7 @@ def prepare(
     except Exception as exc:  # conversion of exotic modes
         raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
 
-    signal, views = pdq_signals(np.asarray(luma), cfg, scale)
+    signal, views = pdq_signals(np.asarray(luma, dtype=np.float32), cfg, scale)
     return PreparedMedia(
         sha1=sha1, md5=md5, pdq=signal, jpeg=jpeg, width=width, height=height, source=source, pdq_views=views
     )

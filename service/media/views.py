@@ -33,6 +33,7 @@ _MIN_KEPT_PX = 32
 _SMOOTH_RMS = 10.0  # a border row fits a straight line (uniform or gradient) within this RMS (grey levels)
 _STEP_MEAN = 8.0  # consecutive border rows differ in mean by at most this
 _STEP_SLOPE = 12.0  # ... and in the slope of their fitted line, over the row's length, by at most this
+_PROBE = 4  # rows looked at first
 _CAPTION_TOL = 16  # pixels within this of the strip's background colour count as background
 _CAPTION_BG = 0.15  # a caption row (text on background) has at least this share of background pixels
 _CAPTION_PURE = 0.95  # a row of the strip's margins: background but for JPEG noise
@@ -110,31 +111,36 @@ def _significant(depth: int, side: int) -> int:
 def border_depths(luma: np.ndarray) -> tuple[int, int, int, int]:
     """Rows or columns of border at the top, bottom, left and right (0 where there is none)."""
     h, w = luma.shape
-    top = _border_run(luma[: int(h * _MAX_DEPTH)])
-    bottom = _border_run(luma[::-1][: int(h * _MAX_DEPTH)])
+    # Most images have no border: their first rows decide it, for both sides of an axis at once.
+    top, bottom = _border_runs(luma[: int(h * _MAX_DEPTH)], luma[::-1][: int(h * _MAX_DEPTH)])
     inner = luma[top:h - bottom] if h - top - bottom >= _MIN_KEPT_PX else luma
-    left = _border_run(inner.T[: int(w * _MAX_DEPTH)])
-    right = _border_run(inner.T[::-1][: int(w * _MAX_DEPTH)])
+    left, right = _border_runs(inner.T[: int(w * _MAX_DEPTH)], inner.T[::-1][: int(w * _MAX_DEPTH)])
     return top, bottom, left, right
 
 
-def _border_run(block: np.ndarray) -> int:
-    """How many rows of ``block`` (row 0 at the image's edge) form a border: each row is smooth (a
-    straight line fits it, so uniform colours and gradients along the edge pass, JPEG noise too) and
-    close to the row before it (so gradients across the border pass, but not the picture's content)."""
-    if block.shape[0] == 0 or block.shape[1] < 2:
-        return 0
+def _border_runs(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """:func:`_border_rows` of two opposite sides (row 0 at the image's edge), probing both together."""
+    if a.shape[0] < _PROBE or a.shape[1] < 2:
+        return 0, 0
+    head = _border_rows(np.stack((a[:_PROBE], b[:_PROBE])))
+    return tuple(  # type: ignore[return-value]
+        int(n) if n < _PROBE else int(_border_rows(side[None])[0]) for n, side in zip(head, (a, b), strict=True))
+
+
+def _border_rows(block: np.ndarray) -> np.ndarray:
+    """For each side of ``block`` (sides x rows x length, row 0 at the image's edge), how many rows form a
+    border: each row is smooth (a straight line fits it, so uniform colours and gradients along the edge
+    pass, JPEG noise too) and close to the row before it (so gradients across the border pass, but not
+    the picture's content)."""
     x = block.astype(np.float32)
-    n = x.shape[1]
+    n = x.shape[2]
     j = np.arange(n, dtype=np.float32) - (n - 1) / 2
-    mean = x.mean(axis=1)
+    mean = x.mean(axis=2)
     slope = (x @ j) / float(j @ j)
-    resid = x - mean[:, None] - slope[:, None] * j
-    rms = np.sqrt(np.mean(resid * resid, axis=1))
-    ok = rms <= _SMOOTH_RMS
-    ok[1:] &= (np.abs(np.diff(mean)) <= _STEP_MEAN) & (np.abs(np.diff(slope)) * n <= _STEP_SLOPE)
-    bad = np.flatnonzero(~ok)
-    return int(bad[0]) if bad.size else block.shape[0]
+    resid = x - mean[..., None] - slope[..., None] * j
+    ok = np.mean(resid * resid, axis=2) <= _SMOOTH_RMS ** 2
+    ok[:, 1:] &= (np.abs(np.diff(mean, axis=1)) <= _STEP_MEAN) & (np.abs(np.diff(slope, axis=1)) * n <= _STEP_SLOPE)
+    return np.where(ok.all(axis=1), ok.shape[1], np.argmin(ok, axis=1))
 
 
 # --------------------------------------------------------------------------- captions
@@ -153,9 +159,9 @@ def _caption_run(block: np.ndarray, height: int) -> int:
     if block.shape[0] < 2:
         return 0
     bg = int(np.median(block[0]))
+    if np.mean(np.abs(block[0].astype(np.int16) - bg) <= _CAPTION_TOL) < _CAPTION_PURE:
+        return 0  # the edge row is not flat: no strip (most images)
     share = (np.abs(block.astype(np.int16) - bg) <= _CAPTION_TOL).mean(axis=1)
-    if share[0] < _CAPTION_PURE:
-        return 0
     picture = np.flatnonzero(share < _CAPTION_BG)
     band = share[: int(picture[0]) if picture.size else share.size]
     depth = int(np.flatnonzero(band >= _CAPTION_PURE)[-1]) + 1
