@@ -332,7 +332,7 @@ class BankSet:
         One match per entry: the closest, the image as uploaded winning ties (its view and variant are
         in the match's details).  Signals under ``pdq_quality_min`` are not matched."""
         best: dict[tuple[int, int], tuple[int, int, Match]] = {}
-        for rank, sig in enumerate((signal, *views)):
+        for sig in (signal, *views):
             if sig.quality < self._cfg.pdq_quality_min or not sig.hashes:
                 continue
             cap = self._view_threshold(sig.view)

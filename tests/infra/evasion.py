@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pdqhash
 from PIL import Image, ImageDraw, ImageFont
 
 from tests.infra.images import jpeg_bytes
@@ -165,8 +166,6 @@ def benign_set(count: int, *, half: str, seed: int = 0) -> list[Image.Image]:
 
 def reference_hash(img: Image.Image) -> bytes:
     """The image's PDQ as a hash list holds it: pdqhash on the full-size RGB image."""
-    import pdqhash  # noqa: PLC0415 - only the measurements need the reference implementation
-
     vector, _ = pdqhash.compute(np.asarray(img.convert("RGB")))
     return np.packbits(np.asarray(vector, dtype=np.uint8)).tobytes()
 
