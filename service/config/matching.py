@@ -50,7 +50,7 @@ class PdqViewsSection:
     trim_caption: bool = True
     # also hash the image extended at every edge by each of these fractions of its sides (edge pixels repeated),
     # to catch copies cropped by a few percent per side; empty: no such views.
-    uncrop: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.02, 0.04, 0.06, 0.09)
+    uncrop: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.025, 0.05)
 
 
 @dataclass(frozen=True)
