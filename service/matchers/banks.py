@@ -34,6 +34,7 @@ import numpy as np
 from service.config.matching import PDQ_THRESHOLD_MAX, BankSection, BanksSection
 from service.errors import BankError
 from service.media.thumbnail import DIHEDRAL_VARIANTS
+from service.media.views import TRIMMED_BORDER, TRIMMED_CAPTION, UNCROP
 from service.metrics import Metrics
 from service.models import Match, PdqSignal
 
@@ -364,11 +365,11 @@ class BankSet:
     def _view_threshold(self, view: str) -> int:
         """The cap ``banks.view_thresholds`` puts on a derived view's threshold (none on the original)."""
         caps = self._cfg.view_thresholds
-        if view == "trimmed-border":
+        if view == TRIMMED_BORDER:
             return caps.trimmed_border
-        if view == "trimmed-caption":
+        if view == TRIMMED_CAPTION:
             return caps.trimmed_caption
-        if view.startswith("uncrop"):
+        if view.startswith(UNCROP + "-"):
             return caps.uncrop
         return PDQ_THRESHOLD_MAX
 
