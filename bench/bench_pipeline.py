@@ -118,7 +118,7 @@ class BacklogSource(SourceBase):
         self.committed = position
 
 
-def make_config(tmp: Path, port: int, bank: Path) -> Config:
+def make_config(tmp: Path, port: int, bank: Path, *, views: bool = True) -> Config:
     return config_from_dict(
         {
             "service": {"user_agent": "mediamoderation-bench/0.1 (bench@example.org)", "log_level": "warning"},
@@ -131,6 +131,8 @@ def make_config(tmp: Path, port: int, bank: Path) -> Config:
             "actions": {"notify": {"sender": "mm@example.org", "recipients": ["ts@example.org"],
                                    "outbox_dir": str(tmp / "outbox")}},
             "store": {"path": str(tmp / "bench.sqlite3")},
+            # --no-views: the image as uploaded only (docs/evasion.md)
+            **({} if views else {"thumbnail": {"views": {"trim_border": False, "trim_caption": False, "uncrop": []}}}),
         },
         base=tmp,
     )
@@ -202,7 +204,7 @@ async def run_baseline(cfg: Config, n: int, port: int) -> dict[str, float]:
         info = r.json()["query"]["pages"][0]["imageinfo"][0]
         data = session.get(info["thumburl"]).content
         media = prepare(data, info["sha1"], cfg.thumbnail)
-        hits = banks.match_pdq(media.pdq) if media.pdq else []
+        hits = banks.match_pdq_signals(media.pdq_signals)
         matched += bool(hits)
         await stores.ledger.record_event(event, "match" if hits else "clean")  # type: ignore[arg-type]
     wall = time.perf_counter() - t0
@@ -275,7 +277,7 @@ def real_wiki(n: int) -> None:
                 event = classify(decode(data), {wiki.wiki_id})
                 fetched = await client.fetch(cfg.wikis[0], event.title)  # type: ignore[union-attr]
                 media = prepare(fetched.data, fetched.info.sha1, cfg.thumbnail)
-                banks.match_pdq(media.pdq) if media.pdq else None
+                banks.match_pdq_signals(media.pdq_signals)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             await client.aclose()
             return wall, cpu
@@ -322,6 +324,8 @@ def main() -> None:
     parser.add_argument("--baseline-events", type=int, default=2_000)
     parser.add_argument("--real-wiki", type=int, default=0, metavar="N",
                         help="instead: (a) N uploads through the real local MediaWiki")
+    parser.add_argument("--no-views", action="store_true",
+                        help="hash the image as uploaded only (thumbnail.views off)")
     args = parser.parse_args()
     if args.real_wiki:
         real_wiki(args.real_wiki)
@@ -352,7 +356,7 @@ def main() -> None:
                     requests.get(f"http://127.0.0.1:{port}/api.php", timeout=1)
                     break
                 time.sleep(0.1)
-            cfg = make_config(tmp, port, bank)
+            cfg = make_config(tmp, port, bank, views=not args.no_views)
             s0 = proc_cpu(server.pid)
             base = asyncio.run(run_baseline(cfg, args.baseline_events, port))
             s1 = proc_cpu(server.pid)

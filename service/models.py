@@ -93,10 +93,12 @@ class FrameHash:
 
 @dataclass(frozen=True, slots=True)
 class PdqSignal:
-    """PDQ hashes of all eight dihedral variants (index 0 is the image as shown) and the quality."""
+    """PDQ hashes of all eight dihedral variants (index 0 is the image as shown) and the quality, of the
+    image as uploaded (``view`` "original") or of a derived view (service.media.views)."""
 
     hashes: tuple[bytes, ...]  # 32 bytes each
     quality: int
+    view: str = "original"
 
     @property
     def hex(self) -> str:
@@ -119,6 +121,12 @@ class PreparedMedia:
     frames_sampled: int = 0  # frames hashed, including those below the quality threshold
     duration: float | None = None  # seconds (video, animation)
     keyframes: tuple[tuple[float, bytes], ...] = ()  # video: (time, JPEG) of the best frames for remote matchers
+    pdq_views: tuple[PdqSignal, ...] = ()  # derived views (borders trimmed, ...) that passed the quality gate
+
+    @property
+    def pdq_signals(self) -> tuple[PdqSignal, ...]:
+        """The image's PDQ signal first, then its derived views' (empty when there is no PDQ)."""
+        return () if self.pdq is None else (self.pdq, *self.pdq_views)
 
 
 @dataclass(frozen=True, slots=True)

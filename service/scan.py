@@ -61,7 +61,7 @@ def _scan_one(path: str, cfg: Config, thumb_cfg: ThumbnailSection, banks: BankSe
         result.update(width=media.width, height=media.height, outcome=CLEAN)
         if media.pdq is not None:
             result.update(pdq=media.pdq.hex, pdq_quality=media.pdq.quality)
-            matches += banks.match_pdq(media.pdq)
+            matches += banks.match_pdq_signals(media.pdq_signals)
     result["matches"] = [m.to_dict() for m in matches]
     if matches:
         result["outcome"] = MATCH  # an exact match counts even when the image cannot be decoded

@@ -91,7 +91,9 @@ def test_variants_match_through_the_dihedral_compare(photos: dict[int, Image.Ima
 
 def test_hex_is_threatexchange_order() -> None:
     img = images.photo(9001, (480, 360))  # under pdq_max_side: hashed as is
-    vector, quality = pdqhash.compute(np.asarray(img))
+    # prepare() hashes Pillow's (integer ITU-R 601) luminance: give pdqhash the same grey image
+    grey = np.asarray(img.convert("L").convert("RGB"))
+    vector, quality = pdqhash.compute(grey)
     # python-threatexchange's pdq_hasher: the vector as one big binary number, zero-padded hex
     bits = "".join(str(int(x)) for x in vector)
     expected = ("%0*X" % ((len(bits) + 3) // 4, int(bits, 2))).lower()  # noqa: UP031 - their code
@@ -106,6 +108,8 @@ def test_hex_is_threatexchange_order() -> None:
     # first bit of the vector is the most significant bit of the first hex digit
     assert int(signal.hex[0], 16) >> 3 == vector[0]
     assert int(signal.hex[-1], 16) & 1 == vector[-1]
+    # and within rounding of pdqhash on the colour image
+    assert images.hamming(signal.hashes[0], pdq_of(img)) <= 4
 
 
 # Which of pdqhash's eight hashes describes which Pillow transform of the image (PDQ's FlipX is a flip
@@ -359,10 +363,14 @@ def test_16bit_png_budget_counts_two_bytes_a_pixel() -> None:
 def test_jpeg_budget_applies_to_the_draft_size() -> None:
     data = images.jpeg_bytes(images.photo(13, (2048, 1536)))
     full = 2048 * 1536 * 3
-    drafted = 512 * 384 * 3  # decoded at 1/4 scale for a 512 px PDQ
+    drafted = 512 * 384  # for PDQ alone: its luminance only, decoded at 1/4 scale
     assert run(data, dataclasses.replace(CFG, max_decoded_bytes=drafted)).pdq is not None
     assert reason(data, dataclasses.replace(CFG, max_decoded_bytes=drafted - 1)) == "too-large-decoded"
     assert drafted < full
+    # with a JPEG to make for PhotoDNA: in colour, at the same 1/4 scale
+    coloured = 512 * 384 * 3
+    assert run(data, dataclasses.replace(JPEG_CFG, max_decoded_bytes=coloured)).jpeg is not None
+    assert reason(data, dataclasses.replace(JPEG_CFG, max_decoded_bytes=coloured - 1)) == "too-large-decoded"
 
 
 def test_wide_greyscale_is_stretched_in_bands_like_the_whole_image(monkeypatch: pytest.MonkeyPatch) -> None:

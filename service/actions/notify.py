@@ -36,6 +36,7 @@ import aiosmtplib
 from service.config import NotifySection, WikiSection
 from service.errors import NotifyError, PermanentNotifyError
 from service.links import page_url as wiki_page_url
+from service.media.views import describe_view
 from service.metrics import Metrics
 from service.models import Match, UploadEvent, where_matched
 from service.store.base import OutboxItem
@@ -142,7 +143,7 @@ def _match_rows(matches: Sequence[Mapping[str, Any]]) -> list[list[tuple[str, st
 
 def _details(details: object) -> str:
     """The parts of a match's details a reviewer needs in the email (PhotoDNA violations and
-    TrackingId for reports; the PDQ variant that matched); the rest stays in the store."""
+    TrackingId for reports; the PDQ view and variant that matched, in words); the rest stays in the store."""
     if not isinstance(details, Mapping):
         return "-"
     parts = []
@@ -151,8 +152,11 @@ def _details(details: object) -> str:
         parts.append("violations " + ", ".join(clean(v, 20) for v in violations))
     if details.get("tracking_id"):
         parts.append(f"TrackingId {clean(details['tracking_id'], 200)}")
+    how = describe_view(details.get("view"))
     if details.get("variant") and details.get("variant") != "original":
-        parts.append(f"matched as {clean(details['variant'], 40)}")
+        how = f"{how} as {clean(details['variant'], 40)}" if how else f"as {clean(details['variant'], 40)}"
+    if how:
+        parts.append(f"matched {clean(how, 120)}")
     if details.get("quality") is not None:
         parts.append(f"PDQ quality {clean(details['quality'], 10)}")
     where = where_matched(details)

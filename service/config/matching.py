@@ -42,6 +42,18 @@ class FetchSection:
 
 
 @dataclass(frozen=True)
+class PdqViewsSection:
+    # also hash the image with uniform or near-uniform borders and padding trimmed (any colour, JPEG noise and
+    # gradients tolerated).
+    trim_border: bool = True
+    # also hash the image without a caption strip (a band of text on a flat background at the top or bottom).
+    trim_caption: bool = True
+    # also hash the image extended at every edge by each of these fractions of its sides (edge pixels repeated),
+    # to catch copies cropped by a few percent per side; empty: no such views.
+    uncrop: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.025, 0.05)
+
+
+@dataclass(frozen=True)
 class ThumbnailSection:
     # larger images are `unscannable:decompression-bomb`.
     max_pixels: PosInt = 120_000_000
@@ -50,7 +62,8 @@ class ThumbnailSection:
     max_decoded_bytes: PosInt = 200_000_000
     # decoder allowlist.
     formats: tuple[ImageFormat, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
-    # images are reduced to this before PDQ.
+    # images are reduced (block means) to at most this many pixels a side before PDQ; the hash is still computed
+    # as for the full-size image.
     pdq_max_side: PosInt = 512
     # JPEG for remote matchers.
     jpeg_min_side: PosInt = 160
@@ -59,6 +72,8 @@ class ThumbnailSection:
     # JPEG for remote matchers.
     jpeg_quality: Annotated[int, Field(ge=1, le=95)] = 90
     make_jpeg: bool = False  # produce JPEG bytes for remote matchers (PhotoDNA turns this on)
+    # derived views hashed besides the image as uploaded (each with its eight dihedral variants).
+    views: PdqViewsSection = field(default_factory=PdqViewsSection)
 
 
 ExchangeType = Literal["ncmec", "stopncii", "tcap", "threatexchange"]
@@ -141,10 +156,22 @@ class BankSection:
 
 
 @dataclass(frozen=True)
+class PdqViewThresholdsSection:
+    # PDQ distance at or below which the border-trimmed view matches (a bank's lower pdq_threshold wins).
+    trimmed_border: Annotated[int, Field(ge=0, le=PDQ_THRESHOLD_MAX)] = 31
+    # PDQ distance at or below which the view without a caption strip matches (a bank's lower pdq_threshold wins).
+    trimmed_caption: Annotated[int, Field(ge=0, le=PDQ_THRESHOLD_MAX)] = 31
+    # PDQ distance at or below which an uncrop view matches (a bank's lower pdq_threshold wins).
+    uncrop: Annotated[int, Field(ge=0, le=PDQ_THRESHOLD_MAX)] = 31
+
+
+@dataclass(frozen=True)
 class BanksSection:
     reload_interval: NonNegFloat = 10.0  # seconds between checks of the bank files for changes; 0: never
-    # PDQ hashes of lower quality are not matched.
+    # PDQ hashes of lower quality are not matched (each derived view is checked on its own).
     pdq_quality_min: Annotated[int, Field(ge=0, le=100)] = 50
+    # per-view PDQ thresholds for the derived views of `thumbnail.views`.
+    view_thresholds: PdqViewThresholdsSection = field(default_factory=PdqViewThresholdsSection)
     list: tuple[BankSection, ...] = ()
     # hosts `url` banks and exchange `base_url`s may be fetched from: `host` (port 443) or `host:port`.
     allowed_hosts: tuple[str, ...] = ()

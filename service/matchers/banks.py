@@ -26,14 +26,15 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.config.matching import BankSection, BanksSection
+from service.config.matching import PDQ_THRESHOLD_MAX, BankSection, BanksSection
 from service.errors import BankError
 from service.media.thumbnail import DIHEDRAL_VARIANTS
+from service.media.views import TRIMMED_BORDER, TRIMMED_CAPTION, UNCROP
 from service.metrics import Metrics
 from service.models import Match, PdqSignal
 
@@ -325,28 +326,52 @@ class BankSet:
                                  hash_value=e.hash, source=e.source or None))
         return out
 
-    def match_pdq(self, signal: PdqSignal) -> list[Match]:
-        """Entries within each bank's ``pdq_threshold`` (<=) of any of the signal's eight variants."""
-        if signal.quality < self._cfg.pdq_quality_min or not signal.hashes:
-            return []
-        query = pdq_words(signal)
-        found: list[tuple[int, int, Match]] = []
-        for order, bank in enumerate(self._snapshot.banks):
-            threshold = bank.config.pdq_threshold
-            for i, (dist, variant) in pdq_scan(bank.pdq_words, query, threshold).items():
-                e = bank.pdq_entries[i]
-                match = Match(
-                    matcher="pdq", bank=bank.name, category=e.category, hash_id=e.id or e.hash,
-                    hash_value=e.hash, distance=dist, source=e.source or None,
-                    details={
-                        "variant": DIHEDRAL_VARIANTS[variant],
-                        "threshold": threshold,
-                        "quality": signal.quality,
-                    },
-                )
-                found.append((dist, order, match))
-        found.sort(key=lambda t: (t[0], t[1]))
+    def match_pdq(self, signal: PdqSignal, *views: PdqSignal) -> list[Match]:
+        """Entries within each bank's ``pdq_threshold`` (<=) of any of the signal's eight variants, or of
+        any derived view's (``views``, each under its own ``view_thresholds`` cap as well).
+
+        One match per entry: the closest, the image as uploaded winning ties (its view and variant are
+        in the match's details).  Signals under ``pdq_quality_min`` are not matched."""
+        best: dict[tuple[int, int], tuple[int, int, Match]] = {}
+        for sig in (signal, *views):
+            if sig.quality < self._cfg.pdq_quality_min or not sig.hashes:
+                continue
+            cap = self._view_threshold(sig.view)
+            query = pdq_words(sig)
+            for order, bank in enumerate(self._snapshot.banks):
+                threshold = min(bank.config.pdq_threshold, cap)
+                for i, (dist, variant) in pdq_scan(bank.pdq_words, query, threshold).items():
+                    if (order, i) in best and best[(order, i)][0] <= dist:
+                        continue
+                    e = bank.pdq_entries[i]
+                    match = Match(
+                        matcher="pdq", bank=bank.name, category=e.category, hash_id=e.id or e.hash,
+                        hash_value=e.hash, distance=dist, source=e.source or None,
+                        details={
+                            "view": sig.view,
+                            "variant": DIHEDRAL_VARIANTS[variant],
+                            "threshold": threshold,
+                            "quality": sig.quality,
+                        },
+                    )
+                    best[(order, i)] = (dist, order, match)
+        found = sorted(best.values(), key=lambda t: (t[0], t[1]))
         return [m for _, _, m in found]
+
+    def match_pdq_signals(self, signals: Sequence[PdqSignal]) -> list[Match]:
+        """:meth:`match_pdq` of a prepared item's signals (the image's first, then its views')."""
+        return self.match_pdq(*signals) if signals else []
+
+    def _view_threshold(self, view: str) -> int:
+        """The cap ``banks.view_thresholds`` puts on a derived view's threshold (none on the original)."""
+        caps = self._cfg.view_thresholds
+        if view == TRIMMED_BORDER:
+            return caps.trimmed_border
+        if view == TRIMMED_CAPTION:
+            return caps.trimmed_caption
+        if view.startswith(UNCROP + "-"):
+            return caps.uncrop
+        return PDQ_THRESHOLD_MAX
 
     # ----------------------------------------------------------------------- reloading
 
@@ -454,7 +479,7 @@ class BankSet:
     def _make_snapshot(self, banks: Iterable[Bank]) -> _Snapshot:
         banks = tuple(banks)
         h = hashlib.sha256()
-        h.update(f"pdq_quality_min={self._cfg.pdq_quality_min}\n".encode())
+        h.update(f"pdq_quality_min={self._cfg.pdq_quality_min} {self._cfg.view_thresholds}\n".encode())
         for b in banks:
             h.update(f"{b.name}\0{b.config.category}\0{b.config.pdq_threshold}\0{b.digest}\n".encode())
         for b in banks:

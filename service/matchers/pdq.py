@@ -1,4 +1,5 @@
-"""Perceptual matching: the item's eight dihedral PDQ hashes against every bank's PDQ hashes."""
+"""Perceptual matching: the item's eight dihedral PDQ hashes, and its derived views' (borders trimmed,
+caption removed, ...), against every bank's PDQ hashes."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ class PdqMatcher:
     async def match(self, media: PreparedMedia) -> list[Match]:
         if media.pdq is None:
             return []
-        if self._banks.pdq_count <= self._inline_max:
-            return self._banks.match_pdq(media.pdq)
-        return await asyncio.to_thread(self._banks.match_pdq, media.pdq)
+        signals = media.pdq_signals
+        if self._banks.pdq_count * len(signals) <= self._inline_max:
+            return self._banks.match_pdq_signals(signals)
+        return await asyncio.to_thread(self._banks.match_pdq_signals, signals)
 
     async def aclose(self) -> None:
         return None

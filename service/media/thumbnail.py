@@ -24,18 +24,23 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from service.config.matching import ThumbnailSection
 from service.errors import Unscannable
+from service.media.pdq import DIHEDRAL_VARIANTS, dihedral_hashes
+from service.media.views import ORIGINAL, derived_views
 from service.models import PdqSignal, PreparedMedia
 
-# Names of the eight hashes, in the order pdqhash.compute_dihedral returns them.
-DIHEDRAL_VARIANTS = (
-    "original", "rotate90", "rotate180", "rotate270", "flip-x", "flip-y", "flip-plus1", "flip-minus1",
-)
+__all__ = ["DIHEDRAL_VARIANTS", "decoded_bytes", "pdq_bytes", "pdq_signal", "prepare"]
+
 # Formats Pillow reports for files that are JPEGs with extra data (MPO: phones' multi-picture JPEGs).
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _MAX_JPEG_SIDE = 65_000  # libjpeg's limit is 65,500
 _MIN_JPEG_QUALITY = 50
 _ROWS_BYTES = 16 * 1024 * 1024  # float working memory per band of rows in _wide_to_l
+VIEW_QUALITY_MIN = 50  # derived views of lower PDQ quality are dropped (mostly flat what is left)
+# A JPEG is decoded for PDQ at 1/2, 1/4 or 1/8 scale as long as its longest side stays at least this: PDQ
+# low-pass filters to 64 x 64 anyway, and with the filter taps of the full-resolution image (see
+# service.media.pdq) the hashes stay within a bit or two of the full decode's (tests/test_pdq_views.py).
+PDQ_DECODE_MIN_SIDE = 320
 
 # ``warnings.catch_warnings`` swaps process-global state: serialise the few lines that use it so that
 # concurrent calls (cpu_pool: thread) cannot restore each other's filters in the wrong order.
@@ -48,11 +53,26 @@ def pdq_bytes(vector: np.ndarray | list[int]) -> bytes:
 
 
 def pdq_signal(rgb: Image.Image) -> PdqSignal:
-    """PDQ of all eight dihedral variants of an RGB image (resize it to <= 512 px first: the cost grows
-    with the pixel count and the reference tools hash at that size)."""
+    """The reference: PDQ of all eight dihedral variants of an RGB image by ``pdqhash`` (tests and the
+    benchmark compare :func:`prepare`'s hashes with it)."""
     vectors, quality = pdqhash.compute_dihedral(np.asarray(rgb))
     packed = np.packbits(np.asarray(vectors, dtype=np.uint8), axis=1)
     return PdqSignal(hashes=tuple(row.tobytes() for row in packed), quality=int(quality))
+
+
+def pdq_signals(
+    luma: np.ndarray, cfg: ThumbnailSection, scale: int = 1
+) -> tuple[PdqSignal, tuple[PdqSignal, ...]]:
+    """PDQ (eight dihedral variants) of a 2-D luminance array and of its derived views; views whose
+    quality is under :data:`VIEW_QUALITY_MIN` are left out.  ``scale``: each value of ``luma`` is the mean
+    of ``scale`` x ``scale`` pixels of the image."""
+    hashes, quality = dihedral_hashes(luma, scale=scale)
+    views = []
+    for view in derived_views(luma, cfg.views):
+        v_hashes, v_quality = dihedral_hashes(view.pixels(luma), view.pad, scale)
+        if v_quality >= VIEW_QUALITY_MIN:
+            views.append(PdqSignal(hashes=v_hashes, quality=v_quality, view=view.name))
+    return PdqSignal(hashes=hashes, quality=quality, view=ORIGINAL), tuple(views)
 
 
 def prepare(
@@ -63,28 +83,33 @@ def prepare(
     md5: str | None = None,
     source: str = "thumbnail",
 ) -> PreparedMedia:
-    """Decode ``data`` (first frame), apply EXIF orientation, flatten alpha onto white, compute PDQ and,
-    when ``cfg.make_jpeg``, a JPEG for remote matchers.
+    """Decode ``data`` (first frame), apply EXIF orientation, flatten alpha onto white, compute PDQ of the
+    image and of its derived views (``cfg.views``) and, when ``cfg.make_jpeg``, a JPEG for remote matchers.
+
+    PDQ is computed from luminance only: a JPEG that no remote matcher needs in colour is decoded to its
+    Y channel alone, at a reduced scale (:data:`PDQ_DECODE_MIN_SIDE`).
 
     Raises :class:`Unscannable` with reason ``decompression-bomb``, ``too-large-decoded`` (the decoded
     pixels would exceed ``cfg.max_decoded_bytes``), ``decoder-memory``, ``format-not-allowed`` or
     ``undecodable``.
     """
     img = _open(data, cfg)
+    sw, sh = img.size  # as stored
     if not isinstance(img, JpegImageFile):  # before anything reads pixels (a PNG's EXIF lookup decodes it)
         _check_decoded_size(img, cfg)
-    width, height = img.size  # as stored, before any draft reduction
+    width, height = sw, sh
     if _orientation(img) in (5, 6, 7, 8):
         width, height = height, width
 
-    pdq_scale = min(1.0, cfg.pdq_max_side / max(width, height))
-    need_scale = pdq_scale
-    if cfg.make_jpeg:
-        need_scale = max(need_scale, min(1.0, cfg.jpeg_min_side / min(width, height)))
     if isinstance(img, JpegImageFile):  # MPO files are JpegImageFiles too
-        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: never below what we need.
-        sw, sh = img.size
-        img.draft("RGB", (max(1, math.ceil(sw * need_scale)), max(1, math.ceil(sh * need_scale))))
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: never below what we need.  Without a JPEG to make,
+        # only the Y channel is decoded (PDQ's luminance, without colour conversion).
+        need_scale = min(1.0, PDQ_DECODE_MIN_SIDE / max(width, height))
+        if cfg.make_jpeg:
+            need_scale = max(min(1.0, cfg.pdq_max_side / max(width, height)),
+                             min(1.0, cfg.jpeg_min_side / min(width, height)))
+        img.draft("RGB" if cfg.make_jpeg else "L",
+                  (max(1, math.ceil(sw * need_scale)), max(1, math.ceil(sh * need_scale))))
         _check_decoded_size(img, cfg)  # at the size libjpeg will decode to
 
     try:
@@ -96,18 +121,29 @@ def prepare(
     except Exception as exc:  # any decoder failure on untrusted bytes means "undecodable"
         raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
 
+    scale = max(1, round(sw / img.size[0]))  # libjpeg's reduction: 1, 2, 4 or 8
+    jpeg = None
     try:
-        rgb = _to_rgb(_upright(img))
+        upright = _upright(img)
+        if cfg.make_jpeg:
+            rgb = _to_rgb(upright)
+            jpeg = _make_jpeg(rgb, _resize_to_fit(rgb, cfg.pdq_max_side), cfg)
+            luma = rgb.convert("L")
+        else:
+            luma = _to_luma(upright)
+        # Block means, so that the hash is still the full image's (see service.media.pdq).
+        factor = math.ceil(max(luma.size) / cfg.pdq_max_side)
+        if factor > 1:
+            luma = luma.reduce(factor)
+            scale *= factor
     except MemoryError as exc:
         raise Unscannable("decoder-memory", "out of memory while converting") from exc
     except Exception as exc:  # conversion of exotic modes
         raise Unscannable("undecodable", f"{type(exc).__name__}: {exc}") from exc
 
-    pdq_img = _resize_to_fit(rgb, cfg.pdq_max_side)
-    signal = pdq_signal(pdq_img)
-    jpeg = _make_jpeg(rgb, pdq_img, cfg) if cfg.make_jpeg else None
+    signal, views = pdq_signals(np.asarray(luma, dtype=np.float32), cfg, scale)
     return PreparedMedia(
-        sha1=sha1, md5=md5, pdq=signal, jpeg=jpeg, width=width, height=height, source=source
+        sha1=sha1, md5=md5, pdq=signal, jpeg=jpeg, width=width, height=height, source=source, pdq_views=views
     )
 
 
@@ -199,6 +235,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         page.paste(rgba, mask=rgba.getchannel("A"))
         return page
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _to_luma(img: Image.Image) -> Image.Image:
+    """Mode ``L`` (ITU-R 601 luminance, PDQ's), with any transparency composited onto white first."""
+    if img.mode == "L" and "transparency" not in img.info:
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return _wide_to_l(img)
+    return _to_rgb(img).convert("L")
 
 
 def _wide_to_l(img: Image.Image) -> Image.Image:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from service.media.views import describe_view
 from service.models import where_matched
 from service.store.base import AuditEntry, Claim, OutboxItem, ReviewCase
 
@@ -309,6 +310,9 @@ def _details(d: Mapping[str, Any]) -> str:
     where = where_matched(d)  # video offsets, document pages
     if where:
         parts.append(f"<dt>Found in</dt><dd>{e(where)}</dd>")
+    how = describe_view(d.get("view"))
+    if how:
+        parts.append(f"<dt>Matched</dt><dd>{e(how)}</dd>")
     for k, v in d.items():
         text = ", ".join(map(str, v)) if isinstance(v, list) else (json.dumps(v) if isinstance(v, dict) else v)
         parts.append(f"<dt>{e(labels.get(k, k))}</dt><dd>{e(text)}</dd>")

@@ -1,0 +1,222 @@
+"""Issue 15: PDQ in numpy (same hashes as pdqhash), the cheaper decode (no match lost), and the derived views
+(borders, caption strips, crops) that catch edited copies without new false positives."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pdqhash
+import pytest
+from PIL import Image
+
+from service.config import BankSection, BanksSection, ThumbnailSection
+from service.config.matching import PdqViewsSection, PdqViewThresholdsSection
+from service.matchers.banks import BankSet
+from service.media import views
+from service.media.pdq import DIHEDRAL_VARIANTS, dihedral_hashes
+from service.media.thumbnail import pdq_bytes, pdq_signal, prepare
+from service.metrics import Metrics
+from service.models import Match
+from tests.infra import evasion, images
+
+CFG = ThumbnailSection()
+OFF = dataclasses.replace(CFG, views=PdqViewsSection(trim_border=False, trim_caption=False, uncrop=()))
+SHA1 = "0" * 40
+needs_photos = pytest.mark.skipif(evasion.data_dir() is None, reason="scikit-image's sample photos not installed")
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    return images.hamming(a, b)
+
+
+def bankset(tmp: Path, hashes: list[bytes], **banks_kw: object) -> BankSet:
+    path = evasion.write_bank(tmp / "bank.csv", hashes, "known")
+    cfg = BanksSection(list=(BankSection(name="b", path=str(path), category="test"),), **banks_kw)  # type: ignore[arg-type]
+    return BankSet(cfg, Metrics())
+
+
+def matched_ids(banks: BankSet, data: bytes, cfg: ThumbnailSection = CFG) -> dict[str, Match]:
+    return {m.hash_id: m for m in banks.match_pdq_signals(prepare(data, SHA1, cfg).pdq_signals)}
+
+
+# --------------------------------------------------------------------------- PDQ in numpy
+
+
+@pytest.mark.parametrize("size", [(330, 248), (512, 384), (200, 300), (97, 64), (10, 10), (4, 90), (1, 1)])
+def test_numpy_pdq_is_pdqhash_on_the_same_luminance(size: tuple[int, int]) -> None:
+    rgb = np.asarray(images.photo(sum(size), size))
+    vectors, quality = pdqhash.compute_dihedral(rgb)
+    luma = rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + rgb[..., 2] * np.float32(0.114)
+    hashes, mine = dihedral_hashes(luma)
+    assert mine == quality
+    assert list(hashes) == [pdq_bytes(v) for v in vectors]  # all eight variants, bit for bit, same order
+    assert DIHEDRAL_VARIANTS[0] == "original"
+
+
+def test_reduced_luminance_hashes_like_the_full_image() -> None:
+    """Block means (a JPEG decoded at 1/8, Image.reduce) hashed with the full image's filter taps."""
+    img = images.photo(5, (2000, 1500))
+    ref = pdq_signal(img)
+    for factor in (2, 4):  # prepare() keeps >= 320 px: at least 2.5 blocks per box-filter window
+        small = np.asarray(img.convert("L").reduce(factor))
+        hashes, _ = dihedral_hashes(small, scale=factor)
+        assert np.mean([hamming(a, b) for a, b in zip(hashes, ref.hashes, strict=True)]) <= 2, factor
+        plain, _ = dihedral_hashes(small)  # without the scale, the hash is a resized image's: far off
+        assert hamming(plain[0], ref.hashes[0]) > hamming(hashes[0], ref.hashes[0])
+
+
+def reference_corpus() -> list[bytes]:
+    corpus = [images.jpeg_bytes(images.photo(s, (330, 248)), quality=85) for s in range(12)]
+    corpus += [images.jpeg_bytes(images.photo(50 + s, (1600, 1200)), quality=90) for s in range(2)]
+    corpus.append(images.png_bytes(images.photo(60, (700, 500))))
+    if evasion.data_dir() is not None:
+        corpus += [evasion.as_upload(evasion.sample_photo(n)) for n in evasion.PHOTOS]
+    return corpus
+
+
+def test_cheaper_decode_stays_within_two_bits_of_pdqhash_on_the_full_decode() -> None:
+    distances = []
+    for data in reference_corpus():
+        with Image.open(io.BytesIO(data)) as img:
+            ref = pdq_signal(img.convert("RGB"))
+        got = prepare(data, SHA1, CFG).pdq
+        assert got is not None
+        distances.append(np.mean([hamming(a, b) for a, b in zip(got.hashes, ref.hashes, strict=True)]))
+    assert float(np.mean(distances)) <= 2.0, distances
+    assert max(distances) <= 8, distances
+
+
+def test_no_match_lost_at_the_default_threshold(tmp_path: Path) -> None:
+    """Resized, recompressed, mirrored and rotated copies the reference path matches are still matched."""
+    originals = [images.photo(300 + s) for s in range(4)]
+    banks = bankset(tmp_path, [pdq_signal(o).hashes[0] for o in originals])
+    for i, original in enumerate(originals):
+        for name, data in images.variants(original).items():
+            with Image.open(io.BytesIO(data)) as img:
+                ref = pdq_signal(img.convert("RGB"))
+            assert min(hamming(h, pdq_signal(original).hashes[0]) for h in ref.hashes) <= 31  # reference matches
+            assert f"known-{i}" in matched_ids(banks, data, OFF), name  # ... and so does the cheaper path
+
+
+# --------------------------------------------------------------------------- views
+
+
+def test_a_plain_photo_has_no_trimmed_view() -> None:
+    for seed in range(1, 6):
+        luma = np.asarray(images.photo(seed, (330, 248)).convert("L"))
+        names = [v.name for v in views.derived_views(luma, CFG.views)]
+        assert names == ["uncrop-2.5", "uncrop-5"]
+
+
+@pytest.mark.parametrize("kind", evasion.BORDER_KINDS)
+def test_border_depths_are_found(kind: str) -> None:
+    img = evasion.add_border(images.photo(7, (300, 200)), 0.05, kind, seed=3)  # 15 px left/right, 10 top/bottom
+    with Image.open(io.BytesIO(images.jpeg_bytes(img, quality=75))) as decoded:
+        luma = np.asarray(decoded.convert("L"))
+    top, bottom, left, right = views.border_depths(luma)
+    assert abs(top - 10) <= 2 and abs(bottom - 10) <= 2, (top, bottom)
+    assert abs(left - 15) <= 2 and abs(right - 15) <= 2, (left, right)
+
+
+@pytest.mark.parametrize("where", ["top", "bottom"])
+def test_caption_strip_is_found(where: str) -> None:
+    img = evasion.add_caption(images.photo(8, (330, 248)), 0.15, where)  # 37 px strip
+    with Image.open(io.BytesIO(images.jpeg_bytes(img, quality=75))) as decoded:
+        luma = np.asarray(decoded.convert("L"))
+    top, bottom = views.caption_depths(luma)
+    depth = top if where == "top" else bottom
+    assert abs(depth - 37) <= 3 and (bottom if where == "top" else top) == 0, (top, bottom)
+
+
+def test_mostly_flat_trimmed_view_and_low_quality_views_are_dropped() -> None:
+    # a small picture on a huge white page: trimming would leave < 30 % of each side
+    page = Image.new("RGB", (600, 600), "white")
+    page.paste(images.photo(9, (120, 90)), (240, 255))
+    luma = np.asarray(page.convert("L"))
+    assert views.TRIMMED_BORDER not in [v.name for v in views.derived_views(luma, CFG.views)]
+    # a flat image with a border: the trimmed view is flat (quality < 50) and not hashed
+    flat = evasion.add_border(Image.new("RGB", (300, 200), (120, 130, 140)), 0.05, "black")
+    media = prepare(images.png_bytes(flat), SHA1, CFG)
+    assert all(s.quality >= 50 for s in media.pdq_views)
+    assert views.TRIMMED_BORDER not in [s.view for s in media.pdq_views]
+
+
+def test_views_can_be_switched_off() -> None:
+    data = images.jpeg_bytes(evasion.add_border(images.photo(10, (330, 248)), 0.05, "black"))
+    assert {s.view for s in prepare(data, SHA1, CFG).pdq_views} == {"trimmed-border", "uncrop-2.5", "uncrop-5"}
+    assert prepare(data, SHA1, OFF).pdq_views == ()
+
+
+def test_match_says_which_view_and_variant_and_view_thresholds_cap(tmp_path: Path) -> None:
+    known = images.photo(11)
+    data = images.jpeg_bytes(evasion.add_border(known.transpose(Image.Transpose.ROTATE_90), 0.05, "white"))
+    banks = bankset(tmp_path, [pdq_signal(known).hashes[0]])
+    assert "known-0" not in matched_ids(banks, data, OFF)
+    match = matched_ids(banks, data)["known-0"]
+    assert match.details["view"] == "trimmed-border" and match.details["variant"] == "rotate270"
+    assert match.distance is not None and match.distance <= 31
+    strict = bankset(tmp_path, [pdq_signal(known).hashes[0]],
+                     view_thresholds=PdqViewThresholdsSection(trimmed_border=match.distance - 1))
+    assert matched_ids(strict, data).get("known-0") is None or \
+        matched_ids(strict, data)["known-0"].details["view"] != "trimmed-border"
+    # the image as uploaded keeps reporting view "original"
+    plain = matched_ids(banks, images.jpeg_bytes(known))["known-0"]
+    assert plain.details["view"] == "original" and plain.distance is not None and plain.distance <= 10
+
+
+# --------------------------------------------------------------------------- catch rates
+
+
+def test_generated_photos_edited_are_matched(tmp_path: Path) -> None:
+    """Every border kind and size, caption strip and 2 % crop of generated photos, recompressed and
+    resized: matched with the views, none of them without (larger crops: see the sample photos' rates)."""
+    known = [images.photo(400 + s) for s in range(3)]
+    banks = bankset(tmp_path, [evasion.reference_hash(k) for k in known])
+    missed = []
+    for name, edit in evasion.EDITS.items():
+        if name.startswith("crop") and name != "crop 2%":
+            continue
+        for i, img in enumerate(known):
+            data = evasion.as_upload(edit(img))
+            if f"known-{i}" not in matched_ids(banks, data):
+                missed.append((name, i))
+            if name != "crop 2%":
+                assert f"known-{i}" not in matched_ids(banks, data, OFF), (name, i)
+    assert not missed
+
+
+# Rates reached on the 10 sample photos (docs/evasion.md has the table): at least these many of 10.
+# The misses are photos whose own edges are dark or flat (Hubble deep field, retina, cell): trimming cannot
+# tell their border from the picture.
+FLOOR = {"border": 8, "caption top": 10, "caption bottom": 8, "crop 2%": 10, "crop 3%": 10, "crop 4%": 8}
+
+
+@needs_photos
+def test_sample_photos_edited_are_matched_at_the_documented_rates(tmp_path: Path) -> None:
+    known = [evasion.known_photo(n) for n in evasion.KNOWN]
+    banks = bankset(tmp_path, [evasion.reference_hash(k) for k in known])
+    for name, edit in evasion.EDITS.items():
+        floor = next((v for k, v in FLOOR.items() if name.startswith(k)), 0)
+        caught = sum(f"known-{i}" in matched_ids(banks, evasion.as_upload(edit(img))) for i, img in enumerate(known))
+        assert caught >= floor, (name, caught)
+
+
+@needs_photos
+def test_no_false_positive_on_a_thousand_benign_images() -> None:
+    """1,000 query tiles (and 250 bordered or captioned ones) of the sample photos against a bank of 1,000
+    other tiles: no match, with or without the views, at the default thresholds."""
+    bank_tiles = evasion.benign_set(1000, half="bank")
+    edits = [evasion.EDITS["border white 4%"], evasion.EDITS["border black 10%"], evasion.EDITS["caption top 12%"]]
+    queries = [images.jpeg_bytes(t, quality=85) for t in evasion.benign_set(1000, half="query")]
+    queries += [evasion.as_upload(edits[i % 3](t), width=t.width)
+                for i, t in enumerate(evasion.benign_set(250, half="query", seed=7))]
+    with tempfile.TemporaryDirectory() as tmp:
+        banks = bankset(Path(tmp), [evasion.reference_hash(t) for t in bank_tiles])
+        hits = [(k, m.hash_id, m.distance, dict(m.details)) for k, data in enumerate(queries)
+                for m in banks.match_pdq_signals(prepare(data, SHA1, CFG).pdq_signals)]
+    assert hits == []
+
