@@ -12,9 +12,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from service.actions.base import OutboxDispatcher
+from service.actions.base import Action, OutboxDispatcher
+from service.actions.digest import DigestNotifier, GroupedNotifier
 from service.actions.notify import EmailNotifier
 from service.actions.plan import build_planners
+from service.actions.summary import CaseWatch, SummaryNotifier
 from service.actions.takedown import Takedowns
 from service.config import Config, warnings_for
 from service.errors import ServiceError
@@ -40,6 +42,7 @@ from service.sources.base import Source
 from service.sources.factory import live_source
 from service.store import Stores, make_stores
 from service.web.review.app import ReviewUI
+from service.web.review.reports import WorkflowRoutes
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +93,26 @@ class Service:
             else live_source(cfg, self.stores.checkpoints, self.metrics, since)
         )
         notify = cfg.actions.notify
-        self.actions = {"notify": EmailNotifier(notify, self.metrics, wikis=cfg.wikis)} if notify.enabled else {}
+        self.actions: dict[str, Action] = {}
+        if notify.enabled:
+            email = EmailNotifier(notify, self.metrics, wikis=cfg.wikis)
+            self.actions = {"notify": GroupedNotifier(email, self.stores.workflow, notify, self.metrics),
+                            "reminder": email,
+                            "digest": DigestNotifier(email, self.stores.workflow, notify),
+                            "summary": SummaryNotifier(email, self.stores.workflow, notify)}
+        self.case_watch = CaseWatch(self.stores.workflow, self.stores.outbox, notify, self.metrics)
         self.planners: list[Planner] = build_planners(cfg)
         self.dispatcher = OutboxDispatcher(self.stores.outbox, self.actions, notify.retry, self.metrics)
         # Takedowns have their own dispatcher: an email and a takedown of one match never wait for each other.
         self.takedowns = Takedowns(cfg, self.stores.outbox, self.metrics, kick_notify=self.dispatcher.kick,
-                                   audit=self.stores.review)
+                                   audit=self.stores.review, preserve=self.stores.workflow)
         self.review = (ReviewUI(cfg, store=self.stores.review, reviewers=self.stores.reviewers,
                                 fetcher=self.wiki_client, metrics=self.metrics,
                                 kick=self._kick_actions) if cfg.review.enabled else None)
         self.backlog = ReviewBacklog(self.stores.review, self.metrics)  # mediamoderation_review_pending
+        if self.review is not None:  # report drafts, unscannable cases and the case page's workflow sections
+            WorkflowRoutes(cfg, review=self.stores.review, scans=self.stores.scans, workflow=self.stores.workflow,
+                           metrics=self.metrics).register(self.review)
         self.pipeline: Pipeline | None = None
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
@@ -203,6 +216,7 @@ class Service:
             sup.start("review-backlog", lambda: self.backlog.run(self.stop_event), restart=policy)
             for name in self.bank_sync.managed:
                 sup.start(f"bank-sync:{name}", self._bank_sync_task(name), restart=policy)
+            sup.start("case-stats", lambda: self.case_watch.run(self.stop_event), restart=policy)
             if self.photodna is not None:
                 probe = self.photodna.probe  # while the key is refused: one probe per auth_retry_interval
                 sup.start("photodna-probe", lambda: probe.run(self.stop_event), restart=policy)

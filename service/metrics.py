@@ -210,6 +210,22 @@ class Metrics:
             "categories counts in both.  Counted from the store every 30 s and after new matches and decisions",
             ["category"], registry=r,
         )
+        self.review_open_cases = Gauge(
+            f"{p}_review_open_cases", "Review cases waiting for a reviewer (open or escalated), by kind (match, "
+            "unscannable) and category (for unscannable cases: the reason)", ["kind", "category"], registry=r,
+        )
+        self.review_oldest_open = Gauge(
+            f"{p}_review_oldest_open_seconds", "Age of the oldest review case nobody has decided yet (0: none)",
+            registry=r,
+        )
+        self.unscannable = Counter(
+            f"{p}_unscannable_uploads", "Uploads that could not be scanned (each one becomes a review case), by reason",
+            ["reason"], registry=r,
+        )
+        self.reports_drafted = Counter(
+            f"{p}_report_drafts", "CyberTipline report drafts produced (never submitted by the service), by format",
+            ["format"], registry=r,
+        )
         self.allowlisted = Counter(
             f"{p}_allowlisted_matches", "Matches dropped because a reviewer allowlisted the content for the bank",
             ["bank"], registry=r,

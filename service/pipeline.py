@@ -29,6 +29,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from service import links
+from service.actions.notify import unscannable_key, unscannable_payload
 from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
 from service.media.download import discard
@@ -54,6 +55,7 @@ from service.stages import _merge as _merge
 from service.store.base import (
     REMOTE_FAILED,
     REMOTE_SEEN,
+    NewAction,
     OutboxItem,
     PipelineStore,
     RemoteScan,
@@ -324,9 +326,10 @@ class Pipeline(StageSteps):
                 md5=media.md5 if media else None,
                 matches=tuple(work.matches),
             )
+        actions = self._unscannable_actions(event, outcome)
         try:
             try:
-                await self.store.finish(event, outcome, scan, self._remote_scans(work, outcome))
+                await self.store.finish(event, outcome, scan, self._remote_scans(work, outcome), actions)
             except ServiceError:
                 raise
             except Exception:  # this event's data or a bug, not an outage: record that it failed
@@ -347,6 +350,10 @@ class Pipeline(StageSteps):
         except Exception:  # not even error:internal can be recorded: move past it rather than stop
             self.metrics.errors.labels("store", "unrecorded").inc()
             log.exception("could not record any outcome; moving past the event", extra={"event_id": event.event_id})
+        if outcome.startswith("unscannable:"):
+            self.metrics.unscannable.labels(outcome.split(":", 1)[1]).inc()
+            if actions:
+                self.on_actions([])  # its notification: the dispatcher looks now
         duration = time.monotonic() - work.started
         self.metrics.outcomes.labels(outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome).inc()
         self.metrics.event_latency.observe(duration)
@@ -367,6 +374,14 @@ class Pipeline(StageSteps):
         log.log(level, "outcome", extra=fields)
         self._inflight_ids.discard(event.event_id)
         await self._done(work.seq)
+
+    def _unscannable_actions(self, event: UploadEvent, outcome: str) -> list[NewAction]:
+        """Nothing silent: an unscannable upload's notification, enqueued with its review case."""
+        notify = self.cfg.actions.notify
+        if not outcome.startswith("unscannable:") or not notify.enabled or not notify.unscannable:
+            return []
+        payload = unscannable_payload(event, outcome.split(":", 1)[1])
+        return [NewAction(key=unscannable_key(event), kind="notify", payload=payload)]
 
     def _remote_scans(self, work: Work, outcome: str) -> list[RemoteScan]:
         if not self.remote or not work.sha1:

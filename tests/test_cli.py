@@ -50,7 +50,8 @@ def leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) ->
 REQUIRED = {
     ("run",): [], ("check-config",): [], ("scan",): ["x.jpg"], ("photodna", "check"): ["x.jpg"],
     ("replay",): ["--since", "2026-01-01T00:00:00Z"], ("backfill",): ["--wiki", "w"],
-    ("reviewer", "hash-password"): [], ("config", "schema"): [], ("config", "show"): [], ("config", "reference"): [],
+    ("reviewer", "hash-password"): [], ("report", "draft"): ["0" * 40],
+    ("config", "schema"): [], ("config", "show"): [], ("config", "reference"): [],
     ("reviewer", "add"): ["carol"], ("reviewer", "list"): [], ("reviewer", "disable"): ["carol"],
     ("reviewer", "enable"): ["carol"], ("reviewer", "passwd"): ["carol"], ("reviewer", "role"): ["carol", "admin"],
     ("vpdq",): ["x.webm", "--id", "x"],
@@ -114,7 +115,8 @@ def test_positional_config_path_still_works_with_a_warning(tmp_path: Path) -> No
     assert "warning: a positional config path is deprecated" in old.stderr and f"use -c {config}" in old.stderr
     new = command(["check-config", "-c", config], tmp_path)
     assert new.returncode == 0 and "deprecated" not in new.stderr
-    assert new.stdout == old.stdout == f"{config}: OK (1 wiki(s), 1 bank(s))\n"
+    assert new.stdout == old.stdout == ("actions.takedown.mode: off\n  child-protection: never deleted by the service\n"
+                                        f"{config}: OK (1 wiki(s), 1 bank(s))\n")
 
 
 def test_bad_config_exits_2(tmp_path: Path) -> None:

@@ -868,6 +868,8 @@ EXPECTED_ALERTS = {
     "MediamoderationMetricsAbsent",
     "MediamoderationOutboxBacklog",
     "MediamoderationBankReloadFailing",
+    "MediamoderationUnscannableRateHigh",  # issue 13: nothing silent
+    "MediamoderationReviewCaseWaiting",  # issue 13: age of the oldest unreviewed case
 }
 
 
@@ -1110,7 +1112,7 @@ def unmet(sel: Selector, samples: dict[str, list[dict[str, str]]], labels: dict[
 # and label names only, and their selectors may not pick label values.
 NOT_DRIVEN_HERE = ("mediamoderation_photodna_", "mediamoderation_rescans", "mediamoderation_takedown",
                    "mediamoderation_suppressions", "mediamoderation_review_", "mediamoderation_allowlisted_",
-                   "mediamoderation_backfill_")
+                   "mediamoderation_backfill_", "mediamoderation_unscannable_")
 
 
 class ScriptedSmtp:

@@ -62,12 +62,12 @@ class PoisonStore(SqlPipeline):
         return await super().admit(event_id, sha1)
 
     async def finish(self, event: UploadEvent, outcome: str, scan: ScanRecord | None = None,
-                     remote: Any = ()) -> None:
+                     remote: Any = (), actions: Any = ()) -> None:
         if event.event_id in self.finish_always_fails or (
                 event.event_id in self.finish_fails and outcome != "error:internal"):
             raise ValueError(f"injected: cannot record {outcome}")
         remote_scans: list[RemoteScan] = list(remote)
-        await super().finish(event, outcome, scan, remote_scans)
+        await super().finish(event, outcome, scan, remote_scans, actions)
 
 
 @pytest.fixture

@@ -63,6 +63,8 @@ def email_links(payload: Mapping[str, Any], wikis: Mapping[str, WikiSection],
     wiki = wikis.get(str(payload.get("wiki")))
     title = payload.get("title")
     page = wiki_page_url(wiki, title) if wiki is not None and isinstance(title, str) and title.strip() else None
+    if payload.get("kind") == "unscannable":
+        return page, f"{review_url.rstrip('/')}/unscannable" if review_url else None
     sha1 = payload.get("sha1")
     return page, review_link(review_url, sha1 if isinstance(sha1, str) else None)
 
@@ -85,6 +87,20 @@ def notification_payload(
         "done": list(done),
         "review_url": review_link(review_url, event.sha1),
     }
+
+
+def unscannable_payload(event: UploadEvent, reason: str) -> dict[str, Any]:
+    """The notification of an upload that could not be scanned (its review case is opened with it)."""
+    return {
+        "kind": "unscannable", "reason": reason, "wiki": event.wiki, "title": event.title,
+        "uploader": event.uploader, "upload_time": event.upload_time.isoformat(), "log_action": event.log_action,
+        "sha1": event.sha1, "event_id": event.event_id, "matches": [], "categories": [],
+        "done": [f"could not be scanned: {reason}", "an unscannable review case was opened; nothing was removed"],
+    }
+
+
+def unscannable_key(event: UploadEvent) -> str:
+    return f"unscannable:{event.wiki}:{event.title}:{event.sha1 or event.event_id}"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -195,8 +211,11 @@ def render_email(
     rows = _match_rows(matches)
 
     alert = clean(payload.get("alert"), 2000) if payload.get("alert") else None
+    unscannable = payload.get("kind") == "unscannable"
+    headline = (f"A file on {wiki} could not be scanned ({clean(payload.get('reason'), 100)})." if unscannable
+                else f"A file on {wiki} matched {len(matches)} known hash(es) ({category}).")
     text = ([f"*** {alert} ***", ""] if alert else [])
-    text += [f"A file on {wiki} matched {len(matches)} known hash(es) ({category}).", ""]
+    text += [headline, ""]
     text.append(f"File page: {page_url or '(no valid link)'}")
     text += [f"{k}: {v}" for k, v in facts]
     text += ["", "Matches:"]
@@ -210,7 +229,7 @@ def render_email(
 
     h = ['<!DOCTYPE html><html><body style="font-family:sans-serif">',
          *([f'<p style="color:#a00000"><strong>{_e(alert, 2000)}</strong></p>'] if alert else []),
-         f"<p>A file on {_e(wiki)} matched {len(matches)} known hash(es) (<strong>{_e(category)}</strong>).</p>",
+         f"<p>{_e(headline)}</p>",
          f"<p>File page: {_link(page_url, title)}</p>",
          "<table>"]
     h += [f"<tr><th align=\"left\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts]
@@ -228,7 +247,8 @@ def render_email(
     msg = EmailMessage(policy=policy.SMTP)
     prefix = f"[mediamoderation] {clean(payload.get('subject_prefix'), 60)} " if payload.get("subject_prefix") \
         else "[mediamoderation] "
-    msg.set_raw("Subject", folded_subject(f"{prefix}{category} match on {wiki}: {title}"))
+    what = "unscannable upload" if unscannable else f"{category} match"
+    msg.set_raw("Subject", folded_subject(f"{prefix}{what} on {wiki}: {title}"))
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
     msg["Date"] = format_datetime(now or datetime.now(UTC))
@@ -291,8 +311,16 @@ class EmailNotifier:
         except (TypeError, ValueError, AttributeError) as exc:
             self._metrics.notifications.labels("rejected").inc()
             raise PermanentNotifyError(f"cannot render notification {item.key!r}: {exc}") from exc
-        if cfg.smtp is None:
-            path = await self._spool(msg, item.key)
+        return await self.deliver(msg, item.key, recipients)
+
+    def links(self, payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """(file page, review page) of a payload, from the configuration (see :func:`email_links`)."""
+        return email_links(payload, self._wikis, self._config.review_url)
+
+    async def deliver(self, msg: EmailMessage, key: str, recipients: Sequence[str]) -> str:
+        """Send ``msg`` (or spool it without SMTP); ``"sent"`` or ``"spooled"``."""
+        if self._config.smtp is None:
+            path = await self._spool(msg, key)
             self._metrics.notifications.labels("spooled").inc()
             log.info("notification %s written to %s", msg["Message-ID"], path)
             return "spooled"

@@ -48,7 +48,7 @@ def notify_planner(cfg: NotifySection, *, done: Sequence[str] = (), policy: Take
     def plan(event: UploadEvent, sha1: str, matches: Sequence[Match]) -> list[NewAction]:
         event = _with_sha1(event, sha1)
         categories = {m.category for m in matches}
-        lines = policy.describe(categories) if policy is not None and not done else fixed
+        lines = policy.describe(categories, matches) if policy is not None and not done else fixed
         payload = notification_payload(event, matches, done=lines, review_url=cfg.review_url)
         if cfg.categories:
             payload["recipients"] = recipients_for(cfg, categories)
@@ -66,7 +66,7 @@ def takedown_planner(policy: TakedownPolicy, cfg: NotifySection) -> Planner:
     """Auto mode: a takedown item next to the notification; dry-run: a dry-run item; else nothing."""
 
     def plan(event: UploadEvent, sha1: str, matches: Sequence[Match]) -> list[NewAction]:
-        decision = policy.plan(m.category for m in matches)
+        decision = policy.decide(matches).plan
         if decision not in ("delete", "dry-run"):
             return []
         event = _with_sha1(event, sha1)

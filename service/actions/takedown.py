@@ -29,12 +29,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from service.actions.base import OutboxDispatcher
-from service.config import Config, TakedownSection, WikiSection
+from service.config import Config, ReportingSection, TakedownSection, WikiSection
 from service.errors import ServiceError
 from service.mediawiki import FileVersion, WikiApi, WikiApiError
 from service.metrics import Metrics
 from service.net import Proxies
-from service.store.base import AuditStore, NewAction, Outbox, OutboxItem
+from service.store.base import AuditStore, NewAction, Outbox, OutboxItem, Preservation, PreservationStore
 
 
 class TakedownStore(Outbox, Protocol):
@@ -87,8 +87,12 @@ class TakedownAction:
         api_factory: ApiFactory | None = None,
         clock: Callable[[], float] = time.time,
         proxies: Proxies | None = None,
+        preserve: PreservationStore | None = None,
+        reporting: ReportingSection | None = None,
     ) -> None:
         self._cfg = cfg
+        self._preserve = preserve  # where the deleted-file archive entry of a removed file is recorded
+        self._reporting = reporting or ReportingSection()
         self._wikis = {w.id: w for w in wikis}
         self._metrics = metrics
         self._audit = audit
@@ -152,8 +156,52 @@ class TakedownAction:
                 title=title, note=result, detail={"key": item.key, "requested_by": requested_by, "result": outcome})
             if requested_by == "auto" and not p.get("dry_run") and sha1:
                 await self._audit.mark_removed(sha1, self._clock())
+        if not p.get("dry_run"):
+            await self._after_removal(item, result, requested_by)
         log.info("takedown %s: %s", item.key, result)
         return result
+
+    async def _after_removal(self, item: OutboxItem, result: str, requested_by: str) -> None:
+        """Record what the wiki keeps (deleted-file archive) and until when, report the takedown, schedule the
+        preservation reminder.  Trouble here never undoes or repeats the takedown: it is logged."""
+        p = item.payload
+        wiki_id, title, sha1 = str(p.get("wiki") or ""), str(p.get("title") or ""), str(p.get("sha1") or "")
+        now = self._clock()
+        until = now + self._reporting.preservation_days * 86400
+        ids: tuple[int, ...] = ()
+        suppressed = False
+        try:
+            rows = [r for r in await self._api(wiki_id).filearchive(title) if not sha1 or r.sha1 in (sha1, None)]
+            ids, suppressed = tuple(sorted(r.id for r in rows)), bool(rows) and all(r.suppressed for r in rows)
+        except (ServiceError, WikiApiError) as exc:
+            log.warning("takedown %s: could not read the deleted-file archive: %s", item.key, exc)
+        base = {k: v for k, v in p.items() if k not in ("dry_run", "requested_by", "alert", "subject_prefix")}
+        archive = f"filearchive id(s) {', '.join(map(str, ids))}" if ids else "no filearchive entry found"
+        until_text = time.strftime("%Y-%m-%d", time.gmtime(until))
+        actions = [NewAction(key=f"report:{item.key}", kind="notify", payload={
+            **base, "subject_prefix": "Takedown done:",
+            "done": ["match recorded off-wiki", f"takedown done (requested by {requested_by}): {result}",
+                     f"preserved by the wiki: {archive}{' (suppressed)' if suppressed else ''}; "
+                     f"keep until {until_text}"],
+        })]
+        if sha1:
+            actions.append(NewAction(
+                key=f"preservation:{wiki_id}:{title}:{sha1}", kind="reminder",
+                not_before=until - self._reporting.reminder_days * 86400, payload={
+                    **base, "subject_prefix": "Preservation reminder:",
+                    "alert": f"The preservation period of this removed file ends on {until_text} ({archive}). "
+                             "If a report was made, check whether the provider must keep it longer; otherwise "
+                             "it may be purged after that date.",
+                    "done": [f"removed on {time.strftime('%Y-%m-%d', time.gmtime(now))}", archive]}))
+        try:
+            if self._preserve is not None and sha1:
+                await self._preserve.record_preservation(Preservation(
+                    wiki=wiki_id, title=title, sha1=sha1, filearchive_ids=ids, suppressed=suppressed,
+                    removed_at=now, preserve_until=until))
+            await self._outbox.add_actions(actions)
+            self._kick_notify()
+        except ServiceError:
+            log.exception("could not record the preservation state of takedown %s", item.key)
 
     async def _dry_run(self, wiki_id: str, title: str, sha1: str) -> str:
         if self._factory is None:
@@ -290,11 +338,13 @@ class Takedowns:
     """The takedown action with its own outbox dispatcher: emails and takedowns never queue behind each other."""
 
     def __init__(self, cfg: Config, store: TakedownStore, metrics: Metrics, *, kick_notify: Callable[[], None],
-                 audit: AuditStore | None, api_factory: ApiFactory | None = None) -> None:
+                 audit: AuditStore | None, api_factory: ApiFactory | None = None,
+                 preserve: PreservationStore | None = None) -> None:
         t = cfg.actions.takedown
         self.action = TakedownAction(t, cfg.wikis, cfg.service.user_agent, metrics, audit=audit, outbox=store,
                                      kick_notify=kick_notify, api_factory=api_factory,
-                                     proxies=Proxies.for_config(cfg.network))
+                                     proxies=Proxies.for_config(cfg.network), preserve=preserve,
+                                     reporting=cfg.actions.reporting)
         self.dispatcher = OutboxDispatcher(store, {"takedown": self.action}, t.retry, metrics,
                                            concurrency=t.concurrency)
 

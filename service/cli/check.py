@@ -6,8 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from service.actions.policy import TakedownPolicy
 from service.cli.options import load
 from service.config import warnings_for
+from service.config.advice import produced_categories
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -23,5 +25,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load(args, secrets=True, bank_files=True)
     for warning in warnings_for(cfg):
         print(f"warning: {warning}", file=sys.stderr)
+    # The effective takedown rule per category (takedown confidence).
+    for line in TakedownPolicy(cfg.actions.takedown).explain(produced_categories(cfg)):
+        print(line)
     print(f"{args.config_file}: OK ({len(cfg.wikis)} wiki(s), {len(cfg.banks.list)} bank(s))")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from importlib import metadata
 
 from service import __version__
-from service.cli import bank, check, photodna, reprocess, reviewer, run, scan, vpdq
+from service.cli import bank, check, photodna, report, reprocess, reviewer, run, scan, vpdq
 from service.cli.options import common_options
 from service.config.cli import add_config_command
 
@@ -36,5 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     reviewer.add_parser(sub, common)
     vpdq.add_parser(sub, common)
     bank.add_parser(sub, common)
+    report.add_parser(sub, common)
     add_config_command(sub, common)  # config schema | show | reference
     return parser

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from service.config.core import Secret
-from service.config.values import Email, NonNegInt, PosFloat, PosInt
+from service.config.values import Email, NonNegFloat, NonNegInt, PosFloat, PosInt
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,35 @@ class NotifySection:
     review_url: str | None = None  # base URL of the review queue, used for links in emails
     retry: RetrySection = field(default_factory=RetrySection)
     categories: tuple[CategoryNotifySection, ...] = ()  # per-category recipients (default: recipients)
+    # seconds: the first match of a known hash (or from an uploader) is emailed at once; further ones within this
+    # window go into one digest email sent when the window ends. 0 (default): every match gets its own email; 3600 is
+    # a good start.
+    group_window: NonNegFloat = 0.0
+    # what makes matches one group: `hash` (the same bank entry), `uploader` (the same user on one wiki), or both.
+    group_by: tuple[Literal["hash", "uploader"], ...] = ("hash", "uploader")
+    # also email unscannable uploads (grouped per wiki like matches); they are review cases and counted anyway.
+    unscannable: bool = False
+    # send a daily summary email (counts by category and outcome, open cases, oldest unreviewed case).
+    daily_summary: bool = False
+    # hour of the day (UTC, 0-23) the daily summary is sent.
+    daily_summary_hour: Annotated[int, Field(ge=0, le=23)] = 7
 
 
 @dataclass(frozen=True)
 class ActionsSection:
     notify: NotifySection = field(default_factory=NotifySection)
     takedown: TakedownSection = field(default_factory=lambda: TakedownSection())
+    reporting: ReportingSection = field(default_factory=lambda: ReportingSection())
+
+
+@dataclass(frozen=True)
+class ReportingSection:
+    """Report drafts and the preservation of removed files (see docs/reporting.md)."""
+
+    # days the wiki's deleted-file archive entry of a removed file must be kept (the REPORT Act asks one year).
+    preservation_days: PosInt = 365
+    # days before the preservation period ends that a reminder email is sent.
+    reminder_days: NonNegInt = 30
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,26 @@ class TakedownSection:
     # takedowns performed at the same time (requests to one wiki stay serial).
     concurrency: PosInt = 2
     retry: RetrySection = field(default_factory=lambda: RetrySection(initial_delay=10.0, max_delay=600.0))
+    # in `auto` (and `dry-run`): a PDQ match deletes automatically only at or below this distance; farther ones go
+    # to review with the reason shown.
+    auto_max_distance: Annotated[int, Field(ge=0, le=256)] = 10
+    # in `auto`: exact SHA-1 / MD5 matches delete automatically.
+    auto_exact: bool = True
+    # in `auto`: PhotoDNA matches delete automatically.
+    auto_photodna: bool = True
+    # per-category overrides of `auto_max_distance`, `auto_exact` and `auto_photodna`.
+    rules: tuple[TakedownRuleSection, ...] = ()
+
+
+@dataclass(frozen=True)
+class TakedownRuleSection:
+    """How confident a match of one category must be for an automatic takedown."""
+
+    category: str = ""  # a category listed in `actions.takedown.categories`
+    # PDQ distance at or below which this category's matches delete automatically (default: auto_max_distance).
+    auto_max_distance: Annotated[int, Field(ge=0, le=256)] | None = None
+    auto_exact: bool | None = None  # exact SHA-1 / MD5 matches delete automatically (default: auto_exact)
+    auto_photodna: bool | None = None  # PhotoDNA matches delete automatically (default: auto_photodna)
 
 
 @dataclass(frozen=True)

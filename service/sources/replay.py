@@ -160,9 +160,10 @@ class RescanAdmission:
         return False, None
 
     async def finish(
-        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = (),
+        actions: Sequence[NewAction] = (),
     ) -> None:
-        await self._store.finish(event, outcome, scan, remote)
+        await self._store.finish(event, outcome, scan, remote, actions)
 
     async def record_matches(
         self, event: UploadEvent, sha1: str, matches: Sequence[Match], actions: Sequence[NewAction]

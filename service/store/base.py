@@ -58,6 +58,7 @@ class NewAction:
     key: str
     kind: str
     payload: dict[str, Any] = field(default_factory=dict)
+    not_before: float = 0.0  # Unix time before which the item is not performed (0: at once)
 
 
 # States of a remote matcher's scan of one content (see RemoteScan).
@@ -176,9 +177,13 @@ class PipelineStore(MatchStore, Protocol):
         ...
 
     async def finish(
-        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = (),
+        actions: Sequence[NewAction] = (),
     ) -> None:
-        """Record the outcome, and a new scan result and remote matchers' states when given, atomically."""
+        """Record the outcome, and a new scan result and remote matchers' states when given, atomically.
+
+        An ``unscannable:<reason>`` outcome also opens an unscannable review case (once per event) and
+        enqueues ``actions`` (its notification) in the same transaction."""
         ...
 
 
@@ -497,4 +502,82 @@ class BankSyncStore(Protocol):
 
     async def record_bank_sync(self, bank: str, *, error: str | None) -> None:
         """A sync ended: ``error`` None is a success (errors reset), else one more consecutive failure."""
+        ...
+
+
+# --------------------------------------------------------------------------- Trust & Safety workflow (issue 13)
+
+
+@dataclass(frozen=True, slots=True)
+class UnscannableCase:
+    """An upload that could not be scanned: a review case of its own kind (no preview)."""
+
+    event_id: str
+    wiki: str
+    title: str
+    sha1: str | None
+    uploader: str | None
+    upload_time: str
+    reason: str
+    created_at: float
+    state: str = "open"  # open / dismissed / confirmed
+    decided_by: str | None = None
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preservation:
+    """What the wiki keeps of one removed upload and until when (the deleted-file archive rows)."""
+
+    wiki: str
+    title: str
+    sha1: str
+    filearchive_ids: tuple[int, ...]
+    suppressed: bool
+    removed_at: float
+    preserve_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class CaseStats:
+    """Open review cases: counts by (kind, category) and when the oldest unreviewed one was first seen."""
+
+    open_cases: dict[tuple[str, str], int]
+    oldest_open: float | None
+
+
+class NotifyGroupStore(Protocol):
+    """Grouped notifications, exactly once across restarts."""
+
+    async def fold_notification(self, item_key: str, group_keys: Sequence[str], payload: dict[str, Any],
+                                now: float, window: float) -> str | None:
+        """In one transaction: if a group of ``group_keys`` was led by another item less than ``window`` seconds
+        ago (and its digest is not sent yet), add this item to the group's digest (once per ``item_key``;
+        the digest is an outbox item of kind ``digest`` due when the window ends) and return the digest's key;
+        otherwise make this item the groups' lead and return None (send it now).  Asking again for the same
+        item gives the same answer."""
+        ...
+
+    async def digest_entries(self, digest_key: str) -> list[dict[str, Any]]:
+        """The payloads folded into one digest, oldest first."""
+        ...
+
+
+class PreservationStore(Protocol):
+    """What the wiki keeps of removed uploads (their deleted-file archive rows) and until when."""
+
+    async def record_preservation(self, record: Preservation) -> None: ...
+    async def preservation(self, sha1: str) -> list[Preservation]: ...
+
+
+class WorkflowStore(NotifyGroupStore, PreservationStore, Protocol):
+    """Unscannable cases, preservation records and open-case statistics."""
+
+    async def unscannable_cases(self, state: str | None, limit: int, offset: int = 0) -> list[UnscannableCase]: ...
+    async def unscannable_case(self, event_id: str) -> UnscannableCase | None: ...
+    async def decide_unscannable(self, event_id: str, state: str, reviewer: str, note: str = "") -> bool: ...
+    async def case_stats(self) -> CaseStats: ...
+
+    async def activity(self, since: float) -> dict[str, dict[str, int]]:
+        """Since ``since``: uploads by outcome (``outcomes``) and matched uploads by category (``categories``)."""
         ...

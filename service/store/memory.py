@@ -25,10 +25,12 @@ from service.store.base import (
     BankHash,
     BankSyncState,
     CaseFilter,
+    CaseStats,
     Claim,
     Decision,
     NewAction,
     OutboxItem,
+    Preservation,
     RemoteScan,
     RemoteScanRow,
     ReviewCase,
@@ -38,7 +40,9 @@ from service.store.base import (
     SignIn,
     SignInCounts,
     StoreError,
+    UnscannableCase,
 )
+from service.store.outbox import SCHEDULED_KINDS
 
 
 class MemoryStore:
@@ -64,6 +68,10 @@ class MemoryStore:
         self.sessions: dict[str, ReviewSession] = {}
         self.bank_sync: dict[str, BankSyncState] = {}
         self.bank_rows: dict[str, dict[str, list[BankHash]]] = {}  # bank -> record -> rows
+        self.notify_groups: dict[str, dict[str, Any]] = {}
+        self.digests: dict[str, tuple[str, dict[str, Any]]] = {}  # item key -> (digest key, payload), in order
+        self.unscannable: dict[str, UnscannableCase] = {}
+        self.preserved: dict[tuple[str, str, str], Preservation] = {}
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ life cycle
@@ -131,13 +139,20 @@ class MemoryStore:
         return False, None if sha1 is None else self.scans.get(sha1)
 
     async def finish(
-        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = (),
+        actions: Sequence[NewAction] = (),
     ) -> None:
         if scan is not None:
             self.scans[scan.sha1] = scan
         for r in remote:
             self._put_remote(r)
         await self.record_event(event, outcome)
+        if outcome.startswith("unscannable:") and event.event_id not in self.unscannable:
+            self.unscannable[event.event_id] = UnscannableCase(
+                event_id=event.event_id, wiki=event.wiki, title=event.title, sha1=event.sha1, uploader=event.uploader,
+                upload_time=event.upload_time.isoformat(), reason=outcome.split(":", 1)[1] or "unknown",
+                created_at=self.clock())
+            self._insert_actions(actions, self.clock())
 
     async def get_scan(self, sha1: str) -> ScanRecord | None:
         return self.scans.get(sha1)
@@ -155,7 +170,7 @@ class MemoryStore:
                 continue
             keys.add(a.key)
             item = OutboxItem(id=next(self._ids), key=a.key, kind=a.kind, payload=json.loads(json.dumps(a.payload)),
-                              created_at=now)
+                              created_at=now, next_attempt_at=a.not_before)
             self.outbox[item.id] = item
             created.append(item)
         return created
@@ -213,7 +228,10 @@ class MemoryStore:
         self._update(item_id, state="failed", last_error=error)
 
     async def pending_count(self) -> int:
-        return sum(1 for i in self.outbox.values() if i.state == "pending")
+        now = self.clock()
+        return sum(1 for i in self.outbox.values()
+                   if i.state == "pending"
+                   and not (i.kind in SCHEDULED_KINDS and i.attempts == 0 and i.next_attempt_at > now))
 
     # ------------------------------------------------------------------ remote scans and budgets
 
@@ -542,6 +560,88 @@ class MemoryStore:
         else:
             self.bank_sync[bank] = dataclasses.replace(old, last_attempt=now, last_error=error,
                                                        errors=old.errors + 1)
+
+    # ------------------------------------------------------------------ Trust & Safety workflow
+
+    async def fold_notification(self, item_key: str, group_keys: Sequence[str], payload: dict[str, Any],
+                                now: float, window: float) -> str | None:
+        if item_key in self.digests:
+            return self.digests[item_key][0]
+        keys = sorted(set(group_keys))
+        rows = sorted((self.notify_groups[k] for k in keys if k in self.notify_groups),
+                      key=lambda r: (r["first_at"], r["group_key"]))
+        by_key = {i.key: i for i in self.outbox.values()}
+        for row in rows:
+            if row["lead_key"] == item_key:
+                return None
+            digest = by_key.get(row["digest_key"])
+            if row["first_at"] > now - window and (digest is None or digest.state == "pending"):
+                self.digests[item_key] = (row["digest_key"], json.loads(json.dumps(payload)))
+                self._insert_actions([NewAction(key=row["digest_key"], kind="digest",
+                                                payload={"group": row["group_key"], "first_at": row["first_at"]},
+                                                not_before=row["first_at"] + window)], now)
+                return str(row["digest_key"])
+        for key in keys:
+            self.notify_groups[key] = {"group_key": key, "lead_key": item_key, "first_at": now,
+                                       "digest_key": f"digest:{key}:{int(now)}"}
+        return None
+
+    async def digest_entries(self, digest_key: str) -> list[dict[str, Any]]:
+        return [dict(p) for k, p in self.digests.values() if k == digest_key]
+
+    async def unscannable_cases(self, state: str | None, limit: int, offset: int = 0) -> list[UnscannableCase]:
+        rows = sorted((c for c in self.unscannable.values() if state is None or c.state == state),
+                      key=lambda c: (-c.created_at, c.event_id))
+        return rows[offset:offset + limit]
+
+    async def unscannable_case(self, event_id: str) -> UnscannableCase | None:
+        return self.unscannable.get(event_id)
+
+    async def decide_unscannable(self, event_id: str, state: str, reviewer: str, note: str = "") -> bool:
+        case = self.unscannable.get(event_id)
+        if case is None:
+            return False
+        now = self.clock()
+        self.unscannable[event_id] = dataclasses.replace(case, state=state, decided_by=reviewer, decided_at=now)
+        self._append_audit(now, reviewer, f"unscannable-{state}", case.sha1, case.wiki, case.title, note,
+                           {"event_id": event_id, "reason": case.reason})
+        return True
+
+    async def record_preservation(self, record: Preservation) -> None:
+        key = (record.wiki, record.title, record.sha1)
+        old = self.preserved.get(key)
+        self.preserved[key] = record if old is None else dataclasses.replace(
+            old, filearchive_ids=record.filearchive_ids, suppressed=record.suppressed)
+
+    async def preservation(self, sha1: str) -> list[Preservation]:
+        return sorted((p for p in self.preserved.values() if p.sha1 == sha1), key=lambda p: p.removed_at)
+
+    async def case_stats(self) -> CaseStats:
+        counts: dict[tuple[str, str], int] = {}
+        oldest: float | None = None
+        for sha1 in {r["sha1"] for r in self.matches}:
+            case = self._case(sha1)
+            if case is None or case.state not in ("open", "escalated"):
+                continue
+            for category in case.categories or ("unknown",):
+                counts[("match", category)] = counts.get(("match", category), 0) + 1
+            oldest = case.first_seen if oldest is None else min(oldest, case.first_seen)
+        for c in self.unscannable.values():
+            if c.state == "open":
+                counts[("unscannable", c.reason)] = counts.get(("unscannable", c.reason), 0) + 1
+                oldest = c.created_at if oldest is None else min(oldest, c.created_at)
+        return CaseStats(counts, oldest)
+
+    async def activity(self, since: float) -> dict[str, dict[str, int]]:
+        outcomes: dict[str, int] = {}
+        for _, outcome, at in self.events.values():
+            if at >= since:
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        uploads: dict[str, set[tuple[str, str, str]]] = {}
+        for r in self.matches:
+            if r["created_at"] >= since:
+                uploads.setdefault(r["category"], set()).add((r["wiki"], r["title"], r["sha1"]))
+        return {"outcomes": outcomes, "categories": {k: len(v) for k, v in uploads.items()}}
 
 
 def _found(row: dict[str, Any], query: str) -> bool:

@@ -21,6 +21,9 @@ from service.store.base import NewAction, OutboxItem
 from service.store.db import Database
 from service.store.schema import outbox as t
 
+# Kinds whose items are written ahead of their time (``NewAction.not_before``): not a backlog until due.
+SCHEDULED_KINDS = ("digest", "summary", "reminder")
+
 
 def outbox_item(row: RowMapping) -> OutboxItem:
     return OutboxItem(
@@ -39,7 +42,8 @@ def insert_actions(db: Database, conn: Connection, actions: Sequence[NewAction],
     created: list[OutboxItem] = []
     for a in actions:
         row = conn.execute(db.prepared(_insert), {"key": a.key, "kind": a.kind, "payload": json.dumps(a.payload),
-                                                  "created_at": now, "updated_at": now}).mappings().first()
+                                                  "created_at": now, "updated_at": now,
+                                                  "next_attempt_at": a.not_before}).mappings().first()
         if row is not None:
             created.append(outbox_item(row))
     return created
@@ -131,5 +135,8 @@ class SqlOutbox:
         await self._update(item_id, state="failed", last_error=error)
 
     async def pending_count(self) -> int:
-        stmt = sa.select(sa.func.count()).select_from(t).where(t.c.state == "pending")
+        """Pending items, not counting those scheduled for later and never attempted (a digest waiting for its
+        window to end, a preservation reminder)."""
+        scheduled = sa.and_(t.c.kind.in_(SCHEDULED_KINDS), t.c.attempts == 0, t.c.next_attempt_at > self.clock())
+        stmt = sa.select(sa.func.count()).select_from(t).where(t.c.state == "pending", sa.not_(scheduled))
         return int(await self.db.read(lambda c: c.execute(stmt).scalar_one()))

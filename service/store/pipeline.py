@@ -14,13 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service.models import UploadEvent
-from service.store.base import RemoteScan, ScanRecord
+from service.store.base import NewAction, RemoteScan, ScanRecord
 from service.store.db import Database
 from service.store.ledger import SEEN, SqlLedger, put_event
 from service.store.matches import SqlMatches
+from service.store.outbox import insert_actions
 from service.store.remote import SqlRemoteScans, put_remote
 from service.store.scans import SqlScans, put_scan, scan_record
 from service.store.schema import scans
+from service.store.workflow import put_unscannable
 
 # Was the event handled, and the scan of its SHA-1 if any: one statement (the pipeline's busiest).
 _ADMIT = (sa.select(SEEN.exists().label("seen"), scans)
@@ -45,7 +47,8 @@ class SqlPipeline(SqlMatches):
         return await self.db.read(q)
 
     async def finish(
-        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = ()
+        self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = (),
+        actions: Sequence[NewAction] = (),
     ) -> None:
         now = self.clock()
 
@@ -55,6 +58,8 @@ class SqlPipeline(SqlMatches):
             for r in remote:
                 put_remote(self.db, c, r)
             put_event(self.db, c, event, outcome, now)
+            if outcome.startswith("unscannable:") and put_unscannable(self.db, c, event, outcome, now):
+                insert_actions(self.db, c, actions, now)
 
         await self.db.write(tx)
 

@@ -239,3 +239,58 @@ bank_hashes = Table(
     Column("entry_id", Text, nullable=False, server_default=""),
     PrimaryKeyConstraint("bank", "record", "kind", "hash"),
 )
+
+
+# --------------------------------------------------------------------------- Trust & Safety workflow (issue 13)
+
+# Grouped notifications: the item that was emailed at once for a group (a known hash, an uploader) and the
+# digest the group's further items go into until ``first_at`` + the window.
+notify_groups = Table(
+    "notify_groups", metadata,
+    Column("group_key", Text, primary_key=True),
+    Column("lead_key", Text, nullable=False),
+    Column("first_at", Double, nullable=False),
+    Column("digest_key", Text, nullable=False),
+)
+
+# One row per notification folded into a digest (``item_key`` unique: folding twice adds nothing).
+digest_entries = Table(
+    "digest_entries", metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("digest_key", Text, nullable=False),
+    Column("item_key", Text, nullable=False, unique=True),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Index("digest_entries_digest", "digest_key", "id"),
+)
+
+# Uploads that could not be scanned: review cases of their own kind (no preview).
+unscannable_cases = Table(
+    "unscannable_cases", metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("wiki", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("sha1", Text),
+    Column("uploader", Text),
+    Column("upload_time", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("state", Text, nullable=False, server_default="open"),
+    Column("decided_by", Text),
+    Column("decided_at", Double),
+    Index("unscannable_cases_state", "state", "created_at"),
+)
+
+# What the wiki keeps of a removed file (its deleted-file archive rows) and until when it must be kept.
+preservation = Table(
+    "preservation", metadata,
+    Column("wiki", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("sha1", Text, nullable=False),
+    Column("filearchive_ids", Text, nullable=False, server_default="[]"),
+    Column("suppressed", Integer, nullable=False, server_default="0"),
+    Column("removed_at", Double, nullable=False),
+    Column("preserve_until", Double, nullable=False),
+    PrimaryKeyConstraint("wiki", "title", "sha1"),
+    Index("preservation_sha1", "sha1"),
+)

@@ -79,6 +79,7 @@ class ReviewUI:
         self.clock = clock
         self.decider = Decider(cfg, store)
         self.policy = self.decider.policy
+        self.extras: list[Any] = []  # extra page sections (service.web.review.reports.WorkflowRoutes)
         self.auth = Auth(cfg.review, store, clock, reviewers=reviewers, sleep=sleep)
         self.app = web.Application(middlewares=[self._headers, self._guard], client_max_size=64 * 1024)
         r = self.app.router
@@ -255,7 +256,8 @@ class ReviewUI:
                                options=await self.store.filter_values(), titles=titles, takedowns=takedowns,
                                mode=self.policy.mode, claims=await self.store.case_claims(sha1s, self.clock()),
                                flash=FLASH.get(q.get("done", "")), me=self._session(request).reviewer)
-        return http.html(views.queue_page(view, **self._nav(request)))
+        extra = "".join([await x.queue_html() for x in self.extras])
+        return http.html(views.queue_page(view, **self._nav(request)).replace("</main>", extra + "</main>", 1))
 
     async def _case(self, request: web.Request) -> tuple[str, ReviewCase, list[dict[str, Any]]]:
         return await self._case_of(request.match_info["sha1"])
@@ -300,7 +302,8 @@ class ReviewUI:
             nonce=secrets.token_urlsafe(16), clear=clear, flash=FLASH.get(request.query.get("done", "")),
             deleted=deleted, claim=claim, me=s.reviewer, admin=request[ROLE_KEY] == "admin", kept=kept,
             uploaders=await self._uploaders(sha1, rows))
-        return http.html(views.detail_page(view, **self._nav(request)))
+        extra = "".join([await x.detail_html(case, rows) for x in self.extras])
+        return http.html(views.detail_page(view, **self._nav(request)).replace("</main>", extra + "</main>", 1))
 
     async def _uploaders(self, sha1: str, rows: Sequence[dict[str, Any]]) -> list[views.Uploader]:
         """Each uploader of the content: their other matched uploads with their outcomes, and block links."""
