@@ -31,6 +31,7 @@ from typing import Any
 from service import links
 from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
+from service.file_hashes import scanned_file
 from service.media.download import discard
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
@@ -54,6 +55,7 @@ from service.stages import _merge as _merge
 from service.store.base import (
     REMOTE_FAILED,
     REMOTE_SEEN,
+    FileHashes,
     OutboxItem,
     PipelineStore,
     RemoteScan,
@@ -83,8 +85,10 @@ class Pipeline(StageSteps):
         remote_when_local: bool = False,
         remote_retry_delays: tuple[float, ...] = (60.0,),
         allowlist: NegativeBank | None = None,
+        on_scanned: Callable[[FileHashes], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_scanned = on_scanned  # the hashes of each scanned file, for retroactive matching
         self.allowlist = allowlist  # content a reviewer dismissed as a false positive, per bank
         self.source = source
         self.store = store
@@ -246,6 +250,7 @@ class Pipeline(StageSteps):
                 and cached.outcome in (CLEAN, MATCH, CLEAN_EXACT_ONLY):
             self.metrics.cache_hits.inc()
             work.cached = True
+            work.cached_scan = cached
             work.matches = list(cached.matches)
             if cached.outcome == CLEAN_EXACT_ONLY:
                 work.outcome = CLEAN_EXACT_ONLY
@@ -347,6 +352,8 @@ class Pipeline(StageSteps):
         except Exception:  # not even error:internal can be recorded: move past it rather than stop
             self.metrics.errors.labels("store", "unrecorded").inc()
             log.exception("could not record any outcome; moving past the event", extra={"event_id": event.event_id})
+        if self.on_scanned is not None and work.sha1 and (outcome in (CLEAN, MATCH) or work.prepared is not None):
+            self.on_scanned(scanned_file(event, work.sha1, work.prepared, work.cached_scan))
         duration = time.monotonic() - work.started
         self.metrics.outcomes.labels(outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome).inc()
         self.metrics.event_latency.observe(duration)

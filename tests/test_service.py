@@ -207,8 +207,8 @@ async def test_a_dying_email_dispatcher_is_logged_counted_restarted_and_mail_sti
         names = service.supervisor.names
     finally:
         await run.stop()
-    assert names == ["outbox", "takedown-outbox", "bank-watch", "maintenance", "review-backlog", "stop-forward",
-                     "commit", "pipeline"]
+    assert names == ["outbox", "takedown-outbox", "bank-watch", "maintenance", "review-backlog", "file-hashes", "retro",
+                     "stop-forward", "commit", "pipeline"]
     stopped = [r.__dict__["task"] for r in caplog.records if r.getMessage() == "task stopped"]
     assert stopped == list(reversed(names))  # shutdown in reverse start order
 

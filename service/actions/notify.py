@@ -162,6 +162,8 @@ def _details(details: object) -> str:
     where = where_matched(details)
     if where:
         parts.append(clean(where, 300))
+    if details.get("retroactive"):
+        parts.append(clean(details["retroactive"], 200))
     return "; ".join(parts) or "-"
 
 
@@ -196,7 +198,9 @@ def render_email(
 
     alert = clean(payload.get("alert"), 2000) if payload.get("alert") else None
     text = ([f"*** {alert} ***", ""] if alert else [])
-    text += [f"A file on {wiki} matched {len(matches)} known hash(es) ({category}).", ""]
+    intro = (clean(payload.get("summary"), 2000) if payload.get("summary")
+             else f"A file on {wiki} matched {len(matches)} known hash(es) ({category}).")
+    text += [intro, ""]
     text.append(f"File page: {page_url or '(no valid link)'}")
     text += [f"{k}: {v}" for k, v in facts]
     text += ["", "Matches:"]
@@ -210,7 +214,8 @@ def render_email(
 
     h = ['<!DOCTYPE html><html><body style="font-family:sans-serif">',
          *([f'<p style="color:#a00000"><strong>{_e(alert, 2000)}</strong></p>'] if alert else []),
-         f"<p>A file on {_e(wiki)} matched {len(matches)} known hash(es) (<strong>{_e(category)}</strong>).</p>",
+         (f"<p>{_e(intro, 2000)}</p>" if payload.get("summary") else
+          f"<p>A file on {_e(wiki)} matched {len(matches)} known hash(es) (<strong>{_e(category)}</strong>).</p>"),
          f"<p>File page: {_link(page_url, title)}</p>",
          "<table>"]
     h += [f"<tr><th align=\"left\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts]

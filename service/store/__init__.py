@@ -23,6 +23,7 @@ from service.store.base import (
     PipelineStore,
     RemoteScanStore,
     RescanStore,
+    RetroStore,
     ReviewerStore,
     ReviewStore,
     ScanStore,
@@ -36,6 +37,7 @@ from service.store.memory import MemoryStore
 from service.store.outbox import SqlOutbox
 from service.store.pipeline import SqlPipeline, SqlRescan
 from service.store.remote import SqlRemoteScans
+from service.store.retro import SqlRetro
 from service.store.review import SqlReview
 from service.store.reviewers import SqlReviewers
 from service.store.scans import SqlScans
@@ -59,6 +61,7 @@ class Stores:
     review: ReviewStore
     reviewers: ReviewerStore
     banksync: BankSyncStore
+    retro: RetroStore  # file hashes and bank deltas (retroactive matching)
 
     async def open(self) -> None:
         await self.db.open()
@@ -77,6 +80,7 @@ def sql_stores(db: Database, *, outbox_lease: float | None = None,
         pipeline=SqlPipeline(db, clock), outbox=SqlOutbox(db, clock, lease=outbox_lease),
         remote=SqlRemoteScans(db, clock), rescan=SqlRescan(db, clock), budget=SqlBudget(db, clock),
         review=SqlReview(db, clock), reviewers=SqlReviewers(db, clock), banksync=SqlBankSync(db, clock),
+        retro=SqlRetro(db, clock),
     )
 
 
@@ -102,4 +106,4 @@ def make_stores(cfg: StoreSection, *, clock: Callable[[], float] = time.time) ->
 def memory_stores(store: MemoryStore | None = None) -> Stores:
     m = store if store is not None else MemoryStore()
     return Stores(db=m, checkpoints=m, ledger=m, scans=m, pipeline=m, outbox=m, remote=m, rescan=m, budget=m,
-                  review=m, reviewers=m, banksync=m)
+                  review=m, reviewers=m, banksync=m, retro=m)
