@@ -22,6 +22,7 @@ from service.config import Config, warnings_for
 from service.errors import ServiceError
 from service.exchanges.sync import BankSyncer
 from service.fetch import WikiClient
+from service.file_hashes import FileHashWriter
 from service.matchers.banks import BankSet
 from service.matchers.exact import ExactMatcher
 from service.matchers.frames import FrameMatcher
@@ -35,6 +36,7 @@ from service.negative_bank import NegativeBank
 from service.net import Proxies
 from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
+from service.retro import RetroMatcher
 from service.runtime.backlog import ReviewBacklog
 from service.runtime.http import HttpServer, source_details, source_ready, store_ready
 from service.runtime.supervisor import RESTART, RestartPolicy, Supervisor, TaskFailed
@@ -64,7 +66,10 @@ class Service:
         make_source: Callable[[Config, Stores, Metrics], Source] | None = None,
         stores: Stores | None = None,
         restart: RestartPolicy = RESTART,
+        retro_matching: bool = True,
     ) -> None:
+        """``retro_matching``: run the retroactive matcher (side jobs such as a backfill or a replay only keep
+        the hashes of the files they scan; the running service matches bank changes)."""
         self.cfg = cfg
         self.metrics = Metrics(registry)
         # PostgreSQL when store.url is set, else SQLite; ``make_source`` builds a worker's or a replay's source.
@@ -113,6 +118,16 @@ class Service:
         if self.review is not None:  # report drafts, unscannable cases and the case page's workflow sections
             WorkflowRoutes(cfg, review=self.stores.review, scans=self.stores.scans, workflow=self.stores.workflow,
                            metrics=self.metrics).register(self.review)
+        # Retroactive matching: every scanned file's hashes are kept; hashes a bank gains are matched against them.
+        retro_cfg = cfg.banks.retro
+        self.file_hashes = (FileHashWriter(self.stores.retro, self.metrics, interval=retro_cfg.flush_interval)
+                            if retro_cfg.enabled else None)
+        self.retro: RetroMatcher | None = None
+        if retro_cfg.enabled and retro_matching:
+            self.retro = RetroMatcher(cfg.banks, store=self.stores.retro, planners=self.planners, metrics=self.metrics,
+                                      notify=notify, on_actions=lambda items: self._kick_actions(),
+                                      allowlist=self.negative_bank)
+            self.banks.subscribe(self.retro.on_delta)
         self.pipeline: Pipeline | None = None
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
@@ -204,6 +219,7 @@ class Service:
                 remote_when_local=self.cfg.photodna.call_when_local_match,
                 remote_retry_delays=self.cfg.photodna.rescan.retry_delays,
                 allowlist=self.negative_bank,
+                on_scanned=self.file_hashes.add if self.file_hashes is not None else None,
             )
             pipeline = self.pipeline
             sup, policy = self.supervisor, self.restart
@@ -217,6 +233,12 @@ class Service:
             for name in self.bank_sync.managed:
                 sup.start(f"bank-sync:{name}", self._bank_sync_task(name), restart=policy)
             sup.start("case-stats", lambda: self.case_watch.run(self.stop_event), restart=policy)
+            if self.file_hashes is not None:
+                writer = self.file_hashes
+                sup.start("file-hashes", lambda: writer.run(self.stop_event), restart=policy)
+            if self.retro is not None:
+                retro = self.retro
+                sup.start("retro", lambda: retro.run(self.stop_event), restart=policy)
             if self.photodna is not None:
                 probe = self.photodna.probe  # while the key is refused: one probe per auth_retry_interval
                 sup.start("photodna-probe", lambda: probe.run(self.stop_event), restart=policy)
@@ -269,6 +291,7 @@ class Service:
             scan_version=lambda: pipeline.scan_version,
             on_actions=lambda items: self._kick_actions(),
             allowlist=self.negative_bank,
+            on_scanned=self.file_hashes.add if self.file_hashes is not None else None,
         )
 
     def _kick_actions(self) -> None:

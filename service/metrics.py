@@ -135,6 +135,7 @@ class Metrics:
         self._init_takedown_review(r, p)
         self._init_scale(r, p)
         self._init_bank_sync(r, p)
+        self._init_retro(r, p)
 
     def _init_photodna(self, r: CollectorRegistry, p: str) -> None:
         """Remote matching (PhotoDNA) and the rescanner."""
@@ -301,3 +302,32 @@ class Metrics:
         for (kind, category), n in sizes.items():
             self.bank_category_size.labels(bank, kind, category).set(n)
         self._bank_category_keys[bank] = set(sizes)
+
+    def _init_retro(self, r: CollectorRegistry, p: str) -> None:
+        """Retroactive matching of stored file hashes against hashes a bank gains, and the flood guard."""
+        self.file_hashes_stored = Counter(
+            f"{p}_file_hashes_stored", "Scanned files whose hashes were written to the store, by result (ok, error)",
+            ["result"], registry=r,
+        )
+        self.file_hashes_indexed = Gauge(
+            f"{p}_file_hashes_indexed", "Stored file PDQ hashes in the retroactive matcher's index", registry=r,
+        )
+        self.retro_matches = Counter(
+            f"{p}_retro_matches", "Matches found by retroactive matching, by bank and matcher (sha1, md5, pdq)",
+            ["bank", "matcher"], registry=r,
+        )
+        self.retro_hashes = Counter(
+            f"{p}_retro_hashes_matched", "New bank hashes matched against the stored file hashes, by bank",
+            ["bank"], registry=r,
+        )
+        self.retro_quarantined = Counter(
+            f"{p}_retro_quarantined_deltas", "Bank deltas the flood guard quarantined, by bank", ["bank"], registry=r,
+        )
+        self.retro_queue = Gauge(
+            f"{p}_retro_queue_hashes", "New bank hashes waiting to be matched against the stored file hashes",
+            registry=r,
+        )
+        self.retro_lag = Gauge(
+            f"{p}_retro_lag_seconds", "Age of the oldest bank delta not yet fully matched and acted on (0: none)",
+            registry=r,
+        )

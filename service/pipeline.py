@@ -32,6 +32,7 @@ from service import links
 from service.actions.notify import unscannable_key, unscannable_payload
 from service.config import Config, ThumbnailSection
 from service.errors import FetchError, FileGone, ServiceError, Unscannable
+from service.file_hashes import scanned_file
 from service.media.download import discard
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
@@ -55,6 +56,7 @@ from service.stages import _merge as _merge
 from service.store.base import (
     REMOTE_FAILED,
     REMOTE_SEEN,
+    FileHashes,
     NewAction,
     OutboxItem,
     PipelineStore,
@@ -85,8 +87,10 @@ class Pipeline(StageSteps):
         remote_when_local: bool = False,
         remote_retry_delays: tuple[float, ...] = (60.0,),
         allowlist: NegativeBank | None = None,
+        on_scanned: Callable[[FileHashes], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_scanned = on_scanned  # the hashes of each scanned file, for retroactive matching
         self.allowlist = allowlist  # content a reviewer dismissed as a false positive, per bank
         self.source = source
         self.store = store
@@ -248,6 +252,7 @@ class Pipeline(StageSteps):
                 and cached.outcome in (CLEAN, MATCH, CLEAN_EXACT_ONLY):
             self.metrics.cache_hits.inc()
             work.cached = True
+            work.cached_scan = cached
             work.matches = list(cached.matches)
             if cached.outcome == CLEAN_EXACT_ONLY:
                 work.outcome = CLEAN_EXACT_ONLY
@@ -354,6 +359,8 @@ class Pipeline(StageSteps):
             self.metrics.unscannable.labels(outcome.split(":", 1)[1]).inc()
             if actions:
                 self.on_actions([])  # its notification: the dispatcher looks now
+        if self.on_scanned is not None and work.sha1 and (outcome in (CLEAN, MATCH) or work.prepared is not None):
+            self.on_scanned(scanned_file(event, work.sha1, work.prepared, work.cached_scan))
         duration = time.monotonic() - work.started
         self.metrics.outcomes.labels(outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome).inc()
         self.metrics.event_latency.observe(duration)

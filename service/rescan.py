@@ -35,6 +35,7 @@ from concurrent.futures import Executor
 
 from service.config import RescanSection, ThumbnailSection, WikiSection
 from service.errors import FileGone, ServiceError, Unscannable
+from service.file_hashes import scanned_file
 from service.matchers.base import RemoteMatcher
 from service.media.pool import CpuPool, as_cpu_pool
 from service.metrics import Metrics
@@ -50,6 +51,7 @@ from service.store.base import (
     REMOTE_GONE,
     REMOTE_MATCH,
     REMOTE_UNSCANNABLE,
+    FileHashes,
     OutboxItem,
     RemoteScan,
     RemoteScanRow,
@@ -79,8 +81,10 @@ class Rescanner:
         on_actions: Callable[[list[OutboxItem]], None] = lambda items: None,
         clock: Callable[[], float] = time.time,
         allowlist: NegativeBank | None = None,
+        on_scanned: Callable[[FileHashes], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_scanned = on_scanned  # the hashes of each file decoded again, for retroactive matching
         self.matcher = matcher
         self.budget = budget
         self.store = store
@@ -202,6 +206,8 @@ class Rescanner:
             if fetched.info.sha1 and fetched.info.sha1.lower() != row.sha1:
                 raise FileGone(f"{upload.wiki} {upload.title!r} now shows {fetched.info.sha1}, not {row.sha1}")
             media = await prepare_media(self.cpu, self.prepare, fetched, row.sha1, self.thumbnail_cfg)
+            if self.on_scanned is not None and upload is not None:
+                self.on_scanned(scanned_file(upload, row.sha1, media))
             if not self.matcher.can_send():
                 return None
             matches = await self.matcher.match(media, background=True)

@@ -15,7 +15,7 @@ from typing import Protocol
 from service.config import ThumbnailSection, WikiSection
 from service.matchers.base import Matcher as Matcher  # declared once, in service.matchers.base
 from service.models import FetchedMedia, Match, PreparedMedia, UploadEvent
-from service.store.base import NewAction
+from service.store.base import NewAction, ScanRecord
 
 
 class Fetcher(Protocol):
@@ -45,6 +45,7 @@ class Work:
     prepared: PreparedMedia | None = None
     matches: list[Match] = field(default_factory=list)
     cached: bool = False
+    cached_scan: ScanRecord | None = None  # the scan cache's record (its hashes are kept for retroactive matching)
     outcome: str | None = None
     recorded: bool = False  # local matches were already recorded (and acted on) before the remote stage
     counted: int = 0  # matches already counted in the metrics

@@ -57,6 +57,8 @@ REQUIRED = {
     ("vpdq",): ["x.webm", "--id", "x"],
     ("bank", "list"): [], ("bank", "sync"): [], ("bank", "add"): ["b", "a" * 40], ("bank", "remove"): ["b", "a" * 40],
     ("bank", "import"): ["f.csv", "--bank", "b"], ("bank", "export"): ["b"],
+    ("retro", "run"): ["--bank", "b"], ("bank", "quarantine", "list"): [],
+    ("bank", "quarantine", "release"): ["1"],
 }
 
 

@@ -208,7 +208,7 @@ async def test_a_dying_email_dispatcher_is_logged_counted_restarted_and_mail_sti
     finally:
         await run.stop()
     assert names == ["outbox", "takedown-outbox", "bank-watch", "maintenance", "review-backlog", "case-stats",
-                     "stop-forward", "commit", "pipeline"]
+                     "file-hashes", "retro", "stop-forward", "commit", "pipeline"]
     stopped = [r.__dict__["task"] for r in caplog.records if r.getMessage() == "task stopped"]
     assert stopped == list(reversed(names))  # shutdown in reverse start order
 

@@ -178,6 +178,8 @@ def _details(details: object) -> str:
     where = where_matched(details)
     if where:
         parts.append(clean(where, 300))
+    if details.get("retroactive"):
+        parts.append(clean(details["retroactive"], 200))
     return "; ".join(parts) or "-"
 
 
@@ -215,7 +217,8 @@ def render_email(
     headline = (f"A file on {wiki} could not be scanned ({clean(payload.get('reason'), 100)})." if unscannable
                 else f"A file on {wiki} matched {len(matches)} known hash(es) ({category}).")
     text = ([f"*** {alert} ***", ""] if alert else [])
-    text += [headline, ""]
+    intro = clean(payload.get("summary"), 2000) if payload.get("summary") else headline
+    text += [intro, ""]
     text.append(f"File page: {page_url or '(no valid link)'}")
     text += [f"{k}: {v}" for k, v in facts]
     text += ["", "Matches:"]
@@ -229,7 +232,7 @@ def render_email(
 
     h = ['<!DOCTYPE html><html><body style="font-family:sans-serif">',
          *([f'<p style="color:#a00000"><strong>{_e(alert, 2000)}</strong></p>'] if alert else []),
-         f"<p>{_e(headline)}</p>",
+         f"<p>{_e(intro, 2000)}</p>",
          f"<p>File page: {_link(page_url, title)}</p>",
          "<table>"]
     h += [f"<tr><th align=\"left\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts]

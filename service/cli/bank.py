@@ -31,7 +31,8 @@ FORMATS = ("csv", "jsonl", "te")  # te: python-threatexchange's "signal_type val
 _TE_KINDS = {"pdq": "pdq", "video_md5": "md5", "md5": "md5", "sha1": "sha1"}
 
 
-def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> Any:
+    """The ``bank`` group; returns its subparsers (other modules add their ``bank`` commands to it)."""
     bank = sub.add_parser("bank", help="hash banks: list, sync, add/remove/import to curated banks, export")
     bsub = bank.add_subparsers(dest="bank_command", required=True)
     p = bsub.add_parser("list", parents=[common], help="hashes per bank and kind, category, source, last sync, "
@@ -66,6 +67,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     p.add_argument("-o", "--output", default="-", help="a file (default: standard output)")
     p.set_defaults(func=cmd_export)
+    return bsub
 
 
 # ---------------------------------------------------------------------------- reading banks

@@ -6,7 +6,7 @@ import argparse
 from importlib import metadata
 
 from service import __version__
-from service.cli import bank, check, photodna, report, reprocess, reviewer, run, scan, vpdq
+from service.cli import bank, check, photodna, report, reprocess, retro, reviewer, run, scan, vpdq
 from service.cli.options import common_options
 from service.config.cli import add_config_command
 
@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_parsers(sub, common)
     reviewer.add_parser(sub, common)
     vpdq.add_parser(sub, common)
-    bank.add_parser(sub, common)
+    bank_commands = bank.add_parser(sub, common)
+    retro.add_parser(sub, common)  # retro run --bank NAME
+    retro.add_quarantine_parser(bank_commands, common)  # bank quarantine list | release ID
     report.add_parser(sub, common)
     add_config_command(sub, common)  # config schema | show | reference
     return parser

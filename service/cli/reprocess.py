@@ -102,7 +102,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         stores = make_stores(cfg.store)
         if req.rescan:
             stores = dataclasses.replace(stores, pipeline=RescanAdmission(stores.pipeline))
-        return Service(cfg, stores=stores, make_source=lambda c, s, m: replay_source(c, s.checkpoints, m, req))
+        return Service(cfg, stores=stores, make_source=lambda c, s, m: replay_source(c, s.checkpoints, m, req),
+                       retro_matching=False)
 
     def started(service: Any) -> None:  # the reporter is owned by the service's supervisor
         progress = ReplayProgress(req, service.metrics)
@@ -171,7 +172,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                                                   metrics=m, start=start, end=end, scan_version=version)
                 return holder["source"]
 
-            service = Service(cfg, make_source=source)
+            service = Service(cfg, make_source=source, retro_matching=False)
             return service
 
         code = serve(make, on_started=started)

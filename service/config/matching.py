@@ -166,6 +166,27 @@ class PdqViewThresholdsSection:
 
 
 @dataclass(frozen=True)
+class FloodGuardSection:
+    # A bank change whose new hashes would match more than this many already-scanned files is quarantined: no
+    # takedown, one alert email, the hits go to the review queue until `mediamoderation bank quarantine release`.
+    max_hits: NonNegInt = 50
+
+
+@dataclass(frozen=True)
+class RetroSection:
+    # match the hashes a bank gains against the stored hashes of every file already scanned.
+    enabled: bool = True
+    # new hashes matched per step; the delta's progress is stored after each step.
+    batch: PosInt = 200
+    # share of one core the matching may take (it pauses between steps), so live scanning keeps its pace.
+    cpu_share: Annotated[float, Field(gt=0, le=1)] = 0.15
+    # seconds between writes of scanned files' hashes (written in batches, off the scanning path).
+    flush_interval: PosFloat = 1.0
+    # seconds between looks for newly stored file PDQ hashes (for the index) and released deltas.
+    refresh_interval: PosFloat = 10.0
+
+
+@dataclass(frozen=True)
 class BanksSection:
     reload_interval: NonNegFloat = 10.0  # seconds between checks of the bank files for changes; 0: never
     # PDQ hashes of lower quality are not matched (each derived view is checked on its own).
@@ -181,6 +202,8 @@ class BanksSection:
     timeout: PosFloat = 60.0
     # first retry delay (seconds) after a failed sync; doubles per failure up to the bank's `interval`.
     retry_delay: PosFloat = 30.0
+    flood_guard: FloodGuardSection = field(default_factory=FloodGuardSection)
+    retro: RetroSection = field(default_factory=RetroSection)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from service.store.base import (
     PipelineStore,
     RemoteScanStore,
     RescanStore,
+    RetroStore,
     ReviewerStore,
     ReviewStore,
     ScanStore,
@@ -37,6 +38,7 @@ from service.store.memory import MemoryStore
 from service.store.outbox import SqlOutbox
 from service.store.pipeline import SqlPipeline, SqlRescan
 from service.store.remote import SqlRemoteScans
+from service.store.retro import SqlRetro
 from service.store.review import SqlReview
 from service.store.reviewers import SqlReviewers
 from service.store.scans import SqlScans
@@ -62,6 +64,7 @@ class Stores:
     reviewers: ReviewerStore
     banksync: BankSyncStore
     workflow: WorkflowStore
+    retro: RetroStore  # file hashes and bank deltas (retroactive matching)
 
     async def open(self) -> None:
         await self.db.open()
@@ -80,7 +83,7 @@ def sql_stores(db: Database, *, outbox_lease: float | None = None,
         pipeline=SqlPipeline(db, clock), outbox=SqlOutbox(db, clock, lease=outbox_lease),
         remote=SqlRemoteScans(db, clock), rescan=SqlRescan(db, clock), budget=SqlBudget(db, clock),
         review=SqlReview(db, clock), reviewers=SqlReviewers(db, clock), banksync=SqlBankSync(db, clock),
-        workflow=SqlWorkflow(db, clock),
+        workflow=SqlWorkflow(db, clock), retro=SqlRetro(db, clock),
     )
 
 
@@ -106,4 +109,4 @@ def make_stores(cfg: StoreSection, *, clock: Callable[[], float] = time.time) ->
 def memory_stores(store: MemoryStore | None = None) -> Stores:
     m = store if store is not None else MemoryStore()
     return Stores(db=m, checkpoints=m, ledger=m, scans=m, pipeline=m, outbox=m, remote=m, rescan=m, budget=m,
-                  review=m, reviewers=m, banksync=m, workflow=m)
+                  review=m, reviewers=m, banksync=m, workflow=m, retro=m)

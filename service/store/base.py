@@ -117,6 +117,62 @@ class RemoteScanRow:
     last_error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class FileHashes:
+    """The hashes of one scanned upload version (never its media) and what acting on it later needs.
+
+    ``md5`` only when the original was fetched; ``pdq`` (64 hex digits, the image as shown) with its
+    quality when the file was decoded.  ``id`` is the store's row id (0 before it is stored)."""
+
+    event: UploadEvent
+    sha1: str
+    md5: str | None = None
+    pdq: str | None = None
+    pdq_quality: int | None = None
+    scanned_at: float = 0.0
+    id: int = 0
+
+
+# States of a retroactive delta (see RetroDelta).
+RETRO_MATCHING = "matching"  # new hashes being matched against the stored file hashes
+RETRO_ACTING = "acting"  # hits being recorded and acted on
+RETRO_QUARANTINED = "quarantined"  # the flood guard held it: hits in review, nothing else until released
+RETRO_DONE = "done"
+RETRO_STATES = (RETRO_MATCHING, RETRO_ACTING, RETRO_QUARANTINED, RETRO_DONE)
+
+
+@dataclass(frozen=True, slots=True)
+class RetroDelta:
+    """One bank change's added hashes, matched against every stored file hash, with its progress.
+
+    ``entries``: (hash, category, source, id) of each added hash.  ``progress`` counts entries matched
+    (state ``matching``) or hits acted on (state ``acting``); ``hits`` are (file id, entry index,
+    distance or None) found so far.  Written after each step, so a restart resumes instead of repeating."""
+
+    id: int
+    bank: str
+    added_at: float
+    entries: tuple[tuple[str, str, str, str], ...]
+    state: str
+    progress: int = 0
+    hits: tuple[tuple[int, int, int | None], ...] = ()
+    note: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetroDeltaStatus:
+    """Where a delta stands, without its entries and hits (cheap to poll)."""
+
+    id: int
+    bank: str
+    state: str
+    progress: int
+    size: int
+    created_at: float
+
+
 class CheckpointStore(Protocol):
     async def get_checkpoint(self, name: str) -> Any | None: ...
     async def set_checkpoint(self, name: str, value: Any) -> None: ...
@@ -208,6 +264,52 @@ class RemoteScanStore(Protocol):
 
 class RescanStore(RemoteScanStore, ScanStore, MatchStore, OutcomeLedger, Protocol):
     """What the rescanner needs."""
+
+
+class FileHashStore(Protocol):
+    """The hashes of every scanned file, for retroactive matching."""
+
+    async def put_file_hashes(self, files: Sequence[FileHashes]) -> None:
+        """Insert or refresh (same wiki, title and SHA-1: the latest event wins) in one transaction."""
+        ...
+
+    async def count_file_hashes(self) -> int: ...
+
+    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int]]:
+        """(id, PDQ hex, quality) of stored files with a PDQ hash and ``id > after_id``, by id."""
+        ...
+
+    async def files_by_hash(self, kind: str, values: Sequence[str]) -> list[FileHashes]:
+        """Stored files whose ``kind`` (``sha1`` or ``md5``) is one of ``values`` (lower-case hex)."""
+        ...
+
+    async def files_by_id(self, ids: Sequence[int]) -> list[FileHashes]: ...
+
+
+class RetroDeltaStore(Protocol):
+    async def add_retro_delta(self, bank: str, added_at: float,
+                              entries: Sequence[tuple[str, str, str, str]]) -> int: ...
+    async def get_retro_delta(self, delta_id: int) -> RetroDelta | None: ...
+
+    async def list_retro_deltas(self, states: Sequence[str] = ()) -> list[RetroDelta]:
+        """Deltas in any of ``states`` (all when empty), oldest first."""
+        ...
+
+    async def retro_delta_status(self, states: Sequence[str]) -> list[RetroDeltaStatus]:
+        """Where the deltas in any of ``states`` stand, oldest first (no entries or hits read)."""
+        ...
+
+    async def update_retro_delta(self, delta_id: int, *, state: str, progress: int,
+                                 hits: Sequence[tuple[int, int, int | None]] | None = None,
+                                 note: str | None = None) -> None:
+        """Move a delta on; ``hits`` and ``note`` are kept when None."""
+        ...
+
+
+class RetroStore(FileHashStore, RetroDeltaStore, MatchStore, Protocol):
+    """What the retroactive matcher needs: file hashes, deltas, matches with their actions, and the outbox."""
+
+    async def add_actions(self, actions: Sequence[NewAction]) -> list[OutboxItem]: ...
 
 
 class BudgetStore(Protocol):

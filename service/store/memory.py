@@ -28,11 +28,14 @@ from service.store.base import (
     CaseStats,
     Claim,
     Decision,
+    FileHashes,
     NewAction,
     OutboxItem,
     Preservation,
     RemoteScan,
     RemoteScanRow,
+    RetroDelta,
+    RetroDeltaStatus,
     ReviewCase,
     Reviewer,
     ReviewSession,
@@ -72,6 +75,9 @@ class MemoryStore:
         self.digests: dict[str, tuple[str, dict[str, Any]]] = {}  # item key -> (digest key, payload), in order
         self.unscannable: dict[str, UnscannableCase] = {}
         self.preserved: dict[tuple[str, str, str], Preservation] = {}
+        self.file_hashes: dict[tuple[str, str, str], FileHashes] = {}  # (wiki, title, sha1) -> row
+        self.retro_deltas: dict[int, RetroDelta] = {}
+        self._file_ids = itertools.count(1)
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ life cycle
@@ -522,6 +528,56 @@ class MemoryStore:
             del self.sessions[k]
         return len(old)
 
+    # ------------------------------------------------------------------ retroactive matching
+
+    async def put_file_hashes(self, files: Sequence[FileHashes]) -> None:
+        for x in files:
+            key = (x.event.wiki, x.event.title, x.sha1)
+            old = self.file_hashes.get(key)
+            self.file_hashes[key] = dataclasses.replace(x, id=old.id if old else next(self._file_ids))
+
+    async def count_file_hashes(self) -> int:
+        return len(self.file_hashes)
+
+    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int]]:
+        rows = sorted((x.id, x.pdq, x.pdq_quality or 0) for x in self.file_hashes.values()
+                      if x.pdq is not None and x.id > after_id)
+        return [(i, p, q) for i, p, q in rows[:limit] if p is not None]
+
+    async def files_by_hash(self, kind: str, values: Sequence[str]) -> list[FileHashes]:
+        wanted = set(values)
+        return sorted((x for x in self.file_hashes.values() if getattr(x, kind) in wanted), key=lambda x: x.id)
+
+    async def files_by_id(self, ids: Sequence[int]) -> list[FileHashes]:
+        wanted = set(ids)
+        return sorted((x for x in self.file_hashes.values() if x.id in wanted), key=lambda x: x.id)
+
+    async def add_retro_delta(self, bank: str, added_at: float, entries: Sequence[tuple[str, str, str, str]]) -> int:
+        now = self.clock()
+        delta_id = len(self.retro_deltas) + 1
+        self.retro_deltas[delta_id] = RetroDelta(id=delta_id, bank=bank, added_at=added_at, entries=tuple(entries),
+                                                 state="matching", created_at=now, updated_at=now)
+        return delta_id
+
+    async def get_retro_delta(self, delta_id: int) -> RetroDelta | None:
+        return self.retro_deltas.get(delta_id)
+
+    async def list_retro_deltas(self, states: Sequence[str] = ()) -> list[RetroDelta]:
+        return [x for _, x in sorted(self.retro_deltas.items()) if not states or x.state in states]
+
+    async def retro_delta_status(self, states: Sequence[str]) -> list[RetroDeltaStatus]:
+        return [RetroDeltaStatus(x.id, x.bank, x.state, x.progress, len(x.entries), x.created_at)
+                for _, x in sorted(self.retro_deltas.items()) if x.state in states]
+
+    async def update_retro_delta(self, delta_id: int, *, state: str, progress: int,
+                                 hits: Sequence[tuple[int, int, int | None]] | None = None,
+                                 note: str | None = None) -> None:
+        old = self.retro_deltas.get(delta_id)
+        if old is None:
+            return
+        self.retro_deltas[delta_id] = dataclasses.replace(
+            old, state=state, progress=progress, hits=old.hits if hits is None else tuple(hits),
+            note=old.note if note is None else note, updated_at=self.clock())
     # ------------------------------------------------------------------ bank sync
 
     async def bank_sync_states(self) -> list[BankSyncState]:

@@ -294,3 +294,43 @@ preservation = Table(
     PrimaryKeyConstraint("wiki", "title", "sha1"),
     Index("preservation_sha1", "sha1"),
 )
+
+# The hashes of every scanned file (never its media), to match it again when a bank gains hashes
+# (retroactive matching), with what acting on it later needs.  One row per upload version.
+file_hashes = Table(
+    "file_hashes", metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("wiki", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("sha1", Text, nullable=False),
+    Column("md5", Text),
+    Column("pdq", Text),
+    Column("pdq_quality", Integer),
+    Column("event_id", Text, nullable=False),
+    Column("server_url", Text, nullable=False),
+    Column("page_url", Text, nullable=False),
+    Column("uploader", Text),
+    Column("upload_time", Text, nullable=False),
+    Column("log_action", Text, nullable=False),
+    Column("scanned_at", Double, nullable=False),
+    UniqueConstraint("wiki", "title", "sha1"),
+    Index("file_hashes_sha1", "sha1"),
+    Index("file_hashes_md5", "md5"),
+)
+
+# Bank deltas being matched against the stored file hashes, with their progress (a restart resumes them).
+retro_deltas = Table(
+    "retro_deltas", metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("bank", Text, nullable=False),
+    Column("added_at", Double, nullable=False),
+    Column("entries", Text, nullable=False),  # JSON list of [hash, category, source, id]
+    Column("size", Integer, nullable=False),  # number of entries
+    Column("state", Text, nullable=False),
+    Column("progress", Integer, nullable=False, server_default="0"),
+    Column("hits", Text, nullable=False, server_default="[]"),  # JSON list of [file id, entry index, distance]
+    Column("note", Text, nullable=False, server_default=""),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Index("retro_deltas_state", "state", "id"),
+)

@@ -20,10 +20,14 @@ from service.store.base import (
     REMOTE_FAILED,
     REMOTE_GONE,
     REMOTE_SEEN,
+    RETRO_ACTING,
+    RETRO_MATCHING,
+    RETRO_QUARANTINED,
     AllowlistEntry,
     BankHash,
     CaseFilter,
     Decision,
+    FileHashes,
     NewAction,
     RemoteScan,
     ReviewSession,
@@ -146,6 +150,61 @@ async def test_admit_and_finish(store: Stores) -> None:
     assert not await store.ledger.event_seen("ev-2")
     await store.pipeline.finish(upload(2), "clean", None)  # the retry's outcome replaces the error
     assert await store.ledger.event_seen("ev-2")
+
+
+# ------------------------------------------------------------------ retroactive matching: file hashes, deltas
+
+
+async def test_file_hashes_round_trip_latest_event_wins_and_lookups(store: Stores) -> None:
+    a = FileHashes(event=upload(1), sha1=SHA, md5="0" * 32, pdq="f" * 64, pdq_quality=90, scanned_at=5.0)
+    b = FileHashes(event=upload(2, sha1="b" * 40), sha1="b" * 40, scanned_at=6.0)  # exact SHA-1 hit: no PDQ
+    c = FileHashes(event=upload(3, sha1="c" * 40), sha1="c" * 40, pdq="e" * 64, pdq_quality=40, scanned_at=7.0)
+    await store.retro.put_file_hashes([a, b, c])
+    assert await store.retro.count_file_hashes() == 3
+    [got] = await store.retro.files_by_hash("sha1", [SHA, "d" * 40])
+    assert got.id > 0 and got.event == a.event and (got.md5, got.pdq, got.pdq_quality) == (a.md5, a.pdq, 90)
+    assert [f.sha1 for f in await store.retro.files_by_hash("md5", ["0" * 32])] == [SHA]
+    assert await store.retro.files_by_hash("md5", []) == []
+    pdqs = await store.retro.file_pdqs(0, 10)
+    assert [(p, q) for _, p, q in pdqs] == [("f" * 64, 90), ("e" * 64, 40)]
+    assert await store.retro.file_pdqs(pdqs[0][0], 10) == pdqs[1:]
+    assert len(await store.retro.file_pdqs(0, 1)) == 1
+    # The same upload version scanned again (a replay): one row, the same id, the latest event.
+    again = FileHashes(event=dataclasses.replace(upload(1), event_id="ev-9"), sha1=SHA, md5="0" * 32,
+                       pdq="f" * 64, pdq_quality=90, scanned_at=9.0)
+    await store.retro.put_file_hashes([again])
+    assert await store.retro.count_file_hashes() == 3
+    [row] = await store.retro.files_by_id([got.id])
+    assert row.id == got.id and row.event.event_id == "ev-9" and row.scanned_at == 9.0
+    assert await store.retro.files_by_id([]) == []
+
+
+async def test_retro_deltas_keep_their_progress(store: Stores) -> None:
+    entries = [("a" * 40, "child-protection", "src", "e1"), ("f" * 64, "terrorism", "", "")]
+    first = await store.retro.add_retro_delta("bank-a", 100.0, entries)
+    second = await store.retro.add_retro_delta("bank-b", 101.0, entries[:1])
+    d = await store.retro.get_retro_delta(first)
+    assert d is not None and (d.bank, d.added_at, d.entries, d.state, d.progress, d.hits) == (
+        "bank-a", 100.0, tuple(entries), RETRO_MATCHING, 0, ())
+    await store.retro.update_retro_delta(first, state=RETRO_MATCHING, progress=1, hits=[(7, 0, None), (8, 1, 12)])
+    await store.retro.update_retro_delta(second, state=RETRO_QUARANTINED, progress=1, note="60 files hit")
+    d = await store.retro.get_retro_delta(first)
+    assert d is not None and d.progress == 1 and d.hits == ((7, 0, None), (8, 1, 12))
+    await store.retro.update_retro_delta(first, state=RETRO_ACTING, progress=0)  # hits and note kept
+    d = await store.retro.get_retro_delta(first)
+    assert d is not None and d.state == RETRO_ACTING and d.hits == ((7, 0, None), (8, 1, 12)) and d.note == ""
+    assert [x.id for x in await store.retro.list_retro_deltas()] == [first, second]
+    [q] = await store.retro.list_retro_deltas((RETRO_QUARANTINED,))
+    assert q.id == second and q.note == "60 files hit"
+    assert await store.retro.get_retro_delta(9999) is None
+    assert [(x.id, x.bank, x.state, x.progress, x.size, x.created_at)
+            for x in await store.retro.retro_delta_status((RETRO_ACTING, RETRO_QUARANTINED))] == [
+        (first, "bank-a", RETRO_ACTING, 0, 2, 1000.0), (second, "bank-b", RETRO_QUARANTINED, 1, 1, 1000.0)]
+    assert await store.retro.retro_delta_status((RETRO_MATCHING,)) == []
+    # The retroactive matcher records matches and adds alerts through the same store.
+    assert await store.retro.record_matches(upload(1), SHA, [M], []) == []
+    [alert] = await store.retro.add_actions([NewAction(key="flood:x:1", kind="notify", payload={})])
+    assert alert.key == "flood:x:1"
 
 
 # ------------------------------------------------------------------ matches and outbox

@@ -305,7 +305,8 @@ def _action_status(item: OutboxItem | None, kind: str) -> str:
 def _details(d: Mapping[str, Any]) -> str:
     if not d:
         return "-"
-    labels = {"tracking_id": "Tracking id", "violations": "Violations", "source": "Source", "match_id": "Match id"}
+    labels = {"tracking_id": "Tracking id", "violations": "Violations", "source": "Source", "match_id": "Match id",
+              "retroactive": "Retroactive", "delta": "Bank delta"}
     parts = []
     where = where_matched(d)  # video offsets, document pages
     if where:
