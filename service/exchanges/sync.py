@@ -3,7 +3,9 @@
 Cold start (:meth:`BankSyncer.load`) puts each bank's stored content into the BankSet before scanning starts,
 so a restart never refetches everything.  An exchange bank then continues its delta from the stored
 checkpoint: each ``FetchDelta`` is written to the store with its checkpoint in one transaction, and applied to
-the BankSet (coalesced to at most one swap per second, and always at the end).  A stale checkpoint
+the BankSet (coalesced to at most one swap per second, and always at the end) as a difference: the bank's
+entries of the changed records (the entry id is the record) out, their new entries in.  The syncer keeps no
+copy of a bank's content: the BankSet holds it compactly.  A stale checkpoint
 (``is_stale()``), or none, fetches the whole list; the bank is replaced only when that fetch completes, and
 matching goes on with the old content meanwhile.  Records deleted or withdrawn upstream leave the bank.
 
@@ -69,7 +71,6 @@ class BankSyncer:
         self.proxies = proxies or Proxies.direct()
         self.make_client = make_client or _exchange_client
         self.managed = {b.name: b for b in cfg.list if b.kind != "file"}
-        self._content: dict[str, Content] = {}
         self._errors: dict[str, str | None] = {}
         self._seen: dict[str, Any] = {}  # the checkpoint of the content in memory, as stored
         self._locks = {name: asyncio.Lock() for name in self.managed}
@@ -89,13 +90,9 @@ class BankSyncer:
 
     async def _load_one(self, name: str, state: BankSyncState | None, *, publish: bool) -> int:
         rows = await self.store.bank_hashes(name)
-        content: Content = {}
-        for r in rows:
-            entry = BankEntry(hash=r.hash, category=r.category, source=r.source, id=r.entry_id)
-            content[r.record] = (*content.get(r.record, ()), entry)
-        self._content[name] = content
+        entries = [BankEntry(hash=r.hash, category=r.category, source=r.source, id=r.entry_id) for r in rows]
         self._seen[name] = state.checkpoint if state is not None else None
-        self._apply(name, content, self._seen[name], publish=publish)
+        self._replace(name, entries, self._seen[name], publish=publish)
         return len(rows)
 
     async def _state(self, name: str) -> BankSyncState | None:
@@ -152,14 +149,14 @@ class BankSyncer:
             log.warning("bank %s: the stored checkpoint is stale; fetching the whole list (matching goes on "
                         "with the current content until it completes)", name)
             checkpoint = None
-        old = self._content.get(name, {})
-        content: Content = {} if full else dict(old)
+        content: Content = {}  # a full fetch: the whole list, kept only until it replaces the bank
+        pending: Content = {}  # a delta: records changed since the last swap -> their new entries
         rules = [(r.label.lower(), r.category) for r in bank.exchange.categories]
         fetched: Iterator[Any] = client.fetch(checkpoint)
         changed = 0
+        added = removed = 0
         last_json: Any = client.checkpoint_to_json(checkpoint)
         applied_at = time.monotonic()
-        pending = False  # deltas stored but not yet swapped into the BankSet
         try:
             while True:
                 batch = await asyncio.to_thread(next, fetched, None)
@@ -168,38 +165,40 @@ class BankSyncer:
                 for signal_type, n in batch.skipped.items():
                     self.metrics.bank_sync_skipped.labels(name, signal_type).inc(n)
                 rows: list[BankHash] = []
+                updated = content if full else pending
                 for record, signals in batch.updates.items():
-                    content.pop(record, None)
-                    if signals:
-                        entries = tuple(BankEntry(hash=s.hash, category=_category(s.labels, rules, bank.category),
-                                                  source=bank.exchange.type, id=record) for s in signals)
-                        content[record] = entries
-                        rows.extend(_row(record, e) for e in entries)
+                    entries = tuple(BankEntry(hash=s.hash, category=_category(s.labels, rules, bank.category),
+                                              source=bank.exchange.type, id=record) for s in signals or ())
+                    if entries or not full:
+                        updated[record] = entries  # no entries: the record leaves the bank
+                    else:
+                        updated.pop(record, None)
+                    rows.extend(_row(record, e) for e in entries)
                 changed += len(batch.updates)
                 if batch.checkpoint is not None:
                     last_json = client.checkpoint_to_json(batch.checkpoint)
                 if not full:  # each delta is durable with its checkpoint, and matchable within APPLY_EVERY
                     await self.store.apply_bank_delta(name, list(batch.updates), rows, last_json)
                     self._seen[name] = last_json
-                    self._content[name] = content
-                    pending = True
                     if time.monotonic() - applied_at >= APPLY_EVERY:
-                        self._apply(name, content, last_json)
-                        pending, applied_at = False, time.monotonic()
+                        plus, minus = self._apply_records(name, pending, last_json)
+                        added, removed = added + plus, removed + minus
+                        pending, applied_at = {}, time.monotonic()
                 self._lag(name, batch.checkpoint)
                 if progress is not None:
-                    progress(changed, _size(content))
+                    progress(changed, _size(content) if full else self._hashes(name))
         except BaseException:
             if pending:  # failed after some stored deltas: what is stored is matchable too
-                self._apply(name, content, last_json)
+                self._apply_records(name, pending, last_json)
             raise
         if full:  # replace only now that the whole list is in
             await self.store.replace_bank(name, [_row(rec, e) for rec, es in content.items() for e in es], last_json)
             self._seen[name] = last_json
-        added, removed = _count_changes(old, content)
-        self._content[name] = content
-        self._apply(name, content, last_json)
-        return SyncResult(name, ok=True, added=added, removed=removed, hashes=_size(content), full=full)
+            added, removed = self._replace(name, [e for es in content.values() for e in es], last_json)
+        else:
+            plus, minus = self._apply_records(name, pending, last_json)
+            added, removed = added + plus, removed + minus
+        return SyncResult(name, ok=True, added=added, removed=removed, hashes=self._hashes(name), full=full)
 
     async def _sync_url(self, bank: BankSection, progress: Progress | None) -> SyncResult:
         from service.exchanges.urllist import fetch_list
@@ -209,9 +208,8 @@ class BankSyncer:
         got = await fetch_list(bank, self.cfg, validators=state.checkpoint if state else None,
                                user_agent=self.user_agent, proxies=self.proxies)
         self.metrics.bank_sync_lag.labels(name).set(0)
-        old = self._content.get(name, {})
         if got.body is None:  # 304 Not Modified
-            return SyncResult(name, ok=True, hashes=_size(old))
+            return SyncResult(name, ok=True, hashes=self._hashes(name))
         try:
             entries = await asyncio.to_thread(parse_entries, bank, got.body, path=bank.url)
         except BankError as exc:
@@ -222,12 +220,10 @@ class BankSyncer:
         await self.store.replace_bank(name, [_row(rec, e) for rec, es in content.items() for e in es],
                                       got.validators)
         self._seen[name] = got.validators
-        added, removed = _count_changes(old, content)
-        self._content[name] = content
-        self._apply(name, content, got.validators)
+        added, removed = self._replace(name, [e for es in content.values() for e in es], got.validators)
         if progress is not None:
             progress(len(content), _size(content))
-        return SyncResult(name, ok=True, added=added, removed=removed, hashes=_size(content), full=True)
+        return SyncResult(name, ok=True, added=added, removed=removed, hashes=self._hashes(name), full=True)
 
     # ------------------------------------------------------------------ running
 
@@ -262,9 +258,26 @@ class BankSyncer:
 
     # ------------------------------------------------------------------ helpers
 
-    def _apply(self, name: str, content: Content, checkpoint: Any, *, publish: bool = True) -> None:
-        digest = hashlib.sha256(json.dumps([name, checkpoint, _size(content)], default=str).encode()).hexdigest()
-        self.banks.set_entries(name, (e for es in content.values() for e in es), digest=digest, publish=publish)
+    def _replace(self, name: str, entries: list[BankEntry], checkpoint: Any, *,
+                 publish: bool = True) -> tuple[int, int]:
+        """Make ``entries`` the bank's content (applied as the difference); (added, removed) entries."""
+        delta = self.banks.set_entries(name, entries, digest=_digest(name, checkpoint, len(entries)),
+                                       publish=publish)
+        return (len(delta.added), len(delta.removed)) if delta is not None else (0, 0)
+
+    def _apply_records(self, name: str, updates: Content, checkpoint: Any) -> tuple[int, int]:
+        """Replace the entries of the records in ``updates`` (the entry id is the record) by their new ones, in
+        time proportional to the delta, not to the bank; (added, removed) entries."""
+        if not updates:
+            return 0, 0
+        before = self.banks.entries_with_ids(name, updates)
+        added = [e for es in updates.values() for e in es]
+        size = self._hashes(name) + len(added) - len(before)
+        delta = self.banks.apply_delta(name, added, before, digest=_digest(name, checkpoint, size))
+        return (len(delta.added), len(delta.removed)) if delta is not None else (0, 0)
+
+    def _hashes(self, name: str) -> int:
+        return sum(self.banks.sizes()[name].values())
 
     def _lag(self, name: str, checkpoint: Any) -> None:
         try:
@@ -297,14 +310,12 @@ def _row(record: str, e: BankEntry) -> BankHash:
     return BankHash(record=record, kind=e.kind, hash=e.hash, category=e.category, source=e.source, entry_id=e.id)
 
 
+def _digest(name: str, checkpoint: Any, size: int) -> str:
+    return hashlib.sha256(json.dumps([name, checkpoint, size], default=str).encode()).hexdigest()
+
+
 def _size(content: Mapping[str, tuple[BankEntry, ...]]) -> int:
     return sum(len(es) for es in content.values())
-
-
-def _count_changes(old: Content, new: Content) -> tuple[int, int]:
-    before = {e for es in old.values() for e in es}
-    after = {e for es in new.values() for e in es}
-    return len(after - before), len(before - after)
 
 
 def _classify(exc: BaseException) -> ExchangeError | StoreError:

@@ -10,8 +10,8 @@ File format (UTF-8, one header line, no comments)::
 The hash is 40 hex digits (SHA-1), 32 (MD5) or 64 (PDQ, standard hex order), any case.  An empty
 category means the bank's configured category; an empty id means the hash itself identifies the entry.
 
-A :class:`BankSet` holds an immutable snapshot of every bank; a reload builds new bank objects and
-swaps the snapshot in one assignment, so lookups never see a half-loaded bank.
+A :class:`BankSet` keeps each bank compactly in a :class:`~service.matchers.bank_table.BankTable` and applies
+every change (a reload, a sync) as the entries added and removed; lookups never see a half-applied change.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from service.config.matching import PDQ_THRESHOLD_MAX, BankSection, BanksSection
 from service.errors import BankError
+from service.matchers.bank_table import HASH_BYTES, BankTable, Change
+from service.matchers.bank_table import BankEntry as BankEntry
 from service.media.thumbnail import DIHEDRAL_VARIANTS
 from service.media.views import TRIMMED_BORDER, TRIMMED_CAPTION, UNCROP
 from service.metrics import Metrics
@@ -46,19 +48,6 @@ _KIND_BY_LENGTH = {40: "sha1", 32: "md5", 64: "pdq"}
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 _EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 FileStat = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): any change means "look again"
-
-
-@dataclass(frozen=True, slots=True)
-class BankEntry:
-    hash: str  # lower-case hex
-    category: str
-    source: str
-    id: str
-
-    @property
-    def kind(self) -> str:
-        """``sha1``, ``md5`` or ``pdq``, from the hash's length."""
-        return _KIND_BY_LENGTH[len(self.hash)]
 
 
 @dataclass(frozen=True)
@@ -75,31 +64,31 @@ class BankDelta:
     at: float  # Unix time
 
 
-@dataclass(frozen=True)
 class Bank:
-    """One bank file, parsed.  PDQ hashes are kept as four uint64 words per hash, word-major (4, N)."""
+    """One bank: its config, the digest of the content last loaded, and its entries in a compact
+    :class:`~service.matchers.bank_table.BankTable` (no Python object per hash)."""
 
-    config: BankSection
-    digest: str  # SHA-256 of the file's bytes
-    exact: dict[str, dict[str, tuple[BankEntry, ...]]]  # kind -> hash -> entries
-    pdq_entries: tuple[BankEntry, ...]
-    pdq_words: np.ndarray = field(repr=False)
+    def __init__(self, config: BankSection, digest: str = _EMPTY_DIGEST) -> None:
+        self.config = config
+        self.digest = digest  # SHA-256 of the file's bytes, or the digest a sync gave
+        self.table = BankTable()
 
     @property
     def name(self) -> str:
         return self.config.name
 
     def entries(self) -> set[BankEntry]:
-        out = set(self.pdq_entries)
-        for table in self.exact.values():
-            for es in table.values():
-                out.update(es)
-        return out
+        """Every entry, rebuilt as objects (for tools and tests: matching never does this)."""
+        return set(self.table.entries())
 
     def sizes(self) -> dict[str, int]:
-        out = {kind: sum(len(v) for v in self.exact[kind].values()) for kind in ("sha1", "md5")}
-        out["pdq"] = len(self.pdq_entries)
-        return out
+        return self.table.sizes()
+
+    @property
+    def pdq_words(self) -> np.ndarray:
+        """The PDQ hashes as (4, N) uint64 words in slot order (a copy)."""
+        hashes = self.table.state.rows["pdq"].hashes
+        return np.ascontiguousarray(hashes.view(np.uint64).reshape(-1, 4).T)
 
 
 def parse_bank(config: BankSection, data: bytes, *, path: str = "") -> Bank:
@@ -173,22 +162,9 @@ def make_entry(config: BankSection, value: str, category: str = "", source: str 
 
 def build_bank(config: BankSection, entries: Iterable[BankEntry], digest: str) -> Bank:
     """A :class:`Bank` of checked entries (see :func:`make_entry`)."""
-    exact: dict[str, dict[str, list[BankEntry]]] = {"sha1": {}, "md5": {}}
-    pdq: list[BankEntry] = []
-    for entry in entries:
-        kind = entry.kind
-        if kind == "pdq":
-            pdq.append(entry)
-        else:
-            exact[kind].setdefault(entry.hash, []).append(entry)
-    words = np.frombuffer(b"".join(bytes.fromhex(e.hash) for e in pdq), dtype=np.uint64)
-    return Bank(
-        config=config,
-        digest=digest,
-        exact={k: {h: tuple(es) for h, es in table.items()} for k, table in exact.items()},
-        pdq_entries=tuple(pdq),
-        pdq_words=np.ascontiguousarray(words.reshape(-1, 4).T),
-    )
+    bank = Bank(config, digest)
+    bank.table.replace(list(entries))
+    return bank
 
 
 def load_bank(config: BankSection) -> Bank:
@@ -236,12 +212,6 @@ def pdq_scan(words: np.ndarray, query: np.ndarray, threshold: int) -> dict[int, 
     return best
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    banks: tuple[Bank, ...]
-    version: str
-
-
 @dataclass
 class _FileState:
     stat: FileStat | None  # of the file as last looked at, good or bad; None: missing or unreadable
@@ -249,25 +219,32 @@ class _FileState:
 
 
 class BankSet:
-    """Every configured bank, loaded at construction (strictly: a bad file raises :class:`BankError`)."""
+    """Every configured bank, loaded at construction (strictly: a bad file raises :class:`BankError`).
+
+    Each change of a bank (a file reload, :meth:`set_entries`, :meth:`apply_delta`) is applied to that bank's
+    table as the entries added and removed; lookups never wait for it and see the bank before or after it.
+    """
 
     def __init__(self, cfg: BanksSection, metrics: Metrics) -> None:
         self._cfg = cfg
         self._metrics = metrics
-        self._lock = threading.Lock()  # one reload at a time; lookups never take it
+        self._lock = threading.Lock()  # one change at a time; lookups never take it
         self._files: dict[str, _FileState] = {}
         self._listeners: list[Callable[[BankDelta], None]] = []
         banks = []
         for bank_cfg in cfg.list:
             if bank_cfg.kind != "file":  # filled from the store, then by syncs (service.exchanges.sync)
-                banks.append(build_bank(bank_cfg, (), _EMPTY_DIGEST))
+                banks.append(Bank(bank_cfg))
                 continue
             stat, data = self._read(bank_cfg)
             bank = parse_bank(bank_cfg, data)
             self._files[bank_cfg.name] = _FileState(stat, bank.digest)
             banks.append(bank)
             metrics.bank_reloads.labels(bank_cfg.name, "loaded").inc()
-        self._snapshot = self._make_snapshot(banks)
+        self._banks = tuple(banks)
+        self._by_name = {b.name: b for b in banks}
+        self._version = ""
+        self._changed(banks)
         for bank in banks:
             if bank.config.kind == "file":
                 self._log_loaded(bank, "loaded")
@@ -277,39 +254,30 @@ class BankSet:
     @property
     def version(self) -> str:
         """Changes whenever any bank's content, name, category or threshold changes."""
-        return self._snapshot.version
+        return self._version
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(b.name for b in self._snapshot.banks)
+        return tuple(b.name for b in self._banks)
 
     @property
     def pdq_count(self) -> int:
-        return sum(len(b.pdq_entries) for b in self._snapshot.banks)
+        return sum(len(b.table.state.rows["pdq"]) for b in self._banks)
 
     def sizes(self) -> dict[str, dict[str, int]]:
-        return {b.name: b.sizes() for b in self._snapshot.banks}
+        return {b.name: b.sizes() for b in self._banks}
+
+    def nbytes(self) -> int:
+        """Bytes held by every bank's rows and indexes."""
+        return sum(b.table.nbytes() for b in self._banks)
 
     def bank(self, name: str) -> Bank | None:
-        """The bank's current content (None for a name not configured)."""
-        return next((b for b in self._snapshot.banks if b.name == name), None)
+        """The bank (None for a name not configured)."""
+        return self._by_name.get(name)
 
-    def set_entries(self, name: str, entries: Iterable[BankEntry], *, digest: str,
-                    publish: bool = True) -> BankDelta | None:
-        """Replace the content of a ``url`` or ``exchange`` bank (a sync applied a delta or a full list).
-
-        ``digest`` identifies the new content (it goes into :attr:`version`).  The new content is matchable
-        when this returns; subscribers get the :class:`BankDelta` (returned too; None when nothing changed).
-        ``publish=False`` (loading the stored content at start) tells no subscriber: nothing is new.
-        """
-        with self._lock:
-            old = self._snapshot
-            previous = next((b for b in old.banks if b.name == name), None)
-            if previous is None:
-                raise KeyError(name)
-            new = build_bank(previous.config, entries, digest)
-            self._snapshot = self._make_snapshot(b if b.name != name else new for b in old.banks)
-        return self._publish(previous, new) if publish else None
+    def entries_with_ids(self, name: str, ids: Iterable[str]) -> list[BankEntry]:
+        """A bank's entries whose id is one of ``ids`` (for a sync: what an upstream record's update replaces)."""
+        return self._by_name[name].table.entries_with_ids(ids)
 
     def match_sha1(self, sha1: str) -> list[Match]:
         return self._match_exact("sha1", sha1)
@@ -319,9 +287,18 @@ class BankSet:
 
     def _match_exact(self, kind: str, value: str) -> list[Match]:
         value = value.strip().lower()
+        if len(value) != 2 * HASH_BYTES[kind] or not _HEX_RE.match(value):
+            return []
+        digest = np.frombuffer(bytes.fromhex(value), dtype=np.uint8).reshape(1, -1)
         out = []
-        for bank in self._snapshot.banks:
-            for e in bank.exact[kind].get(value, ()):
+        for bank in self._banks:
+            table = bank.table
+            with table.reading() as state:
+                rows = state.rows[kind]
+                slots = np.array(sorted(i for i, _ in table.exact[kind].lookup(digest)), dtype=np.int64)
+                pos = rows.rows_of(slots)
+                entries = list(table.rows_entries(rows, pos[pos >= 0].tolist()))
+            for e in entries:
                 out.append(Match(matcher=kind, bank=bank.name, category=e.category, hash_id=e.id or e.hash,
                                  hash_value=e.hash, source=e.source or None))
         return out
@@ -332,30 +309,37 @@ class BankSet:
 
         One match per entry: the closest, the image as uploaded winning ties (its view and variant are
         in the match's details).  Signals under ``pdq_quality_min`` are not matched."""
-        best: dict[tuple[int, int], tuple[int, int, Match]] = {}
-        for sig in (signal, *views):
-            if sig.quality < self._cfg.pdq_quality_min or not sig.hashes:
-                continue
-            cap = self._view_threshold(sig.view)
-            query = pdq_words(sig)
-            for order, bank in enumerate(self._snapshot.banks):
-                threshold = min(bank.config.pdq_threshold, cap)
-                for i, (dist, variant) in pdq_scan(bank.pdq_words, query, threshold).items():
-                    if (order, i) in best and best[(order, i)][0] <= dist:
-                        continue
-                    e = bank.pdq_entries[i]
-                    match = Match(
-                        matcher="pdq", bank=bank.name, category=e.category, hash_id=e.id or e.hash,
-                        hash_value=e.hash, distance=dist, source=e.source or None,
-                        details={
-                            "view": sig.view,
-                            "variant": DIHEDRAL_VARIANTS[variant],
-                            "threshold": threshold,
-                            "quality": sig.quality,
-                        },
-                    )
-                    best[(order, i)] = (dist, order, match)
-        found = sorted(best.values(), key=lambda t: (t[0], t[1]))
+        signals = [(sig, self._view_threshold(sig.view), pdq_words(sig)) for sig in (signal, *views)
+                   if sig.quality >= self._cfg.pdq_quality_min and sig.hashes]
+        found: list[tuple[int, int, Match]] = []
+        for order, bank in enumerate(self._banks):
+            table = bank.table
+            best: dict[int, tuple[int, int, PdqSignal, int]] = {}  # row -> (distance, variant, signal, threshold)
+            with table.reading() as state:  # one state for every signal of the upload
+                rows = state.rows["pdq"]
+                if not len(rows):
+                    continue
+                for sig, cap, query in signals:
+                    threshold = min(bank.config.pdq_threshold, cap)
+                    hits = table.pdq.query(query, threshold)
+                    pos = rows.rows_of(np.array([slot for slot, _, _ in hits], dtype=np.int64))
+                    for p, (_, dist, variant) in zip(pos.tolist(), hits, strict=True):
+                        if p >= 0 and (p not in best or dist < best[p][0]):
+                            best[p] = (dist, variant, sig, threshold)
+                entries = list(table.rows_entries(rows, list(best)))
+            for e, (dist, variant, sig, threshold) in zip(entries, best.values(), strict=True):
+                match = Match(
+                    matcher="pdq", bank=bank.name, category=e.category, hash_id=e.id or e.hash,
+                    hash_value=e.hash, distance=dist, source=e.source or None,
+                    details={
+                        "view": sig.view,
+                        "variant": DIHEDRAL_VARIANTS[variant],
+                        "threshold": threshold,
+                        "quality": sig.quality,
+                    },
+                )
+                found.append((dist, order, match))
+        found.sort(key=lambda t: (t[0], t[1]))
         return [m for _, _, m in found]
 
     def match_pdq_signals(self, signals: Sequence[PdqSignal]) -> list[Match]:
@@ -373,7 +357,38 @@ class BankSet:
             return caps.uncrop
         return PDQ_THRESHOLD_MAX
 
-    # ----------------------------------------------------------------------- reloading
+    # ----------------------------------------------------------------------- changes
+
+    def set_entries(self, name: str, entries: Iterable[BankEntry], *, digest: str,
+                    publish: bool = True) -> BankDelta | None:
+        """Make ``entries`` the content of a ``url`` or ``exchange`` bank (a sync fetched a full list).
+
+        Applied as the difference from the current content.  ``digest`` identifies the new content.  The new
+        content is matchable when this returns; subscribers get the :class:`BankDelta` (returned too; None when
+        nothing changed).  ``publish=False`` (loading the stored content at start) tells no subscriber.
+        """
+        entries = list(entries)
+        return self._change(name, lambda t: t.replace(entries), digest, publish)
+
+    def apply_delta(self, name: str, added: Iterable[BankEntry], removed: Iterable[BankEntry], *,
+                    digest: str | None = None, publish: bool = True) -> BankDelta | None:
+        """Remove ``removed`` from a bank and add ``added`` (an entry in both stays), in time proportional to
+        the delta, not to the bank.  Otherwise as :meth:`set_entries`."""
+        added, removed = list(added), list(removed)
+        return self._change(name, lambda t: t.apply(added, removed), digest, publish)
+
+    def _change(self, name: str, how: Callable[[BankTable], Change], digest: str | None,
+                publish: bool) -> BankDelta | None:
+        bank = self._by_name.get(name)
+        if bank is None:
+            raise KeyError(name)
+        with self._lock:
+            change = how(bank.table)
+            if digest is not None:
+                bank.digest = digest
+            if change.added or change.removed:
+                self._changed([bank])
+        return self._publish(name, change) if publish else None
 
     def subscribe(self, listener: Callable[[BankDelta], None]) -> None:
         """Call ``listener(delta)`` for each bank that changes from now on, after the change is matchable.
@@ -384,18 +399,16 @@ class BankSet:
         """
         self._listeners.append(listener)
 
-    def _publish(self, old: Bank | None, new: Bank) -> BankDelta | None:
-        before = old.entries() if old is not None else set()
-        after = new.entries()
-        delta = BankDelta(bank=new.name, added=tuple(sorted(after - before, key=_entry_key)),
-                          removed=tuple(sorted(before - after, key=_entry_key)), at=time.time())
-        if not delta.added and not delta.removed:
+    def _publish(self, name: str, change: Change) -> BankDelta | None:
+        if not change.added and not change.removed:
             return None
+        delta = BankDelta(bank=name, added=tuple(sorted(change.added, key=_entry_key)),
+                          removed=tuple(sorted(change.removed, key=_entry_key)), at=time.time())
         for listener in list(self._listeners):
             try:
                 listener(delta)
             except Exception:
-                log.exception("bank %s: a change listener failed", new.name)
+                log.exception("bank %s: a change listener failed", name)
         return delta
 
     def reload_if_changed(self) -> bool:
@@ -404,53 +417,58 @@ class BankSet:
         A file that cannot be read or parsed leaves that bank's previous content in place; the error is
         logged and counted, and the same bad file is not retried until it changes again.
         """
+        changes: list[tuple[Bank, Change]] = []
         with self._lock:
-            old = self._snapshot
-            new_banks: list[Bank] = []
-            changed: list[Bank] = []
-            for bank in old.banks:
-                new_banks.append(self._reload_one(bank, changed) if bank.config.kind == "file" else bank)
-            if not changed:
+            for bank in self._banks:
+                if bank.config.kind != "file":
+                    continue
+                loaded = self._reload_one(bank)
+                if loaded is not None:
+                    entries, digest = loaded
+                    changes.append((bank, bank.table.replace(entries)))
+                    bank.digest = digest
+            if not changes:
                 return False
-            self._snapshot = self._make_snapshot(new_banks)  # one assignment: atomic for readers
-        previous = {b.name: b for b in old.banks}
-        for bank in changed:
+            self._changed([b for b, _ in changes])
+        for bank, change in changes:
             self._log_loaded(bank, "reloaded")
-            self._publish(previous.get(bank.name), bank)
+            self._publish(bank.name, change)
         return True
 
-    def _reload_one(self, bank: Bank, changed: list[Bank]) -> Bank:
+    def _reload_one(self, bank: Bank) -> tuple[list[BankEntry], str] | None:
+        """The file's new entries and digest, or None when it did not change (or is broken)."""
         state = self._files[bank.name]
         try:
             stat = _stat(bank.config.path)
         except OSError as exc:
-            return self._reload_failed(bank, state, None, f"cannot stat {bank.config.path}: {exc}")
+            self._reload_failed(bank, state, None, f"cannot stat {bank.config.path}: {exc}")
+            return None
         if stat == state.stat:
-            return bank
+            return None
         try:
             stat, data = self._read(bank.config)
         except BankError as exc:
-            return self._reload_failed(bank, state, stat, str(exc))
+            self._reload_failed(bank, state, stat, str(exc))
+            return None
         digest = hashlib.sha256(data).hexdigest()
         if digest in (state.digest, bank.digest):  # touched, or rewritten with content already seen
             state.stat, state.digest = stat, digest
-            return bank
+            return None
         try:
-            new = parse_bank(bank.config, data)
+            entries = parse_entries(bank.config, data)
         except BankError as exc:
             state.digest = digest
-            return self._reload_failed(bank, state, stat, str(exc))
+            self._reload_failed(bank, state, stat, str(exc))
+            return None
         self._files[bank.name] = _FileState(stat, digest)
         self._metrics.bank_reloads.labels(bank.name, "reloaded").inc()
-        changed.append(new)
-        return new
+        return entries, digest
 
-    def _reload_failed(self, bank: Bank, state: _FileState, stat: FileStat | None, why: str) -> Bank:
+    def _reload_failed(self, bank: Bank, state: _FileState, stat: FileStat | None, why: str) -> None:
         if stat != state.stat:  # report each bad state once, not on every check
             log.error("bank %s: reload failed, keeping the previous content: %s", bank.name, why)
             self._metrics.bank_reloads.labels(bank.name, "error").inc()
         state.stat = stat
-        return bank
 
     async def watch(self, interval: float, stop: asyncio.Event) -> None:
         """Check for changed files every ``interval`` seconds until ``stop`` is set (0 disables)."""
@@ -476,17 +494,20 @@ class BankSet:
         except OSError as exc:
             raise BankError(f"{cfg.path}: cannot read bank {cfg.name!r}: {exc.strerror or exc}") from exc
 
-    def _make_snapshot(self, banks: Iterable[Bank]) -> _Snapshot:
-        banks = tuple(banks)
+    def _changed(self, banks: Iterable[Bank]) -> None:
+        """After ``banks`` changed: the version (an XOR of entry keys per bank: no pass over the content) and
+        the size metrics."""
         h = hashlib.sha256()
         h.update(f"pdq_quality_min={self._cfg.pdq_quality_min} {self._cfg.view_thresholds}\n".encode())
-        for b in banks:
-            h.update(f"{b.name}\0{b.config.category}\0{b.config.pdq_threshold}\0{b.digest}\n".encode())
+        for b in self._banks:
+            state = b.table.state
+            h.update(f"{b.name}\0{b.config.category}\0{b.config.pdq_threshold}\0{state.xor:016x}\0"
+                     f"{state.count()}\n".encode())
+        self._version = h.hexdigest()[:16]
         for b in banks:
             for kind, n in b.sizes().items():
                 self._metrics.bank_size.labels(b.name, kind).set(n)
-            self._metrics.set_bank_categories(b.name, _category_sizes(b))
-        return _Snapshot(banks=banks, version=h.hexdigest()[:16])
+            self._metrics.set_bank_categories(b.name, b.table.category_sizes())
 
     @staticmethod
     def _log_loaded(bank: Bank, verb: str) -> None:
@@ -495,17 +516,6 @@ class BankSet:
             "bank %s %s from %s: %d SHA-1, %d MD5, %d PDQ (digest %s)",
             bank.name, verb, bank.config.path, sizes["sha1"], sizes["md5"], sizes["pdq"], bank.digest[:12],
         )
-
-
-def _category_sizes(bank: Bank) -> dict[tuple[str, str], int]:
-    out: dict[tuple[str, str], int] = {}
-    for e in bank.pdq_entries:
-        out[("pdq", e.category)] = out.get(("pdq", e.category), 0) + 1
-    for kind, table in bank.exact.items():
-        for entries in table.values():
-            for e in entries:
-                out[(kind, e.category)] = out.get((kind, e.category), 0) + 1
-    return out
 
 
 def _entry_key(e: BankEntry) -> tuple[str, str, str, str]:
