@@ -319,11 +319,17 @@ class BankSet:
                 rows = state.rows["pdq"]
                 if not len(rows):
                     continue
+                # One index query per distinct threshold, with the rows of every signal under it stacked.
+                groups: dict[int, list[tuple[PdqSignal, np.ndarray]]] = {}
                 for sig, cap, query in signals:
-                    threshold = min(bank.config.pdq_threshold, cap)
-                    hits = table.pdq.query(query, threshold)
+                    groups.setdefault(min(bank.config.pdq_threshold, cap), []).append((sig, query))
+                for threshold, members in groups.items():
+                    stacked = np.concatenate([q for _, q in members]) if len(members) > 1 else members[0][1]
+                    owner = [(sig, row) for sig, q in members for row in range(q.shape[0])]
+                    hits = table.pdq.query(stacked, threshold)
                     pos = rows.rows_of(np.array([slot for slot, _, _ in hits], dtype=np.int64))
-                    for p, (_, dist, variant) in zip(pos.tolist(), hits, strict=True):
+                    for p, (_, dist, qrow) in zip(pos.tolist(), hits, strict=True):
+                        sig, variant = owner[qrow]
                         if p >= 0 and (p not in best or dist < best[p][0]):
                             best[p] = (dist, variant, sig, threshold)
                 entries = list(table.rows_entries(rows, list(best)))
