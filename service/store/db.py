@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -150,7 +151,7 @@ class Database:
             dbapi_conn.isolation_level = None  # transactions are begun by ``_run``, explicitly
             cur = dbapi_conn.cursor()
             try:
-                cur.execute("PRAGMA journal_mode=WAL")
+                _use_wal(cur)
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA foreign_keys=ON")
             finally:
@@ -255,3 +256,20 @@ class Database:
 def _cause(exc: SQLAlchemyError | sqlite3.Error | psycopg.Error) -> str:
     """The driver's message (SQLAlchemy's wrapper adds the statement and a link)."""
     return str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
+
+
+def _use_wal(cur: sqlite3.Cursor, timeout: float = 30.0) -> None:
+    """Put the database in WAL mode.  Switching needs a moment alone with the file, and SQLite's busy timeout
+    does not cover it: a replica opening while another migrates would fail at once with "database is
+    locked".  So: nothing to do when WAL is already on (a read), else retry the switch until ``timeout``."""
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
