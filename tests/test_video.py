@@ -181,6 +181,20 @@ def test_animated_gif_fifth_frame_is_matched(known_bank: BankSet) -> None:
     assert capped.frames_sampled == 2
 
 
+def test_apng_fifth_frame_is_matched(known_bank: BankSet) -> None:
+    """An APNG (the wiki labels it image/png) is sampled like a GIF once its original is fetched."""
+    seq = [images.photo(8500 + i) for i in range(4)] + [images.photo(KNOWN_SEED)] + [images.photo(8600)]
+    data = videos.apng(seq, duration_ms=1000)
+    media = prepare_frames(prepare, data, "b" * 40, ThumbnailSection(), None, "original", AnimationSection())
+    assert media.frames_sampled == 6 and media.duration == 6.0
+    [hit] = match_frames(known_bank, media)
+    assert hit.details["offsets"] == [4.0] and hit.details["frame_numbers"] == [4]
+    # A plain PNG is a still image: no frames, judged as before.
+    still = prepare_frames(prepare, images.png_bytes(images.photo(1)), "c" * 40, ThumbnailSection(), None,
+                           "thumbnail", AnimationSection())
+    assert still.frames == () and still.pdq is not None
+
+
 def test_document_pages_are_matched(known_bank: BankSet) -> None:
     page1 = images.jpeg_bytes(images.photo(8700))
     page2 = images.jpeg_bytes(images.photo(KNOWN_SEED))
