@@ -83,8 +83,10 @@ class Service:
         self.bank_sync = BankSyncer(cfg.banks, self.banks, self.stores.banksync, self.metrics,
                                     user_agent=cfg.service.user_agent, proxies=proxies)
         self.matchers: list[Matcher] = [self.exact, PdqMatcher(self.banks), FrameMatcher(self.banks)]
+        self.vpdq: VpdqMatcher | None = None
         if cfg.media.video.vpdq_banks:
-            self.matchers.append(VpdqMatcher(cfg.media.video, self.metrics))
+            self.vpdq = VpdqMatcher(cfg.media.video, self.metrics)
+            self.matchers.append(self.vpdq)
         self.photodna: PhotoDnaMatcher | None = None
         self.rescanner: Rescanner | None = None
         if cfg.photodna.enabled:
@@ -228,6 +230,10 @@ class Service:
             if self.cfg.banks.reload_interval > 0:
                 sup.start("bank-watch", lambda: self.banks.watch(self.cfg.banks.reload_interval, self.stop_event),
                           restart=policy)
+                if self.vpdq is not None:
+                    vpdq = self.vpdq
+                    sup.start("vpdq-bank-watch",
+                              lambda: vpdq.watch(self.cfg.banks.reload_interval, self.stop_event), restart=policy)
             sup.start("maintenance", self._maintenance, restart=policy)
             sup.start("review-backlog", lambda: self.backlog.run(self.stop_event), restart=policy)
             for name in self.bank_sync.managed:

@@ -55,8 +55,9 @@ _MAX_BACKOFF = 60.0
 DOCUMENT_MIMES = frozenset({"application/pdf", "image/vnd.djvu", "image/x-djvu", "image/tiff"})
 # Formats that may be animated: the original (within media.animation.original_max_bytes) is decoded, all frames.
 # Not image/png: MediaWiki labels APNG image/png too, and fetching every PNG's original instead of its thumbnail
-# would cost too much; an APNG is judged by its first frame (the wiki's thumbnail).
+# would cost too much; a PNG's original is fetched only when the wiki's metadata says it is animated.
 ANIMATED_MIMES = frozenset({"image/gif", "image/apng", "image/webp"})
+PNG_MIME = "image/png"
 # Containers that may carry video although the wiki labels them audio (it does so when it finds no video
 # track, e.g. in a damaged file): the video decoder looks at them and says.
 CONTAINER_MIMES = frozenset({"application/ogg", "audio/ogg", "audio/webm"})
@@ -230,7 +231,9 @@ class WikiClient:
 
         original: bytes | None = None
         animation_cap = self._media.animation.original_max_bytes
-        if info.mime.lower() in ANIMATED_MIMES and 0 < info.size <= min(animation_cap, cfg.max_bytes):
+        may_animate = 0 < info.size <= min(animation_cap, cfg.max_bytes)
+        if may_animate and (info.mime.lower() in ANIMATED_MIMES
+                            or (info.mime.lower() == PNG_MIME and await self.png_animated(wiki, info.title))):
             # It may be animated: the wiki's thumbnail would show the first frame only.
             original = await self._download_original(wiki, info)
             data, source = original, "original"
@@ -409,6 +412,19 @@ class WikiClient:
                 out[title] = exc
         return out
 
+    async def png_animated(self, wiki: WikiSection, title: str) -> bool:
+        """Whether the wiki's metadata of a PNG says it is an APNG (``frameCount`` > 1).
+
+        Asked only for PNGs within ``media.animation.original_max_bytes`` (metadata can be large, so it is
+        not part of every imageinfo request).  Any problem means "judge it by its thumbnail"."""
+        params = {"action": "query", "prop": "imageinfo", "titles": title, "iiprop": "metadata"}
+        try:
+            data = await self.client(wiki).api(params, what="imageinfo-metadata", limit=_API_MAX_BYTES)
+        except WikiApiError as exc:
+            log.info("%s %r: no PNG metadata (%s); judging it by its thumbnail", wiki.id, title, exc)
+            return False
+        return png_frame_count(data) > 1
+
     def _parse_imageinfo(self, wiki: WikiSection, title: str, data: dict[str, Any]) -> FileInfo:
         pages = (data.get("query") or {}).get("pages")
         if isinstance(pages, dict):  # formatversion=1 layout, tolerated
@@ -503,3 +519,19 @@ class WikiClient:
             raise
         else:
             self._metrics.fetch_requests.labels(kind, "ok").inc()
+
+
+def png_frame_count(data: Any) -> int:
+    """``frameCount`` from an ``iiprop=metadata`` answer (MediaWiki's PNGHandler; 0 for a still PNG), or 0."""
+    try:
+        pages = data["query"]["pages"]
+        page = next(iter(pages.values())) if isinstance(pages, dict) else pages[0]
+        metadata = page["imageinfo"][0].get("metadata") or []
+        if isinstance(metadata, dict):
+            return int(metadata.get("frameCount") or 0)
+        for item in metadata:
+            if isinstance(item, dict) and item.get("name") == "frameCount":
+                return int(item.get("value") or 0)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
+        pass
+    return 0

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from service.config import STANDARD_THUMB_WIDTHS, FetchSection, WikiSection
 from service.errors import FetchError, FileGone, HostNotAllowed, Unscannable
-from service.fetch import WikiClient, choose_width, parse_retry_after, thumb_size
+from service.fetch import WikiClient, choose_width, parse_retry_after, png_frame_count, thumb_size
 from service.metrics import Metrics
 from service.models import FileInfo
 
@@ -47,6 +47,7 @@ class FakeFile:
     mime: str = "image/png"
     mediatype: str = "BITMAP"
     renders: bool = True  # False: the wiki gives no thumburl (audio, or a failed render)
+    frame_count: int = 0  # PNGHandler's metadata: > 0 for an APNG
 
 
 @dataclass
@@ -70,6 +71,7 @@ class FakeWiki:
     script: dict[str, list[Handler]] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     batches: list[list[str]] = field(default_factory=list)
+    metadata_asked: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -89,6 +91,8 @@ class FakeWiki:
         return [s for s in self.seen if s.path.startswith(path_prefix)]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/w/api.php" and request.query.get("iiprop") == "metadata":
+            return self.api(request)  # a PNG's metadata: counted in metadata_asked, not in seen
         self.seen.append(Seen(request.host, request.path, dict(request.query),
                               request.headers.get("User-Agent", "")))
         queued = self.script.get(request.path)
@@ -117,6 +121,12 @@ class FakeWiki:
         q = request.query
         assert q["action"] == "query" and q["prop"] == "imageinfo" and q["formatversion"] == "2"
         assert q["format"] == "json" and "maxlag" in q
+        if q["iiprop"] == "metadata":  # PNGHandler's metadata, as MediaWiki 1.39 lists it
+            self.metadata_asked.append(q["titles"])
+            f = self.files.get(q["titles"].removeprefix("File:"))
+            meta = [{"name": "frameCount", "value": f.frame_count if f else 0}, {"name": "loopCount", "value": 1}]
+            return web.json_response({"batchcomplete": True, "query": {"pages": [
+                {"ns": 6, "title": q["titles"], "imagerepository": "local", "imageinfo": [{"metadata": meta}]}]}})
         assert set(q["iiprop"].split("|")) >= {"url", "sha1", "size", "mime", "mediatype"}
         width = int(q["iiurlwidth"])
         if width not in STANDARD_THUMB_WIDTHS:  # what Wikimedia's CDN does with odd widths
@@ -741,3 +751,36 @@ async def test_batch_maps_normalized_titles_and_mixed_results(fake: FakeWiki,
     assert isinstance(gone, FileGone)
     with pytest.raises(FetchError, match="invalid title"):
         await h.client.fetch(fake.wiki(), "File:A.png|File:Present file.png")
+
+
+def apng(frames: int, size: tuple[int, int] = (800, 600)) -> bytes:
+    imgs = [Image.open(io.BytesIO(png(*size, seed=40 + i))).convert("RGB") for i in range(frames)]
+    out = io.BytesIO()
+    imgs[0].save(out, format="PNG", save_all=True, append_images=imgs[1:], duration=1000)
+    return out.getvalue()
+
+
+async def test_apng_original_is_fetched_plain_png_keeps_its_thumbnail(
+        fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
+    """Only a PNG whose metadata says frameCount > 1 gets its original fetched (to sample its frames)."""
+    anim = fake.add("Anim.png", FakeFile(apng(3), 800, 600, frame_count=3))
+    fake.add("Still.png", FakeFile(png(800, 600), 800, 600))
+    h = await make(fake.wiki())
+    media = await h.client.fetch(fake.wiki(), "File:Anim.png")
+    assert media.data == anim.data and media.data_source == "original"
+    still = await h.client.fetch(fake.wiki(), "File:Still.png")
+    assert still.data_source == "thumbnail"
+    assert fake.metadata_asked == ["File:Anim.png", "File:Still.png"]
+    assert [r.path for r in fake.requests_to("/images/")] == ["/images/Anim.png"]
+    # JPEGs (and PNGs above media.animation.original_max_bytes) never cost a metadata request.
+    fake.add("Photo.jpg", FakeFile(png(800, 600), 800, 600, mime="image/jpeg"))
+    await h.client.fetch(fake.wiki(), "File:Photo.jpg")
+    assert fake.metadata_asked == ["File:Anim.png", "File:Still.png"]
+
+
+def test_png_frame_count_reads_both_layouts() -> None:
+    page = {"imageinfo": [{"metadata": [{"name": "frameCount", "value": 5}]}]}
+    assert png_frame_count({"query": {"pages": [page]}}) == 5
+    assert png_frame_count({"query": {"pages": {"7": {"imageinfo": [{"metadata": {"frameCount": 2}}]}}}}) == 2
+    assert png_frame_count({"query": {"pages": [{"imageinfo": [{"metadata": None}]}]}}) == 0
+    assert png_frame_count({"error": "x"}) == 0

@@ -9,6 +9,7 @@ rendered by the wiki (PdfHandler with Debian's ghostscript), never by the servic
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 import tempfile
 import uuid
@@ -17,11 +18,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from service.config import ThumbnailSection
-from service.config.media import VideoSection
+from service.config import FetchSection, ThumbnailSection, WikiSection
+from service.config.media import AnimationSection, VideoSection
+from service.fetch import WikiClient
 from service.media.download import TEMP_PREFIX
+from service.media.frames import prepare_frames
 from service.media.thumbnail import prepare
 from service.media.video import prepare_video, vpdq_lines
+from service.metrics import Metrics
 from tests.infra import images, videos
 from tests.infra.mediawiki import GHOSTSCRIPT, MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -135,3 +139,32 @@ async def test_media_kinds_through_the_pipeline(
     # The file-type icon the wiki shows for videos was never downloaded.
     assert metric(text, "mediamoderation_fetch_requests_total", kind="thumbnail", result="ok") == 4 + 2  # jpgs, pdf
     assert not _leftover_files()  # no temporary video left behind
+
+
+async def test_apng_on_the_real_wiki_is_sampled_plain_png_keeps_its_thumbnail(mediawiki: MediaWikiServer) -> None:
+    """MediaWiki 1.39 labels an APNG image/png; its metadata's frameCount makes the service fetch the original,
+    whose 5th frame (a known photo) is then hashed like a GIF's."""
+    run = uuid.uuid4().hex[:8]
+    seed = int(run[:4], 16)
+    known = images.photo(KNOWN + 900)
+    anim = videos.apng([images.photo(KNOWN + 910 + seed + i) for i in range(4)] + [known], size=(640, 480))
+    still = images.png_bytes(images.photo(KNOWN + 920 + seed, (640, 480)))
+    mediawiki.upload(f"Anim {run}.png", anim)
+    mediawiki.upload(f"Still {run}.png", still)
+    wiki = WikiSection(id=mediawiki.wiki_id, api_url=mediawiki.api_url)
+    client = WikiClient(FetchSection(), (wiki,), "mediamoderation-test/0.1 (ts@example.org)", Metrics(),
+                        rng=random.Random(1))
+    await client.start()
+    try:
+        got = await client.fetch(wiki, f"File:Anim {run}.png")
+        plain = await client.fetch(wiki, f"File:Still {run}.png")
+    finally:
+        await client.aclose()
+    assert got.data == anim and got.data_source == "original"
+    assert plain.data_source == "thumbnail"
+    media = prepare_frames(prepare, got.data, got.info.sha1, ThumbnailSection(), None, "original",
+                           AnimationSection())
+    assert media.frames_sampled == 5
+    expected = prepare(images.png_bytes(known.resize((640, 480))), "0" * 40, ThumbnailSection())
+    assert expected.pdq is not None
+    assert images.hamming(media.frames[4].pdq, expected.pdq.hashes[0]) <= 31

@@ -23,7 +23,7 @@ from service.errors import Unscannable
 from service.matchers.banks import BankSet
 from service.matchers.base import StaticMatcher
 from service.matchers.frames import match_frames
-from service.matchers.vpdq import match_bank, parse_vpdq_bank
+from service.matchers.vpdq import VpdqMatcher, match_bank, parse_vpdq_bank
 from service.media.frames import prepare_frames
 from service.media.pool import ProcessPool
 from service.media.thumbnail import prepare
@@ -181,6 +181,20 @@ def test_animated_gif_fifth_frame_is_matched(known_bank: BankSet) -> None:
     assert capped.frames_sampled == 2
 
 
+def test_apng_fifth_frame_is_matched(known_bank: BankSet) -> None:
+    """An APNG (the wiki labels it image/png) is sampled like a GIF once its original is fetched."""
+    seq = [images.photo(8500 + i) for i in range(4)] + [images.photo(KNOWN_SEED)] + [images.photo(8600)]
+    data = videos.apng(seq, duration_ms=1000)
+    media = prepare_frames(prepare, data, "b" * 40, ThumbnailSection(), None, "original", AnimationSection())
+    assert media.frames_sampled == 6 and media.duration == 6.0
+    [hit] = match_frames(known_bank, media)
+    assert hit.details["offsets"] == [4.0] and hit.details["frame_numbers"] == [4]
+    # A plain PNG is a still image: no frames, judged as before.
+    still = prepare_frames(prepare, images.png_bytes(images.photo(1)), "c" * 40, ThumbnailSection(), None,
+                           "thumbnail", AnimationSection())
+    assert still.frames == () and still.pdq is not None
+
+
 def test_document_pages_are_matched(known_bank: BankSet) -> None:
     page1 = images.jpeg_bytes(images.photo(8700))
     page2 = images.jpeg_bytes(images.photo(KNOWN_SEED))
@@ -277,3 +291,59 @@ def test_media_coverage_doc_names_only_real_keys_and_metrics() -> None:
     names = {m.name for m in Metrics().registry.collect()}
     for metric_name in set(re.findall(r"`(mediamoderation_[a-z_]+)", text)):
         assert metric_name.removesuffix("_total") in names, metric_name
+
+
+def test_vpdq_banks_reload_on_change_and_keep_old_content_on_a_bad_file(tmp_path: Path) -> None:
+    """vPDQ bank files are re-read when they change, like image banks; a bad file keeps the old content."""
+    clip = [prepare(images.jpeg_bytes(images.photo(9100 + i)), "0" * 40, ThumbnailSection()) for i in range(6)]
+    frames = tuple(FrameHash(i, float(i), m.pdq.hashes[0], m.pdq.quality) for i, m in enumerate(clip)
+                   if m.pdq is not None)
+    header = "id,category,source,frame_number,quality,pdq,timestamp\n"
+
+    def rows(vid: str, part: tuple[FrameHash, ...]) -> str:
+        return header + "".join(f"{vid},,t,{f.frame_number},{f.quality},{f.pdq.hex()},{f.timestamp:.3f}\n"
+                                for f in part)
+
+    path = tmp_path / "v.csv"
+    path.write_text(rows("first", frames[:3]))
+    metrics = Metrics()
+    matcher = VpdqMatcher(VideoSection(vpdq_banks=(VpdqBankSection(name="v", path=str(path), category="c"),)),
+                          metrics)
+    upload = PreparedMedia(sha1="0" * 40, md5=None, pdq=None, jpeg=None, width=64, height=64, kind="video",
+                           frames=frames[3:])
+    assert asyncio.run(matcher.match(upload)) == []
+    assert matcher.reload_if_changed() is False  # unchanged
+
+    path.write_text(rows("second", frames[3:]))
+    assert matcher.reload_if_changed() is True
+    [hit] = asyncio.run(matcher.match(upload))
+    assert hit.hash_id == "second"
+    reloads = metrics.registry.get_sample_value
+    assert reloads("mediamoderation_bank_reloads_total", {"bank": "v", "result": "reloaded"}) == 1
+
+    path.write_text(header + "second,,t,0,100,not-hex,0.000\n")  # broken: the previous content stays
+    assert matcher.reload_if_changed() is False
+    assert matcher.reload_if_changed() is False  # reported once
+    assert reloads("mediamoderation_bank_reloads_total", {"bank": "v", "result": "error"}) == 1
+    assert [m.hash_id for m in asyncio.run(matcher.match(upload))] == ["second"]
+
+    path.unlink()  # gone: still the previous content
+    assert matcher.reload_if_changed() is False
+    assert [m.hash_id for m in asyncio.run(matcher.match(upload))] == ["second"]
+    assert reloads("mediamoderation_vpdq_bank_videos", {"bank": "v"}) == 1
+
+
+def test_vpdq_bank_watch_stops(tmp_path: Path) -> None:
+    path = tmp_path / "v.csv"
+    path.write_text("id,category,source,frame_number,quality,pdq,timestamp\n")
+    matcher = VpdqMatcher(VideoSection(vpdq_banks=(VpdqBankSection(name="v", path=str(path), category="c"),)),
+                          Metrics())
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(matcher.watch(0.01, stop))
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(run())

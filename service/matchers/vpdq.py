@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import logging
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import numpy as np
 
 from service.config.media import VideoSection, VpdqBankSection
 from service.errors import BankError
-from service.matchers.banks import pdq_scan
+from service.matchers.banks import FileStat, _stat, pdq_scan
 from service.matchers.pdq_index import PdqIndex
 from service.metrics import Metrics
 from service.models import FrameHash, Match, PreparedMedia
@@ -144,22 +145,90 @@ def match_bank(bank: VpdqBank, frames: tuple[FrameHash, ...]) -> list[Match]:
 
 
 class VpdqMatcher:
-    """Matches video uploads' frame signatures against the configured vPDQ banks (loaded at start)."""
+    """Matches video uploads' frame signatures against the configured vPDQ banks.
+
+    The files are read at start (a bad file then stops the start) and re-read when they change
+    (:meth:`reload_if_changed`, run by :meth:`watch`); a bad file met on reload keeps that bank's previous
+    content, logged and counted in ``mediamoderation_bank_reloads_total{result="error"}``."""
 
     name = "vpdq"
 
     def __init__(self, cfg: VideoSection, metrics: Metrics) -> None:
+        self._cfg = cfg
+        self._metrics = metrics
         self.banks: list[VpdqBank] = []
+        self._stats: dict[str, FileStat | None] = {}
+        self._digests: dict[str, str] = {}
         for section in cfg.vpdq_banks:
-            try:
-                with open(section.path, "rb") as f:
-                    data = f.read()
-            except OSError as exc:
-                raise BankError(f"{section.path}: cannot read vPDQ bank {section.name!r}: {exc}") from exc
+            stat, data = self._read(section)
             bank = parse_vpdq_bank(section, data, quality_min=cfg.quality_min)
-            metrics.vpdq_videos.labels(section.name).set(len(bank.videos))
-            log.info("vPDQ bank %s: %d videos", section.name, len(bank.videos))
+            self._stats[section.name], self._digests[section.name] = stat, hashlib.sha256(data).hexdigest()
+            self._loaded(bank, "loaded")
             self.banks.append(bank)
+
+    @staticmethod
+    def _read(section: VpdqBankSection) -> tuple[FileStat, bytes]:
+        try:
+            stat = _stat(section.path)
+            with open(section.path, "rb") as f:
+                return stat, f.read()
+        except OSError as exc:
+            raise BankError(f"{section.path}: cannot read vPDQ bank {section.name!r}: {exc}") from exc
+
+    def _loaded(self, bank: VpdqBank, verb: str) -> None:
+        name = bank.config.name
+        self._metrics.vpdq_videos.labels(name).set(len(bank.videos))
+        self._metrics.bank_reloads.labels(name, verb).inc()
+        log.info("vPDQ bank %s %s: %d videos", name, verb, len(bank.videos))
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the bank files that changed (stat, then content digest).  True if any bank changed."""
+        changed = False
+        banks = list(self.banks)
+        for i, bank in enumerate(banks):
+            section = bank.config
+            try:
+                stat: FileStat | None = _stat(section.path)
+            except OSError as exc:
+                self._failed(section, None, f"cannot stat {section.path}: {exc}")
+                continue
+            if stat == self._stats.get(section.name):
+                continue
+            try:
+                stat, data = self._read(section)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest == self._digests.get(section.name):  # touched only
+                    self._stats[section.name] = stat
+                    continue
+                self._digests[section.name] = digest  # a bad content is reported once
+                banks[i] = parse_vpdq_bank(section, data, quality_min=self._cfg.quality_min)
+            except BankError as exc:
+                self._failed(section, stat, str(exc))
+                continue
+            self._stats[section.name] = stat
+            self._loaded(banks[i], "reloaded")
+            changed = True
+        if changed:
+            self.banks = banks  # one assignment: a match in progress keeps the list it started with
+        return changed
+
+    def _failed(self, section: VpdqBankSection, stat: FileStat | None, why: str) -> None:
+        if stat != self._stats.get(section.name):  # report each bad state once, not on every check
+            log.error("vPDQ bank %s: reload failed, keeping the previous content: %s", section.name, why)
+            self._metrics.bank_reloads.labels(section.name, "error").inc()
+        self._stats[section.name] = stat
+
+    async def watch(self, interval: float, stop: asyncio.Event) -> None:
+        """Check for changed files every ``interval`` seconds until ``stop`` is set (0 disables)."""
+        if interval <= 0:
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            await asyncio.to_thread(self.reload_if_changed)
 
     async def match(self, media: PreparedMedia) -> list[Match]:
         if media.kind != "video" or not media.frames or not self.banks:

@@ -86,6 +86,14 @@ def pdf(pages: Sequence[Image.Image]) -> bytes:
     return out.getvalue()
 
 
+def apng(frames: Sequence[Image.Image], duration_ms: int = 1000, size: tuple[int, int] = (320, 240)) -> bytes:
+    """An animated PNG (APNG) showing each of ``frames`` for ``duration_ms``."""
+    out = io.BytesIO()
+    first, *rest = [f.convert("RGB").resize(size) for f in frames]
+    first.save(out, format="PNG", save_all=True, append_images=rest, duration=duration_ms, loop=0)
+    return out.getvalue()
+
+
 def animated_gif(frames: Sequence[Image.Image], duration_ms: int = 1000, size: tuple[int, int] = (320, 240)) -> bytes:
     """An animated GIF showing each of ``frames`` for ``duration_ms``."""
     out = io.BytesIO()
