@@ -445,7 +445,7 @@ class BankSet:
         """The file's new entries and digest, or None when it did not change (or is broken)."""
         state = self._files[bank.name]
         try:
-            stat = _stat(bank.config.path)
+            stat = file_stat(bank.config.path)
         except OSError as exc:
             self._reload_failed(bank, state, None, f"cannot stat {bank.config.path}: {exc}")
             return None
@@ -478,15 +478,7 @@ class BankSet:
 
     async def watch(self, interval: float, stop: asyncio.Event) -> None:
         """Check for changed files every ``interval`` seconds until ``stop`` is set (0 disables)."""
-        if interval <= 0:
-            return
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-                return
-            except TimeoutError:
-                pass
-            await asyncio.to_thread(self.reload_if_changed)
+        await watch_files(self.reload_if_changed, interval, stop)
 
     # ----------------------------------------------------------------------- helpers
 
@@ -494,7 +486,7 @@ class BankSet:
     def _read(cfg: BankSection) -> tuple[FileStat, bytes]:
         """Stat, then read: a write that lands after the stat changes the stat seen next time."""
         try:
-            stat = _stat(cfg.path)
+            stat = file_stat(cfg.path)
             with open(cfg.path, "rb") as f:
                 return stat, f.read()
         except OSError as exc:
@@ -528,6 +520,20 @@ def _entry_key(e: BankEntry) -> tuple[str, str, str, str]:
     return (e.hash, e.category, e.source, e.id)
 
 
-def _stat(path: str) -> FileStat:
+async def watch_files(reload: Callable[[], object], interval: float, stop: asyncio.Event) -> None:
+    """Call ``reload`` (in a worker thread) every ``interval`` seconds until ``stop`` is set (0 disables).
+    The one polling loop of every bank kind that is read from files."""
+    if interval <= 0:
+        return
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+            return
+        except TimeoutError:
+            pass
+        await asyncio.to_thread(reload)
+
+
+def file_stat(path: str) -> FileStat:
     st = os.stat(path)
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -32,7 +32,7 @@ import numpy as np
 
 from service.config.media import VideoSection, VpdqBankSection
 from service.errors import BankError
-from service.matchers.banks import FileStat, _stat, pdq_scan
+from service.matchers.banks import FileStat, file_stat, pdq_scan, watch_files
 from service.matchers.pdq_index import PdqIndex
 from service.metrics import Metrics
 from service.models import FrameHash, Match, PreparedMedia
@@ -169,7 +169,7 @@ class VpdqMatcher:
     @staticmethod
     def _read(section: VpdqBankSection) -> tuple[FileStat, bytes]:
         try:
-            stat = _stat(section.path)
+            stat = file_stat(section.path)
             with open(section.path, "rb") as f:
                 return stat, f.read()
         except OSError as exc:
@@ -188,7 +188,7 @@ class VpdqMatcher:
         for i, bank in enumerate(banks):
             section = bank.config
             try:
-                stat: FileStat | None = _stat(section.path)
+                stat: FileStat | None = file_stat(section.path)
             except OSError as exc:
                 self._failed(section, None, f"cannot stat {section.path}: {exc}")
                 continue
@@ -220,15 +220,7 @@ class VpdqMatcher:
 
     async def watch(self, interval: float, stop: asyncio.Event) -> None:
         """Check for changed files every ``interval`` seconds until ``stop`` is set (0 disables)."""
-        if interval <= 0:
-            return
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-                return
-            except TimeoutError:
-                pass
-            await asyncio.to_thread(self.reload_if_changed)
+        await watch_files(self.reload_if_changed, interval, stop)
 
     async def match(self, media: PreparedMedia) -> list[Match]:
         if media.kind != "video" or not media.frames or not self.banks:
