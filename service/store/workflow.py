@@ -65,6 +65,13 @@ class SqlWorkflow(SqlReview):
         keys = sorted(set(group_keys))
 
         def tx(c: Connection) -> str | None:
+            if not self.db.sqlite:
+                # Replicas folding into the same group at the same instant would each see no group row and
+                # each lead (two "first" emails): one transaction per group key at a time.  SQLite's writes are
+                # serialised already.  Sorted keys: no lock-order deadlock.
+                for key in keys:
+                    c.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                              {"key": f"notify-group:{key}"})
             # Already folded (a retry after a crash): the same answer.
             done = c.execute(sa.select(d.c.digest_key).where(d.c.item_key == item_key)).scalar()
             if done is not None:

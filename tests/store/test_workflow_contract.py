@@ -3,13 +3,14 @@ unscannable cases, preservation records, open-case statistics, activity counts, 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from service.store import Stores
 from service.store.base import Decision, NewAction, Preservation
-from tests.store.test_contract import SHA, Backend, M, backend, store, upload
+from tests.store.test_contract import SHA, Backend, M, backend, sql_backend, store, upload
 
-__all__ = ["backend", "store"]  # fixtures, shared with the main contract suite
+__all__ = ["backend", "sql_backend", "store"]  # fixtures, shared with the main contract suite
 
 
 async def test_fold_notification_leads_then_digests_exactly_once(store: Stores, backend: Backend) -> None:
@@ -81,3 +82,24 @@ async def test_preservation_records_round_trip(store: Stores) -> None:
     await store.workflow.record_preservation(dataclasses.replace(p, suppressed=True, removed_at=99.0))
     assert await store.workflow.preservation(SHA) == [dataclasses.replace(p, suppressed=True)]
     assert await store.workflow.preservation("b" * 40) == []
+
+
+async def test_replicas_folding_into_one_group_at_once_elect_one_lead(sql_backend: Backend) -> None:
+    """Two replicas (two stores over one database) fold notifications of one group at the same instant:
+    exactly one of them leads (one "first" email), every other one joins the same digest."""
+    replicas = [sql_backend.new(), sql_backend.new()]
+    for r in replicas:
+        await r.open()
+    try:
+        for round_ in range(5):
+            group = [f"hash:b:{round_}", "uploader:w:U" + str(round_)]
+            answers = await asyncio.gather(*(
+                replicas[i % 2].workflow.fold_notification(f"notify:{round_}:{i}", group, {"i": i}, 1000.0 + i * 1e-3,
+                                                           60.0)
+                for i in range(8)))
+            leads = [a for a in answers if a is None]
+            assert len(leads) == 1, answers
+            assert len({a for a in answers if a is not None}) == 1, answers
+    finally:
+        for r in replicas:
+            await r.close()
