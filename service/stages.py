@@ -31,9 +31,9 @@ class ExactBank(Protocol):
 
 
 def scan_version(banks_version: str, local: Sequence[object] = (), remote: Sequence[str] = ()) -> str:
-    """What a stored scan result is valid for: the banks' version, then ``vpdq:<version>`` for each local matcher
-    with content of its own (:class:`~service.matchers.base.VersionedMatcher`), then the names of the remote matchers asked.
-    Without such matchers and remote ones it is the banks' version alone, as stored by earlier releases."""
+    """What a stored scan result is valid for: the banks' version, then ``<name>:<version>`` of each local
+    matcher with content of its own (:class:`~service.matchers.base.VersionedMatcher`: ``vpdq``), then the names
+    of the remote matchers asked.  With neither it is the banks' version alone, as earlier releases stored it."""
     parts = [banks_version]
     parts += [f"{m.name}:{m.version}" for m in local if isinstance(m, VersionedMatcher)]
     parts += remote
