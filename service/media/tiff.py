@@ -6,7 +6,9 @@ with Pillow like any image upload (the rule against rendering untrusted PDF, DjV
 the fetcher brings the original (up to ``media.documents.tiff_original_max_bytes``) and
 :func:`tiff_pages` hashes pages 2 .. 1 + ``extra_pages`` here, each under the image budgets
 (``thumbnail.max_pixels``, ``thumbnail.max_decoded_bytes``), the whole file under a page cap
-(``tiff_max_pages``, counted from page headers only) and a CPU-time budget (``tiff_decode_budget``).
+(``tiff_max_pages``, counted from page headers only) and a budget of this thread's CPU time
+(``tiff_decode_budget``, checked between pages; a decoder that does not return control is killed at twice
+that, as a video's is).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from service.config.matching import ThumbnailSection
 from service.config.media import DocumentSection
 from service.errors import Unscannable
 from service.media.thumbnail import _resize_to_fit, _to_rgb, decoded_bytes, pdq_bytes
+from service.media.video import cpu_kill_timer
 from service.models import FrameHash
 
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
@@ -42,7 +45,7 @@ def tiff_pages(data: bytes, cfg: DocumentSection, thumb: ThumbnailSection) -> tu
     ``decode-timeout`` (over ``cfg.tiff_decode_budget`` seconds of CPU) or ``undecodable`` (a broken page)."""
     if not is_tiff(data) or "TIFF" not in thumb.formats:
         return None
-    start = time.process_time()
+    start = time.thread_time()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # page sizes are checked below, page by page
@@ -50,10 +53,10 @@ def tiff_pages(data: bytes, cfg: DocumentSection, thumb: ThumbnailSection) -> tu
     except Exception:  # prepare() judged the file already: not a TIFF Pillow reads, nothing more to do
         return None
     frames: list[FrameHash] = []
-    try:
+    with img, cpu_kill_timer(cfg.tiff_decode_budget * 2):
         page = 1
         while True:
-            if time.process_time() - start > cfg.tiff_decode_budget:
+            if time.thread_time() - start > cfg.tiff_decode_budget:
                 raise Unscannable("decode-timeout", f"TIFF pages: over {cfg.tiff_decode_budget} s of CPU "
                                                     f"at page {page + 1}")
             try:
@@ -67,8 +70,6 @@ def tiff_pages(data: bytes, cfg: DocumentSection, thumb: ThumbnailSection) -> tu
                 raise Unscannable("too-many-pages", f"TIFF has more than {cfg.tiff_max_pages} pages")
             if page <= 1 + cfg.extra_pages:
                 frames.append(_hash_page(img, page, thumb))
-    finally:
-        img.close()
     return tuple(frames) if frames else None
 
 
