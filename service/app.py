@@ -298,6 +298,7 @@ class Service:
             on_actions=lambda items: self._kick_actions(),
             allowlist=self.negative_bank,
             on_scanned=self.file_hashes.add if self.file_hashes is not None else None,
+            media=self.cfg.media,
         )
 
     def _kick_actions(self) -> None:

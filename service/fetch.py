@@ -58,6 +58,9 @@ DOCUMENT_MIMES = frozenset({"application/pdf", "image/vnd.djvu", "image/x-djvu",
 # would cost too much; a PNG's original is fetched only when the wiki's metadata says it is animated.
 ANIMATED_MIMES = frozenset({"image/gif", "image/apng", "image/webp"})
 PNG_MIME = "image/png"
+# A TIFF's original (within media.documents.tiff_original_max_bytes) is decoded, every page: a wiki without
+# PagedTiffHandler renders page 1 only (and MediaWiki 1.39 with ImageMagick fails on a multi-page TIFF).
+TIFF_MIME = "image/tiff"
 # Containers that may carry video although the wiki labels them audio (it does so when it finds no video
 # track, e.g. in a damaged file): the video decoder looks at them and says.
 CONTAINER_MIMES = frozenset({"application/ogg", "audio/ogg", "audio/webm"})
@@ -232,8 +235,13 @@ class WikiClient:
         original: bytes | None = None
         animation_cap = self._media.animation.original_max_bytes
         may_animate = 0 < info.size <= min(animation_cap, cfg.max_bytes)
-        if may_animate and (info.mime.lower() in ANIMATED_MIMES
-                            or (info.mime.lower() == PNG_MIME and await self.png_animated(wiki, info.title))):
+        tiff_cap = min(self._media.documents.tiff_original_max_bytes, cfg.max_bytes)
+        if info.mime.lower() == TIFF_MIME and 0 < info.size <= tiff_cap:
+            # It may have pages the wiki does not render: the decode pool reads them all from the original.
+            original = await self._download_original(wiki, info)
+            data, source = original, "original"
+        elif may_animate and (info.mime.lower() in ANIMATED_MIMES
+                              or (info.mime.lower() == PNG_MIME and await self.png_animated(wiki, info.title))):
             # It may be animated: the wiki's thumbnail would show the first frame only.
             original = await self._download_original(wiki, info)
             data, source = original, "original"

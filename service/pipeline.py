@@ -53,6 +53,7 @@ from service.stages import Work as Work
 from service.stages import _call_prepare as _call_prepare
 from service.stages import _Finished as _Finished
 from service.stages import _merge as _merge
+from service.stages import scan_version
 from service.store.base import (
     REMOTE_FAILED,
     REMOTE_SEEN,
@@ -261,9 +262,9 @@ class Pipeline(StageSteps):
 
     @property
     def scan_version(self) -> str:
-        """What a stored scan result is valid for: the banks' version plus the remote matchers asked."""
-        names = "+".join(m.name for m in self.remote)
-        return f"{self.exact.version}+{names}" if names else self.exact.version
+        """What a stored scan result is valid for: the banks' version, the versions of local matchers with
+        content of their own (vPDQ banks) and the remote matchers asked."""
+        return scan_version(self.exact.version, self.matchers, [m.name for m in self.remote])
 
     # ------------------------------------------------------------------ stages
 

@@ -205,9 +205,11 @@ async def prepare_media(cpu: CpuPool, prepare: Prepare, fetched: FetchedMedia, s
             prepared = await cpu.run(_call_prepare, prepare, fetched.data, sha1, cfg, fetched.original_md5,
                                      fetched.data_source)
         else:
-            animation = media.animation if media is not None and fetched.kind == KIND_IMAGE else None
+            image = media is not None and fetched.kind == KIND_IMAGE
+            animation = media.animation if media is not None and image else None
+            documents = media.documents if media is not None and image else None  # a multi-page TIFF's pages
             prepared = await cpu.run(prepare_frames, prepare, fetched.data, sha1, cfg, fetched.original_md5,
-                                     fetched.data_source, animation, fetched.pages)
+                                     fetched.data_source, animation, fetched.pages, documents)
     finally:
         discard(fetched)
     if metrics is not None:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 
-from service.config import RescanSection, ThumbnailSection, WikiSection
+from service.config import MediaSection, RescanSection, ThumbnailSection, WikiSection
 from service.errors import FileGone, ServiceError, Unscannable
 from service.file_hashes import scanned_file
 from service.matchers.base import RemoteMatcher
@@ -82,8 +82,11 @@ class Rescanner:
         clock: Callable[[], float] = time.time,
         allowlist: NegativeBank | None = None,
         on_scanned: Callable[[FileHashes], None] | None = None,
+        media: MediaSection | None = None,
     ) -> None:
         self.cfg = cfg
+        # Frame sampling, budgets: a video, animation or document is decoded as the live pipeline decodes it.
+        self.media = media or MediaSection()
         self.on_scanned = on_scanned  # the hashes of each file decoded again, for retroactive matching
         self.matcher = matcher
         self.budget = budget
@@ -205,7 +208,8 @@ class Rescanner:
             fetched = await self.fetcher.fetch(wiki, upload.title, expected_sha1=row.sha1)
             if fetched.info.sha1 and fetched.info.sha1.lower() != row.sha1:
                 raise FileGone(f"{upload.wiki} {upload.title!r} now shows {fetched.info.sha1}, not {row.sha1}")
-            media = await prepare_media(self.cpu, self.prepare, fetched, row.sha1, self.thumbnail_cfg)
+            media = await prepare_media(self.cpu, self.prepare, fetched, row.sha1, self.thumbnail_cfg, self.media,
+                                        self.metrics)
             if self.on_scanned is not None and upload is not None:
                 self.on_scanned(scanned_file(upload, row.sha1, media))
             if not self.matcher.can_send():

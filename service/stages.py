@@ -14,6 +14,7 @@ from typing import Protocol
 
 from service.config import ThumbnailSection, WikiSection
 from service.matchers.base import Matcher as Matcher  # declared once, in service.matchers.base
+from service.matchers.base import VersionedMatcher
 from service.models import FetchedMedia, Match, PreparedMedia, UploadEvent
 from service.store.base import NewAction, ScanRecord
 
@@ -27,6 +28,16 @@ class ExactBank(Protocol):
     def version(self) -> str: ...
 
     def match_sha1(self, sha1: str) -> list[Match]: ...
+
+
+def scan_version(banks_version: str, local: Sequence[object] = (), remote: Sequence[str] = ()) -> str:
+    """What a stored scan result is valid for: the banks' version, then ``<name>:<version>`` of each local
+    matcher with content of its own (:class:`~service.matchers.base.VersionedMatcher`: ``vpdq``), then the names
+    of the remote matchers asked.  With neither it is the banks' version alone, as earlier releases stored it."""
+    parts = [banks_version]
+    parts += [f"{m.name}:{m.version}" for m in local if isinstance(m, VersionedMatcher)]
+    parts += remote
+    return "+".join(parts)
 
 
 Prepare = Callable[..., PreparedMedia]

@@ -784,3 +784,22 @@ def test_png_frame_count_reads_both_layouts() -> None:
     assert png_frame_count({"query": {"pages": {"7": {"imageinfo": [{"metadata": {"frameCount": 2}}]}}}}) == 2
     assert png_frame_count({"query": {"pages": [{"imageinfo": [{"metadata": None}]}]}}) == 0
     assert png_frame_count({"error": "x"}) == 0
+
+
+async def test_tiff_original_is_fetched_within_its_cap(fake: FakeWiki, make: Callable[..., Awaitable[Harness]]) -> None:
+    """A TIFF's original (its pages are decoded by the service: a wiki without PagedTiffHandler renders page 1
+    only) up to media.documents.tiff_original_max_bytes; above it, or with the cap at 0, the wiki's thumbnail."""
+    from service.config import MediaSection
+    from service.config.media import DocumentSection
+
+    img = Image.open(io.BytesIO(png(800, 600))).convert("RGB")
+    out = io.BytesIO()
+    img.save(out, "TIFF", save_all=True, append_images=[img], compression="tiff_deflate")
+    scan = fake.add("Scan.tiff", FakeFile(out.getvalue(), 800, 600, mime="image/tiff"))
+    h = await make(fake.wiki())
+    media = await h.client.fetch(fake.wiki(), "File:Scan.tiff")
+    assert media.data == scan.data and media.data_source == "original" and media.kind == "image"
+    for cap in (len(scan.data) - 1, 0):
+        small = await make(fake.wiki(), media=MediaSection(documents=DocumentSection(tiff_original_max_bytes=cap)))
+        assert (await small.client.fetch(fake.wiki(), "File:Scan.tiff")).data_source == "thumbnail"
+    assert [r.path for r in fake.requests_to("/images/")] == ["/images/Scan.tiff"]

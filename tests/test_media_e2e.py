@@ -168,3 +168,73 @@ async def test_apng_on_the_real_wiki_is_sampled_plain_png_keeps_its_thumbnail(me
     expected = prepare(images.png_bytes(known.resize((640, 480))), "0" * 40, ThumbnailSection())
     assert expected.pdq is not None
     assert images.hamming(media.frames[4].pdq, expected.pdq.hashes[0]) <= 31
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in ("ddjvu", "djvudump", "c44", "djvm")),
+                    reason="djvulibre-bin renders DjVu pages for the wiki and makes the test file (scripts/test.sh)")
+async def test_djvu_and_multipage_tiff_through_the_pipeline(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+    running_list: list[Running],
+) -> None:
+    """A DjVu whose 2nd page is a known image is matched through the wiki's page thumbnails (DjVuHandler with
+    djvulibre-bin); a TIFF whose 2nd page is known is matched from its original (the wiki has no
+    PagedTiffHandler: it reports no pages for a TIFF and fails to render a multi-page one); hostile TIFFs end
+    unscannable within budget while the images around them are scanned."""
+    run = uuid.uuid4().hex[:8]
+    seed = int(run[:4], 16)
+    known = images.photo(KNOWN + 1000)
+    known_media = prepare(images.jpeg_bytes(known), "0" * 40, ThumbnailSection())
+    assert known_media.pdq is not None
+    bank = tmp_path / "bank.csv"
+    bank.write_text(f"hash,category,source,id\n{known_media.pdq.hex},,test,known-doc\n")
+    workdir = tmp_path / "djvu"
+    workdir.mkdir()
+
+    def image(n: int) -> bytes:
+        return images.jpeg_bytes(images.photo(KNOWN + 1100 + seed + n))
+
+    uploads = {
+        "img a.jpg": image(1),
+        "doc.djvu": videos.djvu([images.photo(KNOWN + 1200 + seed), known, images.photo(KNOWN + 1201 + seed)],
+                                str(workdir)),
+        "clean.djvu": videos.djvu([images.photo(KNOWN + 1300 + seed + i) for i in range(3)], str(workdir)),
+        "img b.jpg": image(2),
+        "scan.tiff": videos.tiff([images.photo(KNOWN + 1400 + seed), known, images.photo(KNOWN + 1401 + seed)]),
+        "clean.tiff": videos.tiff([images.photo(KNOWN + 1500 + seed + i) for i in range(3)]),
+        "pages.tiff": videos.tiff_many_pages(5000 + seed % 100),
+        "bomb.tiff": videos.tiff_bomb_page(images.photo(KNOWN + 1600 + seed)),
+        "img c.jpg": image(3),
+    }
+    events = {}
+    for name, data in uploads.items():
+        events[name] = await upload_and_publish(mediawiki, sse_server, f"Doc {run} {name}", data)
+    info = mediawiki.client.get(action="query", prop="imageinfo", titles=f"File:Doc {run} scan.tiff",
+                                iiprop="size|mime|metadata")["query"]["pages"][0]["imageinfo"][0]
+    assert "pagecount" not in info  # what the service works around: the wiki does not say a TIFF has pages
+
+    cfg = make_config(tmp_path, mediawiki, sse_server, smtp_server, bank,
+                      pipeline={"cpu_pool": "process", "cpu_workers": 2, "event_deadline": 120},
+                      media={"documents": {"extra_pages": 2, "tiff_max_pages": 1000, "tiff_decode_budget": 20}})
+    service = await start(cfg)
+    running_list.append(service)
+    await service.finished(len(events), timeout=240)
+
+    ledger = service.service.stores.ledger
+    outcomes = {name: await ledger.event_outcome(e["meta"]["id"]) for name, e in events.items()}
+    assert outcomes == {
+        "img a.jpg": "clean", "img b.jpg": "clean", "img c.jpg": "clean",
+        "doc.djvu": "match", "clean.djvu": "clean",
+        "scan.tiff": "match", "clean.tiff": "clean",
+        "pages.tiff": "unscannable:too-many-pages", "bomb.tiff": "unscannable:decompression-bomb",
+    }
+    mails = await smtp_server.wait_for_async(2)
+    bodies = {str(m.message["Subject"]): m.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+              for m in mails}
+    assert "document page 2" in next(b for s, b in bodies.items() if "doc.djvu" in s)
+    assert "document page 2" in next(b for s, b in bodies.items() if "scan.tiff" in s)
+
+    async with aiohttp.ClientSession() as http, http.get(service.base + "/metrics") as r:
+        text = await r.text()
+    assert metric(text, "mediamoderation_media_scanned_total", kind="document") == 4  # 2 DjVu, 2 TIFF
+    # DjVu: the wiki's thumbnails of pages 1-3, never the original.
+    assert metric(text, "mediamoderation_fetch_requests_total", kind="thumbnail", result="ok") == 3 + 2 * 3

@@ -248,3 +248,46 @@ async def test_failed_event_is_retried_when_seen_again(tmp_path: Path, stores: S
     p2, _ = build(config(tmp_path), ListSource([make_event(0, SHA_FAIL)]), stores, fetcher, Metrics())
     await p2.run()
     assert fetcher.calls == ["File:Test 0.jpg", "File:Test 0.jpg"]
+
+
+async def test_a_new_or_changed_vpdq_bank_makes_scanned_files_be_scanned_again(tmp_path: Path,
+                                                                               stores: Stores) -> None:
+    """vPDQ banks are part of the scan version: a clean result stored before a vPDQ bank was added (or changed)
+    is not reused, the file is fetched and decoded again; with the same banks it is reused."""
+    from service.config.media import VideoSection, VpdqBankSection
+    from service.matchers.vpdq import VpdqMatcher
+
+    header = "id,category,source,frame_number,quality,pdq,timestamp\n"
+    bank = tmp_path / "v.csv"
+    bank.write_text(header + f"clip,,t,0,100,{'ab' * 32},0.000\n")
+    vpdq = VpdqMatcher(VideoSection(vpdq_banks=(VpdqBankSection(name="v", path=str(bank), category="c"),)),
+                       Metrics())
+    metrics = Metrics()
+    fetcher = FakeFetcher()
+
+    async def scan(n: int, matchers: list[Any]) -> Pipeline:
+        p = Pipeline(config(tmp_path), source=ListSource([make_event(n, SHA_CLEAN)]), store=stores.pipeline,
+                     fetcher=fetcher, exact=FakeExact(), matchers=matchers, planners=[planner], cpu=None,
+                     prepare=fake_prepare, metrics=metrics)
+        await p.run()
+        assert await stores.ledger.event_outcome(f"event-{n}") == "clean"
+        return p
+
+    first = await scan(0, [FakePdq()])
+    assert first.scan_version == "v1"  # without vPDQ banks: as stored by earlier releases
+    second = await scan(1, [FakePdq(), vpdq])  # a vPDQ bank was added: looked at again
+    assert second.scan_version == f"v1+vpdq:{vpdq.version}"
+    await scan(2, [FakePdq(), vpdq])  # same banks: the stored result is reused
+    assert fetcher.calls == ["File:Test 0.jpg", "File:Test 1.jpg"]
+
+    before = vpdq.version
+    bank.write_text(header + f"other,,t,0,100,{'cd' * 32},0.000\n")
+    assert vpdq.reload_if_changed()
+    assert vpdq.version != before
+    await scan(3, [FakePdq(), vpdq])  # the bank changed: looked at again
+    assert fetcher.calls[-1] == "File:Test 3.jpg"
+    bank.write_text(header + "broken,,t,0,100,not-hex,0.000\n")  # refused: the loaded content and version stay
+    after = vpdq.version
+    assert not vpdq.reload_if_changed()
+    assert vpdq.version == after
+    assert sample(metrics, "mediamoderation_scan_cache_hits_total") == 1

@@ -4,9 +4,11 @@ record (allowlist, planners, metrics, outbox) as a live upload."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from service.config import RescanSection, ThumbnailSection, WikiSection
+from service.config import MediaSection, RescanSection, ThumbnailSection, WikiSection
+from service.config.media import AnimationSection, VideoSection
 from service.metrics import Metrics
 from service.models import FetchedMedia, FileInfo, Match, PreparedMedia, UploadEvent
 from service.negative_bank import NegativeBank
@@ -138,3 +140,50 @@ async def test_a_rescan_match_is_recorded_like_a_live_one_allowlist_and_metrics_
     assert sample(metrics, "mediamoderation_matches_total", category="child-protection", matcher="photodna") == 4
     assert sample(metrics, "mediamoderation_allowlisted_matches_total", bank="photodna:IWF") == 2
     assert sample(metrics, "mediamoderation_allowlisted_matches_total", bank="photodna:NCMEC") == 1
+
+
+async def test_the_rescanner_decodes_video_and_animation_with_the_live_media_config(tmp_path: Path) -> None:
+    """The rescanner gets the service's ``media`` section: a video is sampled at its rate and cap, keyframes
+    sent as the live pipeline sends them, an animated GIF sampled by the animation settings."""
+    from service.media.thumbnail import prepare
+    from tests.infra import images, videos
+
+    clip = videos.video(videos.moving(9400, 6), fps=10)
+    gif = videos.animated_gif([images.photo(9450 + i) for i in range(5)])
+
+    class MediaFetcher:
+        async def fetch(self, wiki: WikiSection, title: str, *, expected_sha1: str | None = None) -> FetchedMedia:
+            if "1" in title:  # the video, streamed to a temporary file the decode step deletes
+                path = tmp_path / "clip.webm"
+                path.write_bytes(clip)
+                info = FileInfo(title=title, url="u", description_url="d", sha1=expected_sha1 or "", size=len(clip),
+                                width=320, height=240, mime="video/webm", mediatype="VIDEO")
+                return FetchedMedia(info=info, data=b"", data_source="original", kind="video", path=str(path))
+            info = FileInfo(title=title, url="u", description_url="d", sha1=expected_sha1 or "", size=len(gif),
+                            width=320, height=240, mime="image/gif", mediatype="BITMAP")
+            return FetchedMedia(info=info, data=gif, data_source="original")
+
+    seen: dict[str, PreparedMedia] = {}
+
+    class Recording(Remote):
+        async def match(self, media: PreparedMedia, *, background: bool = False) -> list[Match]:
+            seen.setdefault(media.sha1, media)
+            return []
+
+    media = MediaSection(video=VideoSection(sample_rate=2.0, max_frames=5, photodna_keyframes=2),
+                         animation=AnimationSection(max_frames=3))
+    metrics = Metrics()
+    rescanner = Rescanner(
+        RescanSection(concurrency=1, budget_reserve=0.0), matcher=Recording(), budget=Budget(),  # type: ignore[arg-type]
+        store=Store([row(1), row(2)], {}), fetcher=MediaFetcher(), wikis={"testwiki": WIKI}, prepare=prepare,
+        cpu=None, thumbnail_cfg=ThumbnailSection(make_jpeg=True), planners=[planner], metrics=metrics,
+        scan_version=lambda: "v1+photodna", clock=lambda: NOW, media=media,
+    )
+    assert await rescanner.run_once() == {"clean": 2}
+    video, anim = seen[sha(1)], seen[sha(2)]
+    assert video.kind == "video" and video.frames_sampled == 5  # 2 a second, capped at 5
+    assert [f.timestamp for f in video.frames] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert len(video.keyframes) == 2
+    assert anim.frames_sampled == 3  # animation.max_frames
+    assert not (tmp_path / "clip.webm").exists()  # the temporary file is deleted after decoding
+    assert sample(metrics, "mediamoderation_frames_hashed_total", kind="video") == 5

@@ -27,7 +27,7 @@ from service.matchers.vpdq import VpdqMatcher, match_bank, parse_vpdq_bank
 from service.media.frames import prepare_frames
 from service.media.pool import ProcessPool
 from service.media.thumbnail import prepare
-from service.media.video import _cpu_kill_timer, prepare_video, vpdq_lines
+from service.media.video import cpu_kill_timer, prepare_video, vpdq_lines
 from service.metrics import Metrics
 from service.models import FrameHash, Match, PreparedMedia
 from service.pipeline_steps import remote_match
@@ -207,7 +207,7 @@ def test_document_pages_are_matched(known_bank: BankSet) -> None:
 
 def spin_in_c(budget: float) -> bytes:
     """A decoder that never returns to Python: C code burning CPU under the video decode's kill timer."""
-    with _cpu_kill_timer(budget):
+    with cpu_kill_timer(budget):
         return hashlib.pbkdf2_hmac("sha256", b"spin", b"salt", 500_000_000)
 
 

@@ -122,7 +122,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from service.matchers.banks import BankSet
+    from service.matchers.vpdq import VpdqMatcher
     from service.sources.backfill import BackfillProgress, BackfillSource
+    from service.stages import scan_version
 
     start, end = parse_when("--start", args.start), parse_when("--end", args.end)
     if start is not None and end is not None and end < start:
@@ -151,9 +153,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
         def ingest_source(c: Config, stores: Stores, m: Metrics) -> Source:
             banks = BankSet(c.banks, m)
-            suffix = "+photodna" if c.photodna.enabled else ""  # as Pipeline.scan_version names remote matchers
+            vpdq = [VpdqMatcher(c.media.video, m)] if c.media.video.vpdq_banks else []
+            remote = ["photodna"] if c.photodna.enabled else []  # as Pipeline.scan_version names remote matchers
             source = BackfillSource(c, args.wiki, checkpoints=stores.checkpoints, scans=stores.scans, metrics=m,
-                                    start=start, end=end, scan_version=lambda: banks.version + suffix)
+                                    start=start, end=end,
+                                    scan_version=lambda: scan_version(banks.version, vpdq, remote))
             holder["source"] = source
             return source
 

@@ -75,6 +75,15 @@ class AnimationSection:
 class DocumentSection:
     # PDF, DjVu, multi-page TIFF: besides page 1, the wiki's thumbnails of this many further pages are matched.
     extra_pages: NonNegInt = 4
+    # TIFF originals up to this size (bytes, and at most `fetch.max_bytes`) are fetched and their pages decoded by the
+    # service (Pillow, in the decode pool), pages 2 .. 1 + `extra_pages` hashed besides page 1: without
+    # PagedTiffHandler a wiki renders page 1 only.  0: TIFF is judged by the wiki's thumbnails only.
+    tiff_original_max_bytes: NonNegInt = 50_000_000
+    # a TIFF with more pages than this ends `unscannable:too-many-pages` (only the page headers are read to count).
+    tiff_max_pages: PosInt = 1000
+    # seconds of CPU time for counting and decoding the pages of one TIFF; past it the file ends
+    # `unscannable:decode-timeout`.
+    tiff_decode_budget: PosFloat = 60.0
 
 
 @dataclass(frozen=True)

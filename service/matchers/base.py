@@ -28,6 +28,15 @@ class Matcher(Protocol):
 
 
 @runtime_checkable
+class VersionedMatcher(Matcher, Protocol):
+    """A local matcher with content of its own (vPDQ banks): ``version`` changes whenever what it matches
+    against changes, and is part of the scan version (a stored clean result is reused only under it)."""
+
+    @property
+    def version(self) -> str: ...
+
+
+@runtime_checkable
 class RemoteMatcher(Matcher, Protocol):
     async def match(self, media: PreparedMedia, *, background: bool = False) -> list[Match]: ...
 

@@ -158,13 +158,30 @@ class VpdqMatcher:
         self._metrics = metrics
         self.banks: list[VpdqBank] = []
         self._stats: dict[str, FileStat | None] = {}
-        self._digests: dict[str, str] = {}
+        self._digests: dict[str, str] = {}  # of the file content last seen (loaded or refused)
+        self._content: dict[str, str] = {}  # of the file content loaded
         for section in cfg.vpdq_banks:
             stat, data = self._read(section)
             bank = parse_vpdq_bank(section, data, quality_min=cfg.quality_min)
             self._stats[section.name], self._digests[section.name] = stat, hashlib.sha256(data).hexdigest()
+            self._content[section.name] = self._digests[section.name]
             self._loaded(bank, "loaded")
             self.banks.append(bank)
+        self._version = self._compute_version()
+
+    @property
+    def version(self) -> str:
+        """Changes when a bank's loaded content or match settings change: part of the scan version, so that a
+        new or changed vPDQ bank makes already scanned videos be looked at again (not reused from the cache)."""
+        return self._version
+
+    def _compute_version(self) -> str:
+        h = hashlib.sha256(f"quality_min={self._cfg.quality_min}\n".encode())
+        for bank in self.banks:
+            c = bank.config
+            h.update(f"{c.name}\0{c.category}\0{c.pdq_threshold}\0{c.query_match_pct}\0{c.candidate_match_pct}\0"
+                     f"{self._content.get(c.name, '')}\n".encode())
+        return h.hexdigest()[:16]
 
     @staticmethod
     def _read(section: VpdqBankSection) -> tuple[FileStat, bytes]:
@@ -206,10 +223,12 @@ class VpdqMatcher:
                 self._failed(section, stat, str(exc))
                 continue
             self._stats[section.name] = stat
+            self._content[section.name] = digest
             self._loaded(banks[i], "reloaded")
             changed = True
         if changed:
             self.banks = banks  # one assignment: a match in progress keeps the list it started with
+            self._version = self._compute_version()
         return changed
 
     def _failed(self, section: VpdqBankSection, stat: FileStat | None, why: str) -> None:

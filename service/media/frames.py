@@ -7,7 +7,8 @@ calls for the picture shown, so a still image is judged exactly as before) and a
 * an animated GIF, PNG (APNG) or WebP: one frame per ``1 / sample_rate`` seconds of the animation (the
   first frame always), at most ``max_frames``, each PDQ-hashed as shown (transparency on white);
 * a document (PDF, DjVu, multi-page TIFF): the thumbnails the wiki rendered for the further pages
-  (the service never renders PDF, DjVu or SVG itself).
+  (the service never renders PDF, DjVu or SVG itself);
+* a multi-page TIFF original: its further pages, decoded here (:mod:`service.media.tiff`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import pdqhash
 from PIL import Image, ImageSequence
 
 from service.config.matching import ThumbnailSection
-from service.config.media import AnimationSection
+from service.config.media import AnimationSection, DocumentSection
 from service.errors import Unscannable
 from service.media.thumbnail import _resize_to_fit, _to_rgb, pdq_bytes
+from service.media.tiff import tiff_page_png, tiff_pages
 from service.models import KIND_DOCUMENT, KIND_VIDEO, FetchedMedia, FrameHash, PreparedMedia
 
 if TYPE_CHECKING:
@@ -47,9 +49,16 @@ def prepare_frames(
     source: str,
     animation: AnimationSection | None,
     pages: tuple[tuple[int, bytes], ...] = (),
+    documents: DocumentSection | None = None,
 ) -> PreparedMedia:
-    """``prepare`` (the picture shown), plus the sampled animation frames or the further pages."""
+    """``prepare`` (the picture shown), plus the sampled animation frames or the further pages (the wiki's
+    ``pages``, or with ``documents`` those of a multi-page TIFF original)."""
     media = prepare(data, sha1, cfg, md5=md5, source=source)
+    if documents is not None and not pages:
+        tiff = tiff_pages(data, documents, cfg)
+        if tiff is not None:
+            first = (FrameHash(1, 0.0, media.pdq.hashes[0], media.pdq.quality),) if media.pdq is not None else ()
+            return replace(media, kind=KIND_DOCUMENT, frames=first + tiff, frames_sampled=len(tiff) + 1)
     if pages:
         frames = [f for f in (_page(prepare, n, page, sha1, cfg) for n, page in pages) if f is not None]
         if media.pdq is not None:
@@ -127,6 +136,10 @@ def matched_picture(fetched: FetchedMedia, details: Mapping[str, Any]) -> bytes:
     for page in details.get("pages") or []:
         if page in pages:
             return pages[page]
+        if not pages and fetched.data:  # a TIFF original whose pages the service decoded
+            picture = tiff_page_png(fetched.data, int(page))
+            if picture is not None:
+                return picture
     numbers = details.get("frame_numbers") or []
     if numbers and fetched.data:
         try:

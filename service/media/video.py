@@ -74,7 +74,7 @@ def prepare_video(
     import av  # imported here: the image-only paths never load FFmpeg
 
     budget = _Budget(cfg.decode_budget)
-    with _cpu_kill_timer(cfg.decode_budget * 2):
+    with cpu_kill_timer(cfg.decode_budget * 2):
         try:
             container = av.open(path, mode="r", metadata_errors="ignore")
         except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
@@ -192,7 +192,7 @@ def _duration(container: object, stream: object) -> float | None:
 
 
 @contextmanager
-def _cpu_kill_timer(seconds: float) -> Iterator[None]:
+def cpu_kill_timer(seconds: float) -> Iterator[None]:
     """In a pool worker's main thread: a CPU-time timer whose signal (SIGPROF, default action) ends the process
     if the decoder spins without returning to Python.  Elsewhere (threads, the service's own process): nothing,
     the loop's own deadline check is all there is."""

@@ -41,6 +41,9 @@ FILE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "svg", "tif", "tiff", "b
                    "webm", "ogv", "ogg", "oga", "flac", "wav", "mp3", "mp4", "pdf", "djvu")
 GHOSTSCRIPT = "/usr/bin/gs"  # PdfHandler renders PDF pages with it (Debian ghostscript)
 PDFINFO = "/usr/bin/pdfinfo"  # and reads page counts with poppler-utils
+# MediaWiki core's DjVuHandler renders DjVu pages with Debian's djvulibre-bin: ddjvu renders (PPM, made JPEG by
+# ImageMagick), djvudump reads the page count and sizes, djvutxt the text layer.
+DDJVU, DJVUDUMP, DJVUTXT = "/usr/bin/ddjvu", "/usr/bin/djvudump", "/usr/bin/djvutxt"
 # Bot passwords must match /^[0-9a-w]{32,}$/ (BotPassword::canonicalizeLoginData), not any 32 chars.
 _BOT_PASSWORD_ALPHABET = "0123456789abcdefghijklmnopqrstuvw"
 
@@ -411,6 +414,12 @@ if ( is_executable( "{GHOSTSCRIPT}" ) && is_executable( "{PDFINFO}" ) ) {{
     $wgPdfPostProcessor = "{CONVERT}";
     $wgPdfInfo = "{PDFINFO}";
     $wgPdftoText = "/usr/bin/pdftotext";
+}}
+if ( is_executable( "{DDJVU}" ) && is_executable( "{DJVUDUMP}" ) ) {{
+    $wgDjvuRenderer = "{DDJVU}";
+    $wgDjvuDump = "{DJVUDUMP}";
+    $wgDjvuTxt = "{DJVUTXT}";
+    $wgDjvuPostProcessor = "{CONVERT} ppm:- jpg:-";  // the default, netpbm's pnmtojpeg, is not installed
 }}
 $wgMaxUploadSize = 1024 * 1024 * 1024;
 $wgMaxImageArea = 1e8;
