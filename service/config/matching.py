@@ -49,8 +49,9 @@ class PdqViewsSection:
     # also hash the image without a caption strip (a band of text on a flat background at the top or bottom).
     trim_caption: bool = True
     # also hash the image extended at every edge by each of these fractions of its sides (edge pixels repeated),
-    # to catch copies cropped by a few percent per side; empty: no such views.
-    uncrop: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.025, 0.05)
+    # to catch copies cropped by a few percent per side (edges repeated up to 5 %, faded towards the mean beyond);
+    # empty: no such views.
+    uncrop: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.025, 0.05, 0.07, 0.095, 0.125)
 
 
 @dataclass(frozen=True)

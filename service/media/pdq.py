@@ -102,17 +102,45 @@ def _quality(buf: np.ndarray) -> int:
     return min(100, total // 90)
 
 
+def _margin_samples(n: int, pad_lo: int, pad_hi: int) -> tuple[int, int]:
+    """How many of the 64 samples of an axis of ``n`` samples extended by ``pad_lo`` / ``pad_hi`` are
+    centred in the margins."""
+    centres = (np.arange(_OUT) + 0.5) * (n + pad_lo + pad_hi) / _OUT
+    return int(np.count_nonzero(centres < pad_lo)), int(np.count_nonzero(centres >= pad_lo + n))
+
+
+def _fade_margins(buf: np.ndarray, margins: tuple[int, int, int, int], fade: float) -> np.ndarray:
+    """``buf`` with its margin samples (top, bottom, left, right counts) brought from the edge value
+    towards the mean of the rest, by a factor ``fade`` per sample away from the edge: the best guess of
+    the missing picture is its edge nearby and its mean further out (edges of natural images decorrelate
+    with distance)."""
+    top, bottom, left, right = margins
+    mean = float(buf[top:_OUT - bottom, left:_OUT - right].mean())
+    x = buf - mean
+    for lo, hi in ((top, bottom), (left, right)):
+        if lo:
+            x[:lo] = x[lo] * (fade ** np.arange(lo, 0, -1, dtype=np.float32))[:, None]
+        if hi:
+            x[_OUT - hi:] = x[_OUT - hi - 1] * (fade ** np.arange(1, hi + 1, dtype=np.float32))[:, None]
+        x = x.T  # the columns next (and back after them)
+    return x + mean
+
+
 def dihedral_hashes(
-    luma: np.ndarray, pad: tuple[int, int, int, int] = (0, 0, 0, 0), scale: int = 1
+    luma: np.ndarray, pad: tuple[int, int, int, int] = (0, 0, 0, 0), scale: int = 1, fade: float = 1.0
 ) -> tuple[tuple[bytes, ...], int]:
     """The eight dihedral PDQ hashes of ``luma`` (32 bytes each, standard hex order) and its quality;
-    with ``pad``, of ``luma`` extended by margins (top, bottom, left, right) repeating its edges; with
-    ``scale``, of the full-resolution image whose ``scale`` x ``scale`` block means ``luma`` holds."""
+    with ``pad``, of ``luma`` extended by margins (top, bottom, left, right) repeating its edges, faded
+    towards the picture's mean by ``fade`` per 64th of the side when ``fade`` < 1; with ``scale``, of the
+    full-resolution image whose ``scale`` x ``scale`` block means ``luma`` holds."""
     if luma.ndim != 2:
         raise ValueError(f"PDQ needs a 2-D array, got shape {luma.shape}")
     if min(luma.shape) * scale < _MIN_SIDE:  # the reference's answer for images too small to hash
         return (bytes(32),) * len(DIHEDRAL_VARIANTS), 0
     buf = _downsample(luma, pad, scale)
+    if fade < 1.0 and any(pad):
+        h, w = luma.shape
+        buf = _fade_margins(buf, _margin_samples(h, pad[0], pad[1]) + _margin_samples(w, pad[2], pad[3]), fade)
     quality = _quality(buf)
     b = _DCT @ buf @ _DCT.T  # (16, 16), row = vertical frequency
     s_rows, s_cols = _SIGN[:, None], _SIGN[None, :]

@@ -69,7 +69,7 @@ def pdq_signals(
     hashes, quality = dihedral_hashes(luma, scale=scale)
     views = []
     for view in derived_views(luma, cfg.views):
-        v_hashes, v_quality = dihedral_hashes(view.pixels(luma), view.pad, scale)
+        v_hashes, v_quality = dihedral_hashes(view.pixels(luma), view.pad, scale, view.fade)
         if v_quality >= VIEW_QUALITY_MIN:
             views.append(PdqSignal(hashes=v_hashes, quality=v_quality, view=view.name))
     return PdqSignal(hashes=hashes, quality=quality, view=ORIGINAL), tuple(views)
