@@ -192,7 +192,7 @@ def test_faded_margins_are_the_edge_faded_towards_the_mean() -> None:
 @needs_photos
 def test_fading_brings_large_crops_closer_to_the_original() -> None:
     """On the sample photos cropped by 8 % per side, the uncrop view with faded margins is closer to the
-    original's hash than the one repeating the edges (the reason for views.UNCROP_FADE)."""
+    original's hash than the one repeating the edges (the reason for thumbnail.views.uncrop_fade)."""
     known = [evasion.known_photo(n) for n in evasion.KNOWN]
     faded = repeated = 0
     for img in known:
@@ -200,7 +200,7 @@ def test_fading_brings_large_crops_closer_to_the_original() -> None:
             luma = np.asarray(decoded.convert("L"), dtype=np.float32)
         h, w = luma.shape
         pad = (round(h * 0.095),) * 2 + (round(w * 0.095),) * 2
-        (f, _), (r, _) = padded_dihedral_hashes(luma, (pad, pad), (views.UNCROP_FADE, 1.0))
+        (f, _), (r, _) = padded_dihedral_hashes(luma, (pad, pad), (CFG.views.uncrop_fade, 1.0))
         ref = evasion.reference_hash(img)
         faded += hamming(f[0], ref)
         repeated += hamming(r[0], ref)

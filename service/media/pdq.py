@@ -36,6 +36,14 @@ _DCT = (math.sqrt(2.0 / _OUT) * np.cos(
     np.pi / (2 * _OUT) * np.outer(np.arange(1, 17), 2 * np.arange(_OUT) + 1))).astype(np.float32)
 # Flipping the 64 x 64 buffer along an axis multiplies frequency k = i + 1 of that axis by (-1)^k.
 _SIGN = np.where(np.arange(1, 17) % 2 == 1, -1.0, 1.0).astype(np.float32)
+# The eight variants of DIHEDRAL_VARIANTS as (the DCT (0) or its transpose (1)) times sign changes, as in
+# dihedral_hashes: for the batched hashes of padded_dihedral_hashes.
+_VARIANT_SOURCE = np.array([0, 1, 0, 1, 0, 0, 1, 1])
+_ONES = np.ones(16, dtype=np.float32)
+_VARIANT_SIGNS = np.stack([np.outer(r, c) for r, c in (
+    (_ONES, _ONES), (_SIGN, _ONES), (_SIGN, _SIGN), (_ONES, _SIGN), (_SIGN, _ONES), (_ONES, _SIGN), (_ONES, _ONES),
+    (_SIGN, _SIGN),
+)])
 
 
 def _box_right(u: np.ndarray, left: int, right: int) -> np.ndarray:
@@ -174,10 +182,7 @@ def padded_dihedral_hashes(
     dh = np.trunc((bufs[:, :, :-1] - bufs[:, :, 1:]) * 100 / 255)
     totals = np.abs(dv).sum(axis=(1, 2), dtype=np.float64).astype(np.int64) + \
         np.abs(dh).sum(axis=(1, 2), dtype=np.float64).astype(np.int64)
-    s_rows, s_cols = _SIGN[:, None], _SIGN[None, :]
-    t = b.transpose(0, 2, 1)
-    coeffs = np.stack((b, t * s_rows, b * s_rows * s_cols, t * s_cols, b * s_rows, b * s_cols, t,
-                       t * s_rows * s_cols), axis=1).reshape(v, 8, 256)
+    coeffs = (np.stack((b, b.transpose(0, 2, 1)), axis=1)[:, _VARIANT_SOURCE] * _VARIANT_SIGNS).reshape(v, 8, 256)
     median = np.partition(coeffs, 127, axis=2)[:, :, 127:128]
     packed = np.packbits((coeffs > median)[:, :, ::-1], axis=2)
     return [(tuple(row.tobytes() for row in packed[k]), min(100, int(totals[k]) // 90)) for k in range(v)]

@@ -10,7 +10,7 @@ repeat its edge pixels, and is hashed with its eight dihedral variants like the 
 * ``uncrop-N``: the image extended by N % of its sides at every edge, for copies cropped by a few
   percent per side (PDQ itself is not crop-tolerant: see docs/evasion.md for the rates reached).  Up to
   5 % the margins repeat the edge pixels; beyond, where more of the picture is missing, they fade from
-  the edge towards the picture's mean (:data:`UNCROP_FADE`), which measured closer to the original's hash.
+  the edge towards the picture's mean (``uncrop_fade``), which measured closer to the original's hash.
 
 A trimmed view that leaves too little of the image (mostly flat padding) is dropped here; views whose
 PDQ quality is low are dropped by the caller.
@@ -41,8 +41,7 @@ _CAPTION_BG = 0.15  # a caption row (text on background) has at least this share
 _CAPTION_PURE = 0.95  # a row of the strip's margins: background but for JPEG noise
 _CAPTION_MIN, _CAPTION_MAX = 0.05, 0.3  # a caption strip's share of the height
 _CAPTION_TEXT_ROWS = 3  # rows with some text in them, needed to call a flat band a caption
-UNCROP_FADE = 0.8  # per 64th of the side, the margins of an uncrop view of more than ...
-UNCROP_FADE_FROM = 0.05  # ... this share fade towards the picture's mean (docs/evasion.md has the figures)
+UNCROP_FADE_FROM = 0.05  # the margins of uncrop views of more than this share fade (cfg.uncrop_fade)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,7 @@ def derived_views(luma: np.ndarray, cfg: PdqViewsSection) -> list[View]:
     for share in cfg.uncrop:
         ph, pw = round(h * share), round(w * share)
         if ph or pw:
-            fade = UNCROP_FADE if share > UNCROP_FADE_FROM else 1.0
+            fade = cfg.uncrop_fade if share > UNCROP_FADE_FROM else 1.0
             out.append(View(f"{UNCROP}-{share * 100:g}", 0, h, 0, w, (ph, ph, pw, pw), fade))
     return out
 
