@@ -96,11 +96,12 @@ def exact_margin(known: list[Image.Image]) -> None:
         print(f"  {p:>3} % " + "".join(f"{sum(d <= 31 for d in v):>10}, {np.mean(v):5.1f}" for v in dists.values()))
 
 
-def view_coefficients(luma: np.ndarray, views: PdqViewsSection) -> np.ndarray:
-    """DCT coefficients (V * 8, 256) of every uncrop view's eight variants, as the service hashes them."""
+def view_coefficients(luma: np.ndarray, views: PdqViewsSection, shares: list[float]) -> np.ndarray:
+    """DCT coefficients (V * 8, 256) of the eight variants of the uncrop views of ``shares``, as the service
+    hashes them."""
     h, w = luma.shape
     out = []
-    for share in views.uncrop:
+    for share in shares:
         pad = (round(h * share),) * 2 + (round(w * share),) * 2
         buf = pdq._downsample(luma, pad)
         if share > 0.05 and views.uncrop_fade < 1:
@@ -117,10 +118,16 @@ def view_coefficients(luma: np.ndarray, views: PdqViewsSection) -> np.ndarray:
     return np.concatenate(out)
 
 
-def confident_distance(luma: np.ndarray, bank: np.ndarray) -> tuple[int, int]:
+def confident_distance(data: bytes, bank: np.ndarray) -> tuple[int, int] | None:
     """(smallest full distance, smallest distance over the K most confident bits) of any uncrop view and
-    variant to any row of ``bank`` (N, 256 bits)."""
-    coeffs = view_coefficients(luma, PdqViewsSection())
+    variant of the upload ``data`` to any row of ``bank`` (N, 256 bits); only the views the service would
+    match (PDQ quality >= 50); None if there is none."""
+    views = PdqViewsSection()
+    kept = {s.view for s in prepare(data, "0" * 40, ThumbnailSection()).pdq_views if s.quality >= 50}
+    shares = [share for share in views.uncrop if f"uncrop-{share * 100:g}" in kept]
+    if not shares:
+        return None
+    coeffs = view_coefficients(luma_of(data), views, shares)
     median = np.partition(coeffs, 127, axis=1)[:, 127:128]
     bits = coeffs > median
     mask = np.zeros_like(bits)
@@ -132,13 +139,13 @@ def confident_distance(luma: np.ndarray, bank: np.ndarray) -> tuple[int, int]:
 def confident_bits(known: list[Image.Image], n_benign: int) -> None:
     print(f"\nconfident bits ({K_CONFIDENT} of 256, default uncrop views): distance to the original, sorted")
     for p in CROPS[2:]:
-        got = [confident_distance(luma_of(evasion.as_upload(evasion.crop(k, p / 100))),
-                                  bits_of(evasion.reference_hash(k))[None]) for k in known]
+        got = [g for k in known if (g := confident_distance(evasion.as_upload(evasion.crop(k, p / 100)),
+                                                             bits_of(evasion.reference_hash(k))[None]))]
         print(f"  crop {p:>2} %: full {sorted(g[0] for g in got)}  confident {sorted(g[1] for g in got)}")
     bank = np.array([bits_of(evasion.reference_hash(t)) for t in evasion.benign_set(n_benign, half="bank")])
-    got = [confident_distance(luma_of(images.jpeg_bytes(t, quality=85)), bank)
-           for t in evasion.benign_set(n_benign, half="query")]
-    print(f"  benign ({n_benign} queries x {n_benign} bank tiles), closest per query, smallest 10: "
+    got = [g for t in evasion.benign_set(n_benign, half="query")
+           if (g := confident_distance(images.jpeg_bytes(t, quality=85), bank))]
+    print(f"  benign ({len(got)} queries with uncrop views x {n_benign} bank tiles), closest per query, smallest 10: "
           f"full {sorted(g[0] for g in got)[:10]}  confident {sorted(g[1] for g in got)[:10]}")
 
 
