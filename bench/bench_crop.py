@@ -7,6 +7,7 @@
   were not used to choose the defaults.
 * With the crop's exact margin known (a bound for any set of uncrop views): how many copies come within 31
   of the original when the margins repeat the edges, mirror the picture, or fade towards its mean.
+* Crops from one side or one corner only (not caught: the views extend every side alike).
 * "Confident bits", an idea measured and not used: the distance over the 128 bits whose DCT coefficients are
   furthest from the median, for the cropped copies and for the benign set (the closest benign query).
 
@@ -74,6 +75,22 @@ def catch_rates(tmp: Path, name: str, known: list[Image.Image]) -> None:
         row = [sum(f"known-{i}" in {m.hash_id for m in banks.match_pdq_signals(prepare(d, "0" * 40, cfg).pdq_signals)}
                    for i, d in enumerate(uploads[p])) for p in CROPS]
         print(f"  {label:48} " + " ".join(f"{c:>5}" for c in row))
+
+
+def one_sided(tmp: Path, known: list[Image.Image]) -> None:
+    """Crops from one side or one corner only: the uncrop views extend every side alike."""
+    path = evasion.write_bank(tmp / "one-sided.csv", [evasion.reference_hash(k) for k in known], "known")
+    banks = BankSet(BanksSection(list=(BankSection(name="b", path=str(path), category="test"),)), Metrics())
+    print("\ncrops from one side or corner (sample photos), caught with the default views")
+    for label, box in (("left side", lambda w, h, p: (round(w * p), 0, w, h)),
+                       ("top and left", lambda w, h, p: (round(w * p), round(h * p), w, h))):
+        row = []
+        for p in (4, 8):
+            uploads = [evasion.as_upload(k.crop(box(k.width, k.height, p / 100))) for k in known]
+            signals = [prepare(d, "0" * 40, ThumbnailSection()).pdq_signals for d in uploads]
+            row.append(sum(f"known-{i}" in {m.hash_id for m in banks.match_pdq_signals(sig)}
+                           for i, sig in enumerate(signals)))
+        print(f"  {label:14} 4 %: {row[0]}/{len(known)}  8 %: {row[1]}/{len(known)}")
 
 
 def exact_margin(known: list[Image.Image]) -> None:
@@ -162,6 +179,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         catch_rates(Path(tmp_name), "sample photos", known)
         catch_rates(Path(tmp_name), "generated photos", [images.photo(500 + s) for s in range(args.generated)])
+        one_sided(Path(tmp_name), known)
     exact_margin(known)
     confident_bits(known, args.benign)
     print(f"\nCPU {time.process_time() - t0:.1f} s")
