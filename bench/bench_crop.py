@@ -91,6 +91,18 @@ def one_sided(tmp: Path, known: list[Image.Image]) -> None:
             row.append(sum(f"known-{i}" in {m.hash_id for m in banks.match_pdq_signals(sig)}
                            for i, sig in enumerate(signals)))
         print(f"  {label:14} 4 %: {row[0]}/{len(known)}  8 %: {row[1]}/{len(known)}")
+    print("  with a view extended on the left only, by the exact margin (within 31 of the original):")
+    for p in (4, 8):
+        counts = []
+        for fade in (1.0, 0.8):
+            close = 0
+            for k in known:
+                luma = luma_of(evasion.as_upload(k.crop((round(k.width * p / 100), 0, k.width, k.height))))
+                pad = (0, 0, round(luma.shape[1] * p / (100 - p)), 0)
+                (hashes, _), = pdq.padded_dihedral_hashes(luma, (pad,), (fade,))
+                close += hamming(hashes[0], evasion.reference_hash(k)) <= 31
+            counts.append(close)
+        print(f"  left side {p} %: edges repeated {counts[0]}/{len(known)}, faded 0.8 {counts[1]}/{len(known)}")
 
 
 def exact_margin(known: list[Image.Image]) -> None:
