@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -54,22 +56,31 @@ def catch_rates(tmp: Path) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def false_positives(tmp: Path, n: int) -> tuple[int, int, int, list[str]]:
-    """(matches before, matches after, queries, what matched after)."""
+def false_positives(tmp: Path, n: int) -> tuple[int, int, int, list[str], dict[str, int]]:
+    """(matches before, matches after, queries, what matched after, closest distance of each view to any
+    bank tile over all queries: the margin left under the threshold)."""
     bank_imgs = evasion.benign_set(n, half="bank")
-    banks = bankset(evasion.write_bank(tmp / "benign.csv", [evasion.reference_hash(t) for t in bank_imgs], "bank"))
+    bank_hashes = [evasion.reference_hash(t) for t in bank_imgs]
+    words = np.frombuffer(b"".join(bank_hashes), dtype=np.uint64).reshape(-1, 4)
+    banks = bankset(evasion.write_bank(tmp / "benign.csv", bank_hashes, "bank"))
     queries = [jpeg_bytes(t, quality=85) for t in evasion.benign_set(n, half="query")]
     edits = [evasion.EDITS["border white 4%"], evasion.EDITS["border black 10%"], evasion.EDITS["caption top 12%"]]
     queries += [evasion.as_upload(edits[i % 3](t), width=t.width)
                 for i, t in enumerate(evasion.benign_set(n // 4, half="query", seed=7))]
     before = after = 0
     hits = []
+    closest: dict[str, int] = {}
     for k, data in enumerate(queries):
         before += len(banks.match_pdq_signals(prepare(data, "0" * 40, OFF).pdq_signals))
-        found = banks.match_pdq_signals(prepare(data, "0" * 40, ON).pdq_signals)
+        signals = prepare(data, "0" * 40, ON).pdq_signals
+        found = banks.match_pdq_signals(signals)
         after += len(found)
         hits += [f"query {k} ~ {m.hash_id} d={m.distance} {dict(m.details)}" for m in found]
-    return before, after, len(queries), hits
+        for sig in signals:
+            q = np.frombuffer(b"".join(sig.hashes), dtype=np.uint64).reshape(-1, 1, 4)
+            d = int(np.bitwise_count(q ^ words[None]).sum(axis=2).min())
+            closest[sig.view] = min(closest.get(sig.view, 256), d)
+    return before, after, len(queries), hits, closest
 
 
 def main() -> int:
@@ -88,9 +99,11 @@ def main() -> int:
         for name, (b, a, n) in rates.items():
             print(f"{name:34} {b:>4}/{n:<3} {a:>4}/{n:<3}")
         if not args.skip_fp:
-            before, after, n, hits = false_positives(tmp, args.benign)
+            before, after, n, hits, closest = false_positives(tmp, args.benign)
             print(f"\nbenign: {n} queries against {args.benign} bank tiles: "
                   f"{before} matches before, {after} after (every one a false positive)")
+            print("closest distance of any benign query to any bank tile (threshold 31), per view: "
+                  + ", ".join(f"{view} {d}" for view, d in closest.items()))
             for h in hits[:20]:
                 print("  ", h)
     print(f"\nCPU {time.process_time() - t0:.1f} s")

@@ -6,10 +6,13 @@
   a baseline measured in the same run: Pillow full decode + ``pdqhash.compute_dihedral`` on the same bytes
   (no draft mode, no resize).  Three settings of ``thumbnail.views``: plain (no derived views), trimmed
   (border and caption views, hashed when a border or caption is found) and all (the default: also the
-  uncrop views); the trimmed setting is also timed on bordered and captioned copies, where it hashes them.
+  uncrop views, five of them), and the previous default (two uncrop views, 2.5 and 5 %) to show what the
+  three views for larger crops cost; the trimmed setting is also timed on bordered and captioned copies,
+  where it hashes them.
   Rates are per second of CPU time of this process (one core; the machine is shared) and per second of
   wall time;
-* PDQ bank lookup (eight variants against every hash) in µs per query at 10k and 100k hashes;
+* PDQ bank lookup (eight variants against every hash) in CPU µs per upload at 10k and 100k hashes, of the
+  image alone, with the previous default's views and with all the default views;
 * peak RSS of the process.
 """
 
@@ -38,6 +41,9 @@ from service.config.matching import PdqViewsSection  # noqa: E402
 from service.matchers.banks import BankSet  # noqa: E402
 from service.media.thumbnail import prepare  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
+from service.models import PdqSignal  # noqa: E402
+
+_NEW_VIEWS = {"uncrop-7", "uncrop-9.5", "uncrop-12.5"}  # the views added for crops of 6-10 %
 from tests.infra.evasion import add_border, add_caption  # noqa: E402
 from tests.infra.images import jpeg_bytes, photo  # noqa: E402
 
@@ -79,8 +85,9 @@ def baseline(data: bytes) -> object:
     return pdqhash.compute_dihedral(np.asarray(img))
 
 
-def lookup_us(n_hashes: int, queries: list, tmp: Path, repeats: int) -> tuple[float, float]:
-    """(µs per query, load seconds) for a bank of ``n_hashes`` random PDQ hashes."""
+def lookup_us(n_hashes: int, queries: list[list[PdqSignal]], tmp: Path, repeats: int) -> tuple[list[float], float]:
+    """(µs per query of the image alone, of the image and the previous default's views, of the image and
+    all its views; load seconds) for a bank of ``n_hashes`` random PDQ hashes, interleaved."""
     rng = np.random.default_rng(n_hashes)
     path = tmp / f"bank-{n_hashes}.csv"
     with open(path, "w") as f:
@@ -91,13 +98,17 @@ def lookup_us(n_hashes: int, queries: list, tmp: Path, repeats: int) -> tuple[fl
     t0 = time.perf_counter()
     banks = BankSet(cfg, Metrics())
     load = time.perf_counter() - t0
+    sets = ([q[:1] for q in queries], [[s for s in q if s.view not in _NEW_VIEWS] for q in queries], queries)
+    used = [0.0] * len(sets)
     for q in queries:
-        banks.match_pdq(q)
-    t0 = time.perf_counter()
+        banks.match_pdq_signals(q)
     for _ in range(repeats):
-        for q in queries:
-            banks.match_pdq(q)
-    return (time.perf_counter() - t0) / (repeats * len(queries)) * 1e6, load
+        for k, signals in enumerate(sets):
+            t0 = time.process_time()
+            for q in signals:
+                banks.match_pdq_signals(q)
+            used[k] += time.process_time() - t0
+    return [u / (repeats * len(queries)) * 1e6 for u in used], load
 
 
 def main() -> int:
@@ -109,6 +120,7 @@ def main() -> int:
 
     plain = replace(cfg, views=PdqViewsSection(trim_border=False, trim_caption=False, uncrop=()))
     trimmed = replace(cfg, views=PdqViewsSection(uncrop=()))
+    previous = replace(cfg, views=PdqViewsSection(uncrop=(0.025, 0.05)))
 
     print("generating images ...", file=sys.stderr)
     thumbs = [jpeg_bytes(photo(s, (330, 248)), quality=85) for s in range(20)]
@@ -126,7 +138,8 @@ def main() -> int:
         base_cpu, base_wall = rate(baseline, items, min_secs)
         peaks.append((f"baseline, {label}", peak_rss_mib()))
         rows.append((f"baseline: {label}", base_cpu, base_wall, base_cpu))
-        sets = [("plain", plain, items), ("trimmed views", trimmed, items), ("all views", cfg, items)]
+        sets = [("plain", plain, items), ("trimmed views", trimmed, items),
+                ("all views, 2 uncrop (previous default)", previous, items), ("all views", cfg, items)]
         if items is thumbs:
             sets.insert(2, ("trimmed views, bordered/captioned", trimmed, edited))
         for name, c, data in sets:
@@ -135,7 +148,7 @@ def main() -> int:
             peaks.append((f"prepare() {name}, {label}", peak_rss_mib()))
             rows.append((f"{name}: {label}", got_cpu, got_wall, base_cpu))
 
-    queries = [prepare(d, "0" * 40, cfg).pdq for d in thumbs]
+    queries = [list(prepare(d, "0" * 40, cfg).pdq_signals) for d in thumbs]
     lookups = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (10_000, 100_000):
@@ -148,9 +161,10 @@ def main() -> int:
     for name, cpu_rate, wall_rate, base in rows:
         print(f"{name:52} {cpu_rate:9.1f} {wall_rate:9.1f} {cpu_rate / base:10.2f}x")
     print("  baseline = Pillow full decode + pdqhash.compute_dihedral, no draft mode or resize (same run)")
-    print(f"\n{'PDQ lookup (8 variants, threshold 31)':44} {'µs/query':>12} {'load s':>12}")
+    print(f"\n{'PDQ lookup, CPU µs per upload':32} {'image':>10} {'+2 uncrop':>10} {'all views':>10} {'load s':>8}")
     for n, us, load in lookups:
-        print(f"{f'{n:,} hashes':44} {us:12.0f} {load:12.2f}")
+        print(f"{f'{n:,} hashes':32} {us[0]:10.0f} {us[1]:10.0f} {us[2]:10.0f} {load:8.2f}")
+    print("  (8 variants per view, threshold 31; +2 uncrop: the previous default's views)")
     print(f"\npeak RSS of the whole run (incl. image generation): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if can_reset:

@@ -49,8 +49,12 @@ class PdqViewsSection:
     # also hash the image without a caption strip (a band of text on a flat background at the top or bottom).
     trim_caption: bool = True
     # also hash the image extended at every edge by each of these fractions of its sides (edge pixels repeated),
-    # to catch copies cropped by a few percent per side; empty: no such views.
-    uncrop: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.025, 0.05)
+    # to catch copies cropped by a few percent per side (edges repeated up to 5 %, faded towards the mean beyond);
+    # empty: no such views.
+    uncrop: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.025, 0.05, 0.07, 0.095, 0.125)
+    # in uncrop views of more than 5 %, the margins fade from the image's edge towards its mean by this factor per
+    # 64th of the side (1: the edge pixels are repeated).
+    uncrop_fade: Annotated[float, Field(gt=0, le=1)] = 0.8
 
 
 @dataclass(frozen=True)

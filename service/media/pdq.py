@@ -36,6 +36,14 @@ _DCT = (math.sqrt(2.0 / _OUT) * np.cos(
     np.pi / (2 * _OUT) * np.outer(np.arange(1, 17), 2 * np.arange(_OUT) + 1))).astype(np.float32)
 # Flipping the 64 x 64 buffer along an axis multiplies frequency k = i + 1 of that axis by (-1)^k.
 _SIGN = np.where(np.arange(1, 17) % 2 == 1, -1.0, 1.0).astype(np.float32)
+# The eight variants of DIHEDRAL_VARIANTS as (the DCT (0) or its transpose (1)) times sign changes, as in
+# dihedral_hashes: for the batched hashes of padded_dihedral_hashes.
+_VARIANT_SOURCE = np.array([0, 1, 0, 1, 0, 0, 1, 1])
+_ONES = np.ones(16, dtype=np.float32)
+_VARIANT_SIGNS = np.stack([np.outer(r, c) for r, c in (
+    (_ONES, _ONES), (_SIGN, _ONES), (_SIGN, _SIGN), (_ONES, _SIGN), (_SIGN, _ONES), (_ONES, _SIGN), (_ONES, _ONES),
+    (_SIGN, _SIGN),
+)])
 
 
 def _box_right(u: np.ndarray, left: int, right: int) -> np.ndarray:
@@ -100,6 +108,84 @@ def _quality(buf: np.ndarray) -> int:
     dh = np.trunc((buf[:, :-1] - buf[:, 1:]) * 100 / 255)
     total = int(np.abs(dv).sum(dtype=np.float64)) + int(np.abs(dh).sum(dtype=np.float64))
     return min(100, total // 90)
+
+
+@functools.lru_cache(maxsize=256)
+def _margin_samples(n: int, pad_lo: int, pad_hi: int) -> tuple[int, int]:
+    """How many of the 64 samples of an axis of ``n`` samples extended by ``pad_lo`` / ``pad_hi`` are
+    centred in the margins."""
+    centres = (np.arange(_OUT) + 0.5) * (n + pad_lo + pad_hi) / _OUT
+    return int(np.count_nonzero(centres < pad_lo)), int(np.count_nonzero(centres >= pad_lo + n))
+
+
+@functools.lru_cache(maxsize=256)
+def _faded_dct(lo: int, hi: int, fade: float) -> tuple[np.ndarray, np.ndarray]:
+    """The DCT along an axis whose ``lo`` first and ``hi`` last samples (of 64) are margins, faded: a margin
+    sample ``d`` samples from the edge becomes ``m + (edge - m) * fade ** d``, ``m`` the mean of the
+    buffer outside the margins (the best guess of the missing picture: its edge nearby, its mean further
+    out, as values of natural images decorrelate with distance).  Linear, so folded into the DCT:
+    ``(D F, D F 1)`` with ``F`` the fading without the mean (16 x 64, 16); the DCT of the faded buffer is
+    ``(D F_r) buf (D F_c)^T - m (D F_r 1)(D F_c 1)^T`` (the DCT rows sum to zero, so ``m`` itself drops out)."""
+    fading = np.zeros((_OUT, _OUT))
+    for o in range(_OUT):
+        src = min(max(o, lo), _OUT - 1 - hi)
+        fading[o, src] = fade ** abs(o - src)
+    dct = _DCT.astype(np.float64) @ fading
+    return dct.astype(np.float32), dct.sum(axis=1).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=128)
+def _stacked_taps(n: int, pads: tuple[tuple[int, int], ...], scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_axis_taps` of several margins of one axis, stacked ((V, 64, K) each, zero weights padding
+    the shorter ones)."""
+    taps = [_axis_taps(n, lo, hi, scale) for lo, hi in pads]
+    k = max(i.shape[1] for i, _ in taps)
+    idx = np.zeros((len(taps), _OUT, k), dtype=np.int64)
+    wts = np.zeros((len(taps), _OUT, k), dtype=np.float32)
+    for v, (i, w) in enumerate(taps):
+        idx[v, :, : i.shape[1]] = i
+        wts[v, :, : w.shape[1]] = w
+    return idx, wts
+
+
+def padded_dihedral_hashes(
+    luma: np.ndarray, pads: tuple[tuple[int, int, int, int], ...], fades: tuple[float, ...], scale: int = 1
+) -> list[tuple[tuple[bytes, ...], int]]:
+    """:func:`dihedral_hashes` of ``luma`` extended by each of several margins ``pads`` (with its ``fades``),
+    computed together: one gather and one weighted sum per axis for all of them, one batched DCT."""
+    if luma.ndim != 2:
+        raise ValueError(f"PDQ needs a 2-D array, got shape {luma.shape}")
+    if not pads:
+        return []
+    if min(luma.shape) * scale < _MIN_SIDE:
+        return [((bytes(32),) * len(DIHEDRAL_VARIANTS), 0)] * len(pads)
+    h, w = luma.shape
+    ri, rw = _stacked_taps(h, tuple((p[0], p[1]) for p in pads), scale)
+    ci, cw = _stacked_taps(w, tuple((p[2], p[3]) for p in pads), scale)
+    v = len(pads)
+    # Gathers of whole rows (contiguous) are fast: along the rows of the luminance first, then along the
+    # rows of the transposed intermediate, every view at once (its rows offset by V * w).
+    rows = luma[ri.reshape(v * _OUT, -1)]  # (V * 64, K, w)
+    tmp = np.matmul(rw.reshape(v * _OUT, 1, -1), rows if rows.dtype == np.float32 else rows.astype(np.float32))
+    tmp_t = np.ascontiguousarray(tmp.reshape(v, _OUT, w).transpose(0, 2, 1)).reshape(v * w, _OUT)
+    cols = tmp_t[(ci + (np.arange(v) * w)[:, None, None]).reshape(v * _OUT, -1)]  # (V * 64, K, 64)
+    bufs = np.matmul(cw.reshape(v * _OUT, 1, -1), cols).reshape(v, _OUT, _OUT).transpose(0, 2, 1)
+    b = _DCT @ bufs @ _DCT.T  # (V, 16, 16); the quality below is the view's before any fading
+    for k, (pad, fade) in enumerate(zip(pads, fades, strict=True)):
+        if fade < 1.0:
+            (top, bottom), (left, right) = _margin_samples(h, pad[0], pad[1]), _margin_samples(w, pad[2], pad[3])
+            (dr, ur), (dc, uc) = _faded_dct(top, bottom, fade), _faded_dct(left, right, fade)
+            mean = bufs[k, top:_OUT - bottom, left:_OUT - right].mean(dtype=np.float32)
+            b[k] = dr @ bufs[k] @ dc.T - mean * np.outer(ur, uc)
+    # Quality and hashes of every buffer at once, as in dihedral_hashes.
+    dv = np.trunc((bufs[:, :-1, :] - bufs[:, 1:, :]) * 100 / 255)
+    dh = np.trunc((bufs[:, :, :-1] - bufs[:, :, 1:]) * 100 / 255)
+    totals = np.abs(dv).sum(axis=(1, 2), dtype=np.float64).astype(np.int64) + \
+        np.abs(dh).sum(axis=(1, 2), dtype=np.float64).astype(np.int64)
+    coeffs = (np.stack((b, b.transpose(0, 2, 1)), axis=1)[:, _VARIANT_SOURCE] * _VARIANT_SIGNS).reshape(v, 8, 256)
+    median = np.partition(coeffs, 127, axis=2)[:, :, 127:128]
+    packed = np.packbits((coeffs > median)[:, :, ::-1], axis=2)
+    return [(tuple(row.tobytes() for row in packed[k]), min(100, int(totals[k]) // 90)) for k in range(v)]
 
 
 def dihedral_hashes(

@@ -24,8 +24,8 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from service.config.matching import ThumbnailSection
 from service.errors import Unscannable
-from service.media.pdq import DIHEDRAL_VARIANTS, dihedral_hashes
-from service.media.views import ORIGINAL, derived_views
+from service.media.pdq import DIHEDRAL_VARIANTS, dihedral_hashes, padded_dihedral_hashes
+from service.media.views import ORIGINAL, View, derived_views
 from service.models import PdqSignal, PreparedMedia
 
 __all__ = ["DIHEDRAL_VARIANTS", "decoded_bytes", "pdq_bytes", "pdq_signal", "prepare"]
@@ -67,11 +67,20 @@ def pdq_signals(
     quality is under :data:`VIEW_QUALITY_MIN` are left out.  ``scale``: each value of ``luma`` is the mean
     of ``scale`` x ``scale`` pixels of the image."""
     hashes, quality = dihedral_hashes(luma, scale=scale)
-    views = []
+    # Views of the same pixels that differ only in their margins (the uncrop views) are hashed together.
+    groups: dict[tuple[int, int, int, int], list[View]] = {}
     for view in derived_views(luma, cfg.views):
-        v_hashes, v_quality = dihedral_hashes(view.pixels(luma), view.pad, scale)
-        if v_quality >= VIEW_QUALITY_MIN:
-            views.append(PdqSignal(hashes=v_hashes, quality=v_quality, view=view.name))
+        groups.setdefault((view.top, view.bottom, view.left, view.right), []).append(view)
+    hashed: dict[str, tuple[tuple[bytes, ...], int]] = {}
+    for members in groups.values():
+        pixels = members[0].pixels(luma)
+        if len(members) == 1 and members[0].fade == 1.0:
+            hashed[members[0].name] = dihedral_hashes(pixels, members[0].pad, scale)
+        else:
+            results = padded_dihedral_hashes(pixels, tuple(v.pad for v in members), tuple(v.fade for v in members),
+                                             scale)
+            hashed.update(zip((v.name for v in members), results, strict=True))
+    views = [PdqSignal(hashes=h, quality=q, view=name) for name, (h, q) in hashed.items() if q >= VIEW_QUALITY_MIN]
     return PdqSignal(hashes=hashes, quality=quality, view=ORIGINAL), tuple(views)
 
 

@@ -8,7 +8,9 @@ repeat its edge pixels, and is hashed with its eight dihedral variants like the 
 * ``trimmed-caption``: a caption strip removed (a band of text on a flat background at the top or
   bottom);
 * ``uncrop-N``: the image extended by N % of its sides at every edge, for copies cropped by a few
-  percent per side (PDQ itself is not crop-tolerant: see docs/evasion.md for the rates reached).
+  percent per side (PDQ itself is not crop-tolerant: see docs/evasion.md for the rates reached).  Up to
+  5 % the margins repeat the edge pixels; beyond, where more of the picture is missing, they fade from
+  the edge towards the picture's mean (``uncrop_fade``), which measured closer to the original's hash.
 
 A trimmed view that leaves too little of the image (mostly flat padding) is dropped here; views whose
 PDQ quality is low are dropped by the caller.
@@ -39,12 +41,14 @@ _CAPTION_BG = 0.15  # a caption row (text on background) has at least this share
 _CAPTION_PURE = 0.95  # a row of the strip's margins: background but for JPEG noise
 _CAPTION_MIN, _CAPTION_MAX = 0.05, 0.3  # a caption strip's share of the height
 _CAPTION_TEXT_ROWS = 3  # rows with some text in them, needed to call a flat band a caption
+UNCROP_FADE_FROM = 0.05  # the margins of uncrop views of more than this share fade (cfg.uncrop_fade)
 
 
 @dataclass(frozen=True, slots=True)
 class View:
     """A derived view: rows ``top:bottom`` and columns ``left:right`` of the luminance array, then
-    ``pad`` = (top, bottom, left, right) pixels of repeated edge added around it."""
+    ``pad`` = (top, bottom, left, right) pixels of repeated edge added around it, faded towards the mean by
+    ``fade`` per 64th of the side (1: not faded; see :func:`service.media.pdq.dihedral_hashes`)."""
 
     name: str
     top: int
@@ -52,6 +56,7 @@ class View:
     left: int
     right: int
     pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    fade: float = 1.0
 
     def pixels(self, luma: np.ndarray) -> np.ndarray:
         return luma[self.top:self.bottom, self.left:self.right]
@@ -87,7 +92,8 @@ def derived_views(luma: np.ndarray, cfg: PdqViewsSection) -> list[View]:
     for share in cfg.uncrop:
         ph, pw = round(h * share), round(w * share)
         if ph or pw:
-            out.append(View(f"{UNCROP}-{share * 100:g}", 0, h, 0, w, (ph, ph, pw, pw)))
+            fade = cfg.uncrop_fade if share > UNCROP_FADE_FROM else 1.0
+            out.append(View(f"{UNCROP}-{share * 100:g}", 0, h, 0, w, (ph, ph, pw, pw), fade))
     return out
 
 
