@@ -379,15 +379,15 @@ def test_a_crowded_bucket_widens_the_bucket_starts() -> None:
     rng = np.random.default_rng(12)
     blank = random_hashes(1, 12)
     crowd = np.repeat(blank, 70_000, axis=0)
-    others = random_hashes(100_000, 13)
+    others = random_hashes(160_000, 13)
     index = PdqIndex(brute_force_max=0)
-    index.add(np.arange(100_000), others)
+    index.add(np.arange(160_000), others)
     width = index._state.tables.width if index._state.tables is not None else 0
     index.add(np.arange(200_000, 270_000), crowd)  # a delta into one bucket per table
     assert index._state.tables is not None and index._state.tables.width == width  # merged, not rebuilt
     assert index._state.tables.local.dtype == np.uint32
     hashes = np.concatenate([others, crowd])
-    ids = np.concatenate([np.arange(100_000), np.arange(200_000, 270_000)])
+    ids = np.concatenate([np.arange(160_000), np.arange(200_000, 270_000)])
     query = np.stack([flip(blank[0], 5, rng), flip(others[7], 30, rng), random_hashes(1, 14)[0]])
     assert index.query(query, 31) == brute(ids, hashes, query, 31)
     rebuilt = PdqIndex(brute_force_max=0)

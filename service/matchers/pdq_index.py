@@ -70,7 +70,6 @@ class PdqIndex:
         self._lock = threading.Lock()  # writers only; readers take the current state in one read
         self._state = _empty_state()
         self._order = np.empty(0, np.uint32)  # live rows sorted by id (writer only)
-        self._tabled = np.empty(0, bool)  # rows with entries in the tables (writer only)
         self._stale = np.empty(0, np.int64)  # removed rows still in the tables: reusable after a merge
         self._free = np.empty(0, np.int64)  # rows no reader can see as live: reusable now
         self._pending: deque[tuple[weakref.ref[_State], np.ndarray]] = deque()  # rows freed after a state
@@ -83,7 +82,7 @@ class PdqIndex:
         s = self._state
         tables = s.tables.nbytes if s.tables is not None else 0
         return int(s.n_rows * (32 + 8) + s.alive.nbytes + s.segment.nbytes + self._order.nbytes
-                   + self._tabled.nbytes + self._stale.nbytes + tables)
+                   + self._stale.nbytes + tables)
 
     # -- writes -----------------------------------------------------------------------------------------
 
@@ -147,9 +146,8 @@ class PdqIndex:
         alive[: old.n_rows] = old.alive
         alive[dead] = False
         alive[rows] = True
-        if self._tabled.size < n_rows:
-            self._tabled = np.concatenate([self._tabled, np.zeros(n_rows - self._tabled.size, bool)])
-        in_tables = self._tabled[dead]
+        # a live row is in the tables or in the segment
+        in_tables = np.zeros(dead.size, bool) if old.tables is None else ~np.isin(dead, old.segment)
         self._stale = np.concatenate([self._stale, dead[in_tables]])
         freed = dead[~in_tables]  # segment rows: no table names them
         segment = np.concatenate([old.segment[alive[old.segment]], rows])
@@ -168,7 +166,6 @@ class PdqIndex:
         if tables is not old.tables:  # merged or rebuilt: the segment is in, the stale rows are out
             freed = np.concatenate([freed, self._stale])
             self._stale = np.empty(0, np.int64)
-            self._tabled = alive.copy()
             segment = np.empty(0, np.int64)
         self._state = _State(hashes, ids, alive, n_rows, size, tables, segment)
         # Every retired state is tracked, so a row is reused only when all states older than its
@@ -275,14 +272,9 @@ class PdqIndex:
                 tables = Tables(int(z["width"][0]), z["entries"], z["base"], z["local"])
             index._order = z["order"]
         n = alive.size
-        tabled = np.zeros(n, bool)
-        if tables is not None:
-            tabled[np.flatnonzero(alive)] = True
-            tabled[segment] = False
-            tabled[stale] = True
         free = ~alive
         free[stale] = False
-        index._tabled, index._stale = tabled, stale
+        index._stale = stale
         index._free = np.flatnonzero(free).astype(np.int64)
         index._state = _State(hashes, ids, alive, n, int(np.count_nonzero(alive)), tables, segment)
         return index

@@ -35,9 +35,10 @@ __all__ = ["CHUNKS", "MAX_RADIUS", "Tables", "build", "chunk_keys", "chunk_radii
 
 
 def width_for(n: int) -> int:
-    """Chunk width for ``n`` hashes: 0.7-1.4 hashes per bucket (bucket starts 0.8-1.6 bytes per hash
-    per table), 12..23 (11 chunks of 23 bits use 253 of the 256 bits)."""
-    return int(min(23, max(12, round(math.log2(max(n, 2))))))
+    """Chunk width for ``n`` hashes: the widest (fewest candidates per lookup) whose bucket starts
+    (1.06 bytes per bucket, 11 tables) take at most 10 bytes per hash, within 12..23 (11 chunks of
+    23 bits use 253 of the 256 bits).  23 at 10 million, 19 at 1 million, 16 at 100,000."""
+    return int(min(23, max(12, math.floor(math.log2(max(n, 2) * 10 / (CHUNKS * 1.0625))))))
 
 
 def chunk_radii(radius: int) -> np.ndarray:
@@ -63,14 +64,14 @@ def chunk_keys(hashes: np.ndarray, width: int) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """Bucket ``b`` spans ``entries[start(b):start(b + 1)]`` with ``start(b) = base[b >> 5] + local[b]``:
-    a uint32 base per 32 buckets and a uint8 offset per bucket (1.125 bytes per bucket; ``local`` widens
-    to uint16 or uint32 only when 32 buckets hold 256+ or 65,536+ rows), little enough to afford 23-bit
+    """Bucket ``b`` spans ``entries[start(b):start(b + 1)]`` with ``start(b) = base[b >> 6] + local[b]``:
+    a uint32 base per 64 buckets and a uint8 offset per bucket (1.06 bytes per bucket; ``local`` widens
+    to uint16 or uint32 only when 64 buckets hold 256+ or 65,536+ rows), little enough to afford 23-bit
     chunks at 10 million hashes: half the candidates of 22-bit ones."""
 
     width: int
     entries: np.ndarray  # uint32 row numbers, table after table, bucket after bucket
-    base: np.ndarray  # uint32, start of every block of 32 buckets (+ the end)
+    base: np.ndarray  # uint32, start of every block of 64 buckets (+ the end)
     local: np.ndarray  # uint8 (or wider), start of each bucket (+ the end) minus its block's base
 
     @property
