@@ -219,6 +219,25 @@ def build(hashes: np.ndarray, rows: np.ndarray, width: int, entries: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
+def search(ids: np.ndarray, order: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(ids[order], keys)`` without building ``ids[order]``: a binary search per key
+    through ``order`` (rows sorted by id), ~24 reads per key at 10 million rows instead of a gather
+    of every id."""
+    out = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        lo, hi = 0, order.shape[0]
+        key = keys[i]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if ids[order[mid]] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[i] = lo
+    return out
+
+
+@njit(cache=True, nogil=True)
 def positions(entries: np.ndarray, base: np.ndarray, local: np.ndarray, buckets: np.ndarray,
               rows: np.ndarray) -> np.ndarray:
     """Position in ``entries`` of each ``rows[i]`` inside bucket ``buckets[i]`` (-1 if absent)."""

@@ -41,12 +41,22 @@ def width_for(n: int) -> int:
     return int(min(23, max(12, math.floor(math.log2(max(n, 2) * 10 / (CHUNKS * 1.0625))))))
 
 
+def _radii(radius: int) -> np.ndarray:
+    low, high = divmod(radius + 1, CHUNKS)  # sum(t + 1) = radius + 1, each t + 1 in {low, low + 1}
+    radii = np.array([low + (t < high) - 1 for t in range(CHUNKS)], dtype=np.int64)
+    radii.flags.writeable = False
+    return radii
+
+
+_RADII = tuple(_radii(r) for r in range(MAX_RADIUS + 1))
+
+
 def chunk_radii(radius: int) -> np.ndarray:
-    """Per-table probe radii (-1: skip the table) summing to ``radius - CHUNKS + 1``, as even as can be."""
+    """Per-table probe radii (-1: skip the table) summing to ``radius - CHUNKS + 1``, as even as can be
+    (read-only: shared by every lookup)."""
     if not 0 <= radius <= MAX_RADIUS:
         raise ValueError(f"radius {radius} outside 0..{MAX_RADIUS}")
-    low, high = divmod(radius + 1, CHUNKS)  # sum(t + 1) = radius + 1, each t + 1 in {low, low + 1}
-    return np.array([low + (t < high) - 1 for t in range(CHUNKS)], dtype=np.int64)
+    return _RADII[radius]
 
 
 def probe_count(width: int, radius: int) -> int:
@@ -184,4 +194,5 @@ def warm_up() -> None:
             probe(tables, hashes, alive, hashes[:1], 31)
             merge(tables, hashes, rows[:1], rows[:0])
         scan(rows, hashes, alive, hashes[:1], 31)
+        pdq_kernels.search(rows, rows.astype(np.uint32), rows)  # the writer's id lookups
         _warmed = True
