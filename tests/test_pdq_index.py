@@ -86,6 +86,24 @@ def test_repeated_id_in_one_add_keeps_the_last(make: Callable[[], PdqIndex]) -> 
     assert len(index) == 1 and index.query(b[None], 0) == [(1, 0, 0)]
 
 
+def test_ids_widen_past_int32() -> None:
+    """Ids are held as int32 while they fit (4 bytes a hash less); a larger or negative-large id widens
+    them to int64 without losing the others, and a reader of the narrow state keeps its answer."""
+    hashes = random_hashes(2000, 24)
+    index = PdqIndex(brute_force_max=0)
+    index.add(np.arange(1000) + 2**31 - 1000, hashes[:1000])
+    assert index._state.ids.dtype == np.int32
+    held = index._state
+    index.add(np.array([2**40, -(2**35)]), hashes[1000:1002])
+    assert index._state.ids.dtype == np.int64 and held.ids.dtype == np.int32
+    index.add(np.arange(3, 900), hashes[1002:1899])
+    ids = np.concatenate([np.arange(1000) + 2**31 - 1000, [2**40, -(2**35)], np.arange(3, 900)])
+    query = np.concatenate([hashes[:2], hashes[1000:1003], hashes[1500:1501]])
+    assert index.query(query, 31) == brute(ids, hashes[:1899], query, 31)
+    index.remove(np.array([2**40, 2**31 - 1]))
+    assert len(index) == 1897 and index.query(hashes[1000:1001], 0) == []
+
+
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError):
         PdqIndex().add(np.array([1, 2]), np.zeros((1, 4), dtype=np.uint64))

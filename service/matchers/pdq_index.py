@@ -40,6 +40,7 @@ from service.matchers import pdq_kernels, pdq_mih
 from service.matchers.pdq_mih import Tables
 
 BRUTE_FORCE_MAX = 8_000  # measured (8-hash lookups per core): scan 11.5k vs tables 10.4k at 6k, 6.8k vs 8.3k at 10k
+_INT32 = np.iinfo(np.int32)
 SEGMENT_MAX = 8192  # rows added since the last merge that queries scan (measured: see docs/pdq-index.md)
 _SNAPSHOT_VERSION = 2
 
@@ -47,7 +48,7 @@ _SNAPSHOT_VERSION = 2
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class _State:
     hashes: np.ndarray  # (capacity, 4) uint64; rows >= n_rows and dead rows are garbage
-    ids: np.ndarray  # (capacity,) int64, the id of each live row
+    ids: np.ndarray  # (capacity,) int32 (while every id fits) or int64, the id of each live row
     alive: np.ndarray  # (n_rows,) bool
     n_rows: int
     size: int
@@ -56,7 +57,7 @@ class _State:
 
 
 def _empty_state() -> _State:
-    return _State(np.empty((0, 4), np.uint64), np.empty(0, np.int64), np.empty(0, bool), 0, 0, None,
+    return _State(np.empty((0, 4), np.uint64), np.empty(0, np.int32), np.empty(0, bool), 0, 0, None,
                   np.empty(0, np.int64))
 
 
@@ -138,7 +139,8 @@ class PdqIndex:
         order_at, dead = self._rows_of(old, drop_ids)
         if dead.size == 0 and ids.size == 0:
             return
-        rows, hashes_arr, ids_arr = self._allocate(old, ids.size)
+        wide = ids.size > 0 and (int(ids.min()) < _INT32.min or int(ids.max()) > _INT32.max)
+        rows, hashes_arr, ids_arr = self._allocate(old, ids.size, wide)
         n_rows = max(old.n_rows, int(rows.max()) + 1) if rows.size else old.n_rows
         hashes_arr[rows] = hashes  # rows nobody can see yet: safe to write in place
         ids_arr[rows] = ids
@@ -186,8 +188,9 @@ class PdqIndex:
             return tables
         return pdq_mih.merge(tables, hashes, self._stale, segment)
 
-    def _allocate(self, old: _State, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows for ``n`` new hashes (reused free rows first), and the arrays to write them into."""
+    def _allocate(self, old: _State, n: int, wide: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows for ``n`` new hashes (reused free rows first), and the arrays to write them into (ids
+        as int32 while every id fits, 4 bytes a hash less; int64 from the first ``wide`` id on)."""
         reuse = self._free[:n]
         self._free = self._free[n:]
         extra = n - reuse.size
@@ -198,8 +201,10 @@ class PdqIndex:
             cap = max(need, hashes.shape[0] * 3 // 2, 1024)
             hashes = np.empty((cap, 4), np.uint64)
             hashes[: old.n_rows] = old.hashes[: old.n_rows]
-            ids = np.empty(cap, np.int64)
+            ids = np.empty(cap, np.int64 if wide else old.ids.dtype)
             ids[: old.n_rows] = old.ids[: old.n_rows]
+        elif wide and ids.dtype != np.int64:  # a copy: readers of older states keep the narrow one
+            ids = ids.astype(np.int64)
         return rows, hashes, ids
 
     def _reclaim(self) -> None:

@@ -36,9 +36,9 @@ __all__ = ["CHUNKS", "MAX_RADIUS", "Tables", "build", "chunk_keys", "chunk_radii
 
 def width_for(n: int) -> int:
     """Chunk width for ``n`` hashes: the widest (fewest candidates per lookup) whose bucket starts
-    (1.06 bytes per bucket, 11 tables) take at most 10 bytes per hash, within 12..23 (11 chunks of
-    23 bits use 253 of the 256 bits).  23 at 10 million, 19 at 1 million, 16 at 100,000."""
-    return int(min(23, max(12, math.floor(math.log2(max(n, 2) * 10 / (CHUNKS * 1.0625))))))
+    (1.06 bytes per bucket, 11 tables) take at most 12.5 bytes per hash, within 12..23 (11 chunks of
+    23 bits use 253 of the 256 bits).  23 at 10 million, 20 at 1 million, 16 at 100,000."""
+    return int(min(23, max(12, math.floor(math.log2(max(n, 2) * 12.5 / (CHUNKS * 1.0625))))))
 
 
 def _radii(radius: int) -> np.ndarray:
@@ -194,5 +194,6 @@ def warm_up() -> None:
             probe(tables, hashes, alive, hashes[:1], 31)
             merge(tables, hashes, rows[:1], rows[:0])
         scan(rows, hashes, alive, hashes[:1], 31)
-        pdq_kernels.search(rows, rows.astype(np.uint32), rows)  # the writer's id lookups
+        for ids in (rows, rows.astype(np.int32)):  # the writer's id lookups (int64 or int32 ids)
+            pdq_kernels.search(ids, rows.astype(np.uint32), rows)
         _warmed = True
