@@ -197,8 +197,8 @@ class PdqIndex:
         rows = np.concatenate([reuse, np.arange(old.n_rows, old.n_rows + extra, dtype=np.int64)])
         need = old.n_rows + extra
         hashes, ids = old.hashes, old.ids
-        if need > hashes.shape[0]:  # grow by half: untouched capacity is not resident
-            cap = max(need, hashes.shape[0] * 3 // 2, 1024)
+        if need > hashes.shape[0]:  # grow by half (a first batch: a quarter): untouched capacity is not resident
+            cap = max(need + need // 4, hashes.shape[0] * 3 // 2, 1024)
             hashes = np.empty((cap, 4), np.uint64)
             hashes[: old.n_rows] = old.hashes[: old.n_rows]
             ids = np.empty(cap, np.int64 if wide else old.ids.dtype)
