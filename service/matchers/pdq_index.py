@@ -82,7 +82,7 @@ class PdqIndex:
         """Bytes held by the index's arrays (hashes, ids, tables and the writer's bookkeeping)."""
         s = self._state
         tables = s.tables.nbytes if s.tables is not None else 0
-        return int(s.n_rows * (32 + 8) + s.alive.nbytes + s.segment.nbytes + self._order.nbytes
+        return int(s.n_rows * (32 + s.ids.itemsize) + s.alive.nbytes + s.segment.nbytes + self._order.nbytes
                    + self._stale.nbytes + tables)
 
     # -- writes -----------------------------------------------------------------------------------------
