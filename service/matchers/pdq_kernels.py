@@ -32,7 +32,7 @@ CHUNKS = 11
 # Bucket starts: ``start(b) = base[b >> BLOCK_BITS] + local[b]`` with a uint32 base per block of 64
 # buckets and a uint8 offset per bucket (uint16 or uint32 when a crowded block needs it): 1.06 bytes
 # per bucket, so 23-bit chunks fit at 10 million hashes.  (A single array of 32-byte records holding
-# both was measured 2.4x slower per probe here: two arrays, the small base one cached, are faster.)
+# both was measured about 2x slower per probe here: two arrays, the small base one cached, are faster.)
 BLOCK_BITS = 6
 
 
