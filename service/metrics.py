@@ -29,6 +29,7 @@ disable_created_metrics()
 PREFIX = "mediamoderation"
 STAGES = ("fetch", "thumbnail", "match", "act")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_INDEX_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 def build_version() -> str:
@@ -292,6 +293,10 @@ class Metrics:
         self.bank_sync_degraded = Gauge(
             f"{p}_bank_sync_degraded", "1 while the bank's last sync failed (matching goes on with its content)",
             ["bank"], registry=r,
+        )
+        self.index_query = Histogram(
+            f"{p}_index_query_seconds", "Time of one upload's bank lookup, every bank at once, by kind (pdq: "
+            "the image's variants and views; sha1, md5)", ["kind"], buckets=_INDEX_BUCKETS, registry=r,
         )
         self._bank_category_keys: dict[str, set[tuple[str, str]]] = {}
 

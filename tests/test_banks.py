@@ -156,6 +156,21 @@ def test_all_variants_are_compared_and_the_best_reported(tmp_path: Path) -> None
     assert matches[0].hash_value == PDQ_B.hex() and matches[0].details["quality"] == 100
 
 
+def test_lookups_are_timed_per_upload_and_kind(tmp_path: Path) -> None:
+    """``index_query_seconds`` counts one observation per upload lookup (all banks, all variants), by kind."""
+    one = write(tmp_path / "one.csv", [f"{PDQ_A.hex()},,src,a"])
+    two = write(tmp_path / "two.csv", [f"{PDQ_B.hex()},,src,b"])
+    banks, metrics = make(bank_cfg(one, "one"), bank_cfg(two, "two"))
+    banks.match_pdq(signal(flip(PDQ_A, 3)), signal(PDQ_B))
+    banks.match_pdq(signal(PDQ_B))
+    banks.match_sha1("0" * 40)
+    assert sample(metrics, "index_query_seconds_count", kind="pdq") == 2
+    assert sample(metrics, "index_query_seconds_count", kind="sha1") == 1
+    assert sample(metrics, "index_query_seconds_count", kind="md5") is None
+    pdq_time = sample(metrics, "index_query_seconds_sum", kind="pdq")
+    assert pdq_time is not None and 0 < pdq_time < 5
+
+
 def test_low_quality_signals_are_ignored(tmp_path: Path) -> None:
     path = write(tmp_path / "b.csv", [f"{PDQ_A.hex()},,src,a"])
     banks, _ = make(bank_cfg(path), quality_min=50)

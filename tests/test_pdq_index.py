@@ -11,6 +11,7 @@ import functools
 import gc
 import threading
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,24 @@ def test_repeated_id_in_one_add_keeps_the_last(make: Callable[[], PdqIndex]) -> 
     index = make()
     index.add(np.array([1, 1]), np.stack([a, b]))
     assert len(index) == 1 and index.query(b[None], 0) == [(1, 0, 0)]
+
+
+def test_ids_widen_past_int32() -> None:
+    """Ids are held as int32 while they fit (4 bytes a hash less); a larger or negative-large id widens
+    them to int64 without losing the others, and a reader of the narrow state keeps its answer."""
+    hashes = random_hashes(2000, 24)
+    index = PdqIndex(brute_force_max=0)
+    index.add(np.arange(1000) + 2**31 - 1000, hashes[:1000])
+    assert index._state.ids.dtype == np.int32
+    held = index._state
+    index.add(np.array([2**40, -(2**35)]), hashes[1000:1002])
+    assert index._state.ids.dtype == np.int64 and held.ids.dtype == np.int32
+    index.add(np.arange(3, 900), hashes[1002:1899])
+    ids = np.concatenate([np.arange(1000) + 2**31 - 1000, [2**40, -(2**35)], np.arange(3, 900)])
+    query = np.concatenate([hashes[:2], hashes[1000:1003], hashes[1500:1501]])
+    assert index.query(query, 31) == brute(ids, hashes[:1899], query, 31)
+    index.remove(np.array([2**40, 2**31 - 1]))
+    assert len(index) == 1897 and index.query(hashes[1000:1001], 0) == []
 
 
 def test_mismatched_lengths_are_refused() -> None:
@@ -200,11 +219,14 @@ def test_deltas_equal_brute_force_across_the_scan_threshold() -> None:
         assert len(index) == len(model)
         assert index.query(query, 31) == brute(keys, current, query, 31)
     assert len(widths) >= 2  # tables built, then widened
-    # the merged tables are the tables a fresh build of the same rows gives (order inside a list aside)
+    # once the segment is merged, the tables are the tables a fresh build of the same rows gives (order
+    # inside a list aside)
+    index.merge()
     state = index._state
-    assert state.tables is not None
+    assert state.tables is not None and state.segment.size == 0 and index._stale.size == 0
+    assert index.query(query, 31) == brute(keys, current, query, 31)
     live = np.flatnonzero(state.alive)
-    fresh = pdq_mih.build(live, state.hashes[live], state.tables.width)
+    fresh = pdq_mih.build(state.hashes, live, state.tables.width)
     starts = fresh.offsets()
     assert np.array_equal(state.tables.offsets(), starts)
     for a, b in zip(starts[:-1:97], starts[1::97], strict=True):
@@ -212,8 +234,11 @@ def test_deltas_equal_brute_force_across_the_scan_threshold() -> None:
 
 
 def test_memory_does_not_grow_across_1000_deltas() -> None:
+    """Rows freed by removals are reused (segment rows at once, table rows after the merge that drops
+    their entries): past the first merges the arrays hold the live hashes plus at most one segment's
+    worth of rows waiting, and nothing piles up."""
     rng = np.random.default_rng(4)
-    index = PdqIndex(brute_force_max=0)
+    index = PdqIndex(brute_force_max=0, segment_max=1000)
     live = np.arange(20_000)
     index.add(live, random_hashes(20_000, 4))
     sizes = []
@@ -223,16 +248,20 @@ def test_memory_does_not_grow_across_1000_deltas() -> None:
         fresh = np.arange(20_000 + 30 * step, 20_030 + 30 * step)
         live = np.concatenate([np.delete(live, gone), fresh])
         index.add(fresh, random_hashes(30, 10_000 + step))
-        if step % 100 == 99:
+        if step % 50 == 49:
             sizes.append((len(index), index.nbytes(), index._state.hashes.shape[0], index._state.n_rows))
-    # rows freed by removals are reused: the arrays hold the live hashes and nothing piles up
-    assert len(set(sizes)) == 1, sizes
+    assert {s[0] for s in sizes} == {20_000}
+    assert len({s[2] for s in sizes}) == 1  # capacity never grew
+    rows = [s[3] for s in sizes]
+    assert max(rows) <= 20_000 + 2 * 1000 + 2 * 30 and len(set(rows[len(rows) // 2 :])) == 1
+    half = len(sizes) // 2
+    assert max(s[1] for s in sizes[half:]) <= max(s[1] for s in sizes[:half])
 
 
 def test_freed_rows_wait_for_readers_of_older_states() -> None:
     """A reader that took the index's state before a removal keeps comparing against the removed hashes'
-    rows; they are reused only once no such reader is left."""
-    index = PdqIndex(brute_force_max=0)
+    rows; they are reused only once no such reader is left (every add merges here: ``segment_max=0``)."""
+    index = PdqIndex(brute_force_max=0, segment_max=0)
     hashes = random_hashes(1000, 5)
     index.add(np.arange(1000), hashes)
     held = index._state
@@ -246,6 +275,94 @@ def test_freed_rows_wait_for_readers_of_older_states() -> None:
     index.add(np.arange(2000, 2100), random_hashes(100, 7))
     index.add(np.arange(3000, 3100), random_hashes(100, 8))
     assert index._state.n_rows == 1100  # the first freed rows were reused once released
+
+
+def test_removed_table_rows_wait_for_a_merge() -> None:
+    """A removed row still named by the tables is reused only after a merge dropped its entries (so the
+    tables never name a row whose hash changed); a removed segment row is reused at once."""
+    index = PdqIndex(brute_force_max=0, segment_max=10_000)
+    index.add(np.arange(1000), random_hashes(1000, 15))
+    index.remove(np.arange(100))  # table rows
+    index.add(np.arange(1000, 1100), random_hashes(100, 16))  # into the segment, new rows
+    gc.collect()
+    assert index._state.n_rows == 1100 and index._stale.size == 100
+    index.remove(np.arange(1000, 1050))  # segment rows
+    gc.collect()
+    index.add(np.arange(2000, 2050), random_hashes(50, 17))
+    assert index._state.n_rows == 1100  # the segment rows were reused
+    index.merge()
+    gc.collect()
+    assert index._stale.size == 0 and index._state.segment.size == 0
+    index.add(np.arange(3000, 3100), random_hashes(100, 18))
+    assert index._state.n_rows == 1100  # the table rows were reused after the merge
+
+
+@pytest.mark.parametrize("segment_max", [0, 300, 100_000])
+def test_segment_and_tables_equal_brute_force(segment_max: int) -> None:
+    """Rows in the tables, in the segment, replaced (a table row's id re-added: the old row is stale)
+    and removed from either, at radii around the tables' limit (31, 32: tables; 33: scan): always the
+    brute-force answer."""
+    rng = np.random.default_rng(segment_max)
+    pool = random_hashes(6000, 19)
+    index = PdqIndex(brute_force_max=0, segment_max=segment_max)
+    model = {i: i for i in range(3000)}
+    index.add(np.arange(3000), pool[:3000])
+    for step in range(12):
+        ids = rng.choice(4000, size=200, replace=False)  # new ids and present ones (replaced)
+        which = rng.integers(0, 6000, size=200)
+        index.add(ids, pool[which])
+        model.update(zip(ids.tolist(), which.tolist(), strict=True))
+        gone = rng.choice(4000, size=60, replace=False)
+        index.remove(gone)
+        for g in gone.tolist():
+            model.pop(g, None)
+        if step == 6:
+            index.merge()
+        keys = np.array(sorted(model), dtype=np.int64)
+        current = pool[[model[k] for k in keys.tolist()]]
+        near = [flip(pool[model[int(k)]], int(rng.integers(28, 36)), rng) for k in rng.choice(keys, size=4)]
+        query = np.stack([*near, flip(pool[int(which[0])], 31, rng), random_hashes(1, 100 + step)[0]])
+        for radius in (0, 21, 31, 32, 33):
+            assert index.query(query, radius) == brute(keys, current, query, radius), (step, radius)
+        assert len(index) == len(model)
+    if segment_max == 100_000:
+        assert index._state.segment.size > 0  # the segment was in play
+
+
+def test_chunk_radii_follow_the_generalised_pigeonhole() -> None:
+    """Per-table radii sum to r - 10, each in -1..2, spread evenly; and for hash pairs at distance
+    exactly r, some chunk differs in at most its table's radius (so the probes find the pair)."""
+    rng = np.random.default_rng(21)
+    width = 23
+    for radius in range(pdq_mih.MAX_RADIUS + 1):
+        radii = pdq_mih.chunk_radii(radius)
+        assert radii.sum() == radius - pdq_mih.CHUNKS + 1 and radii.min() >= -1 and radii.max() <= 2
+        assert radii.max() - radii.min() <= 1
+        a = random_hashes(200, radius)
+        b = np.stack([flip(h, radius, rng) for h in a])
+        diff = np.bitwise_count(pdq_mih.chunk_keys(a, width) ^ pdq_mih.chunk_keys(b, width))
+        assert (diff <= radii).any(axis=1).all()
+    with pytest.raises(ValueError):
+        pdq_mih.chunk_radii(pdq_mih.MAX_RADIUS + 1)
+    assert pdq_mih.probe_count(23, 31) == 10 * (1 + 23 + 253) + (1 + 23)
+    assert pdq_mih.probe_count(23, 0) == 1
+
+
+def test_merge_equals_a_fresh_build() -> None:
+    """:func:`pdq_mih.merge` (entries copied around the changes, starts patched per block) gives the
+    tables a build of the same rows gives, crowded blocks included (offsets widen past uint8)."""
+    hashes = np.concatenate([random_hashes(3000, 22), np.repeat(random_hashes(1, 23), 400, axis=0)])
+    tables = pdq_mih.build(hashes, np.arange(2000), 12)
+    assert tables.local.dtype == np.uint8
+    drop = np.arange(0, 2000, 7)
+    merged = pdq_mih.merge(tables, hashes, drop, np.arange(2000, 3400))
+    live = np.setdiff1d(np.arange(3400), drop)
+    fresh = pdq_mih.build(hashes, live, 12)
+    assert merged.local.dtype == fresh.local.dtype == np.uint16
+    starts = fresh.offsets()
+    assert np.array_equal(merged.offsets(), starts)
+    for a, b in pairwise(starts):
+        assert np.array_equal(np.sort(merged.entries[a:b]), fresh.entries[a:b])
 
 
 def test_snapshot_round_trip(tmp_path: Path, make: Callable[[], PdqIndex]) -> None:
@@ -268,7 +385,7 @@ def test_snapshot_round_trip(tmp_path: Path, make: Callable[[], PdqIndex]) -> No
 
 
 def test_chunking_covers_the_radius() -> None:
-    """Pigeonhole: 11 chunks probed at r // 11 bits find everything within r up to MAX_RADIUS."""
+    """11 chunks of at most 23 bits fit in the hash; probing at most 2 bits per chunk covers radius 32."""
     assert pdq_mih.MAX_RADIUS == 32 and pdq_mih.CHUNKS * pdq_mih.width_for(10**9) <= 256
     for n in (1, 10**5, 10**6, 10**7):
         assert 12 <= pdq_mih.width_for(n) <= 23
@@ -280,15 +397,15 @@ def test_a_crowded_bucket_widens_the_bucket_starts() -> None:
     rng = np.random.default_rng(12)
     blank = random_hashes(1, 12)
     crowd = np.repeat(blank, 70_000, axis=0)
-    others = random_hashes(100_000, 13)
+    others = random_hashes(160_000, 13)
     index = PdqIndex(brute_force_max=0)
-    index.add(np.arange(100_000), others)
+    index.add(np.arange(160_000), others)
     width = index._state.tables.width if index._state.tables is not None else 0
     index.add(np.arange(200_000, 270_000), crowd)  # a delta into one bucket per table
     assert index._state.tables is not None and index._state.tables.width == width  # merged, not rebuilt
     assert index._state.tables.local.dtype == np.uint32
     hashes = np.concatenate([others, crowd])
-    ids = np.concatenate([np.arange(100_000), np.arange(200_000, 270_000)])
+    ids = np.concatenate([np.arange(160_000), np.arange(200_000, 270_000)])
     query = np.stack([flip(blank[0], 5, rng), flip(others[7], 30, rng), random_hashes(1, 14)[0]])
     assert index.query(query, 31) == brute(ids, hashes, query, 31)
     rebuilt = PdqIndex(brute_force_max=0)

@@ -291,6 +291,7 @@ class BankSet:
             return []
         digest = np.frombuffer(bytes.fromhex(value), dtype=np.uint8).reshape(1, -1)
         out = []
+        started = time.perf_counter()
         for bank in self._banks:
             table = bank.table
             with table.reading() as state:
@@ -301,6 +302,7 @@ class BankSet:
             for e in entries:
                 out.append(Match(matcher=kind, bank=bank.name, category=e.category, hash_id=e.id or e.hash,
                                  hash_value=e.hash, source=e.source or None))
+        self._metrics.index_query.labels(kind).observe(time.perf_counter() - started)
         return out
 
     def match_pdq(self, signal: PdqSignal, *views: PdqSignal) -> list[Match]:
@@ -312,6 +314,7 @@ class BankSet:
         signals = [(sig, self._view_threshold(sig.view), pdq_words(sig)) for sig in (signal, *views)
                    if sig.quality >= self._cfg.pdq_quality_min and sig.hashes]
         found: list[tuple[int, int, Match]] = []
+        started = time.perf_counter()
         for order, bank in enumerate(self._banks):
             table = bank.table
             best: dict[int, tuple[int, int, PdqSignal, int]] = {}  # row -> (distance, variant, signal, threshold)
@@ -345,6 +348,8 @@ class BankSet:
                     },
                 )
                 found.append((dist, order, match))
+        if signals:
+            self._metrics.index_query.labels("pdq").observe(time.perf_counter() - started)
         found.sort(key=lambda t: (t[0], t[1]))
         return [m for _, _, m in found]
 
