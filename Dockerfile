@@ -10,7 +10,7 @@
 # Stage 1 builds wheels for the service and every dependency (a compiler is at hand for any dependency
 # without a binary wheel for the platform); stage 2 installs only those wheels on a clean slim image,
 # runs as an unprivileged user and needs no write access outside /data (store, outbox) and /tmp (the CPU
-# pool's forkserver socket).
+# pool's forkserver socket; numba's cache of the PDQ index kernels, compiled at the first start, ~15 s of CPU).
 # The default config in the image is ./config.yaml with its store and outbox moved under /data; mount
 # your own at /etc/mediamoderation/config.yaml (the Helm chart does) and bank files under
 # /etc/mediamoderation/banks/.
@@ -81,6 +81,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MEDIAMODERATION_CONFIG=/etc/mediamoderation/config.yaml \
     TMPDIR=/tmp \
+    NUMBA_CACHE_DIR=/tmp/mediamoderation-numba \
     HEALTHCHECK_PORT=8080
 
 RUN groupadd --system --gid 10001 mediamoderation \
