@@ -76,7 +76,7 @@ class Service:
         self.stores = stores if stores is not None else make_stores(cfg.store)
         # content dismissed as a false positive (and its near copies) never alerts again
         self.negative_bank = NegativeBank(self.stores.review, cfg.review.allowlist_pdq_distance)
-        self.banks = BankSet(cfg.banks, self.metrics)
+        self.banks = BankSet(cfg.banks, self.metrics, views=cfg.thumbnail.views)
         self.exact = ExactMatcher(self.banks)
         proxies = Proxies.for_config(cfg.network)  # every outgoing HTTP request; see service.net
         # `url` and `exchange` banks: loaded from the store at start, then synced (each bank its own task).

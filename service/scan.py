@@ -80,7 +80,7 @@ def scan_paths(paths: list[str], cfg: Config, *, banks: BankSet | None = None,
                vpdq: VpdqMatcher | None = None) -> Iterator[dict[str, Any]]:
     """Yield one result per path, in order.  Loading the banks (image banks, and the vPDQ banks when ``vpdq`` is
     not given) may raise :class:`BankError`."""
-    banks = banks or BankSet(cfg.banks, Metrics())
+    banks = banks or BankSet(cfg.banks, Metrics(), views=cfg.thumbnail.views)
     if vpdq is None and cfg.media.video.vpdq_banks:
         vpdq = VpdqMatcher(cfg.media.video, Metrics())
     thumb_cfg = dataclasses.replace(cfg.thumbnail, make_jpeg=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.config import BankSection, BanksSection, ThumbnailSection
+from service.config import BankSection, BanksSection, PdqViewsSection, ThumbnailSection
 from service.errors import BankError
 from service.matchers.banks import BankSet, parse_bank, pdq_scan, pdq_words
 from service.media.thumbnail import prepare
@@ -239,6 +239,19 @@ def test_version_tracks_content_and_config(tmp_path: Path) -> None:
     assert v1 != make(bank_cfg(path, name="other"))[0].version
     write(path, [f"{SHA1},,src,2"])
     assert v1 != make(bank_cfg(path))[0].version
+
+
+def test_version_changes_with_the_views_hashed(tmp_path: Path) -> None:
+    """Files scanned clean before the derived views changed (e.g. new uncrop margins) are matched again."""
+    path = write(tmp_path / "b.csv", [f"{SHA1},,src,1"])
+
+    def version(views: PdqViewsSection) -> str:
+        return BankSet(BanksSection(list=(bank_cfg(path),)), Metrics(), views=views).version
+
+    default = version(PdqViewsSection())
+    assert default == version(PdqViewsSection())
+    assert default != version(PdqViewsSection(uncrop=(0.025, 0.05)))
+    assert default != version(PdqViewsSection(trim_caption=False))
 
 
 def bump_mtime(path: Path) -> None:

@@ -152,7 +152,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         from service.work import IngestService
 
         def ingest_source(c: Config, stores: Stores, m: Metrics) -> Source:
-            banks = BankSet(c.banks, m)
+            banks = BankSet(c.banks, m, views=c.thumbnail.views)
             vpdq = [VpdqMatcher(c.media.video, m)] if c.media.video.vpdq_banks else []
             remote = ["photodna"] if c.photodna.enabled else []  # as Pipeline.scan_version names remote matchers
             source = BackfillSource(c, args.wiki, checkpoints=stores.checkpoints, scans=stores.scans, metrics=m,

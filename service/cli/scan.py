@@ -32,7 +32,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from service.scan import scan_paths
 
     try:
-        banks = BankSet(cfg.banks, Metrics())
+        banks = BankSet(cfg.banks, Metrics(), views=cfg.thumbnail.views)
     except BankError as exc:
         print(f"error: banks.list: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.config.matching import PDQ_THRESHOLD_MAX, BankSection, BanksSection
+from service.config.matching import PDQ_THRESHOLD_MAX, BankSection, BanksSection, PdqViewsSection
 from service.errors import BankError
 from service.matchers.bank_table import HASH_BYTES, BankTable, Change
 from service.matchers.bank_table import BankEntry as BankEntry
@@ -225,8 +225,9 @@ class BankSet:
     table as the entries added and removed; lookups never wait for it and see the bank before or after it.
     """
 
-    def __init__(self, cfg: BanksSection, metrics: Metrics) -> None:
+    def __init__(self, cfg: BanksSection, metrics: Metrics, *, views: PdqViewsSection | None = None) -> None:
         self._cfg = cfg
+        self._views = views  # the derived views live scanning hashes: part of the version (they change what matches)
         self._metrics = metrics
         self._lock = threading.Lock()  # one change at a time; lookups never take it
         self._files: dict[str, _FileState] = {}
@@ -253,7 +254,8 @@ class BankSet:
 
     @property
     def version(self) -> str:
-        """Changes whenever any bank's content, name, category or threshold changes."""
+        """Changes whenever any bank's content, name, category or threshold changes, or the derived views hashed
+        (``thumbnail.views``, when given): a file scanned clean is matched again after any of them changed."""
         return self._version
 
     @property
@@ -501,7 +503,7 @@ class BankSet:
         """After ``banks`` changed: the version (an XOR of entry keys per bank: no pass over the content) and
         the size metrics."""
         h = hashlib.sha256()
-        h.update(f"pdq_quality_min={self._cfg.pdq_quality_min} {self._cfg.view_thresholds}\n".encode())
+        h.update(f"pdq_quality_min={self._cfg.pdq_quality_min} {self._cfg.view_thresholds} {self._views}\n".encode())
         for b in self._banks:
             state = b.table.state
             h.update(f"{b.name}\0{b.config.category}\0{b.config.pdq_threshold}\0{state.xor:016x}\0"
