@@ -14,9 +14,12 @@ are timed and the whole delta's time is projected from them (linear); the exact 
 
 (2) **Live scanning slowdown.**  The whole service (``bench_pipeline.py``'s stand-in wiki, backlog source,
 decode + PDQ + match + SQLite) scans ``--live-events`` uploads with the retroactive task idle, then again
-while it works through a delta of 10,000 PDQ hashes (stored before the run) against 2,000,000 stored
-hashes at the default ``banks.retro.cpu_share``; rounds alternate so the load of other users of this
-shared machine hits both alike.  Wall time and CPU time (process + decode pool) per upload are printed.
+while it works through a delta of 10,000 PDQ hashes (stored before the run) against ``--live-stored``
+synthetic stored hashes (loaded into the service's search process before the timed part) at
+``--cpu-share`` (default: the config's ``banks.retro.cpu_share``); rounds alternate so the load of other
+users of this shared machine hits both alike.  Wall time and CPU time per upload (the service process and
+its decode pool; the search process apart), the search process's CPU time and share of a core, and how
+many of the delta's hashes were matched during the run are printed.
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ from bench_pipeline import make_config as pipeline_config
 
 from service.app import Service
 from service.config import Config, ThumbnailSection
-from service.matchers.pdq_index import PdqIndex
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import UploadEvent
 from service.retro import RetroMatcher, StoredPdqs
+from service.retro_search import LocalSearch, SearchProcess
 from service.store import sqlite_stores
 from service.store.base import FileHashes
 from tests.infra.images import jpeg_bytes, photo
@@ -75,9 +78,9 @@ def flip(row: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
 
 def stored_index(n: int, rng: np.random.Generator) -> tuple[StoredPdqs, np.ndarray]:
     words = random_words(rng, n)
-    pdqs = StoredPdqs(PdqIndex())
-    pdqs.index.add(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + n, dtype=np.int64), words)
-    return pdqs, words
+    search = LocalSearch()
+    search.index.add(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + n, dtype=np.int64), words)
+    return StoredPdqs(search), words
 
 
 def upload(i: int) -> UploadEvent:
@@ -103,6 +106,8 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     rng = np.random.default_rng(12)
     t0, c0 = time.perf_counter(), time.process_time()
     pdqs, words = stored_index(args.stored, rng)
+    local = pdqs.search
+    assert isinstance(local, LocalSearch)
     build = (time.perf_counter() - t0, time.process_time() - c0)
     path = str(tmp / "retro.sqlite3")
     t0 = time.perf_counter()
@@ -122,18 +127,19 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     try:
         entries = [(h, "test", "bench", "") for h in exact]
         t0, c0 = time.perf_counter(), time.process_time()
-        hits_exact, _ = await matcher.match_entries(entries, 0, 31)
+        hits_exact = await matcher.match_entries(entries, 0, 31)
         exact_t = (time.perf_counter() - t0, time.process_time() - c0)
         sample = pdq_rows[:max(args.pdq_sample, PLANTED)]
         t0, c0 = time.perf_counter(), time.process_time()
-        hits_pdq, _thread_cpu = await matcher.match_entries([(h, "test", "bench", "") for h in sample], 0, 31)
+        hits_pdq = await matcher.match_entries([(h, "test", "bench", "") for h in sample], 0, 31)
         pdq_t = (time.perf_counter() - t0, time.process_time() - c0)
     finally:
         await stores.close()
     per_hash_wall, per_hash_cpu = pdq_t[0] / len(sample), pdq_t[1] / len(sample)
     return {
         "stored_pdq_hashes": args.stored, "stored_rows_sqlite": args.exact_rows,
-        "index_build_s": round(build[0], 1), "index_bytes_per_hash": pdqs.index.nbytes() / args.stored,
+        "index_build_s": round(build[0], 1),
+        "index_bytes_per_hash": round(local.index.nbytes() / args.stored, 1),
         "sqlite_fill_s": round(fill, 1),
         "exact_hashes": n_exact, "exact_wall_s": round(exact_t[0], 2), "exact_cpu_s": round(exact_t[1], 2),
         "exact_recall": f"{len(hits_exact)}/{PLANTED}",
@@ -146,27 +152,35 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     }
 
 
-async def live_run(cfg: Config, n: int, retro: bool, stored: tuple[StoredPdqs, np.ndarray] | None) -> dict[str, float]:
+async def live_run(cfg: Config, n: int, retro: bool, stored: np.ndarray, exclude: set[int]) -> dict[str, float]:
+    """One timed run of the whole service over ``n`` uploads; with ``retro``, a stored delta of 10,000 PDQ hashes
+    is matched meanwhile against ``stored`` (synthetic file hashes) in the service's search process."""
     busy: dict[str, float] = {}
-    if retro:  # a delta of 10,000 PDQ hashes, stored before the run: the timed part is "while it runs"
-        rng = np.random.default_rng(5)
+    service = Service(cfg, source=BacklogSource(n))
+    assert service.retro is not None
+    search = service.retro.pdqs.search
+    if retro:  # loaded before the timed part (at cpu_share, so this takes a while)
+        assert isinstance(search, SearchProcess)
+        await search.add(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + stored.shape[0], dtype=np.int64), stored)
         side = sqlite_stores(cfg.store.path)
         await side.open()
+        rng = np.random.default_rng(5)
         await side.retro.add_retro_delta("bench", time.time(), [(hex_of(r), "test", "bench", f"d{k}")
                                                                 for k, r in enumerate(random_words(rng, 10_000))])
         await side.close()
-    service = Service(cfg, source=BacklogSource(n))
-    assert service.retro is not None
-    if retro and stored is not None:
-        service.retro.pdqs = stored[0]
         service.retro.loaded = True
     pid = os.getpid()
+    base = {c: proc_cpu(c) for c in descendants(pid)}  # processes already running (and their CPU so far)
     pool_cpu: dict[int, float] = {}
+    search_pid = getattr(search, "pid", None)
 
     async def watch() -> None:
         while True:
             for c in descendants(pid):
-                pool_cpu[c] = max(pool_cpu.get(c, 0.0), proc_cpu(c))
+                if c not in exclude and c != search_pid:
+                    pool_cpu[c] = max(pool_cpu.get(c, 0.0), proc_cpu(c) - base.get(c, 0.0))
+            if search_pid is not None:
+                busy["search_cpu_s"] = max(busy.get("search_cpu_s", 0.0), proc_cpu(search_pid) - base.get(search_pid, 0.0))
             await asyncio.sleep(0.5)
 
     watcher = asyncio.create_task(watch())
@@ -178,6 +192,7 @@ async def live_run(cfg: Config, n: int, retro: bool, stored: tuple[StoredPdqs, n
     if retro:
         busy["retro_hashes_matched"] = service.metrics.registry.get_sample_value(
             "mediamoderation_retro_hashes_matched_total", {"bank": "bench"}) or 0
+        busy["search_share_of_core"] = round(busy.get("search_cpu_s", 0.0) / wall, 3)
     return {"uploads_per_s": n / wall, "wall_s": wall, "cpu_ms_per_upload": cpu * 1000 / n, **busy}
 
 
@@ -193,7 +208,7 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     port = free_port()
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("standin_wiki.py")),
                                "--port", str(port), "--thumbs", str(thumbs)])
-    stored = stored_index(2_000_000, np.random.default_rng(3))
+    stored = random_words(np.random.default_rng(3), args.live_stored)
     results: dict[str, list[dict[str, float]]] = {"idle": [], "retro": []}
     try:
         for _ in range(100):
@@ -206,7 +221,10 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 cfg = pipeline_config(tmp, port, bank)
                 store = tmp / f"live-{r}-{mode}.sqlite3"
                 cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(store)))
-                res = asyncio.run(live_run(cfg, args.live_events, mode == "retro", stored))
+                if args.cpu_share is not None:
+                    retro = dataclasses.replace(cfg.banks.retro, cpu_share=args.cpu_share)
+                    cfg = dataclasses.replace(cfg, banks=dataclasses.replace(cfg.banks, retro=retro))
+                res = asyncio.run(live_run(cfg, args.live_events, mode == "retro", stored, {server.pid}))
                 results[mode].append(res)
                 print(f"  round {r + 1} {mode:5}: {res}", flush=True)
     finally:
@@ -218,7 +236,9 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     busy_cpu = sum(x["cpu_ms_per_upload"] for x in results["retro"]) / len(results["retro"])
     return {"uploads_per_s_idle": round(idle, 1), "uploads_per_s_with_retro": round(busy, 1),
             "slowdown_pct": round((1 - busy / idle) * 100, 1),
-            "cpu_ms_per_upload_idle": round(idle_cpu, 2), "cpu_ms_per_upload_with_retro": round(busy_cpu, 2)}
+            "cpu_ms_per_upload_idle": round(idle_cpu, 2), "cpu_ms_per_upload_with_retro": round(busy_cpu, 2),
+            "delta_hashes_matched_per_run": [x.get("retro_hashes_matched", 0) for x in results["retro"]],
+            "search_share_of_core_per_run": [x.get("search_share_of_core", 0) for x in results["retro"]]}
 
 
 def main() -> None:
@@ -229,6 +249,8 @@ def main() -> None:
     parser.add_argument("--exact-rows", type=int, default=200_000)
     parser.add_argument("--live-events", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--live-stored", type=int, default=2_000_000)
+    parser.add_argument("--cpu-share", type=float, default=None)
     parser.add_argument("--skip-live", action="store_true")
     parser.add_argument("--skip-delta", action="store_true")
     args = parser.parse_args()
