@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import UploadEvent
 from service.retro import RetroMatcher, StoredPdqs
-from service.retro_search import LocalSearch, SearchProcess
+from service.retro_search import Batch, LocalSearch, SearchProcess
 from service.store import sqlite_stores
 from service.store.base import FileHashes
 from tests.infra.images import jpeg_bytes, photo
@@ -152,16 +153,20 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     }
 
 
-async def live_run(cfg: Config, n: int, retro: bool, stored: np.ndarray, exclude: set[int]) -> dict[str, float]:
-    """One timed run of the whole service over ``n`` uploads; with ``retro``, a stored delta of 10,000 PDQ hashes
-    is matched meanwhile against ``stored`` (synthetic file hashes) in the service's search process."""
+async def live_run(cfg: Config, n: int, mode: str, stored: np.ndarray, exclude: set[int]) -> dict[str, float]:
+    """One timed run of the whole service over ``n`` uploads.  ``mode`` ``retro``: a stored delta of 10,000 PDQ
+    hashes is matched meanwhile against ``stored`` (synthetic file hashes) in the service's search process;
+    ``loaded``: the search process is started and loaded the same way, but there is no delta (a control)."""
     busy: dict[str, float] = {}
+    retro = mode == "retro"
     service = Service(cfg, source=BacklogSource(n))
     assert service.retro is not None
     search = service.retro.pdqs.search
-    if retro:  # loaded before the timed part (at cpu_share, so this takes a while)
+    if mode in ("retro", "loaded"):  # loaded before the timed part (at cpu_share, so this takes a while)
         assert isinstance(search, SearchProcess)
-        await search.add(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + stored.shape[0], dtype=np.int64), stored)
+        await search.add(Batch(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + stored.shape[0], dtype=np.int64), stored))
+        service.retro.loaded = True
+    if retro:
         side = sqlite_stores(cfg.store.path)
         await side.open()
         rng = np.random.default_rng(5)
@@ -180,7 +185,8 @@ async def live_run(cfg: Config, n: int, retro: bool, stored: np.ndarray, exclude
                 if c not in exclude and c != search_pid:
                     pool_cpu[c] = max(pool_cpu.get(c, 0.0), proc_cpu(c) - base.get(c, 0.0))
             if search_pid is not None:
-                busy["search_cpu_s"] = max(busy.get("search_cpu_s", 0.0), proc_cpu(search_pid) - base.get(search_pid, 0.0))
+                used = proc_cpu(search_pid) - base.get(search_pid, 0.0)
+                busy["search_cpu_s"] = max(busy.get("search_cpu_s", 0.0), used)
             await asyncio.sleep(0.5)
 
     watcher = asyncio.create_task(watch())
@@ -209,7 +215,8 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("standin_wiki.py")),
                                "--port", str(port), "--thumbs", str(thumbs)])
     stored = random_words(np.random.default_rng(3), args.live_stored)
-    results: dict[str, list[dict[str, float]]] = {"idle": [], "retro": []}
+    modes = args.modes.split(",")
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     try:
         for _ in range(100):
             with contextlib.suppress(requests.RequestException):
@@ -217,28 +224,33 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 break
             time.sleep(0.1)
         for r in range(args.rounds):
-            for mode in ("idle", "retro"):
+            for mode in modes:
                 cfg = pipeline_config(tmp, port, bank)
                 store = tmp / f"live-{r}-{mode}.sqlite3"
                 cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(store)))
                 if args.cpu_share is not None:
                     retro = dataclasses.replace(cfg.banks.retro, cpu_share=args.cpu_share)
                     cfg = dataclasses.replace(cfg, banks=dataclasses.replace(cfg.banks, retro=retro))
-                res = asyncio.run(live_run(cfg, args.live_events, mode == "retro", stored, {server.pid}))
+                res = asyncio.run(live_run(cfg, args.live_events, mode, stored, {server.pid}))
                 results[mode].append(res)
                 print(f"  round {r + 1} {mode:5}: {res}", flush=True)
     finally:
         server.terminate()
         server.wait()
-    idle = sum(x["uploads_per_s"] for x in results["idle"]) / len(results["idle"])
-    busy = sum(x["uploads_per_s"] for x in results["retro"]) / len(results["retro"])
-    idle_cpu = sum(x["cpu_ms_per_upload"] for x in results["idle"]) / len(results["idle"])
-    busy_cpu = sum(x["cpu_ms_per_upload"] for x in results["retro"]) / len(results["retro"])
-    return {"uploads_per_s_idle": round(idle, 1), "uploads_per_s_with_retro": round(busy, 1),
-            "slowdown_pct": round((1 - busy / idle) * 100, 1),
-            "cpu_ms_per_upload_idle": round(idle_cpu, 2), "cpu_ms_per_upload_with_retro": round(busy_cpu, 2),
-            "delta_hashes_matched_per_run": [x.get("retro_hashes_matched", 0) for x in results["retro"]],
-            "search_share_of_core_per_run": [x.get("search_share_of_core", 0) for x in results["retro"]]}
+    out: dict[str, Any] = {}
+    for mode, runs in results.items():
+        out[mode] = {"uploads_per_s_median": round(statistics.median(x["uploads_per_s"] for x in runs), 1),
+                     "uploads_per_s_mean": round(statistics.mean(x["uploads_per_s"] for x in runs), 1),
+                     "cpu_ms_per_upload_median": round(statistics.median(x["cpu_ms_per_upload"] for x in runs), 2)}
+        if mode == "retro":
+            out[mode]["delta_hashes_matched_per_run"] = [x.get("retro_hashes_matched", 0) for x in runs]
+            out[mode]["search_share_of_core_per_run"] = [x.get("search_share_of_core", 0) for x in runs]
+    if "idle" in out:
+        for mode in out:
+            if mode != "idle":
+                out[mode]["slowdown_pct_median"] = round(
+                    (1 - out[mode]["uploads_per_s_median"] / out["idle"]["uploads_per_s_median"]) * 100, 1)
+    return out
 
 
 def main() -> None:
@@ -251,6 +263,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--live-stored", type=int, default=2_000_000)
     parser.add_argument("--cpu-share", type=float, default=None)
+    parser.add_argument("--modes", default="idle,retro", help="interleaved in each round: idle, retro, loaded")
     parser.add_argument("--skip-live", action="store_true")
     parser.add_argument("--skip-delta", action="store_true")
     args = parser.parse_args()

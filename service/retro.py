@@ -40,7 +40,7 @@ from service.metrics import Metrics
 from service.models import Match
 from service.negative_bank import NegativeBank
 from service.pipeline_steps import record_matches
-from service.retro_search import LocalSearch, PdqSearch, SearchDied
+from service.retro_search import Batch, LocalSearch, PdqSearch, SearchDied
 from service.stages import Planner
 from service.store.base import (
     RETRO_ACTING,
@@ -62,6 +62,8 @@ _KIND_BY_LENGTH = {40: "sha1", 32: "md5", 64: "pdq"}
 _HEX = re.compile(r"[0-9a-f]+")
 _LOAD_BATCH = 100_000
 _ACT_PROGRESS_EVERY = 50  # files acted on between progress writes
+_VARIANTS_BYTES = 7 * 32  # file_hashes.pdq_variants: the seven rotated / mirrored variants of the image as shown
+VARIANT_BATCH = 5000  # new hashes per step at least, while variants are stored (each step reads them all once)
 _MAX_DEATHS = 3  # search process deaths in a row (without a finished batch) before the task fails
 
 
@@ -101,20 +103,24 @@ class StoredPdqs:
             if not rows:
                 break
             last_id = rows[-1][0]
-            kept = [(i, pdq) for i, pdq, quality in rows if quality >= self.quality_min and len(pdq) == 64]
+            kept = [(i, pdq, v) for i, pdq, quality, v in rows if quality >= self.quality_min and len(pdq) == 64]
             try:
-                packed = pdq_rows([pdq for _, pdq in kept])
+                packed = pdq_rows([pdq for _, pdq, _ in kept])
             except ValueError:  # a row that is not hex (never written by the service): skip just those
-                kept = [(i, pdq) for i, pdq in kept if _HEX.fullmatch(pdq)]
-                packed = pdq_rows([pdq for _, pdq in kept])
+                kept = [(i, pdq, v) for i, pdq, v in kept if _HEX.fullmatch(pdq)]
+                packed = pdq_rows([pdq for _, pdq, _ in kept])
             if kept:
-                ids = np.fromiter((i for i, _ in kept), dtype=np.int64, count=len(kept))
+                ids = np.fromiter((i for i, _, _ in kept), dtype=np.int64, count=len(kept))
+                with_variants = [(i, v) for i, _, v in kept if v is not None and len(v) == _VARIANTS_BYTES]
+                var_ids = np.repeat(np.fromiter((i for i, _ in with_variants), dtype=np.int64,
+                                                count=len(with_variants)), _VARIANTS_BYTES // 32)
+                var_words = np.frombuffer(b"".join(v for _, v in with_variants), dtype=np.uint64).reshape(-1, 4)
                 buffered = len(rows) == _LOAD_BATCH  # more may follow: one index update for all of them
-                await self.search.add(ids, packed, last=not buffered)
+                await self.search.add(Batch(ids, packed, var_ids, var_words), last=not buffered)
                 added += len(kept)
             self.last_id = last_id
         if buffered:
-            await self.search.add(np.empty(0, np.int64), np.empty((0, 4), np.uint64))
+            await self.search.add(Batch(np.empty(0, np.int64), np.empty((0, 4), np.uint64)))
         return added
 
 
@@ -250,7 +256,8 @@ class RetroMatcher:
         threshold = self.threshold(delta.bank)
         hits = list(delta.hits)
         done = delta.progress
-        batch = self.cfg.retro.batch
+        # Each step streams every stored variant hash past the step's new hashes: larger steps then.
+        batch = max(self.cfg.retro.batch, VARIANT_BATCH) if self.pdqs.search.variants else self.cfg.retro.batch
         deaths = 0  # of the search process in a row
         while done < len(delta.entries):
             if stop is not None and stop.is_set():

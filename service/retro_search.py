@@ -31,12 +31,15 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import numpy as np
 
 from service.errors import ServiceError
+from service.matchers import pdq_join
 from service.matchers.pdq_index import PdqIndex
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,17 @@ class SearchFailed(ServiceError):
     """The search raised (bad input, out of memory): the process is alive and its index intact."""
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Stored hashes on their way into a search: file ids and (N, 4) uint64 rows of the image as shown, and the
+    rotated and mirrored variants' rows with their file ids."""
+
+    ids: np.ndarray
+    words: np.ndarray
+    var_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    var_words: np.ndarray = field(default_factory=lambda: np.empty((0, 4), np.uint64))
+
+
 class PdqSearch(Protocol):
     @property
     def size(self) -> int:
@@ -60,17 +74,23 @@ class PdqSearch(Protocol):
         ...
 
     @property
+    def variants(self) -> int:
+        """Stored rotated / mirrored variant hashes."""
+        ...
+
+    @property
     def generation(self) -> int:
         """Changes when the index was lost (a new process): whoever filled it must fill it again."""
         ...
 
-    async def add(self, ids: np.ndarray, words: np.ndarray, *, last: bool = True) -> None:
-        """Add hashes ((N, 4) uint64 rows) under file ids; with ``last=False`` they are buffered until a call
-        with ``last=True`` adds every buffered batch in one index update (a first load is one update)."""
+    async def add(self, batch: Batch, *, last: bool = True) -> None:
+        """Add stored hashes; with ``last=False`` they are buffered until a call with ``last=True`` adds every
+        buffered batch in one index update (a first load is one update)."""
         ...
 
     async def query(self, rows: np.ndarray, threshold: int) -> list[Found]:
-        """(file id, row, distance) of every stored hash within ``threshold`` of each row, row by row."""
+        """(file id, row, distance) for every stored file whose hash, or one of its variants' hashes, is within
+        ``threshold`` of a row ((N, 4) uint64), the smallest distance, sorted."""
         ...
 
     def close(self) -> None: ...
@@ -107,29 +127,56 @@ class DutyCycle:
 
 
 class _Index:
-    """The index and its duty cycle, wherever they run (the search process or a thread)."""
+    """The index, the variants and the duty cycle, wherever they run (the search process or a thread).
+
+    The stored files' PDQ hashes of the image as shown are in a :class:`PdqIndex`; their rotated and mirrored
+    variants (seven per file) are kept as packed rows beside it and streamed past each query batch
+    (:func:`service.matchers.pdq_join.join`): indexing them would take seven times the index's memory."""
 
     def __init__(self, duty: DutyCycle) -> None:
         self.index = PdqIndex()
         self.duty = duty
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: list[Batch] = []
+        self.var_ids = np.empty(0, np.int64)  # file id of each variant row (capacity-sized)
+        self.var_words = np.empty((0, 4), np.uint64)
+        self.n_var = 0
 
-    def add(self, ids: np.ndarray, words: np.ndarray, last: bool) -> int:
-        self._pending.append((ids, words))
+    def add(self, batch: Batch, last: bool) -> tuple[int, int]:
+        self._pending.append(batch)
         if last:
             pending, self._pending = self._pending, []
             self.duty.restart()
-            self.index.add(np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending]))
+            self.index.add(np.concatenate([p.ids for p in pending]), np.concatenate([p.words for p in pending]))
             self.duty.tick()
-        return len(self.index)
+            self._add_variants(np.concatenate([p.var_ids for p in pending]),
+                               np.concatenate([p.var_words for p in pending]))
+        return len(self.index), self.n_var
+
+    def _add_variants(self, ids: np.ndarray, words: np.ndarray) -> None:
+        need = self.n_var + ids.size
+        if need > self.var_ids.size:  # grow by half at least: appends stay amortised O(1)
+            cap = max(need, self.var_ids.size * 3 // 2, 1024)
+            self.var_ids = np.resize(self.var_ids, cap)
+            grown = np.empty((cap, 4), np.uint64)
+            grown[:self.n_var] = self.var_words[:self.n_var]
+            self.var_words = grown
+        self.var_ids[self.n_var:need] = ids
+        self.var_words[self.n_var:need] = words
+        self.n_var = need
 
     def query(self, rows: np.ndarray, threshold: int) -> list[Found]:
-        out: list[Found] = []
+        best: dict[tuple[int, int], int] = {}
         self.duty.restart()
         for row in range(rows.shape[0]):
-            out += [(file_id, row, dist) for file_id, dist, _ in self.index.query(rows[row:row + 1], threshold)]
+            for file_id, dist, _ in self.index.query(rows[row:row + 1], threshold):
+                best[file_id, row] = dist
             self.duty.tick()
-        return out
+        if self.n_var:
+            srow, qrow, qdist = pdq_join.join(self.var_words[:self.n_var], rows, threshold, self.duty.tick)
+            for file_id, row, d in zip(self.var_ids[srow].tolist(), qrow.tolist(), qdist.tolist(), strict=True):
+                if d < best.get((file_id, row), d + 1):
+                    best[file_id, row] = d
+        return sorted((file_id, row, dist) for (file_id, row), dist in best.items())
 
 
 class LocalSearch:
@@ -148,11 +195,15 @@ class LocalSearch:
         return len(self._index.index)
 
     @property
+    def variants(self) -> int:
+        return self._index.n_var
+
+    @property
     def generation(self) -> int:
         return 0
 
-    async def add(self, ids: np.ndarray, words: np.ndarray, *, last: bool = True) -> None:
-        await asyncio.to_thread(self._locked, self._index.add, ids, words, last)
+    async def add(self, batch: Batch, *, last: bool = True) -> None:
+        await asyncio.to_thread(self._locked, self._index.add, batch, last)
 
     async def query(self, rows: np.ndarray, threshold: int) -> list[Found]:
         found: list[Found] = await asyncio.to_thread(self._locked, self._index.query, rows, threshold)
@@ -192,19 +243,26 @@ def _roundtrip(conn: Connection, request: tuple[Any, ...]) -> tuple[str, Any]:
 class SearchProcess:
     """The index in a process of its own (see the module docstring); one call at a time."""
 
-    def __init__(self, cpu_share: float, *, context: str = "forkserver", start_timeout: float = 60.0) -> None:
+    def __init__(self, cpu_share: float, *, start_timeout: float = 60.0) -> None:
         self.cpu_share = cpu_share
-        self._ctx = multiprocessing.get_context(context)
+        self._ctx = multiprocessing.get_context("forkserver")  # as the decode pool: no fork of a threaded process
         self._start_timeout = start_timeout
         self._proc: Any = None  # multiprocessing.Process of the context
         self._conn: Connection | None = None
         self._size = 0
+        self._variants = 0
         self._generation = 0
         self._lock = asyncio.Lock()
+        # Calls wait for their reply in a thread of their own: never one of the event loop's default threads.
+        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="retro-search")
 
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def variants(self) -> int:
+        return self._variants
 
     @property
     def generation(self) -> int:
@@ -214,20 +272,21 @@ class SearchProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    async def add(self, ids: np.ndarray, words: np.ndarray, *, last: bool = True) -> None:
-        self._size = await self._call("add", ids, words, last)
+    async def add(self, batch: Batch, *, last: bool = True) -> None:
+        self._size, self._variants = await self._call("add", batch, last)
 
     async def query(self, rows: np.ndarray, threshold: int) -> list[Found]:
         found: list[Found] = await self._call("query", rows, threshold)
         return found
 
     async def _call(self, op: str, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
         async with self._lock:
             if self._conn is None:
-                await asyncio.wait_for(asyncio.to_thread(self._start), self._start_timeout)
+                await asyncio.wait_for(loop.run_in_executor(self._waiter, self._start), self._start_timeout)
             assert self._conn is not None
             try:
-                status, value = await asyncio.to_thread(_roundtrip, self._conn, (op, *args))
+                status, value = await loop.run_in_executor(self._waiter, _roundtrip, self._conn, (op, *args))
             except (EOFError, OSError) as exc:
                 code = self._lost()
                 raise SearchDied(f"the retroactive search process ended (exit code {code})") from exc
@@ -243,13 +302,13 @@ class SearchProcess:
         proc = self._ctx.Process(target=serve, args=(child, self.cpu_share), name="retro-search", daemon=True)
         proc.start()
         child.close()  # only the process holds its end: its death is EOF here
-        self._proc, self._conn, self._size = proc, parent, 0
+        self._proc, self._conn, self._size, self._variants = proc, parent, 0, 0
         log.info("retroactive search process started", extra={"pid": proc.pid, "generation": self._generation})
 
     def _lost(self) -> int | None:
         """End and forget the process (its index is gone); returns its exit code."""
         proc, conn = self._proc, self._conn
-        self._proc, self._conn, self._size = None, None, 0
+        self._proc, self._conn, self._size, self._variants = None, None, 0, 0
         self._generation += 1
         if conn is not None:
             conn.close()
@@ -262,7 +321,8 @@ class SearchProcess:
         return code
 
     def close(self) -> None:
-        """End the process (it holds nothing but the index, which the store can rebuild)."""
+        """End the process (it holds nothing but the index, which the store can rebuild); a later call starts
+        a new one."""
         if self._proc is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._lost()

@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from service.config import ThumbnailSection
+from service.file_hashes import scanned_file
+from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.retro import RetroMatcher, StoredPdqs, pdq_rows
-from service.retro_search import DutyCycle, LocalSearch, SearchDied, SearchProcess
-from service.store import MemoryStore
+from service.retro_search import Batch, DutyCycle, LocalSearch, SearchDied, SearchProcess
+from service.store import MemoryStore, sqlite_stores
 from service.store.base import RETRO_DONE
-from tests.test_retro import cfg, delta, near, pdq, stored
+from tests.infra.images import jpeg_bytes, photo
+from tests.test_retro import cfg, delta, event, near, pdq, stored
 
 
 class Clocks:
@@ -84,8 +90,8 @@ async def test_the_search_process_answers_like_the_index_in_this_process() -> No
     local, remote = LocalSearch(), SearchProcess(0.5)
     try:
         for search in (local, remote):
-            await search.add(ids[:1000], words[:1000], last=False)
-            await search.add(ids[1000:], words[1000:])
+            await search.add(Batch(ids[:1000], words[:1000]), last=False)
+            await search.add(Batch(ids[1000:], words[1000:]))
         assert local.size == remote.size == 3000
         assert remote.pid is not None and remote.pid != os.getpid()
         expected = [(6, 0, 0), (18, 1, 8), (3000, 2, 0)]
@@ -140,3 +146,38 @@ async def test_a_search_process_that_keeps_dying_fails_the_task_for_its_supervis
 def test_pdq_rows_keep_the_banks_word_layout() -> None:
     h = random.Random(3).randbytes(32)
     assert pdq_rows([h.hex()]).tobytes() == h
+
+
+@pytest.mark.parametrize("turn", [Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.ROTATE_90])
+async def test_a_rotated_or_mirrored_upload_scanned_clean_is_found_when_the_original_joins_a_bank(
+        tmp_path: Path, turn: Image.Transpose) -> None:
+    original = photo(77, size=(400, 300))
+    shown = prepare(jpeg_bytes(original), "0" * 40, ThumbnailSection()).pdq
+    uploaded = prepare(jpeg_bytes(original.transpose(turn)), "1" * 40, ThumbnailSection())
+    assert shown is not None and uploaded.pdq is not None
+    assert hamming(shown.hex, uploaded.pdq.hex) > 31  # the image as shown alone would not match
+    stores = sqlite_stores(str(tmp_path / "s.sqlite3"))
+    await stores.open()
+    config = cfg()
+    search = SearchProcess(1.0)
+    m = RetroMatcher(config.banks, store=stores.retro, planners=[], metrics=Metrics(),
+                     index=StoredPdqs(search, quality_min=config.banks.pdq_quality_min))
+    try:
+        row = scanned_file(event(1), "1" * 40, uploaded)
+        assert row.pdq_variants is not None and len(row.pdq_variants) == 7 * 32
+        await stores.retro.put_file_hashes([row, stored(2)])
+        await m.load()
+        assert (len(m.pdqs), search.variants) == (2, 7)
+        m.on_delta(delta((shown.hex, "original")))
+        await m.step()
+        [d] = await stores.retro.list_retro_deltas()
+        [(file_id, entry, dist)] = d.hits
+        [f] = await stores.retro.files_by_id([file_id])
+        assert f.event.title == "File:F1.jpg" and entry == 0 and dist is not None and dist <= 31
+    finally:
+        m.close()
+        await stores.close()
+
+
+def hamming(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
