@@ -13,7 +13,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("file_hashes", sa.Column("pdq_variants", sa.LargeBinary()))
+    # adopting a pre-Alembic database creates the current schema's missing tables first (with the column)
+    if "pdq_variants" not in {c["name"] for c in sa.inspect(op.get_bind()).get_columns("file_hashes")}:
+        op.add_column("file_hashes", sa.Column("pdq_variants", sa.LargeBinary()))
 
 
 def downgrade() -> None:
