@@ -253,6 +253,28 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def variants_time(args: argparse.Namespace) -> dict[str, Any]:
+    """(3) A delta of ``--variant-delta`` PDQ hashes against the rotated / mirrored variants (7 each) of
+    ``--variant-files`` stored files, as the search holds them (packed rows beside the index), at one core."""
+    rng = np.random.default_rng(21)
+    files = args.variant_files
+    search = LocalSearch()
+    index = search._index  # the search's own structures, filled directly (the store is not what is timed)
+    index._add_variants(np.arange(files, dtype=np.int64), random_words(rng, files * 7))
+    delta = random_words(rng, args.variant_delta)
+    for k in range(PLANTED):  # planted within 0-31 of stored variants
+        delta[k] = flip(index.var_words[k * 7 + k % 7], int(rng.integers(0, 32)), rng)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c0, t0 = time.process_time(), time.perf_counter()
+    found = index.query(delta, 31)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return {"stored_files": files, "variant_hashes": files * 7, "variants_mb": round(files * (7 * 32 + 8) / 2**20),
+            "delta": args.variant_delta, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
+            "cpu_s_per_million_variants": round(cpu / (files * 7 / 1e6), 2),
+            "recall": f"{len({r for _, r, _ in found if r < PLANTED})}/{PLANTED}",
+            "peak_rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--stored", type=int, default=10_000_000)
@@ -264,6 +286,8 @@ def main() -> None:
     parser.add_argument("--live-stored", type=int, default=2_000_000)
     parser.add_argument("--cpu-share", type=float, default=None)
     parser.add_argument("--modes", default="idle,retro", help="interleaved in each round: idle, retro, loaded")
+    parser.add_argument("--variant-files", type=int, default=0, help="(3): stored files with variants; 0: skip")
+    parser.add_argument("--variant-delta", type=int, default=10_000)
     parser.add_argument("--skip-live", action="store_true")
     parser.add_argument("--skip-delta", action="store_true")
     args = parser.parse_args()
@@ -273,6 +297,8 @@ def main() -> None:
             (tmp / "none.csv").write_text("hash,category,source,id\n")
             cfg = pipeline_config(tmp, 1, tmp / "none.csv")
             print("delta:", asyncio.run(delta_time(args, cfg, tmp)), flush=True)
+        if args.variant_files:
+            print("variants:", variants_time(args), flush=True)
         if not args.skip_live:
             print("live:", live_slowdown(args, tmp), flush=True)
 

@@ -40,7 +40,7 @@ from service.metrics import Metrics
 from service.models import Match
 from service.negative_bank import NegativeBank
 from service.pipeline_steps import record_matches
-from service.retro_search import Batch, LocalSearch, PdqSearch, SearchDied
+from service.retro_search import VARIANTS, Batch, LocalSearch, PdqSearch, SearchDied
 from service.stages import Planner
 from service.store.base import (
     RETRO_ACTING,
@@ -62,7 +62,6 @@ _KIND_BY_LENGTH = {40: "sha1", 32: "md5", 64: "pdq"}
 _HEX = re.compile(r"[0-9a-f]+")
 _LOAD_BATCH = 100_000
 _ACT_PROGRESS_EVERY = 50  # files acted on between progress writes
-_VARIANTS_BYTES = 7 * 32  # file_hashes.pdq_variants: the seven rotated / mirrored variants of the image as shown
 VARIANT_BATCH = 5000  # new hashes per step at least, while variants are stored (each step reads them all once)
 _MAX_DEATHS = 3  # search process deaths in a row (without a finished batch) before the task fails
 
@@ -111,9 +110,8 @@ class StoredPdqs:
                 packed = pdq_rows([pdq for _, pdq, _ in kept])
             if kept:
                 ids = np.fromiter((i for i, _, _ in kept), dtype=np.int64, count=len(kept))
-                with_variants = [(i, v) for i, _, v in kept if v is not None and len(v) == _VARIANTS_BYTES]
-                var_ids = np.repeat(np.fromiter((i for i, _ in with_variants), dtype=np.int64,
-                                                count=len(with_variants)), _VARIANTS_BYTES // 32)
+                with_variants = [(i, v) for i, _, v in kept if v is not None and len(v) == VARIANTS * 32]
+                var_ids = np.fromiter((i for i, _ in with_variants), dtype=np.int64, count=len(with_variants))
                 var_words = np.frombuffer(b"".join(v for _, v in with_variants), dtype=np.uint64).reshape(-1, 4)
                 buffered = len(rows) == _LOAD_BATCH  # more may follow: one index update for all of them
                 await self.search.add(Batch(ids, packed, var_ids, var_words), last=not buffered)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Found = tuple[int, int, int]  # file id, query row, distance
 SLICE = 0.02  # CPU seconds of work between pauses
+VARIANTS = 7  # rotated / mirrored variants per stored file (the eight dihedral ones but the image as shown)
 
 
 class SearchDied(ServiceError):
@@ -63,7 +64,7 @@ class Batch:
 
     ids: np.ndarray
     words: np.ndarray
-    var_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    var_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # one per file: VARIANTS rows each
     var_words: np.ndarray = field(default_factory=lambda: np.empty((0, 4), np.uint64))
 
 
@@ -137,9 +138,9 @@ class _Index:
         self.index = PdqIndex()
         self.duty = duty
         self._pending: list[Batch] = []
-        self.var_ids = np.empty(0, np.int64)  # file id of each variant row (capacity-sized)
+        self.var_ids = np.empty(0, np.int64)  # file ids (capacity-sized); file k has rows VARIANTS*k ...
         self.var_words = np.empty((0, 4), np.uint64)
-        self.n_var = 0
+        self.n_files = 0  # files with variants
 
     def add(self, batch: Batch, last: bool) -> tuple[int, int]:
         self._pending.append(batch)
@@ -152,17 +153,23 @@ class _Index:
                                np.concatenate([p.var_words for p in pending]))
         return len(self.index), self.n_var
 
+    @property
+    def n_var(self) -> int:
+        return self.n_files * VARIANTS
+
     def _add_variants(self, ids: np.ndarray, words: np.ndarray) -> None:
-        need = self.n_var + ids.size
+        if words.shape[0] != ids.size * VARIANTS:
+            raise ValueError(f"{words.shape[0]} variant hashes for {ids.size} files")
+        need = self.n_files + ids.size
         if need > self.var_ids.size:  # grow by half at least: appends stay amortised O(1)
             cap = max(need, self.var_ids.size * 3 // 2, 1024)
             self.var_ids = np.resize(self.var_ids, cap)
-            grown = np.empty((cap, 4), np.uint64)
+            grown = np.empty((cap * VARIANTS, 4), np.uint64)
             grown[:self.n_var] = self.var_words[:self.n_var]
             self.var_words = grown
-        self.var_ids[self.n_var:need] = ids
-        self.var_words[self.n_var:need] = words
-        self.n_var = need
+        self.var_ids[self.n_files:need] = ids
+        self.var_words[self.n_var:need * VARIANTS] = words
+        self.n_files = need
 
     def query(self, rows: np.ndarray, threshold: int) -> list[Found]:
         best: dict[tuple[int, int], int] = {}
@@ -173,7 +180,8 @@ class _Index:
             self.duty.tick()
         if self.n_var:
             srow, qrow, qdist = pdq_join.join(self.var_words[:self.n_var], rows, threshold, self.duty.tick)
-            for file_id, row, d in zip(self.var_ids[srow].tolist(), qrow.tolist(), qdist.tolist(), strict=True):
+            files = self.var_ids[srow // VARIANTS]
+            for file_id, row, d in zip(files.tolist(), qrow.tolist(), qdist.tolist(), strict=True):
                 if d < best.get((file_id, row), d + 1):
                     best[file_id, row] = d
         return sorted((file_id, row, dist) for (file_id, row), dist in best.items())
