@@ -325,6 +325,9 @@ class SearchProcess:
         if proc.is_alive():
             proc.kill()
         proc.join(5)
+        # A call still waiting for this process's reply ends with it (EOF); the next calls get a fresh thread.
+        self._waiter.shutdown(wait=False)
+        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="retro-search")
         code: int | None = proc.exitcode
         return code
 
