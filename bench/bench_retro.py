@@ -1,7 +1,8 @@
 """Retroactive matching at scale: stored file hashes against a bank delta, and live scanning while it runs.
 
     python bench/bench_retro.py [--stored 10000000] [--delta 10000] [--pdq-sample 500]
-                                [--exact-rows 200000] [--live-events 1500] [--rounds 2]
+                                [--exact-rows 200000] [--live-events 1500] [--rounds 2] [--live-stored 2000000]
+                                [--cpu-share S] [--modes idle,loaded,retro] [--variant-files N] [--skip-...]
 
 (1) **Time to finish a delta.**  ``--stored`` synthetic file PDQ hashes (random 256-bit, held in numpy
 arrays inside the service's :class:`~service.retro.StoredPdqs` / ``PdqIndex``, exactly as the service holds
@@ -20,6 +21,10 @@ synthetic stored hashes (loaded into the service's search process before the tim
 users of this shared machine hits both alike.  Wall time and CPU time per upload (the service process and
 its decode pool; the search process apart), the search process's CPU time and share of a core, and how
 many of the delta's hashes were matched during the run are printed.
+
+(3) **Rotated and mirrored variants** (``--variant-files N``): N synthetic stored files with 7 variant hashes
+each, packed as the search process keeps them, against a delta of ``--variant-delta`` PDQ hashes (100 planted
+within 0-31 of stored variants) through the search's own query (``service.matchers.pdq_join``), at one core.
 """
 
 from __future__ import annotations
