@@ -158,7 +158,8 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     }
 
 
-async def live_run(cfg: Config, n: int, mode: str, stored: np.ndarray, exclude: set[int]) -> dict[str, float]:
+async def live_run(cfg: Config, n: int, mode: str, stored: np.ndarray, exclude: set[int],
+                   variants: np.ndarray | None = None) -> dict[str, float]:
     """One timed run of the whole service over ``n`` uploads.  ``mode`` ``retro``: a stored delta of 10,000 PDQ
     hashes is matched meanwhile against ``stored`` (synthetic file hashes) in the service's search process;
     ``loaded``: the search process is started and loaded the same way, but there is no delta (a control)."""
@@ -169,7 +170,11 @@ async def live_run(cfg: Config, n: int, mode: str, stored: np.ndarray, exclude: 
     search = service.retro.pdqs.search
     if mode in ("retro", "loaded"):  # loaded before the timed part (at cpu_share, so this takes a while)
         assert isinstance(search, SearchProcess)
-        await search.add(Batch(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + stored.shape[0], dtype=np.int64), stored))
+        ids = np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + stored.shape[0], dtype=np.int64)
+        if variants is None:
+            await search.add(Batch(ids, stored))
+        else:  # every stored file has its 7 rotated / mirrored variants too
+            await search.add(Batch(ids, stored, ids, variants))
         service.retro.loaded = True
     if retro:
         side = sqlite_stores(cfg.store.path)
@@ -220,6 +225,7 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("standin_wiki.py")),
                                "--port", str(port), "--thumbs", str(thumbs)])
     stored = random_words(np.random.default_rng(3), args.live_stored)
+    variants = random_words(np.random.default_rng(4), args.live_stored * 7) if args.live_variants else None
     modes = args.modes.split(",")
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     try:
@@ -236,7 +242,7 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 if args.cpu_share is not None:
                     retro = dataclasses.replace(cfg.banks.retro, cpu_share=args.cpu_share)
                     cfg = dataclasses.replace(cfg, banks=dataclasses.replace(cfg.banks, retro=retro))
-                res = asyncio.run(live_run(cfg, args.live_events, mode, stored, {server.pid}))
+                res = asyncio.run(live_run(cfg, args.live_events, mode, stored, {server.pid}, variants))
                 results[mode].append(res)
                 print(f"  round {r + 1} {mode:5}: {res}", flush=True)
     finally:
@@ -290,6 +296,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--live-stored", type=int, default=2_000_000)
     parser.add_argument("--cpu-share", type=float, default=None)
+    parser.add_argument("--live-variants", action="store_true", help="(2): stored files have 7 variants each")
     parser.add_argument("--modes", default="idle,retro", help="interleaved in each round: idle, retro, loaded")
     parser.add_argument("--variant-files", type=int, default=0, help="(3): stored files with variants; 0: skip")
     parser.add_argument("--variant-delta", type=int, default=10_000)
