@@ -185,7 +185,7 @@ class RetroSection:
     batch: PosInt = 200
     # share of one core the PDQ search may take, by its own CPU time (it runs in a process of its own and pauses
     # between slices of work), so live scanning keeps its pace; it does not wait when it got less.
-    cpu_share: Annotated[float, Field(gt=0, le=1)] = 0.15
+    cpu_share: Annotated[float, Field(gt=0, le=1)] = 0.1
     # seconds between writes of scanned files' hashes (written in batches, off the scanning path).
     flush_interval: PosFloat = 1.0
     # seconds between looks for newly stored file PDQ hashes (for the index) and released deltas.
