@@ -1,7 +1,8 @@
 """Retroactive matching at scale: stored file hashes against a bank delta, and live scanning while it runs.
 
     python bench/bench_retro.py [--stored 10000000] [--delta 10000] [--pdq-sample 500]
-                                [--exact-rows 200000] [--live-events 1500] [--rounds 2]
+                                [--exact-rows 200000] [--live-events 1500] [--rounds 2] [--live-stored 2000000]
+                                [--cpu-share S] [--modes idle,loaded,retro] [--variant-files N] [--skip-...]
 
 (1) **Time to finish a delta.**  ``--stored`` synthetic file PDQ hashes (random 256-bit, held in numpy
 arrays inside the service's :class:`~service.retro.StoredPdqs` / ``PdqIndex``, exactly as the service holds
@@ -14,9 +15,16 @@ are timed and the whole delta's time is projected from them (linear); the exact 
 
 (2) **Live scanning slowdown.**  The whole service (``bench_pipeline.py``'s stand-in wiki, backlog source,
 decode + PDQ + match + SQLite) scans ``--live-events`` uploads with the retroactive task idle, then again
-while it works through a delta of 10,000 PDQ hashes (stored before the run) against 2,000,000 stored
-hashes at the default ``banks.retro.cpu_share``; rounds alternate so the load of other users of this
-shared machine hits both alike.  Wall time and CPU time (process + decode pool) per upload are printed.
+while it works through a delta of 10,000 PDQ hashes (stored before the run) against ``--live-stored``
+synthetic stored hashes (loaded into the service's search process before the timed part) at
+``--cpu-share`` (default: the config's ``banks.retro.cpu_share``); rounds alternate so the load of other
+users of this shared machine hits both alike.  Wall time and CPU time per upload (the service process and
+its decode pool; the search process apart), the search process's CPU time and share of a core, and how
+many of the delta's hashes were matched during the run are printed.
+
+(3) **Rotated and mirrored variants** (``--variant-files N``): N synthetic stored files with 7 variant hashes
+each, packed as the search process keeps them, against a delta of ``--variant-delta`` PDQ hashes (100 planted
+within 0-31 of stored variants) through the search's own query (``service.matchers.pdq_join``), at one core.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import contextlib
 import dataclasses
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,11 +54,11 @@ from bench_pipeline import make_config as pipeline_config
 
 from service.app import Service
 from service.config import Config, ThumbnailSection
-from service.matchers.pdq_index import PdqIndex
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.models import UploadEvent
 from service.retro import RetroMatcher, StoredPdqs
+from service.retro_search import Batch, LocalSearch, SearchProcess
 from service.store import sqlite_stores
 from service.store.base import FileHashes
 from tests.infra.images import jpeg_bytes, photo
@@ -75,9 +84,9 @@ def flip(row: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
 
 def stored_index(n: int, rng: np.random.Generator) -> tuple[StoredPdqs, np.ndarray]:
     words = random_words(rng, n)
-    pdqs = StoredPdqs(PdqIndex())
-    pdqs.index.add(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + n, dtype=np.int64), words)
-    return pdqs, words
+    search = LocalSearch()
+    search.index.add(np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + n, dtype=np.int64), words)
+    return StoredPdqs(search), words
 
 
 def upload(i: int) -> UploadEvent:
@@ -103,6 +112,8 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     rng = np.random.default_rng(12)
     t0, c0 = time.perf_counter(), time.process_time()
     pdqs, words = stored_index(args.stored, rng)
+    local = pdqs.search
+    assert isinstance(local, LocalSearch)
     build = (time.perf_counter() - t0, time.process_time() - c0)
     path = str(tmp / "retro.sqlite3")
     t0 = time.perf_counter()
@@ -122,18 +133,19 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     try:
         entries = [(h, "test", "bench", "") for h in exact]
         t0, c0 = time.perf_counter(), time.process_time()
-        hits_exact, _ = await matcher.match_entries(entries, 0, 31)
+        hits_exact = await matcher.match_entries(entries, 0, 31)
         exact_t = (time.perf_counter() - t0, time.process_time() - c0)
         sample = pdq_rows[:max(args.pdq_sample, PLANTED)]
         t0, c0 = time.perf_counter(), time.process_time()
-        hits_pdq, _thread_cpu = await matcher.match_entries([(h, "test", "bench", "") for h in sample], 0, 31)
+        hits_pdq = await matcher.match_entries([(h, "test", "bench", "") for h in sample], 0, 31)
         pdq_t = (time.perf_counter() - t0, time.process_time() - c0)
     finally:
         await stores.close()
     per_hash_wall, per_hash_cpu = pdq_t[0] / len(sample), pdq_t[1] / len(sample)
     return {
         "stored_pdq_hashes": args.stored, "stored_rows_sqlite": args.exact_rows,
-        "index_build_s": round(build[0], 1), "index_bytes_per_hash": pdqs.index.nbytes() / args.stored,
+        "index_build_s": round(build[0], 1),
+        "index_bytes_per_hash": round(local.index.nbytes() / args.stored, 1),
         "sqlite_fill_s": round(fill, 1),
         "exact_hashes": n_exact, "exact_wall_s": round(exact_t[0], 2), "exact_cpu_s": round(exact_t[1], 2),
         "exact_recall": f"{len(hits_exact)}/{PLANTED}",
@@ -146,27 +158,45 @@ async def delta_time(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[s
     }
 
 
-async def live_run(cfg: Config, n: int, retro: bool, stored: tuple[StoredPdqs, np.ndarray] | None) -> dict[str, float]:
+async def live_run(cfg: Config, n: int, mode: str, stored: np.ndarray, exclude: set[int],
+                   variants: np.ndarray | None = None) -> dict[str, float]:
+    """One timed run of the whole service over ``n`` uploads.  ``mode`` ``retro``: a stored delta of 10,000 PDQ
+    hashes is matched meanwhile against ``stored`` (synthetic file hashes) in the service's search process;
+    ``loaded``: the search process is started and loaded the same way, but there is no delta (a control)."""
     busy: dict[str, float] = {}
-    if retro:  # a delta of 10,000 PDQ hashes, stored before the run: the timed part is "while it runs"
-        rng = np.random.default_rng(5)
+    retro = mode == "retro"
+    service = Service(cfg, source=BacklogSource(n))
+    assert service.retro is not None
+    search = service.retro.pdqs.search
+    if mode in ("retro", "loaded"):  # loaded before the timed part (at cpu_share, so this takes a while)
+        assert isinstance(search, SearchProcess)
+        ids = np.arange(SYNTHETIC_ID0, SYNTHETIC_ID0 + stored.shape[0], dtype=np.int64)
+        if variants is None:
+            await search.add(Batch(ids, stored))
+        else:  # every stored file has its 7 rotated / mirrored variants too
+            await search.add(Batch(ids, stored, ids, variants))
+        service.retro.loaded = True
+    if retro:
         side = sqlite_stores(cfg.store.path)
         await side.open()
+        rng = np.random.default_rng(5)
         await side.retro.add_retro_delta("bench", time.time(), [(hex_of(r), "test", "bench", f"d{k}")
                                                                 for k, r in enumerate(random_words(rng, 10_000))])
         await side.close()
-    service = Service(cfg, source=BacklogSource(n))
-    assert service.retro is not None
-    if retro and stored is not None:
-        service.retro.pdqs = stored[0]
         service.retro.loaded = True
     pid = os.getpid()
+    base = {c: proc_cpu(c) for c in descendants(pid)}  # processes already running (and their CPU so far)
     pool_cpu: dict[int, float] = {}
+    search_pid = getattr(search, "pid", None)
 
     async def watch() -> None:
         while True:
             for c in descendants(pid):
-                pool_cpu[c] = max(pool_cpu.get(c, 0.0), proc_cpu(c))
+                if c not in exclude and c != search_pid:
+                    pool_cpu[c] = max(pool_cpu.get(c, 0.0), proc_cpu(c) - base.get(c, 0.0))
+            if search_pid is not None:
+                used = proc_cpu(search_pid) - base.get(search_pid, 0.0)
+                busy["search_cpu_s"] = max(busy.get("search_cpu_s", 0.0), used)
             await asyncio.sleep(0.5)
 
     watcher = asyncio.create_task(watch())
@@ -178,6 +208,7 @@ async def live_run(cfg: Config, n: int, retro: bool, stored: tuple[StoredPdqs, n
     if retro:
         busy["retro_hashes_matched"] = service.metrics.registry.get_sample_value(
             "mediamoderation_retro_hashes_matched_total", {"bank": "bench"}) or 0
+        busy["search_share_of_core"] = round(busy.get("search_cpu_s", 0.0) / wall, 3)
     return {"uploads_per_s": n / wall, "wall_s": wall, "cpu_ms_per_upload": cpu * 1000 / n, **busy}
 
 
@@ -193,8 +224,10 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     port = free_port()
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("standin_wiki.py")),
                                "--port", str(port), "--thumbs", str(thumbs)])
-    stored = stored_index(2_000_000, np.random.default_rng(3))
-    results: dict[str, list[dict[str, float]]] = {"idle": [], "retro": []}
+    stored = random_words(np.random.default_rng(3), args.live_stored)
+    variants = random_words(np.random.default_rng(4), args.live_stored * 7) if args.live_variants else None
+    modes = args.modes.split(",")
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     try:
         for _ in range(100):
             with contextlib.suppress(requests.RequestException):
@@ -202,23 +235,55 @@ def live_slowdown(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 break
             time.sleep(0.1)
         for r in range(args.rounds):
-            for mode in ("idle", "retro"):
+            for mode in modes:
                 cfg = pipeline_config(tmp, port, bank)
                 store = tmp / f"live-{r}-{mode}.sqlite3"
                 cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(store)))
-                res = asyncio.run(live_run(cfg, args.live_events, mode == "retro", stored))
+                if args.cpu_share is not None:
+                    retro = dataclasses.replace(cfg.banks.retro, cpu_share=args.cpu_share)
+                    cfg = dataclasses.replace(cfg, banks=dataclasses.replace(cfg.banks, retro=retro))
+                res = asyncio.run(live_run(cfg, args.live_events, mode, stored, {server.pid}, variants))
                 results[mode].append(res)
                 print(f"  round {r + 1} {mode:5}: {res}", flush=True)
     finally:
         server.terminate()
         server.wait()
-    idle = sum(x["uploads_per_s"] for x in results["idle"]) / len(results["idle"])
-    busy = sum(x["uploads_per_s"] for x in results["retro"]) / len(results["retro"])
-    idle_cpu = sum(x["cpu_ms_per_upload"] for x in results["idle"]) / len(results["idle"])
-    busy_cpu = sum(x["cpu_ms_per_upload"] for x in results["retro"]) / len(results["retro"])
-    return {"uploads_per_s_idle": round(idle, 1), "uploads_per_s_with_retro": round(busy, 1),
-            "slowdown_pct": round((1 - busy / idle) * 100, 1),
-            "cpu_ms_per_upload_idle": round(idle_cpu, 2), "cpu_ms_per_upload_with_retro": round(busy_cpu, 2)}
+    out: dict[str, Any] = {}
+    for mode, runs in results.items():
+        out[mode] = {"uploads_per_s_median": round(statistics.median(x["uploads_per_s"] for x in runs), 1),
+                     "uploads_per_s_mean": round(statistics.mean(x["uploads_per_s"] for x in runs), 1),
+                     "cpu_ms_per_upload_median": round(statistics.median(x["cpu_ms_per_upload"] for x in runs), 2)}
+        if mode == "retro":
+            out[mode]["delta_hashes_matched_per_run"] = [x.get("retro_hashes_matched", 0) for x in runs]
+            out[mode]["search_share_of_core_per_run"] = [x.get("search_share_of_core", 0) for x in runs]
+    if "idle" in out:
+        for mode in out:
+            if mode != "idle":
+                out[mode]["slowdown_pct_median"] = round(
+                    (1 - out[mode]["uploads_per_s_median"] / out["idle"]["uploads_per_s_median"]) * 100, 1)
+    return out
+
+
+def variants_time(args: argparse.Namespace) -> dict[str, Any]:
+    """(3) A delta of ``--variant-delta`` PDQ hashes against the rotated / mirrored variants (7 each) of
+    ``--variant-files`` stored files, as the search holds them (packed rows beside the index), at one core."""
+    rng = np.random.default_rng(21)
+    files = args.variant_files
+    search = LocalSearch()
+    index = search._index  # the search's own structures, filled directly (the store is not what is timed)
+    index._add_variants(np.arange(files, dtype=np.int64), random_words(rng, files * 7))
+    delta = random_words(rng, args.variant_delta)
+    for k in range(PLANTED):  # planted within 0-31 of stored variants
+        delta[k] = flip(index.var_words[k * 7 + k % 7], int(rng.integers(0, 32)), rng)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c0, t0 = time.process_time(), time.perf_counter()
+    found = index.query(delta, 31)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return {"stored_files": files, "variant_hashes": files * 7, "variants_mb": round(files * (7 * 32 + 8) / 2**20),
+            "delta": args.variant_delta, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
+            "cpu_s_per_million_variants": round(cpu / (files * 7 / 1e6), 2),
+            "recall": f"{len({r for _, r, _ in found if r < PLANTED})}/{PLANTED}",
+            "peak_rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)}
 
 
 def main() -> None:
@@ -229,6 +294,12 @@ def main() -> None:
     parser.add_argument("--exact-rows", type=int, default=200_000)
     parser.add_argument("--live-events", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--live-stored", type=int, default=2_000_000)
+    parser.add_argument("--cpu-share", type=float, default=None)
+    parser.add_argument("--live-variants", action="store_true", help="(2): stored files have 7 variants each")
+    parser.add_argument("--modes", default="idle,retro", help="interleaved in each round: idle, retro, loaded")
+    parser.add_argument("--variant-files", type=int, default=0, help="(3): stored files with variants; 0: skip")
+    parser.add_argument("--variant-delta", type=int, default=10_000)
     parser.add_argument("--skip-live", action="store_true")
     parser.add_argument("--skip-delta", action="store_true")
     args = parser.parse_args()
@@ -238,6 +309,8 @@ def main() -> None:
             (tmp / "none.csv").write_text("hash,category,source,id\n")
             cfg = pipeline_config(tmp, 1, tmp / "none.csv")
             print("delta:", asyncio.run(delta_time(args, cfg, tmp)), flush=True)
+        if args.variant_files:
+            print("variants:", variants_time(args), flush=True)
         if not args.skip_live:
             print("live:", live_slowdown(args, tmp), flush=True)
 

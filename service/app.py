@@ -36,7 +36,8 @@ from service.negative_bank import NegativeBank
 from service.net import Proxies
 from service.pipeline import Matcher, Pipeline, Planner
 from service.rescan import Rescanner
-from service.retro import RetroMatcher
+from service.retro import RetroMatcher, StoredPdqs
+from service.retro_search import LocalSearch, PdqSearch, SearchProcess
 from service.runtime.backlog import ReviewBacklog
 from service.runtime.http import HttpServer, source_details, source_ready, store_ready
 from service.runtime.supervisor import RESTART, RestartPolicy, Supervisor, TaskFailed
@@ -126,9 +127,14 @@ class Service:
                             if retro_cfg.enabled else None)
         self.retro: RetroMatcher | None = None
         if retro_cfg.enabled and retro_matching:
+            # The PDQ search in a process of its own (no GIL shared with the event loop), like the decode pool;
+            # in a thread when the service runs its CPU work in threads (pipeline.cpu_pool: thread).
+            search: PdqSearch = (SearchProcess(retro_cfg.cpu_share) if cfg.pipeline.cpu_pool == "process"
+                                 else LocalSearch(retro_cfg.cpu_share))
             self.retro = RetroMatcher(cfg.banks, store=self.stores.retro, planners=self.planners, metrics=self.metrics,
                                       notify=notify, on_actions=lambda items: self._kick_actions(),
-                                      allowlist=self.negative_bank)
+                                      allowlist=self.negative_bank,
+                                      index=StoredPdqs(search, quality_min=cfg.banks.pdq_quality_min))
             self.banks.subscribe(self.retro.on_delta)
         self.pipeline: Pipeline | None = None
         self.stop_event = asyncio.Event()

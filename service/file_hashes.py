@@ -1,7 +1,8 @@
 """The hashes of every scanned file, kept for retroactive matching: built when a scan ends, written in batches.
 
 :func:`scanned_file` turns what a scan produced (SHA-1, the original's MD5 when it was fetched, the PDQ hash
-of the image as shown with its quality) into a :class:`~service.store.base.FileHashes` row; never media.
+of the image as shown with its quality, and its seven rotated and mirrored variants' PDQ hashes) into a
+:class:`~service.store.base.FileHashes` row; never media.
 :class:`FileHashWriter` collects rows from the pipeline and the rescanner without waiting (``add`` only
 appends) and writes them in one transaction per batch from its own task, so live scanning never waits on
 these writes.  A crash loses at most the rows of the last ``flush_interval`` (those files are matched
@@ -22,21 +23,25 @@ from service.store.base import FileHashes, FileHashStore, ScanRecord
 
 log = logging.getLogger(__name__)
 
+VARIANTS = 8  # dihedral PDQ hashes of an image: the first is the image as shown; the other seven are kept
 MAX_BUFFERED = 100_000  # while the store is down; beyond this the oldest rows are dropped (counted)
 
 
 def scanned_file(event: UploadEvent, sha1: str, media: PreparedMedia | None, cached: ScanRecord | None = None,
                  *, now: float | None = None) -> FileHashes:
     """The row to keep for one scanned upload: hashes from the decoded media, else from the scan cache."""
+    variants = None
     if media is not None:
         pdq = media.pdq.hex if media.pdq is not None else None
         quality = media.pdq.quality if media.pdq is not None else None
         md5 = media.md5
-    elif cached is not None:
+        if media.pdq is not None and len(media.pdq.hashes) == VARIANTS:
+            variants = b"".join(media.pdq.hashes[1:])
+    elif cached is not None:  # the scan cache keeps the image as shown only
         pdq, quality, md5 = cached.pdq, cached.pdq_quality, cached.md5
     else:
         pdq = quality = md5 = None
-    return FileHashes(event=event, sha1=sha1, md5=md5, pdq=pdq, pdq_quality=quality,
+    return FileHashes(event=event, sha1=sha1, md5=md5, pdq=pdq, pdq_quality=quality, pdq_variants=variants,
                       scanned_at=time.time() if now is None else now)
 
 

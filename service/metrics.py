@@ -336,3 +336,7 @@ class Metrics:
             f"{p}_retro_lag_seconds", "Age of the oldest bank delta not yet fully matched and acted on (0: none)",
             registry=r,
         )
+        self.retro_search_restarts = Counter(
+            f"{p}_retro_search_restarts", "Times the retroactive search process died and was started again",
+            registry=r,
+        )

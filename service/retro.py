@@ -4,10 +4,11 @@ Each :class:`~service.matchers.banks.BankDelta` with added hashes becomes a stor
 :class:`~service.store.base.RetroDelta` and goes through two steps, its progress stored after each batch
 so that a restart resumes it instead of repeating it:
 
-1. **matching** (``banks.retro.batch`` hashes at a time, within ``banks.retro.cpu_share`` of one core):
-   SHA-1 and MD5 by indexed lookups in the store, PDQ through a :class:`~service.matchers.pdq_index.PdqIndex`
-   of the stored files' PDQ hashes (loaded at start, kept up to date as files are scanned), at the bank's
-   ``pdq_threshold``;
+1. **matching** (``banks.retro.batch`` hashes at a time): SHA-1 and MD5 by indexed lookups in the store, PDQ
+   through a :class:`~service.retro_search.PdqSearch` of the stored files' PDQ hashes (loaded at start, kept up
+   to date as files are scanned), at the bank's ``pdq_threshold``.  In the service the search runs in a process
+   of its own within ``banks.retro.cpu_share`` of one core (:class:`~service.retro_search.SearchProcess`);
+   when that process dies, a new one is started and loaded, and the batch is repeated;
 2. **acting**: each hit file's matches go through the normal act stage
    (:func:`service.pipeline_steps.record_matches` with the service's planners: record, notification,
    takedown policy, review), marked ``found by retroactive match: <bank>, added <time>`` in
@@ -23,15 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
-import os
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,11 +36,11 @@ import numpy as np
 
 from service.config import BanksSection, NotifySection
 from service.matchers.banks import BankDelta, BankEntry
-from service.matchers.pdq_index import PdqIndex
 from service.metrics import Metrics
 from service.models import Match
 from service.negative_bank import NegativeBank
 from service.pipeline_steps import record_matches
+from service.retro_search import VARIANTS, Batch, LocalSearch, PdqSearch, SearchDied
 from service.stages import Planner
 from service.store.base import (
     RETRO_ACTING,
@@ -65,7 +62,8 @@ _KIND_BY_LENGTH = {40: "sha1", 32: "md5", 64: "pdq"}
 _HEX = re.compile(r"[0-9a-f]+")
 _LOAD_BATCH = 100_000
 _ACT_PROGRESS_EVERY = 50  # files acted on between progress writes
-_SLICE = 0.02  # seconds of PDQ search between pauses (see banks.retro.cpu_share)
+VARIANT_BATCH = 5000  # new hashes per step at least, while variants are stored (each step reads them all once)
+_MAX_DEATHS = 3  # search process deaths in a row (without a finished batch) before the task fails
 
 
 def marker(bank: str, added_at: float) -> str:
@@ -80,38 +78,48 @@ def pdq_rows(hexes: Sequence[str]) -> np.ndarray:
 
 
 class StoredPdqs:
-    """The PdqIndex of stored file PDQ hashes (quality at least ``quality_min``), keyed by file id."""
+    """The stored file PDQ hashes (quality at least ``quality_min``) in a :class:`PdqSearch`, keyed by file id."""
 
-    def __init__(self, index: PdqIndex | None = None, *, quality_min: int = 0) -> None:
-        self.index = index if index is not None else PdqIndex()
+    def __init__(self, search: PdqSearch | None = None, *, quality_min: int = 0) -> None:
+        self.search: PdqSearch = search if search is not None else LocalSearch()
         self.quality_min = quality_min
         self.last_id = 0
+        self._generation = self.search.generation
+
+    def __len__(self) -> int:
+        return self.search.size
 
     async def refresh(self, store: RetroStore) -> int:
-        """Add files stored since the last call; returns how many were added.  Each batch read becomes
-        packed arrays at once (no per-hash Python objects kept), and the index takes them in one call."""
-        ids: list[np.ndarray] = []
-        words: list[np.ndarray] = []
+        """Add files stored since the last call (all of them when the search lost its index); returns how many
+        were added.  Each batch read becomes packed arrays at once (no per-hash Python objects kept) and goes
+        to the search as it is read; the search takes them all in one index update."""
+        if self.search.generation != self._generation:  # a new search process: it starts empty
+            self.last_id, self._generation = 0, self.search.generation
+        added = 0
+        buffered = False  # batches sent with last=False, not yet in the index
         while True:
             rows = await store.file_pdqs(self.last_id, _LOAD_BATCH)
             if not rows:
                 break
-            self.last_id = rows[-1][0]
-            kept = [(i, pdq) for i, pdq, quality in rows if quality >= self.quality_min and len(pdq) == 64]
+            last_id = rows[-1][0]
+            kept = [(i, pdq, v) for i, pdq, quality, v in rows if quality >= self.quality_min and len(pdq) == 64]
             try:
-                packed = pdq_rows([pdq for _, pdq in kept])
+                packed = pdq_rows([pdq for _, pdq, _ in kept])
             except ValueError:  # a row that is not hex (never written by the service): skip just those
-                kept = [(i, pdq) for i, pdq in kept if _HEX.fullmatch(pdq)]
-                packed = pdq_rows([pdq for _, pdq in kept])
+                kept = [(i, pdq, v) for i, pdq, v in kept if _HEX.fullmatch(pdq)]
+                packed = pdq_rows([pdq for _, pdq, _ in kept])
             if kept:
-                ids.append(np.fromiter((i for i, _ in kept), dtype=np.int64, count=len(kept)))
-                words.append(packed)
-        if not ids:
-            return 0
-        all_ids = np.concatenate(ids)
-        # In a worker thread: adding copies the reference index's arrays.
-        await asyncio.to_thread(self.index.add, all_ids, np.concatenate(words))
-        return int(all_ids.size)
+                ids = np.fromiter((i for i, _, _ in kept), dtype=np.int64, count=len(kept))
+                with_variants = [(i, v) for i, _, v in kept if v is not None and len(v) == VARIANTS * 32]
+                var_ids = np.fromiter((i for i, _ in with_variants), dtype=np.int64, count=len(with_variants))
+                var_words = np.frombuffer(b"".join(v for _, v in with_variants), dtype=np.uint64).reshape(-1, 4)
+                buffered = len(rows) == _LOAD_BATCH  # more may follow: one index update for all of them
+                await self.search.add(Batch(ids, packed, var_ids, var_words), last=not buffered)
+                added += len(kept)
+            self.last_id = last_id
+        if buffered:
+            await self.search.add(Batch(np.empty(0, np.int64), np.empty((0, 4), np.uint64)))
+        return added
 
 
 class RetroMatcher:
@@ -137,7 +145,8 @@ class RetroMatcher:
         self.notify = notify
         self.on_actions = on_actions
         self.allowlist = allowlist
-        self.pdqs = index if index is not None else StoredPdqs(quality_min=cfg.pdq_quality_min)
+        self.pdqs = index if index is not None else StoredPdqs(LocalSearch(cfg.retro.cpu_share),
+                                                               quality_min=cfg.pdq_quality_min)
         self.clock = clock
         self.cpu_share = cfg.retro.cpu_share
         self.max_hits = cfg.flood_guard.max_hits
@@ -145,7 +154,6 @@ class RetroMatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self.loaded = False
-        self._search: ThreadPoolExecutor | None = None  # see match_entries
 
     # ------------------------------------------------------------------ intake
 
@@ -175,7 +183,7 @@ class RetroMatcher:
     async def load(self) -> None:
         t0 = time.monotonic()
         n = await self.pdqs.refresh(self.store)
-        self.metrics.file_hashes_indexed.set(len(self.pdqs.index))
+        self.metrics.file_hashes_indexed.set(len(self.pdqs))
         self.loaded = True
         log.info("stored file PDQ hashes indexed for retroactive matching",
                  extra={"files": n, "seconds": round(time.monotonic() - t0, 2)})
@@ -189,10 +197,8 @@ class RetroMatcher:
             self.close()
 
     def close(self) -> None:
-        """End the search thread (a later search starts a new one)."""
-        search, self._search = self._search, None
-        if search is not None:
-            search.shutdown(wait=False, cancel_futures=True)
+        """End the search (its process, if it has one; a later search starts a new one)."""
+        self.pdqs.search.close()
 
     async def _run(self, stop: asyncio.Event) -> None:
         if not self.loaded:
@@ -216,8 +222,7 @@ class RetroMatcher:
             if stop is not None and stop.is_set():
                 break
             if status.state == RETRO_MATCHING:
-                await self.pdqs.refresh(self.store)
-                self.metrics.file_hashes_indexed.set(len(self.pdqs.index))
+                await self._refresh()
             delta = await self.store.get_retro_delta(status.id)
             if delta is not None and delta.state in (RETRO_MATCHING, RETRO_ACTING):
                 await self.process(delta, stop)
@@ -249,13 +254,25 @@ class RetroMatcher:
         threshold = self.threshold(delta.bank)
         hits = list(delta.hits)
         done = delta.progress
-        batch = self.cfg.retro.batch
+        # Each step streams every stored variant hash past the step's new hashes: larger steps then.
+        batch = max(self.cfg.retro.batch, VARIANT_BATCH) if self.pdqs.search.variants else self.cfg.retro.batch
+        deaths = 0  # of the search process in a row
         while done < len(delta.entries):
             if stop is not None and stop.is_set():
                 return delta
-            t0 = time.monotonic()
             chunk = delta.entries[done:done + batch]
-            found, paused = await self.match_entries(chunk, done, threshold)
+            try:
+                found = await self.match_entries(chunk, done, threshold)
+            except SearchDied as exc:
+                deaths += 1
+                self.metrics.retro_search_restarts.inc()
+                log.error("retroactive search process died; starting a new one and loading the stored hashes again",
+                          extra={"error": str(exc), "delta": delta.id, "in_a_row": deaths})
+                if deaths >= _MAX_DEATHS:
+                    raise
+                await self._refresh()  # the new process starts empty
+                continue
+            deaths = 0
             hits += found
             done += len(chunk)
             await self.store.update_retro_delta(delta.id, state=RETRO_MATCHING, progress=done, hits=hits)
@@ -264,23 +281,15 @@ class RetroMatcher:
             self.metrics.retro_queue.dec(len(chunk))
             if on_progress is not None:
                 on_progress(delta)
-            await self._pause(time.monotonic() - t0 - paused)
         files = {h[0] for h in hits}
         if self.max_hits and len(files) > self.max_hits:
             return await self._quarantine(delta, files)
         await self.store.update_retro_delta(delta.id, state=RETRO_ACTING, progress=0)
         return _replace(delta, state=RETRO_ACTING, progress=0)
 
-    async def _pause(self, busy: float) -> None:
-        """Stay within ``cpu_share`` of one core: after ``busy`` seconds of work, wait in proportion."""
-        if self.cpu_share >= 1:
-            await asyncio.sleep(0)
-            return
-        await asyncio.sleep(max(busy, 0.0) * (1 - self.cpu_share) / self.cpu_share)
-
-    async def match_entries(self, entries: Sequence[Entry], first: int, threshold: int) -> tuple[list[Hit], float]:
-        """Hits of ``entries`` (numbered from ``first``) among the stored files; and the seconds the PDQ search
-        spent pausing (it keeps to ``cpu_share`` within the batch too, in slices of ``_SLICE`` seconds)."""
+    async def match_entries(self, entries: Sequence[Entry], first: int, threshold: int) -> list[Hit]:
+        """Hits of ``entries`` (numbered from ``first``) among the stored files.  The PDQ search keeps to
+        ``banks.retro.cpu_share`` of a core by itself (service.retro_search); raises ``SearchDied``."""
         by_kind: dict[str, dict[str, list[int]]] = {"sha1": {}, "md5": {}}
         pdq_idx: list[int] = []
         pdq_hex: list[str] = []
@@ -297,15 +306,14 @@ class RetroMatcher:
                 for f in await self.store.files_by_hash(kind, list(wanted)):
                     have = f.sha1 if kind == "sha1" else f.md5
                     hits += [(f.id, n, None) for n in wanted.get(have or "", ())]
-        paused = 0.0
-        if pdq_hex and len(self.pdqs.index):
-            if self._search is None:  # one thread of its own; beside live scanning at the lowest CPU priority
-                self._search = ThreadPoolExecutor(1, thread_name_prefix="retro-search",
-                                                  initializer=_lowest_priority if self.cpu_share < 1 else None)
-            found, paused = await asyncio.get_running_loop().run_in_executor(
-                self._search, _pdq_search, self.pdqs.index, pdq_rows(pdq_hex), threshold, self.cpu_share)
+        if pdq_hex and len(self.pdqs):
+            found = await self.pdqs.search.query(pdq_rows(pdq_hex), threshold)
             hits += [(file_id, pdq_idx[row], dist) for file_id, row, dist in found]
-        return hits, paused
+        return hits
+
+    async def _refresh(self) -> None:
+        await self.pdqs.refresh(self.store)
+        self.metrics.file_hashes_indexed.set(len(self.pdqs))
 
     def threshold(self, bank: str) -> int:
         return next((b.pdq_threshold for b in self.cfg.list if b.name == bank), 31)
@@ -404,33 +412,6 @@ class RetroMatcher:
 
 def entries_of(added: Sequence[BankEntry]) -> list[Entry]:
     return [(e.hash, e.category, e.source, e.id) for e in added]
-
-
-def _pdq_search(index: PdqIndex, rows: np.ndarray, threshold: int,
-                cpu_share: float = 1.0) -> tuple[list[tuple[int, int, int]], float]:
-    """(file id, row, distance) for every row's hits, one query per row; and the seconds spent pausing.
-
-    Runs in a worker thread.  After each ``_SLICE`` seconds of work it sleeps (the GIL released) so the
-    search takes at most ``cpu_share`` of a core even inside one batch."""
-    out = []
-    paused = 0.0
-    start = time.monotonic()
-    for row in range(rows.shape[0]):
-        for file_id, dist, _ in index.query(rows[row:row + 1], threshold):
-            out.append((file_id, row, dist))
-        busy = time.monotonic() - start
-        if cpu_share < 1 and busy >= _SLICE:
-            pause = busy * (1 - cpu_share) / cpu_share
-            time.sleep(pause)
-            paused += pause
-            start = time.monotonic()
-    return out, paused
-
-
-def _lowest_priority() -> None:
-    """Nice 19 for the calling thread only (Linux: a thread id is a process id for setpriority)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _replace(delta: RetroDelta, **changes: Any) -> RetroDelta:

@@ -83,7 +83,7 @@ async def test_new_hashes_match_stored_files_once_with_the_retroactive_marker() 
     metrics = Metrics()
     m = matcher(store, cfg(), metrics)
     await m.load()
-    assert len(m.pdqs.index) == 3  # quality below banks.pdq_quality_min is not matched (as in live scanning)
+    assert len(m.pdqs) == 3  # quality below banks.pdq_quality_min is not matched (as in live scanning)
     m.on_delta(delta((f"{2:040x}", "sha1-hit"), ("a" * 32, "md5-hit"), (near(pdq(3), 20), "pdq-hit"),
                      (near(pdq(1), 40), "too-far"), (pdq(4), "low-quality"), ("b" * 40, "nothing"),
                      ("z" * 64, "not-hex")))  # bad data from a list is skipped, the rest goes on

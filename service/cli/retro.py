@@ -188,7 +188,7 @@ async def retro_run(cfg: Config, bank: str, output: LogOutput | None = None) -> 
         recorded = metric_sum(metrics.registry, "mediamoderation_retro_matches_total", bank=bank)
         reporter.summary(
             f"retro {bank}: {delta.state}" + (f" ({delta.note})" if delta.note else ""),
-            [("hashes matched", len(entries)), ("stored files indexed (PDQ)", len(matcher.pdqs.index)),
+            [("hashes matched", len(entries)), ("stored files indexed (PDQ)", len(matcher.pdqs)),
              ("hits", len(delta.hits)), ("files hit", files), ("matches acted on", int(recorded)),
              ("delta id", delta.id), ("seconds", round(time.monotonic() - started, 1))],
             {"bank": bank, "state": delta.state, "delta": delta.id, "hashes": len(entries), "hits": len(delta.hits),

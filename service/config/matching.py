@@ -180,10 +180,12 @@ class FloodGuardSection:
 class RetroSection:
     # match the hashes a bank gains against the stored hashes of every file already scanned.
     enabled: bool = True
-    # new hashes matched per step; the delta's progress is stored after each step.
+    # new hashes matched per step; the delta's progress is stored after each step (steps are at least 5,000
+    # hashes while rotated / mirrored variants are stored: each step reads all of them once).
     batch: PosInt = 200
-    # share of one core the matching may take (it pauses between steps), so live scanning keeps its pace.
-    cpu_share: Annotated[float, Field(gt=0, le=1)] = 0.15
+    # share of one core the PDQ search may take, by its own CPU time (it runs in a process of its own and pauses
+    # between slices of work), so live scanning keeps its pace; it does not wait when it got less.
+    cpu_share: Annotated[float, Field(gt=0, le=1)] = 0.1
     # seconds between writes of scanned files' hashes (written in batches, off the scanning path).
     flush_interval: PosFloat = 1.0
     # seconds between looks for newly stored file PDQ hashes (for the index) and released deltas.

@@ -122,7 +122,10 @@ class FileHashes:
     """The hashes of one scanned upload version (never its media) and what acting on it later needs.
 
     ``md5`` only when the original was fetched; ``pdq`` (64 hex digits, the image as shown) with its
-    quality when the file was decoded.  ``id`` is the store's row id (0 before it is stored)."""
+    quality when the file was decoded, and ``pdq_variants``: the PDQ hashes of the seven rotated and mirrored
+    versions of the image as shown (32 bytes each, in :data:`service.media.pdq.DIHEDRAL_VARIANTS` order after
+    the first), so that a bank hash of the original finds an upload that was rotated or mirrored.  ``id`` is
+    the store's row id (0 before it is stored)."""
 
     event: UploadEvent
     sha1: str
@@ -131,6 +134,7 @@ class FileHashes:
     pdq_quality: int | None = None
     scanned_at: float = 0.0
     id: int = 0
+    pdq_variants: bytes | None = None
 
 
 # States of a retroactive delta (see RetroDelta).
@@ -275,8 +279,8 @@ class FileHashStore(Protocol):
 
     async def count_file_hashes(self) -> int: ...
 
-    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int]]:
-        """(id, PDQ hex, quality) of stored files with a PDQ hash and ``id > after_id``, by id."""
+    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int, bytes | None]]:
+        """(id, PDQ hex, quality, variants) of stored files with a PDQ hash and ``id > after_id``, by id."""
         ...
 
     async def files_by_hash(self, kind: str, values: Sequence[str]) -> list[FileHashes]:

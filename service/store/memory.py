@@ -539,10 +539,10 @@ class MemoryStore:
     async def count_file_hashes(self) -> int:
         return len(self.file_hashes)
 
-    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int]]:
-        rows = sorted((x.id, x.pdq, x.pdq_quality or 0) for x in self.file_hashes.values()
+    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int, bytes | None]]:
+        rows = sorted((x.id, x.pdq, x.pdq_quality or 0, x.pdq_variants) for x in self.file_hashes.values()
                       if x.pdq is not None and x.id > after_id)
-        return [(i, p, q) for i, p, q in rows[:limit] if p is not None]
+        return [(i, p, q, v) for i, p, q, v in rows[:limit] if p is not None]
 
     async def files_by_hash(self, kind: str, values: Sequence[str]) -> list[FileHashes]:
         wanted = set(values)

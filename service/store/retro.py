@@ -21,8 +21,8 @@ from service.store.schema import file_hashes as f
 from service.store.schema import retro_deltas as d
 
 _LOOKUP_BATCH = 500  # values per IN (...) list
-_REFRESHED = ("md5", "pdq", "pdq_quality", "event_id", "server_url", "page_url", "uploader", "upload_time",
-              "log_action", "scanned_at")
+_REFRESHED = ("md5", "pdq", "pdq_quality", "pdq_variants", "event_id", "server_url", "page_url", "uploader",
+              "upload_time", "log_action", "scanned_at")
 
 
 def _put(db: Database) -> sa.Insert:
@@ -34,6 +34,7 @@ def _put(db: Database) -> sa.Insert:
 def file_row(x: FileHashes) -> dict[str, Any]:
     e = x.event
     return {"wiki": e.wiki, "title": e.title, "sha1": x.sha1, "md5": x.md5, "pdq": x.pdq, "pdq_quality": x.pdq_quality,
+            "pdq_variants": x.pdq_variants,
             "event_id": e.event_id, "server_url": e.server_url, "page_url": e.page_url, "uploader": e.uploader,
             "upload_time": e.upload_time.isoformat(), "log_action": e.log_action, "scanned_at": x.scanned_at}
 
@@ -44,7 +45,7 @@ def file_hashes(row: Mapping[Any, Any]) -> FileHashes:
                         upload_time=datetime.fromisoformat(row["upload_time"]), log_action=row["log_action"],
                         sha1=row["sha1"])
     return FileHashes(event=event, sha1=row["sha1"], md5=row["md5"], pdq=row["pdq"], pdq_quality=row["pdq_quality"],
-                      scanned_at=row["scanned_at"], id=int(row["id"]))
+                      scanned_at=row["scanned_at"], id=int(row["id"]), pdq_variants=row["pdq_variants"])
 
 
 def retro_delta(row: Mapping[Any, Any]) -> RetroDelta:
@@ -73,11 +74,12 @@ class SqlFileHashes:
         stmt = sa.select(sa.func.count()).select_from(f)
         return await self.db.read(lambda c: int(c.execute(stmt).scalar_one()))
 
-    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int]]:
-        stmt = (sa.select(f.c.id, f.c.pdq, f.c.pdq_quality).where(f.c.id > after_id, f.c.pdq.is_not(None))
-                .order_by(f.c.id).limit(limit))
+    async def file_pdqs(self, after_id: int, limit: int) -> list[tuple[int, str, int, bytes | None]]:
+        stmt = (sa.select(f.c.id, f.c.pdq, f.c.pdq_quality, f.c.pdq_variants)
+                .where(f.c.id > after_id, f.c.pdq.is_not(None)).order_by(f.c.id).limit(limit))
         return await self.db.read(
-            lambda c: [(int(r[0]), r[1], int(r[2] or 0)) for r in c.execute(stmt).all()])
+            lambda c: [(int(r[0]), r[1], int(r[2] or 0), None if r[3] is None else bytes(r[3]))
+                       for r in c.execute(stmt).all()])
 
     async def files_by_hash(self, kind: str, values: Sequence[str]) -> list[FileHashes]:
         column = {"sha1": f.c.sha1, "md5": f.c.md5}[kind]

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -306,6 +307,7 @@ file_hashes = Table(
     Column("md5", Text),
     Column("pdq", Text),
     Column("pdq_quality", Integer),
+    Column("pdq_variants", LargeBinary),  # the 7 rotated / mirrored variants' PDQ hashes, 32 bytes each
     Column("event_id", Text, nullable=False),
     Column("server_url", Text, nullable=False),
     Column("page_url", Text, nullable=False),

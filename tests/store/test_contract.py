@@ -156,17 +156,20 @@ async def test_admit_and_finish(store: Stores) -> None:
 
 
 async def test_file_hashes_round_trip_latest_event_wins_and_lookups(store: Stores) -> None:
-    a = FileHashes(event=upload(1), sha1=SHA, md5="0" * 32, pdq="f" * 64, pdq_quality=90, scanned_at=5.0)
+    variants = bytes(range(224))  # the 7 rotated / mirrored variants' PDQ hashes
+    a = FileHashes(event=upload(1), sha1=SHA, md5="0" * 32, pdq="f" * 64, pdq_quality=90, scanned_at=5.0,
+                   pdq_variants=variants)
     b = FileHashes(event=upload(2, sha1="b" * 40), sha1="b" * 40, scanned_at=6.0)  # exact SHA-1 hit: no PDQ
     c = FileHashes(event=upload(3, sha1="c" * 40), sha1="c" * 40, pdq="e" * 64, pdq_quality=40, scanned_at=7.0)
     await store.retro.put_file_hashes([a, b, c])
     assert await store.retro.count_file_hashes() == 3
     [got] = await store.retro.files_by_hash("sha1", [SHA, "d" * 40])
     assert got.id > 0 and got.event == a.event and (got.md5, got.pdq, got.pdq_quality) == (a.md5, a.pdq, 90)
+    assert got.pdq_variants == variants
     assert [f.sha1 for f in await store.retro.files_by_hash("md5", ["0" * 32])] == [SHA]
     assert await store.retro.files_by_hash("md5", []) == []
     pdqs = await store.retro.file_pdqs(0, 10)
-    assert [(p, q) for _, p, q in pdqs] == [("f" * 64, 90), ("e" * 64, 40)]
+    assert [(p, q, v) for _, p, q, v in pdqs] == [("f" * 64, 90, variants), ("e" * 64, 40, None)]
     assert await store.retro.file_pdqs(pdqs[0][0], 10) == pdqs[1:]
     assert len(await store.retro.file_pdqs(0, 1)) == 1
     # The same upload version scanned again (a replay): one row, the same id, the latest event.
