@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from prometheus_client import Counter
+
 from service import links
 from service.actions.notify import unscannable_key, unscannable_payload
 from service.config import Config, ThumbnailSection
@@ -66,6 +68,8 @@ from service.store.base import (
 )
 
 log = logging.getLogger(__name__)
+
+_INTAKE_BATCH = 64  # events admitted together at most (one store round trip)
 
 
 class Pipeline(StageSteps):
@@ -119,6 +123,9 @@ class Pipeline(StageSteps):
         self.finished = 0
         self._idle = asyncio.Condition()
         self.last_event_at: float | None = None
+        # Labelled metric children looked up once (a lookup per upload and stage is a measurable cost).
+        self._depth_gauges = [(q, metrics.queue_depth.labels(stage)) for stage, q in self.queues.items()]
+        self._outcome_counters: dict[str, Counter] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -190,42 +197,68 @@ class Pipeline(StageSteps):
 
     async def _intake(self) -> None:
         while True:
-            raw = await self.ingest.get()
+            raws = [await self.ingest.get()]
+            # What else is already waiting is admitted with it: the store answers them in one round trip.
+            while len(raws) < _INTAKE_BATCH and not self.ingest.empty():
+                raws.append(self.ingest.get_nowait())
             try:
-                await self._admit(raw)
+                await self._admit(raws)
             finally:
-                self.ingest.task_done()
+                for _ in raws:
+                    self.ingest.task_done()
 
-    async def _admit(self, raw: RawEvent) -> None:
-        seq = self.committer.track(raw.position)
-        self.last_event_at = time.time()
-        parsed = read_upload(raw, self.wikis.keys(), self.metrics)
-        if parsed is None:  # malformed, or not an upload to scan: counted and skipped
-            await self._done(seq)
-            return
-        event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics, self._link_log)
-        if event.event_id in self._inflight_ids:
-            self.metrics.events_skipped.labels("duplicate").inc()
-            await self._done(seq)
-            return
-        now = time.monotonic()
-        work = Work(seq=seq, event=event, started=now, deadline=now + self.cfg.pipeline.event_deadline,
-                    sha1=event.sha1)
-        try:
-            seen, cached = await self._admit_with_retry(event)
-            if seen:
+    async def _admit(self, raws: list[RawEvent]) -> None:
+        """Admit events in their order: parse and filter each, ask the store about all, route each."""
+        works: list[Work] = []
+        ids: set[str] = set()
+        for raw in raws:
+            seq = self.committer.track(raw.position)
+            self.last_event_at = time.time()
+            parsed = read_upload(raw, self.wikis.keys(), self.metrics)
+            if parsed is None:  # malformed, or not an upload to scan: counted and skipped
+                await self._done(seq)
+                continue
+            event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics, self._link_log)
+            if event.event_id in self._inflight_ids or event.event_id in ids:
                 self.metrics.events_skipped.labels("duplicate").inc()
                 await self._done(seq)
-                return
-            self._inflight_ids.add(event.event_id)
-            stage = self._route(work, cached)
-        except Exception as exc:  # a bug or poison in one event ends that event, never the intake
-            self.metrics.errors.labels("intake", "internal").inc()
-            log.exception("unexpected error at intake", extra={"event_id": event.event_id})
-            await self._finish(work, error("internal"), exc)
+                continue
+            ids.add(event.event_id)
+            now = time.monotonic()
+            works.append(Work(seq=seq, event=event, started=now, deadline=now + self.cfg.pipeline.event_deadline,
+                              sha1=event.sha1))
+        if not works:
             return
-        await self.queues[stage].put(work)
-        self._gauge()
+        if len(works) == 1:
+            answers = [await self._ask_store(works[0])]
+        else:  # concurrent asks, which the store groups (one thread hop, one transaction)
+            answers = list(await asyncio.gather(*(self._ask_store(w) for w in works)))
+        for work, answer in zip(works, answers, strict=True):
+            event = work.event
+            try:
+                if isinstance(answer, Exception):
+                    raise answer
+                seen, cached = answer
+                if seen:
+                    self.metrics.events_skipped.labels("duplicate").inc()
+                    await self._done(work.seq)
+                    continue
+                self._inflight_ids.add(event.event_id)
+                stage = self._route(work, cached)
+            except Exception as exc:  # a bug or poison in one event ends that event, never the intake
+                self.metrics.errors.labels("intake", "internal").inc()
+                log.exception("unexpected error at intake", extra={"event_id": event.event_id})
+                await self._finish(work, error("internal"), exc)
+                continue
+            await self.queues[stage].put(work)
+            self._gauge()
+
+    async def _ask_store(self, work: Work) -> tuple[bool, ScanRecord | None] | Exception:
+        """The store's answer about ``work``'s event, or the exception (a bug) that asking raised."""
+        try:
+            return await self._admit_with_retry(work.event)
+        except Exception as exc:
+            return exc
 
     async def _admit_with_retry(self, event: UploadEvent) -> tuple[bool, ScanRecord | None]:
         """Ask the store about an event; while the store fails, wait and retry (the source is held back)."""
@@ -363,23 +396,28 @@ class Pipeline(StageSteps):
         if self.on_scanned is not None and work.sha1 and (outcome in (CLEAN, MATCH) or work.prepared is not None):
             self.on_scanned(scanned_file(event, work.sha1, work.prepared, work.cached_scan))
         duration = time.monotonic() - work.started
-        self.metrics.outcomes.labels(outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome).inc()
+        label = outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome
+        counter = self._outcome_counters.get(label)
+        if counter is None:
+            counter = self._outcome_counters[label] = self.metrics.outcomes.labels(label)
+        counter.inc()
         self.metrics.event_latency.observe(duration)
-        fields: dict[str, Any] = {
-            "event_id": event.event_id,
-            "wiki": event.wiki,
-            "title": event.title,
-            "sha1": work.sha1,
-            "log_action": event.log_action,
-            "outcome": outcome,
-            "duration_ms": round(duration * 1000, 1),
-        }
-        if work.matches:
-            fields["matches"] = [f"{m.matcher}:{m.bank}:{m.category}:{m.distance}" for m in work.matches]
-        if exc is not None and not isinstance(exc, _Finished):
-            fields["error"] = str(exc)[:300]
         level = logging.WARNING if outcome.startswith("error:") else logging.INFO
-        log.log(level, "outcome", extra=fields)
+        if log.isEnabledFor(level):  # the line's fields are built only when it is written
+            fields: dict[str, Any] = {
+                "event_id": event.event_id,
+                "wiki": event.wiki,
+                "title": event.title,
+                "sha1": work.sha1,
+                "log_action": event.log_action,
+                "outcome": outcome,
+                "duration_ms": round(duration * 1000, 1),
+            }
+            if work.matches:
+                fields["matches"] = [f"{m.matcher}:{m.bank}:{m.category}:{m.distance}" for m in work.matches]
+            if exc is not None and not isinstance(exc, _Finished):
+                fields["error"] = str(exc)[:300]
+            log.log(level, "outcome", extra=fields)
         self._inflight_ids.discard(event.event_id)
         await self._done(work.seq)
 
@@ -412,5 +450,5 @@ class Pipeline(StageSteps):
             self._idle.notify_all()
 
     def _gauge(self) -> None:
-        for stage, q in self.queues.items():
-            self.metrics.queue_depth.labels(stage).set(q.qsize())
+        for q, gauge in self._depth_gauges:
+            gauge.set(q.qsize())
