@@ -123,9 +123,9 @@ class Pipeline(StageSteps):
         self.finished = 0
         self._idle = asyncio.Condition()
         self.last_event_at: float | None = None
-        # Labelled metric children looked up once (a lookup per upload and stage is a measurable cost).
-        self._depth_gauges = [(q, metrics.queue_depth.labels(stage)) for stage, q in self.queues.items()]
-        self._outcome_counters: dict[str, Counter] = {}
+        for stage, q in self.queues.items():  # read when scraped, not set at every move of every item
+            metrics.queue_depth.labels(stage).set_function(q.qsize)
+        self._outcome_counters: dict[str, Counter] = {}  # labelled children looked up once, not per upload
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -251,7 +251,6 @@ class Pipeline(StageSteps):
                 await self._finish(work, error("internal"), exc)
                 continue
             await self.queues[stage].put(work)
-            self._gauge()
 
     async def _ask_store(self, work: Work) -> tuple[bool, ScanRecord | None] | Exception:
         """The store's answer about ``work``'s event, or the exception (a bug) that asking raised."""
@@ -342,7 +341,6 @@ class Pipeline(StageSteps):
                 latency.observe(time.monotonic() - t0)
                 in_flight.dec()
                 queue.task_done()
-                self._gauge()
 
     # ------------------------------------------------------------------ completion
 
@@ -449,6 +447,3 @@ class Pipeline(StageSteps):
         async with self._idle:
             self._idle.notify_all()
 
-    def _gauge(self) -> None:
-        for q, gauge in self._depth_gauges:
-            gauge.set(q.qsize())

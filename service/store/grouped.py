@@ -42,6 +42,7 @@ class Grouper:
         self._max_size = max_size
         self._waiting: list[tuple[Call, asyncio.Future[Any]]] = []
         self._running = 0
+        self._kick: asyncio.Handle | None = None
 
     @property
     def running(self) -> int:
@@ -51,9 +52,15 @@ class Grouper:
     async def run(self, fn: Call) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((fn, future))
+        if self._running < self._limit and self._kick is None:
+            # At the end of this turn of the event loop: the calls other tasks make in it join the group.
+            self._kick = asyncio.get_running_loop().call_soon(self._kicked)
+        return await future
+
+    def _kicked(self) -> None:
+        self._kick = None
         if self._running < self._limit:
             self._start()
-        return await future
 
     def _start(self) -> None:
         # Callers that stopped waiting (cancelled: a deadline) are left out; nobody would see their result.
