@@ -126,6 +126,10 @@ class Pipeline(StageSteps):
         for stage, q in self.queues.items():  # read when scraped, not set at every move of every item
             metrics.queue_depth.labels(stage).set_function(q.qsize)
         self._outcome_counters: dict[str, Counter] = {}  # labelled children looked up once, not per upload
+        # Outcomes being recorded (see _end): at most queue_size at a time.
+        self._recording: set[asyncio.Task[None]] = set()
+        self._recording_slots = asyncio.Semaphore(size)
+        self._recording_crash: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,13 +146,16 @@ class Pipeline(StageSteps):
         committer = None if committer_supervised else asyncio.create_task(self.committer.run(), name="committer")
         source_task = asyncio.create_task(self.source.run(self.ingest, self.stop_event), name="source")
         stop_wait = asyncio.create_task(self.stop_event.wait(), name="stop-wait")
+        crash = self._recording_crash = asyncio.get_running_loop().create_future()
         try:
-            # Whichever comes first: the source ends, a worker crashes, or stop is requested.
-            done, _ = await asyncio.wait({source_task, stop_wait, *workers}, return_when=asyncio.FIRST_COMPLETED)
+            # Whichever comes first: the source ends, a worker (or a recording) crashes, or stop is requested.
+            done, _ = await asyncio.wait({source_task, stop_wait, crash, *workers}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task in workers:
                     task.result()  # a crashed worker is a bug: raise its cause
                     raise RuntimeError(f"pipeline worker {task.get_name()} exited")
+                if task is crash:
+                    task.result()  # recording an outcome raised: a bug, raise its cause
             if source_task in done:
                 source_task.result()  # a fatal source error propagates
             else:
@@ -156,14 +163,21 @@ class Pipeline(StageSteps):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(source_task), self.cfg.service.shutdown_grace)
             await self._drain(self.cfg.service.shutdown_grace)
+            if crash.done():
+                crash.result()  # an outcome's recording crashed while draining
         finally:
             stop_wait.cancel()
             self.stop_event.set()
-            for task in [source_task, *workers]:
+            recording = list(self._recording)
+            for task in [source_task, *workers, *recording]:
                 task.cancel()
             raised = sys.exc_info()[1]  # a crashed worker's or source's error on its way up: not logged twice
-            for task in [source_task, *workers]:
+            for task in [source_task, *workers, *recording]:
                 await reap(task, raised=raised)
+            if not crash.done():
+                crash.cancel()
+            elif not crash.cancelled():
+                crash.exception()  # raised above, or behind the error already on its way up
             if committer is not None:
                 committer.cancel()
                 await reap(committer, raised=raised)
@@ -177,6 +191,8 @@ class Pipeline(StageSteps):
             await self.ingest.join()
             for q in self.queues.values():
                 await q.join()
+            while self._recording:  # the outcomes still being written
+                await asyncio.wait(set(self._recording))
 
         try:
             await asyncio.wait_for(join_all(), timeout=grace)
@@ -318,31 +334,53 @@ class Pipeline(StageSteps):
                 if next_stage is not None:
                     await self.queues[next_stage].put(work)
             except _Finished as fin:
-                await self._finish(work, fin.outcome)
+                await self._end(work, fin.outcome)
             except TimeoutError:
                 self.metrics.errors.labels(stage, "deadline").inc()
-                await self._finish(work, error("deadline"))
+                await self._end(work, error("deadline"))
             except FileGone:
-                await self._finish(work, GONE)
+                await self._end(work, GONE)
             except Unscannable as exc:
-                await self._finish(work, unscannable(exc.reason), exc)
+                await self._end(work, unscannable(exc.reason), exc)
             except FetchError as exc:
                 self.metrics.errors.labels(stage, exc.reason).inc()
-                await self._finish(work, error(exc.reason), exc)
+                await self._end(work, error(exc.reason), exc)
             except ServiceError as exc:
                 reason = exc.reason
                 self.metrics.errors.labels(stage, reason).inc()
-                await self._finish(work, error(reason), exc)
+                await self._end(work, error(reason), exc)
             except Exception as exc:  # a bug in one item must not stop the stream; record and go on
                 self.metrics.errors.labels(stage, "internal").inc()
                 log.exception("unexpected error", extra={"stage": stage, "event_id": work.event.event_id})
-                await self._finish(work, error("internal"), exc)
+                await self._end(work, error("internal"), exc)
             finally:
                 latency.observe(time.monotonic() - t0)
                 in_flight.dec()
                 queue.task_done()
 
     # ------------------------------------------------------------------ completion
+
+    async def _end(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
+        """:meth:`_finish` ``work`` without holding the stage worker meanwhile.
+
+        The worker goes on with its next item while the outcome is written, so the writes of items that
+        end about together reach the store together (one transaction, :mod:`service.store.grouped`)
+        instead of one after another. At most ``pipeline.queue_size`` outcomes are being written at a
+        time (a slow store holds the workers back); draining waits for them; a crash stops the pipeline."""
+        await self._recording_slots.acquire()
+        task = asyncio.create_task(self._finish(work, outcome, exc), name=f"record-{work.event.event_id}")
+        self._recording.add(task)
+        task.add_done_callback(self._recorded)
+
+    def _recorded(self, task: asyncio.Task[None]) -> None:
+        self._recording.discard(task)
+        self._recording_slots.release()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        crash = self._recording_crash
+        if exc is not None and crash is not None and not crash.done():
+            crash.set_exception(exc)
 
     async def _finish(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
         event = work.event

@@ -34,10 +34,14 @@ RunGroup = Callable[[list[Call]], "asyncio.Future[list[Outcome]]"]
 
 
 class Grouper:
-    """Runs calls through ``run_group``, at most ``limit`` groups at a time, at most ``max_size`` per group."""
+    """Runs calls through ``run_group``, at most ``limit`` groups at a time, at most ``max_size`` per group.
 
-    def __init__(self, run_group: RunGroup, *, limit: int = 1, max_size: int = 128) -> None:
+    A group starts at the end of the event loop's turn in which its first call arrived, or ``linger``
+    seconds later (a write worth grouping: its caller does not wait for it, see the pipeline's ``_end``)."""
+
+    def __init__(self, run_group: RunGroup, *, limit: int = 1, max_size: int = 128, linger: float = 0.0) -> None:
         self._run_group = run_group
+        self._linger = linger  # how long the first call of a group waits for others (0: to the loop turn's end)
         self._limit = limit
         self._max_size = max_size
         self._waiting: list[tuple[Call, asyncio.Future[Any]]] = []
@@ -53,8 +57,9 @@ class Grouper:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((fn, future))
         if self._running < self._limit and self._kick is None:
-            # At the end of this turn of the event loop: the calls other tasks make in it join the group.
-            self._kick = asyncio.get_running_loop().call_soon(self._kicked)
+            # After ``linger`` (or at the end of this turn of the event loop): the calls made meanwhile join.
+            loop = asyncio.get_running_loop()
+            self._kick = loop.call_later(self._linger, self._kicked) if self._linger else loop.call_soon(self._kicked)
         return await future
 
     def _kicked(self) -> None:
