@@ -125,6 +125,7 @@ class Pipeline(StageSteps):
         self.last_event_at: float | None = None
         for stage, q in self.queues.items():  # read when scraped, not set at every move of every item
             metrics.queue_depth.labels(stage).set_function(q.qsize)
+        self._intake_batch = min(_INTAKE_BATCH, size)  # never more events read ahead than the queues allow
         self._outcome_counters: dict[str, Counter] = {}  # labelled children looked up once, not per upload
         # Outcomes being recorded (see _end): at most queue_size at a time.
         self._recording: set[asyncio.Task[None]] = set()
@@ -215,7 +216,7 @@ class Pipeline(StageSteps):
         while True:
             raws = [await self.ingest.get()]
             # What else is already waiting is admitted with it: the store answers them in one round trip.
-            while len(raws) < _INTAKE_BATCH and not self.ingest.empty():
+            while len(raws) < self._intake_batch and not self.ingest.empty():
                 raws.append(self.ingest.get_nowait())
             try:
                 await self._admit(raws)
