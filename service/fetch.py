@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
+from prometheus_client import Counter
 from yarl import URL
 
 from service.backoff import parse_retry_after as parse_retry_after  # re-exported for callers and tests
@@ -82,7 +83,12 @@ def media_kind(info: FileInfo) -> str:
 
 def is_file_icon(url: str | None) -> bool:
     """True for the generic file-type icon MediaWiki gives as the "thumbnail" of what it cannot render."""
-    return url is not None and (FILE_ICON_PATH in url or URL(url).name.startswith("fileicon"))
+    if url is None:
+        return False
+    if FILE_ICON_PATH in url:
+        return True
+    # The last path segment, decoded, names the icon: without "fileicon" or an escape in it, it cannot.
+    return ("fileicon" in url or "%" in url) and URL(url).name.startswith("fileicon")
 
 
 def fetch_error(exc: WikiApiError) -> FetchError:
@@ -154,6 +160,7 @@ class WikiClient:
         self._wikis = {w.id: w for w in wikis}
         self._user_agent = user_agent
         self._metrics = metrics
+        self._ok_counters: dict[str, Counter] = {}  # fetch_requests{kind, "ok"}: looked up once per kind
         self._transport: Transport = transport or AiohttpTransport(user_agent=user_agent, timeout=fetch.timeout,
                                                                    session=session, proxies=proxies)
         self._policy = RetryPolicy(retries=fetch.retries, initial_delay=fetch.retry_delay, max_delay=_MAX_BACKOFF,
@@ -526,7 +533,10 @@ class WikiClient:
             self._metrics.fetch_requests.labels(kind, "error").inc()
             raise
         else:
-            self._metrics.fetch_requests.labels(kind, "ok").inc()
+            counter = self._ok_counters.get(kind)
+            if counter is None:
+                counter = self._ok_counters[kind] = self._metrics.fetch_requests.labels(kind, "ok")
+            counter.inc()
 
 
 def png_frame_count(data: Any) -> int:

@@ -114,6 +114,8 @@ class Proxies:
 
     def for_url(self, url: str) -> Proxy | None:
         """The proxy for ``url``, or None to connect directly."""
+        if not self.configured:  # no proxy at all (the common case): nothing to parse
+            return None
         parts = urlsplit(str(url))
         proxy = self._by_scheme.get(parts.scheme)
         if proxy is None or self.bypassed(parts.hostname or "", parts.port):

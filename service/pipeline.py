@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from prometheus_client import Counter
+
 from service import links
 from service.actions.notify import unscannable_key, unscannable_payload
 from service.config import Config, ThumbnailSection
@@ -66,6 +68,8 @@ from service.store.base import (
 )
 
 log = logging.getLogger(__name__)
+
+_INTAKE_BATCH = 64  # events admitted together at most (one store round trip)
 
 
 class Pipeline(StageSteps):
@@ -119,6 +123,14 @@ class Pipeline(StageSteps):
         self.finished = 0
         self._idle = asyncio.Condition()
         self.last_event_at: float | None = None
+        for stage, q in self.queues.items():  # read when scraped, not set at every move of every item
+            metrics.queue_depth.labels(stage).set_function(q.qsize)
+        self._intake_batch = min(_INTAKE_BATCH, size)  # never more events read ahead than the queues allow
+        self._outcome_counters: dict[str, Counter] = {}  # labelled children looked up once, not per upload
+        # Outcomes being recorded (see _end): at most queue_size at a time.
+        self._recording: set[asyncio.Task[None]] = set()
+        self._recording_slots = asyncio.Semaphore(size)
+        self._recording_crash: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,13 +147,16 @@ class Pipeline(StageSteps):
         committer = None if committer_supervised else asyncio.create_task(self.committer.run(), name="committer")
         source_task = asyncio.create_task(self.source.run(self.ingest, self.stop_event), name="source")
         stop_wait = asyncio.create_task(self.stop_event.wait(), name="stop-wait")
+        crash = self._recording_crash = asyncio.get_running_loop().create_future()
         try:
-            # Whichever comes first: the source ends, a worker crashes, or stop is requested.
-            done, _ = await asyncio.wait({source_task, stop_wait, *workers}, return_when=asyncio.FIRST_COMPLETED)
+            # Whichever comes first: the source ends, a worker (or a recording) crashes, or stop is requested.
+            done, _ = await asyncio.wait({source_task, stop_wait, crash, *workers}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task in workers:
                     task.result()  # a crashed worker is a bug: raise its cause
                     raise RuntimeError(f"pipeline worker {task.get_name()} exited")
+                if task is crash:
+                    task.result()  # recording an outcome raised: a bug, raise its cause
             if source_task in done:
                 source_task.result()  # a fatal source error propagates
             else:
@@ -149,14 +164,21 @@ class Pipeline(StageSteps):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(source_task), self.cfg.service.shutdown_grace)
             await self._drain(self.cfg.service.shutdown_grace)
+            if crash.done():
+                crash.result()  # an outcome's recording crashed while draining
         finally:
             stop_wait.cancel()
             self.stop_event.set()
-            for task in [source_task, *workers]:
+            recording = list(self._recording)
+            for task in [source_task, *workers, *recording]:
                 task.cancel()
             raised = sys.exc_info()[1]  # a crashed worker's or source's error on its way up: not logged twice
-            for task in [source_task, *workers]:
+            for task in [source_task, *workers, *recording]:
                 await reap(task, raised=raised)
+            if not crash.done():
+                crash.cancel()
+            elif not crash.cancelled():
+                crash.exception()  # raised above, or behind the error already on its way up
             if committer is not None:
                 committer.cancel()
                 await reap(committer, raised=raised)
@@ -170,6 +192,8 @@ class Pipeline(StageSteps):
             await self.ingest.join()
             for q in self.queues.values():
                 await q.join()
+            while self._recording:  # the outcomes still being written
+                await asyncio.wait(set(self._recording))
 
         try:
             await asyncio.wait_for(join_all(), timeout=grace)
@@ -190,42 +214,67 @@ class Pipeline(StageSteps):
 
     async def _intake(self) -> None:
         while True:
-            raw = await self.ingest.get()
+            raws = [await self.ingest.get()]
+            # What else is already waiting is admitted with it: the store answers them in one round trip.
+            while len(raws) < self._intake_batch and not self.ingest.empty():
+                raws.append(self.ingest.get_nowait())
             try:
-                await self._admit(raw)
+                await self._admit(raws)
             finally:
-                self.ingest.task_done()
+                for _ in raws:
+                    self.ingest.task_done()
 
-    async def _admit(self, raw: RawEvent) -> None:
-        seq = self.committer.track(raw.position)
-        self.last_event_at = time.time()
-        parsed = read_upload(raw, self.wikis.keys(), self.metrics)
-        if parsed is None:  # malformed, or not an upload to scan: counted and skipped
-            await self._done(seq)
-            return
-        event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics, self._link_log)
-        if event.event_id in self._inflight_ids:
-            self.metrics.events_skipped.labels("duplicate").inc()
-            await self._done(seq)
-            return
-        now = time.monotonic()
-        work = Work(seq=seq, event=event, started=now, deadline=now + self.cfg.pipeline.event_deadline,
-                    sha1=event.sha1)
-        try:
-            seen, cached = await self._admit_with_retry(event)
-            if seen:
+    async def _admit(self, raws: list[RawEvent]) -> None:
+        """Admit events in their order: parse and filter each, ask the store about all, route each."""
+        works: list[Work] = []
+        ids: set[str] = set()
+        for raw in raws:
+            seq = self.committer.track(raw.position)
+            self.last_event_at = time.time()
+            parsed = read_upload(raw, self.wikis.keys(), self.metrics)
+            if parsed is None:  # malformed, or not an upload to scan: counted and skipped
+                await self._done(seq)
+                continue
+            event = links.configured_links(parsed, self.wikis[parsed.wiki], self.metrics, self._link_log)
+            if event.event_id in self._inflight_ids or event.event_id in ids:
                 self.metrics.events_skipped.labels("duplicate").inc()
                 await self._done(seq)
-                return
-            self._inflight_ids.add(event.event_id)
-            stage = self._route(work, cached)
-        except Exception as exc:  # a bug or poison in one event ends that event, never the intake
-            self.metrics.errors.labels("intake", "internal").inc()
-            log.exception("unexpected error at intake", extra={"event_id": event.event_id})
-            await self._finish(work, error("internal"), exc)
+                continue
+            ids.add(event.event_id)
+            now = time.monotonic()
+            works.append(Work(seq=seq, event=event, started=now, deadline=now + self.cfg.pipeline.event_deadline,
+                              sha1=event.sha1))
+        if not works:
             return
-        await self.queues[stage].put(work)
-        self._gauge()
+        if len(works) == 1:
+            answers = [await self._ask_store(works[0])]
+        else:  # concurrent asks, which the store groups (one thread hop, one transaction)
+            answers = list(await asyncio.gather(*(self._ask_store(w) for w in works)))
+        for work, answer in zip(works, answers, strict=True):
+            event = work.event
+            try:
+                if isinstance(answer, Exception):
+                    raise answer
+                seen, cached = answer
+                if seen:
+                    self.metrics.events_skipped.labels("duplicate").inc()
+                    await self._done(work.seq)
+                    continue
+                self._inflight_ids.add(event.event_id)
+                stage = self._route(work, cached)
+            except Exception as exc:  # a bug or poison in one event ends that event, never the intake
+                self.metrics.errors.labels("intake", "internal").inc()
+                log.exception("unexpected error at intake", extra={"event_id": event.event_id})
+                await self._finish(work, error("internal"), exc)
+                continue
+            await self.queues[stage].put(work)
+
+    async def _ask_store(self, work: Work) -> tuple[bool, ScanRecord | None] | Exception:
+        """The store's answer about ``work``'s event, or the exception (a bug) that asking raised."""
+        try:
+            return await self._admit_with_retry(work.event)
+        except Exception as exc:
+            return exc
 
     async def _admit_with_retry(self, event: UploadEvent) -> tuple[bool, ScanRecord | None]:
         """Ask the store about an event; while the store fails, wait and retry (the source is held back)."""
@@ -286,32 +335,53 @@ class Pipeline(StageSteps):
                 if next_stage is not None:
                     await self.queues[next_stage].put(work)
             except _Finished as fin:
-                await self._finish(work, fin.outcome)
+                await self._end(work, fin.outcome)
             except TimeoutError:
                 self.metrics.errors.labels(stage, "deadline").inc()
-                await self._finish(work, error("deadline"))
+                await self._end(work, error("deadline"))
             except FileGone:
-                await self._finish(work, GONE)
+                await self._end(work, GONE)
             except Unscannable as exc:
-                await self._finish(work, unscannable(exc.reason), exc)
+                await self._end(work, unscannable(exc.reason), exc)
             except FetchError as exc:
                 self.metrics.errors.labels(stage, exc.reason).inc()
-                await self._finish(work, error(exc.reason), exc)
+                await self._end(work, error(exc.reason), exc)
             except ServiceError as exc:
                 reason = exc.reason
                 self.metrics.errors.labels(stage, reason).inc()
-                await self._finish(work, error(reason), exc)
+                await self._end(work, error(reason), exc)
             except Exception as exc:  # a bug in one item must not stop the stream; record and go on
                 self.metrics.errors.labels(stage, "internal").inc()
                 log.exception("unexpected error", extra={"stage": stage, "event_id": work.event.event_id})
-                await self._finish(work, error("internal"), exc)
+                await self._end(work, error("internal"), exc)
             finally:
                 latency.observe(time.monotonic() - t0)
                 in_flight.dec()
                 queue.task_done()
-                self._gauge()
 
     # ------------------------------------------------------------------ completion
+
+    async def _end(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
+        """:meth:`_finish` ``work`` without holding the stage worker meanwhile.
+
+        The worker goes on with its next item while the outcome is written, so the writes of items that
+        end about together reach the store together (one transaction, :mod:`service.store.grouped`)
+        instead of one after another. At most ``pipeline.queue_size`` outcomes are being written at a
+        time (a slow store holds the workers back); draining waits for them; a crash stops the pipeline."""
+        await self._recording_slots.acquire()
+        task = asyncio.create_task(self._finish(work, outcome, exc), name=f"record-{work.event.event_id}")
+        self._recording.add(task)
+        task.add_done_callback(self._recorded)
+
+    def _recorded(self, task: asyncio.Task[None]) -> None:
+        self._recording.discard(task)
+        self._recording_slots.release()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        crash = self._recording_crash
+        if exc is not None and crash is not None and not crash.done():
+            crash.set_exception(exc)
 
     async def _finish(self, work: Work, outcome: str, exc: BaseException | None = None) -> None:
         event = work.event
@@ -363,23 +433,28 @@ class Pipeline(StageSteps):
         if self.on_scanned is not None and work.sha1 and (outcome in (CLEAN, MATCH) or work.prepared is not None):
             self.on_scanned(scanned_file(event, work.sha1, work.prepared, work.cached_scan))
         duration = time.monotonic() - work.started
-        self.metrics.outcomes.labels(outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome).inc()
+        label = outcome.split(":", 1)[0] if outcome.startswith("error:") else outcome
+        counter = self._outcome_counters.get(label)
+        if counter is None:
+            counter = self._outcome_counters[label] = self.metrics.outcomes.labels(label)
+        counter.inc()
         self.metrics.event_latency.observe(duration)
-        fields: dict[str, Any] = {
-            "event_id": event.event_id,
-            "wiki": event.wiki,
-            "title": event.title,
-            "sha1": work.sha1,
-            "log_action": event.log_action,
-            "outcome": outcome,
-            "duration_ms": round(duration * 1000, 1),
-        }
-        if work.matches:
-            fields["matches"] = [f"{m.matcher}:{m.bank}:{m.category}:{m.distance}" for m in work.matches]
-        if exc is not None and not isinstance(exc, _Finished):
-            fields["error"] = str(exc)[:300]
         level = logging.WARNING if outcome.startswith("error:") else logging.INFO
-        log.log(level, "outcome", extra=fields)
+        if log.isEnabledFor(level):  # the line's fields are built only when it is written
+            fields: dict[str, Any] = {
+                "event_id": event.event_id,
+                "wiki": event.wiki,
+                "title": event.title,
+                "sha1": work.sha1,
+                "log_action": event.log_action,
+                "outcome": outcome,
+                "duration_ms": round(duration * 1000, 1),
+            }
+            if work.matches:
+                fields["matches"] = [f"{m.matcher}:{m.bank}:{m.category}:{m.distance}" for m in work.matches]
+            if exc is not None and not isinstance(exc, _Finished):
+                fields["error"] = str(exc)[:300]
+            log.log(level, "outcome", extra=fields)
         self._inflight_ids.discard(event.event_id)
         await self._done(work.seq)
 
@@ -411,6 +486,3 @@ class Pipeline(StageSteps):
         async with self._idle:
             self._idle.notify_all()
 
-    def _gauge(self) -> None:
-        for stage, q in self.queues.items():
-            self.metrics.queue_depth.labels(stage).set(q.qsize())

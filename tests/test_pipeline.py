@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service.config import Config, WikiSection, config_from_dict
 from service.errors import FileGone, TransientFetchError, Unscannable
 from service.events import sha1_to_base36
@@ -291,3 +293,20 @@ async def test_a_new_or_changed_vpdq_bank_makes_scanned_files_be_scanned_again(t
     assert not vpdq.reload_if_changed()
     assert vpdq.version == after
     assert sample(metrics, "mediamoderation_scan_cache_hits_total") == 1
+
+
+async def test_a_crash_while_recording_an_outcome_stops_the_pipeline_with_its_cause(
+    tmp_path: Path, stores: Stores,
+) -> None:
+    """Stage workers hand an ended upload's recording off; a bug there is still never swallowed."""
+
+    def broken(_: Any) -> None:
+        raise RuntimeError("bug after the outcome was stored")
+
+    events = [make_event(n, SHA_CLEAN) for n in range(3)]
+    p = Pipeline(config(tmp_path), source=ListSource(events), store=stores.pipeline, fetcher=FakeFetcher(),
+                 exact=FakeExact(), matchers=[FakePdq()], planners=[planner], cpu=None, prepare=fake_prepare,
+                 metrics=Metrics(), on_scanned=broken)
+    with pytest.raises(RuntimeError, match="bug after the outcome was stored"):
+        await asyncio.wait_for(p.run(), 10)
+    assert not p._recording  # nothing left running behind

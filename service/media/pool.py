@@ -3,13 +3,14 @@
 One small interface, :class:`CpuPool`: ``await pool.run(fn, *args)``, ``pool.failure`` (None while the
 pool can work) and ``pool.shutdown()``.  The pipeline and the rescanner only see that interface.
 
-:class:`ProcessPool` (``pipeline.cpu_pool: process``, the default) wraps a ``ProcessPoolExecutor``
-(forkserver) whose workers run under an address-space ceiling (``RLIMIT_AS``), so an image too big
-for the ceiling raises ``MemoryError`` in the worker, which ends that upload
+:class:`ProcessPool` (``pipeline.cpu_pool: process``, the default) wraps a process executor
+(forkserver; :class:`~service.media.pipe_pool.PipeExecutor`, which has the contract of a
+``ProcessPoolExecutor`` without its helper threads) whose workers run under an address-space ceiling
+(``RLIMIT_AS``), so an image too big for the ceiling raises ``MemoryError`` in the worker, which ends that upload
 ``unscannable:decoder-memory`` and leaves the worker alive.
 
-A worker that dies anyway (SIGKILL from the kernel's OOM killer, a segfault in a decoder) breaks a
-``ProcessPoolExecutor`` for good: every future in it fails with ``BrokenProcessPool`` and so would every
+A worker that dies anyway (SIGKILL from the kernel's OOM killer, a segfault in a decoder) breaks the
+executor for good: every future in it fails with ``BrokenProcessPool`` and so would every
 later one.  Here the first call that sees the break replaces the executor (at most once per
 generation), and every upload whose call was in the broken pool is retried **once, alone**, in a
 one-worker quarantine pool: the executor cannot say which of its calls killed the worker, so the others
@@ -32,11 +33,12 @@ import logging
 import multiprocessing
 import resource
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
 from service.errors import ServiceError, Unscannable
+from service.media.pipe_pool import PipeExecutor
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -91,24 +93,10 @@ def init_worker(memory_limit: int | None) -> None:  # pragma: no cover - runs in
     import service.media.thumbnail  # noqa: F401
 
 
-class _AllWorkersAtOnce(ProcessPoolExecutor):
-    """Starts every worker with the first call, before its manager thread begins to watch them.
-
-    With a non-fork context the executor spawns workers one by one as calls arrive, and wakes its manager
-    thread *before* spawning: a worker spawned while the manager waits is missing from the sentinels it
-    waits on, so that worker's death goes unnoticed and its call hangs (cpython#90622 is the same
-    bookkeeping).  Starting them all up front, as the executor does for ``fork``, closes that gap.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._safe_to_dynamically_spawn_children = False
-
-
-def process_executor(workers: int, memory_limit: int | None) -> ProcessPoolExecutor:
-    """A forkserver ``ProcessPoolExecutor`` whose workers have the memory ceiling."""
+def process_executor(workers: int, memory_limit: int | None) -> Executor:
+    """Forkserver worker processes with the memory ceiling, driven by the event loop (:mod:`.pipe_pool`)."""
     ctx = multiprocessing.get_context("forkserver")
-    return _AllWorkersAtOnce(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(memory_limit,))
+    return PipeExecutor(workers, context=ctx, initializer=init_worker, initargs=(memory_limit,))
 
 
 class ExecutorPool:

@@ -1,6 +1,6 @@
 """Decode untrusted image bytes once and turn them into matcher signals (PDQ, optional JPEG).
 
-:func:`prepare` is a top-level pure function so that it can run in a ``ProcessPoolExecutor`` worker:
+:func:`prepare` is a top-level pure function so that it can run in a decode worker process:
 it takes bytes and a frozen config section and returns a :class:`PreparedMedia` (no pixels kept), or
 raises :class:`Unscannable` with a short reason slug.
 

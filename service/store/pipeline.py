@@ -1,7 +1,8 @@
 """What the pipeline and the rescanner need, each as one object over the concerns they span.
 
 :class:`SqlPipeline`: one round trip when an event enters (ledger + scans), one when it ends (scan,
-remote states and outcome, atomically), and matches with their actions in one transaction.
+remote states and outcome, atomically), and matches with their actions in one transaction.  Admits and
+finishes that arrive together share a thread hop and a transaction (:mod:`service.store.grouped`).
 :class:`SqlRescan`: remote states, scans and matches for the rescanner.
 """
 
@@ -44,7 +45,7 @@ class SqlPipeline(SqlMatches):
                 return True, None
             return False, None if row["sha1"] is None else scan_record(row)
 
-        return await self.db.read(q)
+        return await self.db.read_grouped(q)
 
     async def finish(
         self, event: UploadEvent, outcome: str, scan: ScanRecord | None, remote: Sequence[RemoteScan] = (),
@@ -61,7 +62,7 @@ class SqlPipeline(SqlMatches):
             if outcome.startswith("unscannable:") and put_unscannable(self.db, c, event, outcome, now):
                 insert_actions(self.db, c, actions, now)
 
-        await self.db.write(tx)
+        await self.db.write_grouped(tx)
 
 
 class SqlRescan(SqlRemoteScans, SqlScans, SqlMatches, SqlLedger):
