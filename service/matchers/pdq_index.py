@@ -27,10 +27,13 @@ freed by a removal are reused only once no reader can still hold a state in whic
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,27 @@ class _State:
     segment: np.ndarray  # int64 live rows not in the tables (every live row while there are none)
 
 
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system after a build or merge.  Their temporaries (chunk keys,
+    sort buffers) under glibc's mmap threshold (up to 32 MB) come from the heap, and without a trim the freed
+    pages stay resident: measured 163 B/hash resident at 100,000 hashes and 181 at 1,000,000 (arrays: 93
+    and 97) against 91 and 99 with it."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _empty_state() -> _State:
     return _State(np.empty((0, 4), np.uint64), np.empty(0, np.int32), np.empty(0, bool), 0, 0, None,
                   np.empty(0, np.int64))
@@ -70,6 +94,7 @@ class PdqIndex:
         self._segment_max = segment_max
         self._lock = threading.Lock()  # writers only; readers take the current state in one read
         self._state = _empty_state()
+        self._trim_due = False  # a build or merge freed big temporaries: give their pages back
         self._order = np.empty(0, np.uint32)  # live rows sorted by id (writer only)
         self._stale = np.empty(0, np.int64)  # removed rows still in the tables: reusable after a merge
         self._free = np.empty(0, np.int64)  # rows no reader can see as live: reusable now
@@ -105,6 +130,8 @@ class PdqIndex:
             ids, hashes = ids[keep], hashes[keep]
         with self._lock:
             self._apply(ids, ids, hashes)
+        del uniq, last
+        self._settle()
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -112,6 +139,7 @@ class PdqIndex:
             return
         with self._lock:
             self._apply(ids, ids[:0], np.empty((0, 4), np.uint64))
+        self._settle()
 
     def merge(self) -> None:
         """Merge the segment into the tables now (normally done when it outgrows ``segment_max``)."""
@@ -121,6 +149,13 @@ class PdqIndex:
                 tables = self._retable(old.tables, old.hashes, old.alive, old.segment, True)
                 self._publish(old, old.alive, old.segment, tables, old.n_rows, old.size, old.hashes, old.ids,
                               np.empty(0, np.int64))
+        self._settle()
+
+    def _settle(self) -> None:
+        """After a write that built or merged the tables (outside the lock: other writers need not wait)."""
+        if self._trim_due:
+            self._trim_due = False
+            _trim_heap()
 
     def _rows_of(self, state: _State, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions in self._order, rows) of the present ids among ``ids``."""
@@ -165,7 +200,8 @@ class PdqIndex:
 
     def _publish(self, old: _State, alive: np.ndarray, segment: np.ndarray, tables: Tables | None, n_rows: int,
                  size: int, hashes: np.ndarray, ids: np.ndarray, freed: np.ndarray) -> None:
-        if tables is not old.tables:  # merged or rebuilt: the segment is in, the stale rows are out
+        rebuilt = tables is not old.tables
+        if rebuilt:  # merged or rebuilt: the segment is in, the stale rows are out
             freed = np.concatenate([freed, self._stale])
             self._stale = np.empty(0, np.int64)
             segment = np.empty(0, np.int64)
@@ -173,6 +209,7 @@ class PdqIndex:
         # Every retired state is tracked, so a row is reused only when all states older than its
         # removal are gone (a reader holding one may still compare against the row's old hash).
         self._pending.append((weakref.ref(old), freed))
+        self._trim_due = self._trim_due or rebuilt
 
     def _retable(self, tables: Tables | None, hashes: np.ndarray, alive: np.ndarray, segment: np.ndarray,
                  full: bool) -> Tables | None:
