@@ -18,6 +18,7 @@ import pytest
 from service.app import Service
 from service.config import Config, ThumbnailSection, config_from_dict
 from service.media.thumbnail import prepare
+from tests.helpers import until
 from tests.infra import images
 from tests.infra.mediawiki import MediaWikiServer
 from tests.infra.smtp import SmtpServer
@@ -227,10 +228,15 @@ async def test_stream_to_email_with_restart(
     assert resumed.last_event_id is not None and "since" not in resumed.query
     # Only the new upload reached an outcome; events sharing the last millisecond are read again
     # on resume (so none is lost) and dropped as duplicates.
+    # (The email may go out before the outcome's write returns: outcomes are written in groups.)
     registry = run2.service.metrics.registry
-    outcomes2 = sum(registry.get_sample_value("mediamoderation_outcomes_total", {"outcome": o}) or 0
-                    for o in ("clean", "match", "gone", "error", "unscannable"))
-    assert outcomes2 == 1
+
+    def outcomes2() -> float:
+        return sum(registry.get_sample_value("mediamoderation_outcomes_total", {"outcome": o}) or 0
+                   for o in ("clean", "match", "gone", "error", "unscannable"))
+
+    await until(lambda: outcomes2() >= 1, what="the new upload's outcome")
+    assert outcomes2() == 1
     assert await run2.service.stores.ledger.event_outcome(new["meta"]["id"]) == "match"
     await run2.stop()
 
