@@ -35,6 +35,8 @@ fi
 apt_packages=(mediawiki php-cli php-sqlite3 php-intl php-mbstring php-xml php-gd imagemagick
     ghostscript poppler-utils  # PdfHandler: the test wiki renders PDF page thumbnails (issue 14)
     djvulibre-bin  # DjVuHandler: ddjvu/djvudump/djvutxt render DjVu pages for the test wiki; c44/djvm make test files
+    pkg-config cmake libavcodec-dev libavformat-dev libavdevice-dev libavutil-dev libswscale-dev libswresample-dev
+    libavfilter-dev  # the reference vpdq (test extra, built from its sdist) our vPDQ signatures are checked against
     golang-go golang-github-masterminds-sprig-dev golang-github-ghodss-yaml-dev  # Go + sprig: the chart renderer
     chromium chromium-driver)  # the review-queue UI tests (Playwright drives /usr/bin/chromium)
 

@@ -238,9 +238,9 @@ def test_vpdq_command_prints_bank_rows(known_video: Path, capsys: pytest.Capture
 
 
 def test_signature_equals_the_reference_vpdq(known_video: Path, tmp_path: Path) -> None:
-    """Same frames, timestamps, qualities and hashes as the reference hasher (when it is installed: pip
-    ``vpdq`` builds against Debian's FFmpeg development packages)."""
-    vpdq = pytest.importorskip("vpdq")
+    """Same frames, timestamps, qualities and hashes as the reference hasher (pip ``vpdq``, in the test extra,
+    built against Debian's FFmpeg development packages)."""
+    import vpdq  # type: ignore[import-not-found]
     mp4 = tmp_path / "known.mp4"
     mp4.write_bytes(videos.video(videos.with_known(images.photo(KNOWN_SEED)), ext="mp4", fps=25))
     for path in (known_video, mp4):
