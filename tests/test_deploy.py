@@ -1112,7 +1112,9 @@ def unmet(sel: Selector, samples: dict[str, list[dict[str, str]]], labels: dict[
 # and label names only, and their selectors may not pick label values.
 NOT_DRIVEN_HERE = ("mediamoderation_photodna_", "mediamoderation_rescans", "mediamoderation_takedown",
                    "mediamoderation_suppressions", "mediamoderation_review_", "mediamoderation_allowlisted_",
-                   "mediamoderation_backfill_", "mediamoderation_unscannable_")
+                   "mediamoderation_backfill_", "mediamoderation_unscannable_",
+                   # exchange syncs and retroactive hits (their own tests: test_exchanges, test_retro)
+                   "mediamoderation_bank_sync_", "mediamoderation_retro_matches", "mediamoderation_retro_quarantined")
 
 
 class ScriptedSmtp:
