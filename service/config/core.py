@@ -143,7 +143,8 @@ class PipelineSection:
     cpu_workers: PosInt | None = None  # size of the decode/hash pool (default: number of cores)
     # `process` or `thread`.
     cpu_pool: Literal["process", "thread"] = "process"
-    # Address-space ceiling (RLIMIT_AS, bytes) of each decode worker process; 0: none.  Not for cpu_pool: thread.
+    # Address space (RLIMIT_AS, bytes) each decode worker process may map beyond what it maps once started (its
+    # libraries and compiled kernels, shared with the other workers); 0: no ceiling.  Not for cpu_pool: thread.
     decode_memory_limit: int = 1024 * 1024 * 1024
     # seconds an event may spend in the pipeline before it ends as `error:deadline`.
     event_deadline: PosFloat = 300.0

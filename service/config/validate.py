@@ -14,7 +14,7 @@ from service.config.root import Config
 from service.config.values import EMAIL_RE
 from service.net import DIRECT, proxy_problem
 
-MIN_DECODE_MEMORY = 256 * 1024 * 1024  # a warmed-up worker already maps ~160 MB
+MIN_DECODE_MEMORY = 256 * 1024 * 1024  # room to decode and hash a thumbnail, beyond the worker's libraries
 GENERIC_AGENTS = ("python-requests", "aiohttp", "python-urllib", "curl/", "wget/", "mozilla/")
 
 

@@ -4,23 +4,15 @@ A lookup is memory-latency bound: a few thousand bucket starts and candidate row
 compiled loop (probe -> bucket range -> candidate row -> four popcounts) does it without the numpy
 passes (expand, repeat, cumsum, gather) that cost more than the reads themselves.
 
-Compiled code is cached on disk (``cache=True``).  numba writes its cache beside this file when it
-can; the container's site-packages is read-only, so without a writable package directory and without
-``NUMBA_CACHE_DIR`` the cache goes under the temporary directory.  :func:`warm_up` compiles (or loads)
+Compiled code is cached on disk (see :mod:`service`).  :func:`warm_up` compiles (or loads)
 every kernel for every array type the index uses (:func:`service.matchers.pdq_mih.warm_up`, called
 when an index is created), so the first live upload never waits for the compiler.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-if "NUMBA_CACHE_DIR" not in os.environ and not os.access(Path(__file__).parent, os.W_OK):
-    os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / "mediamoderation-numba")
 
 import numpy as np
 from llvmlite import ir

@@ -7,7 +7,9 @@ pool can work) and ``pool.shutdown()``.  The pipeline and the rescanner only see
 (forkserver; :class:`~service.media.pipe_pool.PipeExecutor`, which has the contract of a
 ``ProcessPoolExecutor`` without its helper threads) whose workers run under an address-space ceiling
 (``RLIMIT_AS``), so an image too big for the ceiling raises ``MemoryError`` in the worker, which ends that upload
-``unscannable:decoder-memory`` and leaves the worker alive.
+``unscannable:decoder-memory`` and leaves the worker alive.  The ceiling is ``decode_memory_limit`` beyond what a
+worker maps once started: its libraries and numba's compiled kernels, a few hundred MB of address space, are loaded
+once in the forkserver (:mod:`service.media.preload`) and shared by every worker forked from it.
 
 A worker that dies anyway (SIGKILL from the kernel's OOM killer, a segfault in a decoder) breaks the
 executor for good: every future in it fails with ``BrokenProcessPool`` and so would every
@@ -81,21 +83,35 @@ def _ping() -> bool:  # pragma: no cover - runs in pool workers
 
 
 def init_worker(memory_limit: int | None) -> None:  # pragma: no cover - runs in pool workers
-    """Worker initializer: the address-space ceiling first, then the imports every call needs."""
+    """Worker initializer: the imports every call needs and the compiled kernels (already there when the
+    forkserver preloaded them), then the address-space ceiling: ``memory_limit`` beyond what is mapped now."""
+    import service.media.thumbnail
+
+    service.media.thumbnail.warm_up()
     if memory_limit:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        soft = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    import numpy  # noqa: F401
-    import pdqhash  # noqa: F401
-    import PIL.Image  # noqa: F401
+        soft = mapped_bytes() + memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
-    import service.media.thumbnail  # noqa: F401
+
+def mapped_bytes() -> int:
+    """This process's address space (``VmSize``), 0 where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def process_executor(workers: int, memory_limit: int | None) -> Executor:
-    """Forkserver worker processes with the memory ceiling, driven by the event loop (:mod:`.pipe_pool`)."""
+    """Forkserver worker processes with the memory ceiling, driven by the event loop (:mod:`.pipe_pool`).
+    The forkserver (started by the first of them, unless something else started it already) preloads the
+    decoders and compiled kernels for all."""
     ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", "service.media.preload"])
     return PipeExecutor(workers, context=ctx, initializer=init_worker, initargs=(memory_limit,))
 
 
@@ -118,6 +134,9 @@ class ExecutorPool:
 
 
 def thread_pool(workers: int) -> ExecutorPool:
+    import service.media.thumbnail
+
+    service.media.thumbnail.warm_up()  # compiled now, not on the first upload
     return ExecutorPool(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu"))
 
 

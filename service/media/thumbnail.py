@@ -24,11 +24,13 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from service.config.matching import ThumbnailSection
 from service.errors import Unscannable
-from service.media.pdq import DIHEDRAL_VARIANTS, dihedral_hashes, padded_dihedral_hashes
+from service.media import pdq
+from service.media import views as views_module
+from service.media.pdq import DIHEDRAL_VARIANTS, hash_views
 from service.media.views import ORIGINAL, View, derived_views
 from service.models import PdqSignal, PreparedMedia
 
-__all__ = ["DIHEDRAL_VARIANTS", "decoded_bytes", "pdq_bytes", "pdq_signal", "prepare"]
+__all__ = ["DIHEDRAL_VARIANTS", "decoded_bytes", "pdq_bytes", "pdq_signal", "prepare", "warm_up"]
 
 # Formats Pillow reports for files that are JPEGs with extra data (MPO: phones' multi-picture JPEGs).
 _FORMAT_ALIASES = {"MPO": "JPEG"}
@@ -66,22 +68,26 @@ def pdq_signals(
     """PDQ (eight dihedral variants) of a 2-D luminance array and of its derived views; views whose
     quality is under :data:`VIEW_QUALITY_MIN` are left out.  ``scale``: each value of ``luma`` is the mean
     of ``scale`` x ``scale`` pixels of the image."""
-    hashes, quality = dihedral_hashes(luma, scale=scale)
-    # Views of the same pixels that differ only in their margins (the uncrop views) are hashed together.
-    groups: dict[tuple[int, int, int, int], list[View]] = {}
+    luma = np.ascontiguousarray(luma, dtype=np.float32)
+    h, w = luma.shape
+    # Views of the same pixels that differ only in their margins (the image itself and its uncrop views)
+    # are hashed in one call.
+    groups: dict[tuple[int, int, int, int], list[View]] = {(0, h, 0, w): [View(ORIGINAL, 0, h, 0, w)]}
     for view in derived_views(luma, cfg.views):
         groups.setdefault((view.top, view.bottom, view.left, view.right), []).append(view)
     hashed: dict[str, tuple[tuple[bytes, ...], int]] = {}
-    for members in groups.values():
-        pixels = members[0].pixels(luma)
-        if len(members) == 1 and members[0].fade == 1.0:
-            hashed[members[0].name] = dihedral_hashes(pixels, members[0].pad, scale)
-        else:
-            results = padded_dihedral_hashes(pixels, tuple(v.pad for v in members), tuple(v.fade for v in members),
-                                             scale)
-            hashed.update(zip((v.name for v in members), results, strict=True))
+    for box, members in groups.items():
+        results = hash_views(luma, box, tuple(v.pad for v in members), tuple(v.fade for v in members), scale)
+        hashed.update(zip((v.name for v in members), results, strict=True))
+    hashes, quality = hashed.pop(ORIGINAL)
     views = [PdqSignal(hashes=h, quality=q, view=name) for name, (h, q) in hashed.items() if q >= VIEW_QUALITY_MIN]
     return PdqSignal(hashes=hashes, quality=quality, view=ORIGINAL), tuple(views)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels :func:`prepare` runs, before the first upload."""
+    pdq.warm_up()
+    views_module.warm_up()
 
 
 def prepare(

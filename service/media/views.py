@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from service.config.matching import PdqViewsSection
 
@@ -116,62 +117,96 @@ def _significant(depth: int, side: int) -> int:
 
 def border_depths(luma: np.ndarray) -> tuple[int, int, int, int]:
     """Rows or columns of border at the top, bottom, left and right (0 where there is none)."""
+    luma = np.ascontiguousarray(luma, dtype=np.float32)
+    return _border_depths(luma, int(luma.shape[0] * _MAX_DEPTH), int(luma.shape[1] * _MAX_DEPTH))
+
+
+@njit(cache=True, nogil=True)
+def _border_depths(luma: np.ndarray, max_rows: int, max_cols: int) -> tuple[int, int, int, int]:  # pragma: no cover
     h, w = luma.shape
-    # Most images have no border: their first rows decide it, for both sides of an axis at once.
-    top, bottom = _border_runs(luma[: int(h * _MAX_DEPTH)], luma[::-1][: int(h * _MAX_DEPTH)])
-    inner = luma[top:h - bottom] if h - top - bottom >= _MIN_KEPT_PX else luma
-    left, right = _border_runs(inner.T[: int(w * _MAX_DEPTH)], inner.T[::-1][: int(w * _MAX_DEPTH)])
-    return top, bottom, left, right
+    top = _border_run(luma, False, False, max_rows, 0, w)
+    bottom = _border_run(luma, False, True, max_rows, 0, w)
+    lo, hi = (top, h - bottom) if h - top - bottom >= _MIN_KEPT_PX else (0, h)
+    left = _border_run(luma, True, False, max_cols, lo, hi)
+    return top, bottom, left, _border_run(luma, True, True, max_cols, lo, hi)
 
 
-def _border_runs(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
-    """:func:`_border_rows` of two opposite sides (row 0 at the image's edge), probing both together."""
-    if a.shape[0] < _PROBE or a.shape[1] < 2:
-        return 0, 0
-    head = _border_rows(np.stack((a[:_PROBE], b[:_PROBE])))
-    return tuple(  # type: ignore[return-value]
-        int(n) if n < _PROBE else int(_border_rows(side[None])[0]) for n, side in zip(head, (a, b), strict=True))
-
-
-def _border_rows(block: np.ndarray) -> np.ndarray:
-    """For each side of ``block`` (sides x rows x length, row 0 at the image's edge), how many rows form a
-    border: each row is smooth (a straight line fits it, so uniform colours and gradients along the edge
-    pass, JPEG noise too) and close to the row before it (so gradients across the border pass, but not
-    the picture's content)."""
-    x = block.astype(np.float32)
-    n = x.shape[2]
-    j = np.arange(n, dtype=np.float32) - (n - 1) / 2
-    mean = x.mean(axis=2)
-    slope = (x @ j) / float(j @ j)
-    resid = x - mean[..., None] - slope[..., None] * j
-    ok = np.mean(resid * resid, axis=2) <= _SMOOTH_RMS ** 2
-    ok[:, 1:] &= (np.abs(np.diff(mean, axis=1)) <= _STEP_MEAN) & (np.abs(np.diff(slope, axis=1)) * n <= _STEP_SLOPE)
-    return np.where(ok.all(axis=1), ok.shape[1], np.argmin(ok, axis=1))
+@njit(cache=True, nogil=True)
+def _border_run(luma: np.ndarray, columns: bool, from_end: bool, limit: int, lo: int,
+                hi: int) -> int:  # pragma: no cover - compiled
+    """How many lines (rows, or ``columns``) from an edge of ``luma`` (the far one when ``from_end``), at most
+    ``limit``, form a border, each line read over ``lo:hi`` of the other axis: each line is smooth (a
+    straight line fits it, so uniform colours and gradients along the edge pass, JPEG noise too) and close
+    to the line before it (so gradients across the border pass, but not the picture's content)."""
+    n = hi - lo
+    if limit < _PROBE or n < 2:
+        return 0
+    centre = (n - 1) / 2
+    norm = 0.0
+    for t in range(n):
+        norm += (t - centre) ** 2
+    last = luma.shape[1 if columns else 0] - 1
+    prev_mean = prev_slope = 0.0
+    for r in range(limit):
+        line = luma[lo:hi, last - r if from_end else r] if columns else luma[last - r if from_end else r, lo:hi]
+        total = moment = 0.0
+        for t in range(n):
+            total += line[t]
+            moment += line[t] * (t - centre)
+        mean, slope = total / n, moment / norm
+        resid = 0.0
+        for t in range(n):
+            d = line[t] - mean - slope * (t - centre)
+            resid += d * d
+        if resid / n > _SMOOTH_RMS ** 2:
+            return r
+        if r and (abs(mean - prev_mean) > _STEP_MEAN or abs(slope - prev_slope) * n > _STEP_SLOPE):
+            return r
+        prev_mean, prev_slope = mean, slope
+    return limit
 
 
 # --------------------------------------------------------------------------- captions
 
 def caption_depths(luma: np.ndarray) -> tuple[int, int]:
     """Rows of caption strip at the top and at the bottom (0 where there is none)."""
+    luma = np.ascontiguousarray(luma, dtype=np.float32)
     h = luma.shape[0]
-    limit = int(h * _CAPTION_MAX) + 1
-    return _caption_run(luma[:limit], h), _caption_run(luma[::-1][:limit], h)
+    limit = min(h, int(h * _CAPTION_MAX) + 1)
+    return _caption_run(luma, False, limit), _caption_run(luma, True, limit)
 
 
-def _caption_run(block: np.ndarray, height: int) -> int:
-    """Rows of ``block`` (row 0 at the edge) that form a caption strip: it starts with rows of flat
-    background, holds rows of text (background between the letters), and ends with the last row of pure
-    background before the picture (the first row with almost no background colour in it)."""
-    if block.shape[0] < 2:
+@njit(cache=True, nogil=True)
+def _caption_run(luma: np.ndarray, from_end: bool, limit: int) -> int:  # pragma: no cover - compiled
+    """Rows (at most ``limit``, from the top or ``from_end``) that form a caption strip: it starts with rows
+    of flat background, holds rows of text (background between the letters), and ends with the last row
+    of pure background before the picture (the first row with almost no background colour in it)."""
+    if limit < 2:
         return 0
-    bg = int(np.median(block[0]))
-    if np.mean(np.abs(block[0].astype(np.int16) - bg) <= _CAPTION_TOL) < _CAPTION_PURE:
-        return 0  # the edge row is not flat: no strip (most images)
-    share = (np.abs(block.astype(np.int16) - bg) <= _CAPTION_TOL).mean(axis=1)
-    picture = np.flatnonzero(share < _CAPTION_BG)
-    band = share[: int(picture[0]) if picture.size else share.size]
-    depth = int(np.flatnonzero(band >= _CAPTION_PURE)[-1]) + 1
-    text_rows = int(np.count_nonzero(band[:depth] < _CAPTION_PURE))
+    height, last = luma.shape[0], luma.shape[0] - 1
+    bg = int(np.median(luma[last if from_end else 0]))
+    depth = text_rows = text_seen = 0
+    for r in range(limit):
+        row = luma[last - r if from_end else r]
+        near = 0
+        for x in range(row.shape[0]):
+            near += abs(row[x] - bg) <= _CAPTION_TOL
+        share = near / row.shape[0]
+        if r == 0 and share < _CAPTION_PURE:
+            return 0  # the edge row is not flat: no strip (most images)
+        if share < _CAPTION_BG:
+            break  # the picture
+        if share >= _CAPTION_PURE:
+            depth, text_rows = r + 1, text_seen
+        else:
+            text_seen += 1
     if text_rows < _CAPTION_TEXT_ROWS or not _CAPTION_MIN * height <= depth <= _CAPTION_MAX * height:
         return 0
     return depth
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels, so that the first upload does not wait for them."""
+    luma = np.zeros((40, 40), np.float32)
+    border_depths(luma)
+    caption_depths(luma)
