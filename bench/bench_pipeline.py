@@ -1,6 +1,6 @@
 """Whole-pipeline throughput against a stand-in wiki (the service's own cost), beside a sequential baseline.
 
-    python bench/bench_pipeline.py [--events 100000] [--baseline-events 2000]
+    python bench/bench_pipeline.py [--events 100000] [--baseline-events 2000] [--no-views] [--varied]
 
 (b) of issue 2: a backlog of N upload events (generated lazily, as a stream that is far behind),
 each fetched through imageinfo + thumbnail from ``bench/standin_wiki.py`` (run in its own process),
@@ -326,6 +326,9 @@ def main() -> None:
                         help="instead: (a) N uploads through the real local MediaWiki")
     parser.add_argument("--no-views", action="store_true",
                         help="hash the image as uploaded only (thumbnail.views off)")
+    parser.add_argument("--varied", action="store_true",
+                        help="thumbnails 330 px wide of 200 different heights (150-549 px), as a wiki's are, "
+                             "instead of all 330 x 248")
     args = parser.parse_args()
     if args.real_wiki:
         real_wiki(args.real_wiki)
@@ -336,7 +339,7 @@ def main() -> None:
         thumbs.mkdir()
         bank_rows = ["hash,category,source,id"]
         for k in range(DISTINCT):
-            img = photo(50_000 + k, size=(330, 248))
+            img = photo(50_000 + k, size=(330, 150 + (k * 37) % 400 if args.varied else 248))
             data = jpeg_bytes(img, quality=85)
             (thumbs / f"{k}.jpg").write_bytes(data)
         from service.config import ThumbnailSection
@@ -367,7 +370,8 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait()
-    print(f"cores: {os.cpu_count()}")
+    print(f"cores: {os.cpu_count()}; thumbnails: {'330 px wide, 200 heights' if args.varied else '330 x 248'}; "
+          f"views: {'off' if args.no_views else 'defaults'}")
     print(f"{'':28}{'uploads':>9}{'uploads/s':>11}{'CPU ms/upload':>15}{'stand-in ms':>13}")
     for name, r in (("baseline (sequential)", base), ("pipeline (service)", pipe)):
         print(f"{name:28}{r['uploads']:>9.0f}{r['uploads_per_s']:>11.1f}{r['cpu_ms_per_upload']:>15.2f}"

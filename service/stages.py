@@ -14,7 +14,6 @@ from typing import Protocol
 
 from service.config import ThumbnailSection, WikiSection
 from service.matchers.base import Matcher as Matcher  # declared once, in service.matchers.base
-from service.matchers.base import VersionedMatcher
 from service.models import FetchedMedia, Match, PreparedMedia, UploadEvent
 from service.store.base import NewAction, ScanRecord
 
@@ -35,7 +34,8 @@ def scan_version(banks_version: str, local: Sequence[object] = (), remote: Seque
     matcher with content of its own (:class:`~service.matchers.base.VersionedMatcher`: ``vpdq``), then the names
     of the remote matchers asked.  With neither it is the banks' version alone, as earlier releases stored it."""
     parts = [banks_version]
-    parts += [f"{m.name}:{m.version}" for m in local if isinstance(m, VersionedMatcher)]
+    # (what isinstance(m, VersionedMatcher) checks, without a runtime protocol check per upload: ~10 us each)
+    parts += [f"{getattr(m, 'name', '')}:{v}" for m in local if isinstance(v := getattr(m, "version", None), str)]
     parts += remote
     return "+".join(parts)
 
