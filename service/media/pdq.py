@@ -86,32 +86,39 @@ def _taps(n: int, pad_lo: int, pad_hi: int, scale: int) -> tuple[np.ndarray, np.
 
 
 @njit(cache=True, nogil=True)
-def _buffer(luma: np.ndarray, top: int, bottom: int, left: int, right: int,
-            pad: np.ndarray, scale: int) -> np.ndarray:  # pragma: no cover - compiled
-    """The reference's 64 x 64 buffer of ``luma[top:bottom, left:right]`` extended by margins ``pad`` =
-    (top, bottom, left, right) that repeat its edge pixels."""
+def _rows(luma: np.ndarray, top: int, bottom: int, left: int, right: int, pad_top: int, pad_bottom: int,
+          scale: int) -> np.ndarray:  # pragma: no cover - compiled
+    """The first half of the reference's filter and decimation, along the rows: for ``luma[top:bottom,
+    left:right]`` extended by ``pad_top`` / ``pad_bottom`` rows repeating its edges, the 64 output rows (a
+    weighted sum of a few whole rows each), transposed (w x 64) for :func:`_columns`.  Views that differ
+    only in their left and right margins share it: it is most of a view's cost."""
     h, w = bottom - top, right - left
-    rf, rw = _taps(h, pad[0], pad[1], scale)
-    cf, cw = _taps(w, pad[2], pad[3], scale)
-    # Along the rows first (a weighted sum of a few whole rows per output row), then along the columns of
-    # the transposed result, so that every inner loop runs over contiguous memory without a reduction.
+    first, weights = _taps(h, pad_top, pad_bottom, scale)
     tmp = np.zeros((_OUT, w), np.float32)
     for o in range(_OUT):
         out = tmp[o]
-        for t in range(rw.shape[1]):
-            wt = rw[o, t]
+        for t in range(weights.shape[1]):
+            wt = weights[o, t]
             if wt != 0:
-                row = luma[top + min(max(rf[o] + t - pad[0], 0), h - 1), left:right]
-                for x in range(w):
+                row = luma[top + min(max(first[o] + t - pad_top, 0), h - 1), left:right]
+                for x in range(w):  # contiguous, no reduction: vectorised
                     out[x] += wt * row[x]
-    tmp_t = np.ascontiguousarray(tmp.T)
+    return np.ascontiguousarray(tmp.T)
+
+
+@njit(cache=True, nogil=True)
+def _columns(rows_t: np.ndarray, pad_left: int, pad_right: int, scale: int) -> np.ndarray:  # pragma: no cover
+    """The second half, along the columns of :func:`_rows`'s result extended by ``pad_left`` / ``pad_right``
+    columns: the 64 x 64 buffer."""
+    w = rows_t.shape[0]
+    first, weights = _taps(w, pad_left, pad_right, scale)
     buf_t = np.zeros((_OUT, _OUT), np.float32)
     for p in range(_OUT):
         out = buf_t[p]
-        for t in range(cw.shape[1]):
-            wt = cw[p, t]
+        for t in range(weights.shape[1]):
+            wt = weights[p, t]
             if wt != 0:
-                col = tmp_t[min(max(cf[p] + t - pad[2], 0), w - 1)]
+                col = rows_t[min(max(first[p] + t - pad_left, 0), w - 1)]
                 for o in range(_OUT):
                     out[o] += wt * col[o]
     return np.ascontiguousarray(buf_t.T)
@@ -259,10 +266,14 @@ def _hash_bits(b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - co
 def _hash_views(luma: np.ndarray, top: int, bottom: int, left: int, right: int, pads: np.ndarray,
                 fades: np.ndarray, scale: int, hashes: np.ndarray, quality: np.ndarray) -> None:  # pragma: no cover
     """Hashes (into ``hashes``, V x 8 x 32) and quality (into ``quality``, V) of ``luma[top:bottom,
-    left:right]`` extended by each margin ``pads[v]`` faded by ``fades[v]`` (1: repeated edges)."""
+    left:right]`` extended by each margin ``pads[v]`` faded by ``fades[v]`` (1: repeated edges).  A view with
+    the top and bottom margins of the one before it reuses its pass along the rows."""
     h, w = bottom - top, right - left
+    rows_t = np.empty((0, _OUT), np.float32)
     for v in range(pads.shape[0]):
-        buf = _buffer(luma, top, bottom, left, right, pads[v], scale)
+        if v == 0 or pads[v, 0] != pads[v - 1, 0] or pads[v, 1] != pads[v - 1, 1]:
+            rows_t = _rows(luma, top, bottom, left, right, pads[v, 0], pads[v, 1], scale)
+        buf = _columns(rows_t, pads[v, 2], pads[v, 3], scale)
         quality[v] = _quality(buf)  # the view's before any fading
         if fades[v] < 1.0:
             mt, mb = _margin_samples(h, pads[v, 0], pads[v, 1])
@@ -294,11 +305,14 @@ def hash_views(
     top, bottom, left, right = box
     if min(bottom - top, right - left) * scale < _MIN_SIDE:  # the reference's answer for images too small
         return [((bytes(32),) * len(DIHEDRAL_VARIANTS), 0)] * len(pads)
+    order = sorted(range(len(pads)), key=lambda v: pads[v][:2])  # views sharing their row margins together
     out = np.empty((len(pads), len(DIHEDRAL_VARIANTS), 32), np.uint8)
     quality = np.empty(len(pads), np.int64)
     _hash_views(np.ascontiguousarray(luma, dtype=np.float32), top, bottom, left, right,
-                np.array(pads, np.int64).reshape(-1, 4), np.array(fades, np.float64), scale, out, quality)
-    return [(tuple(row.tobytes() for row in out[v]), int(quality[v])) for v in range(len(pads))]
+                np.array([pads[v] for v in order], np.int64).reshape(-1, 4),
+                np.array([fades[v] for v in order], np.float64), scale, out, quality)
+    at = {v: k for k, v in enumerate(order)}
+    return [(tuple(row.tobytes() for row in out[at[v]]), int(quality[at[v]])) for v in range(len(pads))]
 
 
 def padded_dihedral_hashes(
@@ -319,8 +333,9 @@ def dihedral_hashes(
 
 def _downsample(luma: np.ndarray, pad: tuple[int, int, int, int] = _FULL, scale: int = 1) -> np.ndarray:
     """The reference's 64 x 64 buffer of a 2-D luminance array, optionally extended by margins ``pad``."""
-    return _buffer(np.ascontiguousarray(luma, dtype=np.float32), 0, luma.shape[0], 0, luma.shape[1],
-                   np.array(pad, np.int64), scale)
+    rows_t = _rows(np.ascontiguousarray(luma, dtype=np.float32), 0, luma.shape[0], 0, luma.shape[1], pad[0], pad[1],
+                   scale)
+    return _columns(rows_t, pad[2], pad[3], scale)
 
 
 def warm_up() -> None:
