@@ -7,7 +7,8 @@
   were not used to choose the defaults.
 * With the crop's exact margin known (a bound for any set of uncrop views): how many copies come within 31
   of the original when the margins repeat the edges, mirror the picture, or fade towards its mean.
-* Crops from one side or one corner only (not caught: the views extend every side alike).
+* Crops from one side or one corner only, caught by the views extended on one side (``uncrop_sides``) or at
+  one corner (``uncrop_corners``), for several settings; mirrored copies too (which variants they keep).
 * "Confident bits", an idea measured and not used: the distance over the 128 bits whose DCT coefficients are
   furthest from the median, for the cropped copies and for the benign set (the closest benign query).
 
@@ -39,14 +40,16 @@ from service.metrics import Metrics  # noqa: E402
 from tests.infra import evasion, images  # noqa: E402
 
 CROPS = (2, 3, 4, 6, 8, 10)
+_NO_SIDES = {"uncrop_sides": (), "uncrop_corners": ()}  # the symmetric uncrop views alone
 SETTINGS = {
-    "2 views 2.5/5 % (previous default)": PdqViewsSection(uncrop=(0.025, 0.05)),
-    "5 views, edges repeated": PdqViewsSection(uncrop_fade=1.0),
-    "5 views, fade 0.7": PdqViewsSection(uncrop_fade=0.7),
-    "5 views, fade 0.8 (default)": PdqViewsSection(),
-    "4 views 2.5/5/8/11.5 %": PdqViewsSection(uncrop=(0.025, 0.05, 0.08, 0.115)),
-    "4 views 2.5/5/7/10 %": PdqViewsSection(uncrop=(0.025, 0.05, 0.07, 0.1)),
-    "3 views 3/6.5/10 %": PdqViewsSection(uncrop=(0.03, 0.065, 0.1)),
+    "2 views 2.5/5 % (previous default)": PdqViewsSection(uncrop=(0.025, 0.05), **_NO_SIDES),
+    "5 views, edges repeated": PdqViewsSection(uncrop_fade=1.0, **_NO_SIDES),
+    "5 views, fade 0.7": PdqViewsSection(uncrop_fade=0.7, **_NO_SIDES),
+    "5 views, fade 0.8": PdqViewsSection(**_NO_SIDES),
+    "4 views 2.5/5/8/11.5 %": PdqViewsSection(uncrop=(0.025, 0.05, 0.08, 0.115), **_NO_SIDES),
+    "4 views 2.5/5/7/10 %": PdqViewsSection(uncrop=(0.025, 0.05, 0.07, 0.1), **_NO_SIDES),
+    "3 views 3/6.5/10 %": PdqViewsSection(uncrop=(0.03, 0.065, 0.1), **_NO_SIDES),
+    "default (5 views, fade 0.8, one-sided views)": PdqViewsSection(),
 }
 K_CONFIDENT = 128
 
@@ -77,32 +80,55 @@ def catch_rates(tmp: Path, name: str, known: list[Image.Image]) -> None:
         print(f"  {label:48} " + " ".join(f"{c:>5}" for c in row))
 
 
-def one_sided(tmp: Path, known: list[Image.Image]) -> None:
-    """Crops from one side or one corner only: the uncrop views extend every side alike."""
-    path = evasion.write_bank(tmp / "one-sided.csv", [evasion.reference_hash(k) for k in known], "known")
+ONE_SIDED_CROPS = (3, 4, 6, 8, 10)
+ALL_VARIANTS = ("original", "rotate90", "rotate180", "rotate270", "flip-x", "flip-y", "flip-plus1", "flip-minus1")
+ONE_SIDED_SETTINGS = {
+    "no one-sided views (previous default)": PdqViewsSection(uncrop_sides=(), uncrop_corners=()),
+    "sides 5/10 %": PdqViewsSection(uncrop_sides=(0.05, 0.1), uncrop_corners=()),
+    "sides 4/7 %": PdqViewsSection(uncrop_sides=(0.04, 0.07), uncrop_corners=()),
+    "sides 4/7/11 %": PdqViewsSection(uncrop_corners=()),
+    "sides 4/7/11 %, corners 4 %": PdqViewsSection(uncrop_corners=(0.04,)),
+    "sides 4/7/11 %, corners 4/7 % (default)": PdqViewsSection(),
+    "sides 4/6/9/11 %, corners 4/7/9 %": PdqViewsSection(uncrop_sides=(0.04, 0.06, 0.09, 0.11),
+                                                        uncrop_corners=(0.04, 0.07, 0.09)),
+}
+
+
+def one_sided(tmp: Path, name: str, known: list[Image.Image], settings: dict[str, PdqViewsSection],
+              mirrored: bool = False) -> None:
+    """Crops from one side (each of the four) or one corner (each of the four) of 3 to 10 %: caught through
+    the service's path, default thresholds, for several settings of ``uncrop_sides`` / ``uncrop_corners``;
+    ``mirrored``: the cropped copies mirrored left-right too."""
+    path = evasion.write_bank(tmp / f"one-sided-{name}.csv", [evasion.reference_hash(k) for k in known], "known")
     banks = BankSet(BanksSection(list=(BankSection(name="b", path=str(path), category="test"),)), Metrics())
-    print("\ncrops from one side or corner (sample photos), caught with the default views")
-    for label, box in (("left side", lambda w, h, p: (round(w * p), 0, w, h)),
-                       ("top and left", lambda w, h, p: (round(w * p), round(h * p), w, h))):
-        row = []
-        for p in (4, 8):
-            uploads = [evasion.as_upload(k.crop(box(k.width, k.height, p / 100))) for k in known]
-            signals = [prepare(d, "0" * 40, ThumbnailSection()).pdq_signals for d in uploads]
-            row.append(sum(f"known-{i}" in {m.hash_id for m in banks.match_pdq_signals(sig)}
-                           for i, sig in enumerate(signals)))
-        print(f"  {label:14} 4 %: {row[0]}/{len(known)}  8 %: {row[1]}/{len(known)}")
-    print("  with a view extended on the left only, by the exact margin (within 31 of the original):")
-    for p in (4, 8):
-        counts = []
-        for fade in (1.0, 0.8):
-            close = 0
-            for k in known:
-                luma = luma_of(evasion.as_upload(k.crop((round(k.width * p / 100), 0, k.width, k.height))))
-                pad = (0, 0, round(luma.shape[1] * p / (100 - p)), 0)
-                (hashes, _), = pdq.padded_dihedral_hashes(luma, (pad,), (fade,))
-                close += hamming(hashes[0], evasion.reference_hash(k)) <= 31
-            counts.append(close)
-        print(f"  left side {p} %: edges repeated {counts[0]}/{len(known)}, faded 0.8 {counts[1]}/{len(known)}")
+    uploads: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+    for i, k in enumerate(known):
+        for where in evasion.ONE_SIDED:
+            for p in ONE_SIDED_CROPS:
+                img = evasion.crop_side(k, p / 100, where)
+                if mirrored:
+                    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                group = "corner" if "-" in where else "side"
+                uploads.setdefault((group, p), []).append((i, evasion.as_upload(img)))
+    n = len(known) * 4
+    print(f"\n{name}: one-sided crops caught (of {n} per amount: each photo cropped on each side / at each corner)")
+    print(f"  {'setting':44} {'views':>5} {'looked up':>9}  one side " + " ".join(f"{p:>3}%" for p in ONE_SIDED_CROPS)
+          + "   one corner " + " ".join(f"{p:>3}%" for p in ONE_SIDED_CROPS))
+    for label, views in settings.items():
+        cfg = dataclasses.replace(ThumbnailSection(), views=views)
+        row = {}
+        sizes = []
+        for key, items in uploads.items():
+            caught = 0
+            for i, data in items:
+                signals = prepare(data, "0" * 40, cfg).pdq_signals
+                sizes.append((sum(1 for s in signals if s.variants), sum(len(s.hashes) for s in signals)))
+                caught += f"known-{i}" in {m.hash_id for m in banks.match_pdq_signals(signals)}
+            row[key] = caught
+        one_views, hashes = (float(np.mean([s[k] for s in sizes])) for k in (0, 1))
+        print(f"  {label:44} {one_views:5.0f} {hashes:9.0f}            "
+              + " ".join(f"{row['side', p]:>4}" for p in ONE_SIDED_CROPS) + "              "
+              + " ".join(f"{row['corner', p]:>4}" for p in ONE_SIDED_CROPS))
 
 
 def exact_margin(known: list[Image.Image]) -> None:
@@ -182,6 +208,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generated", type=int, default=40, help="generated photos (held out)")
     parser.add_argument("--benign", type=int, default=1000, help="benign tiles for the confident-bits figures")
+    parser.add_argument("--one-sided", action="store_true", help="the one-sided crops only")
+    parser.add_argument("--amounts", action="store_true",
+                        help="one-sided crops only, with one amount of one-sided and corner views at a time")
     args = parser.parse_args()
     if evasion.data_dir() is None:
         print("scikit-image's sample photos are not installed", file=sys.stderr)
@@ -189,11 +218,27 @@ def main() -> int:
     t0 = time.process_time()
     known = [evasion.known_photo(n) for n in evasion.KNOWN]
     with tempfile.TemporaryDirectory() as tmp_name:
-        catch_rates(Path(tmp_name), "sample photos", known)
-        catch_rates(Path(tmp_name), "generated photos", [images.photo(500 + s) for s in range(args.generated)])
-        one_sided(Path(tmp_name), known)
-    exact_margin(known)
-    confident_bits(known, args.benign)
+        if not (args.one_sided or args.amounts):
+            catch_rates(Path(tmp_name), "sample photos", known)
+            catch_rates(Path(tmp_name), "generated photos", [images.photo(500 + s) for s in range(args.generated)])
+        settings = ONE_SIDED_SETTINGS
+        if args.amounts:  # the amounts tried, one at a time (sides and corners)
+            settings = {f"sides {a:g} %, corners {a:g} %": PdqViewsSection(uncrop_sides=(a / 100,),
+                                                                           uncrop_corners=(a / 100,))
+                        for a in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12)}
+        one_sided(Path(tmp_name), "sample photos", known, settings)
+        one_sided(Path(tmp_name), "generated photos", [images.photo(500 + s) for s in range(args.generated)], settings)
+        if args.amounts:
+            print(f"\nCPU {time.process_time() - t0:.1f} s")
+            return 0
+        one_sided(Path(tmp_name), "sample photos mirrored", known, {
+            "default, variant original only": PdqViewsSection(uncrop_sides_variants=("original",)),
+            "default (original and flip-y)": PdqViewsSection(),
+            "default, all eight variants": PdqViewsSection(uncrop_sides_variants=ALL_VARIANTS),
+        }, mirrored=True)
+    if not args.one_sided:
+        exact_margin(known)
+        confident_bits(known, args.benign)
     print(f"\nCPU {time.process_time() - t0:.1f} s")
     return 0
 

@@ -28,11 +28,13 @@ from service.config import BankSection, BanksSection, ThumbnailSection  # noqa: 
 from service.config.matching import PdqViewsSection  # noqa: E402
 from service.matchers.banks import BankSet  # noqa: E402
 from service.media.thumbnail import prepare  # noqa: E402
+from service.media.views import UNCROP, UNCROP_CORNERS, UNCROP_SIDES  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from tests.infra import evasion  # noqa: E402
 from tests.infra.images import jpeg_bytes  # noqa: E402
 
-OFF = dataclasses.replace(ThumbnailSection(), views=PdqViewsSection(trim_border=False, trim_caption=False, uncrop=()))
+OFF = dataclasses.replace(ThumbnailSection(), views=PdqViewsSection(trim_border=False, trim_caption=False, uncrop=(),
+                                                                   uncrop_sides=(), uncrop_corners=()))
 ON = ThumbnailSection()
 
 
@@ -56,9 +58,21 @@ def catch_rates(tmp: Path) -> dict[str, tuple[int, int, int]]:
     return out
 
 
+def _group(view: str) -> str:
+    """The one-sided views by amount (``uncrop-left-4`` -> ``uncrop-side-4``, ``uncrop-top-left-4`` ->
+    ``uncrop-corner-4``), other views by name."""
+    where, _, amount = view.removeprefix(UNCROP + "-").rpartition("-")
+    if where in UNCROP_SIDES:
+        return f"{UNCROP}-side-{amount}"
+    if where in UNCROP_CORNERS:
+        return f"{UNCROP}-corner-{amount}"
+    return view
+
+
 def false_positives(tmp: Path, n: int) -> tuple[int, int, int, list[str], dict[str, int]]:
-    """(matches before, matches after, queries, what matched after, closest distance of each view to any
-    bank tile over all queries: the margin left under the threshold)."""
+    """(matches before, matches after, queries, what matched after, closest distance of each view (the
+    one-sided ones grouped by amount, over the variants they keep) to any bank tile over all queries: the
+    margin left under the threshold)."""
     bank_imgs = evasion.benign_set(n, half="bank")
     bank_hashes = [evasion.reference_hash(t) for t in bank_imgs]
     words = np.frombuffer(b"".join(bank_hashes), dtype=np.uint64).reshape(-1, 4)
@@ -79,7 +93,8 @@ def false_positives(tmp: Path, n: int) -> tuple[int, int, int, list[str], dict[s
         for sig in signals:
             q = np.frombuffer(b"".join(sig.hashes), dtype=np.uint64).reshape(-1, 1, 4)
             d = int(np.bitwise_count(q ^ words[None]).sum(axis=2).min())
-            closest[sig.view] = min(closest.get(sig.view, 256), d)
+            group = _group(sig.view)
+            closest[group] = min(closest.get(group, 256), d)
     return before, after, len(queries), hits, closest
 
 

@@ -4,15 +4,17 @@
 * decode + PDQ (all eight dihedral variants of every view) per second with
   ``service.media.thumbnail.prepare``, on 330 px JPEG thumbnails and on 12-megapixel JPEG originals, beside
   a baseline measured in the same run: Pillow full decode + ``pdqhash.compute_dihedral`` on the same bytes
-  (no draft mode, no resize).  Three settings of ``thumbnail.views``: plain (no derived views), trimmed
-  (border and caption views, hashed when a border or caption is found) and all (the default: also the
-  uncrop views, five of them), and the previous default (two uncrop views, 2.5 and 5 %) to show what the
-  three views for larger crops cost; the trimmed setting is also timed on bordered and captioned copies,
-  where it hashes them, and all views on thumbnails of 20 different heights (as a wiki's are).
+  (no draft mode, no resize).  Settings of ``thumbnail.views``: plain (no derived views), trimmed (border
+  and caption views, hashed when a border or caption is found), all (the default: also the uncrop views,
+  five of them, and the one-sided and corner uncrop views), all but the one-sided and corner views, and the
+  previous default (two uncrop views, 2.5 and 5 %, no one-sided views) to show what the views for larger
+  and one-sided crops cost; the trimmed setting is also timed on bordered and captioned copies, where it
+  hashes them, and all views on thumbnails of 20 different heights (as a wiki's are).
   Rates are per second of CPU time of this process (one core; the machine is shared) and per second of
   wall time;
 * PDQ bank lookup (eight variants against every hash) in CPU µs per upload at 10k and 100k hashes, of the
-  image alone, with the previous default's views and with all the default views;
+  image alone, with the previous default's views, with the default views but the one-sided ones (which keep
+  two variants each) and with all the default views;
 * peak RSS of the process.
 """
 
@@ -44,6 +46,7 @@ from service.metrics import Metrics  # noqa: E402
 from service.models import PdqSignal  # noqa: E402
 
 _NEW_VIEWS = {"uncrop-7", "uncrop-9.5", "uncrop-12.5"}  # the views added for crops of 6-10 %
+_NO_SIDES = {"uncrop_sides": (), "uncrop_corners": ()}  # no one-sided or corner uncrop views
 from tests.infra.evasion import add_border, add_caption  # noqa: E402
 from tests.infra.images import jpeg_bytes, photo  # noqa: E402
 
@@ -86,8 +89,9 @@ def baseline(data: bytes) -> object:
 
 
 def lookup_us(n_hashes: int, queries: list[list[PdqSignal]], tmp: Path, repeats: int) -> tuple[list[float], float]:
-    """(µs per query of the image alone, of the image and the previous default's views, of the image and
-    all its views; load seconds) for a bank of ``n_hashes`` random PDQ hashes, interleaved."""
+    """(µs per query of the image alone, of the image and the previous default's views, of the image and its
+    views but the one-sided ones, of the image and all its views; load seconds) for a bank of ``n_hashes``
+    random PDQ hashes, interleaved."""
     rng = np.random.default_rng(n_hashes)
     path = tmp / f"bank-{n_hashes}.csv"
     with open(path, "w") as f:
@@ -98,7 +102,8 @@ def lookup_us(n_hashes: int, queries: list[list[PdqSignal]], tmp: Path, repeats:
     t0 = time.perf_counter()
     banks = BankSet(cfg, Metrics())
     load = time.perf_counter() - t0
-    sets = ([q[:1] for q in queries], [[s for s in q if s.view not in _NEW_VIEWS] for q in queries], queries)
+    sets = ([q[:1] for q in queries], [[s for s in q if s.view not in _NEW_VIEWS and not s.variants] for q in queries],
+            [[s for s in q if not s.variants] for q in queries], queries)
     used = [0.0] * len(sets)
     for q in queries:
         banks.match_pdq_signals(q)
@@ -118,9 +123,10 @@ def main() -> int:
     secs = 1.0 if args.quick else 3.0
     cfg = ThumbnailSection()
 
-    plain = replace(cfg, views=PdqViewsSection(trim_border=False, trim_caption=False, uncrop=()))
-    trimmed = replace(cfg, views=PdqViewsSection(uncrop=()))
-    previous = replace(cfg, views=PdqViewsSection(uncrop=(0.025, 0.05)))
+    plain = replace(cfg, views=PdqViewsSection(trim_border=False, trim_caption=False, uncrop=(), **_NO_SIDES))
+    trimmed = replace(cfg, views=PdqViewsSection(uncrop=(), **_NO_SIDES))
+    previous = replace(cfg, views=PdqViewsSection(uncrop=(0.025, 0.05), **_NO_SIDES))
+    no_sides = replace(cfg, views=PdqViewsSection(**_NO_SIDES))
 
     print("generating images ...", file=sys.stderr)
     thumbs = [jpeg_bytes(photo(s, (330, 248)), quality=85) for s in range(20)]
@@ -141,7 +147,8 @@ def main() -> int:
         peaks.append((f"baseline, {label}", peak_rss_mib()))
         rows.append((f"baseline: {label}", base_cpu, base_wall, base_cpu))
         sets = [("plain", plain, items), ("trimmed views", trimmed, items),
-                ("all views, 2 uncrop (previous default)", previous, items), ("all views", cfg, items)]
+                ("all views, 2 uncrop (previous default)", previous, items),
+                ("all views but the one-sided uncrop", no_sides, items), ("all views", cfg, items)]
         if items is thumbs:
             sets.insert(2, ("trimmed views, bordered/captioned", trimmed, edited))
             sets.append(("all views, 20 heights (150-587 px)", cfg, varied))
@@ -164,10 +171,12 @@ def main() -> int:
     for name, cpu_rate, wall_rate, base in rows:
         print(f"{name:52} {cpu_rate:9.1f} {wall_rate:9.1f} {cpu_rate / base:10.2f}x")
     print("  baseline = Pillow full decode + pdqhash.compute_dihedral, no draft mode or resize (same run)")
-    print(f"\n{'PDQ lookup, CPU µs per upload':32} {'image':>10} {'+2 uncrop':>10} {'all views':>10} {'load s':>8}")
+    print(f"\n{'PDQ lookup, CPU µs per upload':32} {'image':>10} {'+2 uncrop':>10} {'no sides':>10} {'all views':>10} "
+          f"{'load s':>8}")
     for n, us, load in lookups:
-        print(f"{f'{n:,} hashes':32} {us[0]:10.0f} {us[1]:10.0f} {us[2]:10.0f} {load:8.2f}")
-    print("  (8 variants per view, threshold 31; +2 uncrop: the previous default's views)")
+        print(f"{f'{n:,} hashes':32} {us[0]:10.0f} {us[1]:10.0f} {us[2]:10.0f} {us[3]:10.0f} {load:8.2f}")
+    print("  (8 variants per view, 2 per one-sided view, threshold 31; +2 uncrop: the previous default's views; "
+          "no sides: the default views but the one-sided ones)")
     print(f"\npeak RSS of the whole run (incl. image generation): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if can_reset:

@@ -132,7 +132,8 @@ def make_config(tmp: Path, port: int, bank: Path, *, views: bool = True) -> Conf
                                    "outbox_dir": str(tmp / "outbox")}},
             "store": {"path": str(tmp / "bench.sqlite3")},
             # --no-views: the image as uploaded only (docs/evasion.md)
-            **({} if views else {"thumbnail": {"views": {"trim_border": False, "trim_caption": False, "uncrop": []}}}),
+            **({} if views else {"thumbnail": {"views": {"trim_border": False, "trim_caption": False, "uncrop": [],
+                                                         "uncrop_sides": [], "uncrop_corners": []}}}),
         },
         base=tmp,
     )

@@ -94,11 +94,18 @@ class FrameHash:
 @dataclass(frozen=True, slots=True)
 class PdqSignal:
     """PDQ hashes of all eight dihedral variants (index 0 is the image as shown) and the quality, of the
-    image as uploaded (``view`` "original") or of a derived view (service.media.views)."""
+    image as uploaded (``view`` "original") or of a derived view (service.media.views).  A view may keep only
+    some variants (the one-sided uncrop views): ``variants`` then says which (indexes into
+    ``DIHEDRAL_VARIANTS``), one per hash."""
 
     hashes: tuple[bytes, ...]  # 32 bytes each
     quality: int
     view: str = "original"
+    variants: tuple[int, ...] = ()  # empty: the hashes are the variants in DIHEDRAL_VARIANTS order
+
+    def variant_of(self, row: int) -> int:
+        """The index in ``DIHEDRAL_VARIANTS`` of ``hashes[row]``."""
+        return self.variants[row] if self.variants else row
 
     @property
     def hex(self) -> str:

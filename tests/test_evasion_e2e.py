@@ -28,6 +28,13 @@ def test_email_and_review_page_say_which_view_matched() -> None:
     assert "matched as rotate90" in email_details({"view": "original", "variant": "rotate90"})
     assert "matched" not in email_details({"view": "original", "variant": "original", "quality": 99})
     assert "after extending the edges by 4%" in email_details({"view": "uncrop-4", "variant": "original"})
+    one_side = {"view": "uncrop-left-7", "variant": "flip-y", "threshold": 31, "quality": 95}
+    assert "matched after extending the left edge by 7% (a copy cropped on one side) as flip-y" in \
+        email_details(one_side)
+    assert "after extending the left edge by 7% (a copy cropped on one side)" in page_details(one_side)
+    corner = {"view": "uncrop-top-right-4", "variant": "original"}
+    assert "matched after extending the top and right edges by 4% (a copy cropped at a corner)" in \
+        email_details(corner)
 
 
 @pytest.mark.wiki
@@ -50,4 +57,27 @@ async def test_bordered_copy_is_matched_and_the_email_says_after_trimming_a_bord
     body = mails[0].message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "known-7101" in body
     assert "matched after trimming a border" in body
+    assert await run.service.stores.ledger.event_outcome(event["meta"]["id"]) == "match"
+
+
+@pytest.mark.wiki
+async def test_copy_cropped_on_one_side_is_matched_and_the_email_says_which_edge(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+    running_list: list[Running],  # noqa: F811
+) -> None:
+    run_id = uuid.uuid4().hex[:8]
+    known = images.photo(7102)
+    bank = tmp_path / "bank.csv"
+    bank.write_text(f"hash,category,source,id\n{pdq_signal(known).hex},,test-source,known-7102\n")
+    cropped = images.jpeg_bytes(evasion.crop_side(known, 0.06, "left"), quality=80)
+    event = await upload_and_publish(mediawiki, sse_server, f"Evasion {run_id} cropped.jpg", cropped)
+
+    run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank))
+    running_list.append(run)
+    await run.finished(1)
+    mails = await smtp_server.wait_for_async(1)
+    assert len(mails) == 1
+    body = mails[0].message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "known-7102" in body
+    assert "edge by 7% (a copy cropped on one side)" in body, body
     assert await run.service.stores.ledger.event_outcome(event["meta"]["id"]) == "match"

@@ -12,6 +12,10 @@ from service.config.values import NonNegFloat, NonNegInt, PosFloat, PosInt
 
 ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"]  # what the decoder may be given
 PDQ_THRESHOLD_MAX = 100  # PDQ's own recommendation is 31; 256 would match every image
+# PDQ's eight dihedral variants, in the order of service.media.pdq.DIHEDRAL_VARIANTS (pdqhash's).
+DihedralVariant = Literal[
+    "original", "rotate90", "rotate180", "rotate270", "flip-x", "flip-y", "flip-plus1", "flip-minus1",
+]
 STANDARD_THUMB_WIDTHS = (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840)
 
 
@@ -55,6 +59,16 @@ class PdqViewsSection:
     # in uncrop views of more than 5 %, the margins fade from the image's edge towards its mean by this factor per
     # 64th of the side (1: the edge pixels are repeated).
     uncrop_fade: Annotated[float, Field(gt=0, le=1)] = 0.8
+    # also hash the image extended on ONE side by each of these fractions of that side (four views each: top,
+    # bottom, left, right; margins faded beyond 5 % as for `uncrop`), to catch copies cropped on one side; empty:
+    # no such views.
+    uncrop_sides: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.04, 0.07, 0.11)
+    # the same on two adjacent sides (four views each: top-left, top-right, bottom-left, bottom-right), to catch
+    # copies cropped at one corner; empty: no such views.
+    uncrop_corners: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.04, 0.07)
+    # the dihedral variants of the one-sided and corner views that are matched (each is one more index lookup per
+    # view): the picture as shown and mirrored left-right; add rotations to catch cropped rotated copies too.
+    uncrop_sides_variants: Annotated[tuple[DihedralVariant, ...], Field(min_length=1)] = ("original", "flip-y")
 
 
 @dataclass(frozen=True)

@@ -344,7 +344,7 @@ class BankSet:
                     hash_value=e.hash, distance=dist, source=e.source or None,
                     details={
                         "view": sig.view,
-                        "variant": DIHEDRAL_VARIANTS[variant],
+                        "variant": DIHEDRAL_VARIANTS[sig.variant_of(variant)],
                         "threshold": threshold,
                         "quality": sig.quality,
                     },

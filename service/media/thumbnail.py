@@ -80,7 +80,9 @@ def pdq_signals(
         results = hash_views(luma, box, tuple(v.pad for v in members), tuple(v.fade for v in members), scale)
         hashed.update(zip((v.name for v in members), results, strict=True))
     hashes, quality = hashed.pop(ORIGINAL)
-    views = [PdqSignal(hashes=h, quality=q, view=name) for name, (h, q) in hashed.items() if q >= VIEW_QUALITY_MIN]
+    kept = {v.name: v.variants for members in groups.values() for v in members}  # some views keep some variants
+    views = [PdqSignal(hashes=tuple(h[i] for i in kept[name]) if kept[name] else h, quality=q, view=name,
+                       variants=kept[name]) for name, (h, q) in hashed.items() if q >= VIEW_QUALITY_MIN]
     return PdqSignal(hashes=hashes, quality=quality, view=ORIGINAL), tuple(views)
 
 

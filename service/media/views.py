@@ -11,6 +11,10 @@ repeat its edge pixels, and is hashed with its eight dihedral variants like the 
   percent per side (PDQ itself is not crop-tolerant: see docs/evasion.md for the rates reached).  Up to
   5 % the margins repeat the edge pixels; beyond, where more of the picture is missing, they fade from
   the edge towards the picture's mean (``uncrop_fade``), which measured closer to the original's hash.
+* ``uncrop-SIDE-N`` (``uncrop-left-4``, ``uncrop-top-left-4``): the image extended by N % on one side only
+  (``uncrop_sides``) or on the two sides of one corner (``uncrop_corners``), faded alike, for copies cropped
+  on one side or at one corner.  There are four of each per amount, so only the variants of
+  ``uncrop_sides_variants`` (as shown and mirrored, by default) are kept and matched: each costs a lookup.
 
 A trimmed view that leaves too little of the image (mostly flat padding) is dropped here; views whose
 PDQ quality is low are dropped by the caller.
@@ -19,11 +23,12 @@ PDQ quality is low are dropped by the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 from numba import njit
 
-from service.config.matching import PdqViewsSection
+from service.config.matching import DihedralVariant, PdqViewsSection
 
 ORIGINAL = "original"
 TRIMMED_BORDER = "trimmed-border"
@@ -43,13 +48,18 @@ _CAPTION_PURE = 0.95  # a row of the strip's margins: background but for JPEG no
 _CAPTION_MIN, _CAPTION_MAX = 0.05, 0.3  # a caption strip's share of the height
 _CAPTION_TEXT_ROWS = 3  # rows with some text in them, needed to call a flat band a caption
 UNCROP_FADE_FROM = 0.05  # the margins of uncrop views of more than this share fade (cfg.uncrop_fade)
+UNCROP_SIDES = ("top", "bottom", "left", "right")  # uncrop_sides views, in this order per amount
+UNCROP_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")  # uncrop_corners views
+# The PDQ dihedral variants (service.media.pdq.DIHEDRAL_VARIANTS, whose order the config's names follow).
+_VARIANTS = get_args(DihedralVariant)
 
 
 @dataclass(frozen=True, slots=True)
 class View:
     """A derived view: rows ``top:bottom`` and columns ``left:right`` of the luminance array, then
     ``pad`` = (top, bottom, left, right) pixels of repeated edge added around it, faded towards the mean by
-    ``fade`` per 64th of the side (1: not faded; see :func:`service.media.pdq.dihedral_hashes`)."""
+    ``fade`` per 64th of the side (1: not faded; see :func:`service.media.pdq.dihedral_hashes`).  ``variants``:
+    the indexes (in ``DIHEDRAL_VARIANTS``) of the dihedral variants kept, empty for all eight."""
 
     name: str
     top: int
@@ -58,6 +68,7 @@ class View:
     right: int
     pad: tuple[int, int, int, int] = (0, 0, 0, 0)
     fade: float = 1.0
+    variants: tuple[int, ...] = ()
 
     def pixels(self, luma: np.ndarray) -> np.ndarray:
         return luma[self.top:self.bottom, self.left:self.right]
@@ -72,6 +83,11 @@ def describe_view(name: object) -> str:
     if name == TRIMMED_CAPTION:
         return "after removing a caption strip"
     if name.startswith(UNCROP + "-"):
+        where, _, amount = name.removeprefix(UNCROP + "-").rpartition("-")
+        if where in UNCROP_SIDES:
+            return f"after extending the {where} edge by {amount}% (a copy cropped on one side)"
+        if where in UNCROP_CORNERS:
+            return f"after extending the {where.replace('-', ' and ')} edges by {amount}% (a copy cropped at a corner)"
         return f"after extending the edges by {name.removeprefix(UNCROP + '-')}% (a cropped copy)"
     return f"in view {name[:40]}"
 
@@ -95,6 +111,16 @@ def derived_views(luma: np.ndarray, cfg: PdqViewsSection) -> list[View]:
         if ph or pw:
             fade = cfg.uncrop_fade if share > UNCROP_FADE_FROM else 1.0
             out.append(View(f"{UNCROP}-{share * 100:g}", 0, h, 0, w, (ph, ph, pw, pw), fade))
+    kept = tuple(dict.fromkeys(_VARIANTS.index(v) for v in cfg.uncrop_sides_variants))
+    for shares, places in ((cfg.uncrop_sides, UNCROP_SIDES), (cfg.uncrop_corners, UNCROP_CORNERS)):
+        for share in shares:
+            ph, pw = round(h * share), round(w * share)
+            fade = cfg.uncrop_fade if share > UNCROP_FADE_FROM else 1.0
+            for where in places:
+                pad = (ph if "top" in where else 0, ph if "bottom" in where else 0,
+                       pw if "left" in where else 0, pw if "right" in where else 0)
+                if any(pad):
+                    out.append(View(f"{UNCROP}-{where}-{share * 100:g}", 0, h, 0, w, pad, fade, kept))
     return out
 
 

@@ -130,6 +130,20 @@ def crop(img: Image.Image, share: float) -> Image.Image:
     return img.crop((dx, dy, w - dx, h - dy))
 
 
+ONE_SIDED = ("top", "bottom", "left", "right", "top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def crop_side(img: Image.Image, share: float, where: str) -> Image.Image:
+    """``img`` without ``share`` of its width (height) on the left or right (top or bottom) only, or on both
+    sides of one corner (``where`` in :data:`ONE_SIDED`)."""
+    if where not in ONE_SIDED:
+        raise ValueError(where)
+    w, h = img.size
+    dx, dy = round(w * share), round(h * share)
+    return img.crop((dx if "left" in where else 0, dy if "top" in where else 0,
+                     w - dx if "right" in where else w, h - dy if "bottom" in where else h))
+
+
 EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
     **{f"border {k} {p}%": (lambda img, k=k, p=p: add_border(img, p / 100, k)) for k in BORDER_KINDS
        for p in (2, 4, 6, 10)},
