@@ -1,6 +1,6 @@
 """Whole-pipeline throughput against a stand-in wiki (the service's own cost), beside a sequential baseline.
 
-    python bench/bench_pipeline.py [--events 100000] [--baseline-events 2000] [--no-views] [--varied]
+    python bench/bench_pipeline.py [--events 100000] [--baseline-events 2000] [--no-views] [--views JSON] [--varied]
 
 (b) of issue 2: a backlog of N upload events (generated lazily, as a stream that is far behind),
 each fetched through imageinfo + thumbnail from ``bench/standin_wiki.py`` (run in its own process),
@@ -118,7 +118,8 @@ class BacklogSource(SourceBase):
         self.committed = position
 
 
-def make_config(tmp: Path, port: int, bank: Path, *, views: bool = True) -> Config:
+def make_config(tmp: Path, port: int, bank: Path, *, views: bool = True,
+                views_set: dict[str, Any] | None = None) -> Config:
     return config_from_dict(
         {
             "service": {"user_agent": "mediamoderation-bench/0.1 (bench@example.org)", "log_level": "warning"},
@@ -134,6 +135,8 @@ def make_config(tmp: Path, port: int, bank: Path, *, views: bool = True) -> Conf
             # --no-views: the image as uploaded only (docs/evasion.md)
             **({} if views else {"thumbnail": {"views": {"trim_border": False, "trim_caption": False, "uncrop": [],
                                                          "uncrop_sides": [], "uncrop_corners": []}}}),
+            **({"thumbnail": {"views": views_set}} if views_set else {}),  # --views '{...}'
+
         },
         base=tmp,
     )
@@ -327,6 +330,8 @@ def main() -> None:
                         help="instead: (a) N uploads through the real local MediaWiki")
     parser.add_argument("--no-views", action="store_true",
                         help="hash the image as uploaded only (thumbnail.views off)")
+    parser.add_argument("--views", type=json.loads, default=None, metavar="JSON",
+                        help="thumbnail.views keys to set, e.g. '{\"uncrop_corners\": []}'")
     parser.add_argument("--varied", action="store_true",
                         help="thumbnails 330 px wide of 200 different heights (150-549 px), as a wiki's are, "
                              "instead of all 330 x 248")
@@ -360,7 +365,7 @@ def main() -> None:
                     requests.get(f"http://127.0.0.1:{port}/api.php", timeout=1)
                     break
                 time.sleep(0.1)
-            cfg = make_config(tmp, port, bank, views=not args.no_views)
+            cfg = make_config(tmp, port, bank, views=not args.no_views, views_set=args.views)
             s0 = proc_cpu(server.pid)
             base = asyncio.run(run_baseline(cfg, args.baseline_events, port))
             s1 = proc_cpu(server.pid)
@@ -372,7 +377,7 @@ def main() -> None:
             server.terminate()
             server.wait()
     print(f"cores: {os.cpu_count()}; thumbnails: {'330 px wide, 200 heights' if args.varied else '330 x 248'}; "
-          f"views: {'off' if args.no_views else 'defaults'}")
+          f"views: {'off' if args.no_views else 'defaults'}{f' with {args.views}' if args.views else ''}")
     print(f"{'':28}{'uploads':>9}{'uploads/s':>11}{'CPU ms/upload':>15}{'stand-in ms':>13}")
     for name, r in (("baseline (sequential)", base), ("pipeline (service)", pipe)):
         print(f"{name:28}{r['uploads']:>9.0f}{r['uploads_per_s']:>11.1f}{r['cpu_ms_per_upload']:>15.2f}"

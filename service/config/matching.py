@@ -71,6 +71,9 @@ class PdqViewsSection:
     uncrop_sides_variants: Annotated[tuple[DihedralVariant, ...], Field(min_length=1)] = ("original", "flip-y")
 
 
+NO_VIEWS = PdqViewsSection(trim_border=False, trim_caption=False, uncrop=(), uncrop_sides=(), uncrop_corners=())
+
+
 @dataclass(frozen=True)
 class ThumbnailSection:
     # larger images are `unscannable:decompression-bomb`.

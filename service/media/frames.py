@@ -24,7 +24,7 @@ import numpy as np
 import pdqhash
 from PIL import Image, ImageSequence
 
-from service.config.matching import ThumbnailSection
+from service.config.matching import NO_VIEWS, ThumbnailSection
 from service.config.media import AnimationSection, DocumentSection
 from service.errors import Unscannable
 from service.media.thumbnail import _resize_to_fit, _to_rgb, pdq_bytes
@@ -73,8 +73,8 @@ def prepare_frames(
 
 
 def _page(prepare: Prepare, number: int, data: bytes, sha1: str, cfg: ThumbnailSection) -> FrameHash | None:
-    try:
-        page = prepare(data, sha1, cfg, source=f"page{number}")
+    try:  # only the page's own hash is kept: no derived views
+        page = prepare(data, sha1, replace(cfg, views=NO_VIEWS), source=f"page{number}")
     except Unscannable as exc:  # one page the wiki rendered badly does not hide the others
         log.info("%s page %d: %s", sha1, number, exc)
         return None

@@ -43,6 +43,8 @@ _DCT = (math.sqrt(2.0 / _OUT) * np.cos(
     np.pi / (2 * _OUT) * np.outer(np.arange(1, 17), 2 * np.arange(_OUT) + 1))).astype(np.float32)
 # Flipping the 64 x 64 buffer along an axis multiplies frequency k = i + 1 of that axis by (-1)^k.
 _SIGN = np.where(np.arange(1, 17) % 2 == 1, -1.0, 1.0).astype(np.float32)
+_DCT_SUMS = _DCT.astype(np.float64).sum(axis=1).astype(np.float32)  # D 1, as _faded_dct gives it without margins
+_ALL = tuple(range(len(DIHEDRAL_VARIANTS)))
 
 
 @njit(cache=True, nogil=True)
@@ -112,16 +114,19 @@ def _columns(rows_t: np.ndarray, pad_left: int, pad_right: int, scale: int) -> n
     columns: the 64 x 64 buffer."""
     w = rows_t.shape[0]
     first, weights = _taps(w, pad_left, pad_right, scale)
-    buf_t = np.zeros((_OUT, _OUT), np.float32)
+    buf = np.empty((_OUT, _OUT), np.float32)
+    acc = np.empty(_OUT, np.float32)
     for p in range(_OUT):
-        out = buf_t[p]
+        acc[:] = 0
         for t in range(weights.shape[1]):
             wt = weights[p, t]
             if wt != 0:
-                col = rows_t[min(max(first[p] + t - pad_left, 0), w - 1)]
-                for o in range(_OUT):
-                    out[o] += wt * col[o]
-    return np.ascontiguousarray(buf_t.T)
+                src = min(max(first[p] + t - pad_left, 0), w - 1)
+                for o in range(_OUT):  # contiguous, no reduction: vectorised
+                    acc[o] += wt * rows_t[src, o]
+        for o in range(_OUT):
+            buf[o, p] = acc[o]
+    return buf
 
 
 @njit(cache=True, nogil=True)
@@ -153,6 +158,16 @@ def _faded_dct(lo: int, hi: int, fade: float) -> tuple[np.ndarray, np.ndarray]: 
         for i in range(16):
             dct[i, src] += _DCT[i, o] * f
     return dct.astype(np.float32), dct.sum(axis=1).astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _mean(buf: np.ndarray, top: int, bottom: int, left: int, right: int) -> float:  # pragma: no cover - compiled
+    """The mean of ``buf[top:bottom, left:right]``."""
+    total = 0.0
+    for i in range(top, bottom):
+        for j in range(left, right):
+            total += buf[i, j]
+    return total / ((bottom - top) * (right - left))
 
 
 @njit(cache=True, nogil=True)
@@ -217,17 +232,20 @@ def _lower_median(a: np.ndarray) -> float:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _hash_bits(b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """The eight dihedral hashes (DIHEDRAL_VARIANTS order) of DCT coefficients ``b`` into ``out`` (8 x 32).
+def _hash_bits(b: np.ndarray, keep: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The dihedral hashes (DIHEDRAL_VARIANTS order) of DCT coefficients ``b`` into ``out`` (8 x 32), of the
+    variants whose bit is set in ``keep`` (the others are left as they are).
 
     Variant coefficient (i, j): original b[i, j]; rotate90 b[j, i] s_i; rotate180 b[i, j] s_i s_j;
     rotate270 b[j, i] s_j; flip-x b[i, j] s_i; flip-y b[i, j] s_j; flip-plus1 b[j, i]; flip-minus1
-    b[j, i] s_i s_j, with s the sign change of a flip (a transpose keeps the median).  Bit k = 16 i + j
-    is set when the coefficient is above the lower median, like the reference's Torben median; the
-    standard hex order writes bit 255 first."""
-    medians = np.empty(4, np.float32)  # of b, b s_i s_j, b s_j, b s_i
+    b[j, i] s_i s_j, with s the sign change of a flip (a transpose keeps the median, so four medians do).
+    Bit k = 16 i + j is set when the coefficient is above the lower median, like the reference's Torben
+    median; the standard hex order writes bit 255 first."""
+    medians = np.zeros(4, np.float32)  # of b, b s_i s_j, b s_j, b s_i
     vals = np.empty(256, np.float32)
-    for m in range(4):
+    for m, variants in enumerate((0b01000001, 0b10000100, 0b00100010, 0b00011000)):
+        if keep & variants == 0:
+            continue
         for i in range(16):
             for j in range(16):
                 v = b[i, j]
@@ -237,82 +255,101 @@ def _hash_bits(b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - co
                     v = -v
                 vals[16 * i + j] = v
         medians[m] = _lower_median(vals)
-    out[:] = 0
+    for k in range(8):
+        if keep >> k & 1:
+            out[k] = 0
     for i in range(16):
         si = np.float32(-1.0) if i % 2 == 0 else np.float32(1.0)
         for j in range(16):
             sj = np.float32(-1.0) if j % 2 == 0 else np.float32(1.0)
             v, t = b[i, j], b[j, i]
             byte, bit = 31 - (16 * i + j) // 8, np.uint8(1 << (j % 8))
-            if v > medians[0]:
-                out[0, byte] |= bit
-            if t * si > medians[2]:
-                out[1, byte] |= bit
-            if v * si * sj > medians[1]:
-                out[2, byte] |= bit
-            if t * sj > medians[3]:
-                out[3, byte] |= bit
-            if v * si > medians[3]:
-                out[4, byte] |= bit
-            if v * sj > medians[2]:
-                out[5, byte] |= bit
-            if t > medians[0]:
-                out[6, byte] |= bit
-            if t * si * sj > medians[1]:
-                out[7, byte] |= bit
+            for k, value, m in ((0, v, 0), (1, t * si, 2), (2, v * si * sj, 1), (3, t * sj, 3), (4, v * si, 3),
+                                (5, v * sj, 2), (6, t, 0), (7, t * si * sj, 1)):
+                if keep >> k & 1 and value > medians[m]:
+                    out[k, byte] |= bit
+
+
+@njit(cache=True, nogil=True)
+def _axis_dct(n: int, pad_lo: int, pad_hi: int,
+              fade: float) -> tuple[np.ndarray, np.ndarray, int, int]:  # pragma: no cover - compiled
+    """(faded DCT, its row sums, margin samples before, after) of an axis of ``n`` samples extended by
+    ``pad_lo`` / ``pad_hi`` (:func:`_faded_dct`; without margin samples, the DCT itself)."""
+    lo, hi = _margin_samples(n, pad_lo, pad_hi)
+    if lo == 0 and hi == 0:
+        return _DCT, _DCT_SUMS, 0, 0
+    dct, sums = _faded_dct(lo, hi, fade)
+    return dct, sums, lo, hi
 
 
 @njit(cache=True, nogil=True)
 def _hash_views(luma: np.ndarray, top: int, bottom: int, left: int, right: int, pads: np.ndarray,
-                fades: np.ndarray, scale: int, hashes: np.ndarray, quality: np.ndarray) -> None:  # pragma: no cover
-    """Hashes (into ``hashes``, V x 8 x 32) and quality (into ``quality``, V) of ``luma[top:bottom,
-    left:right]`` extended by each margin ``pads[v]`` faded by ``fades[v]`` (1: repeated edges).  A view with
-    the top and bottom margins of the one before it reuses its pass along the rows."""
+                fades: np.ndarray, keep: np.ndarray, scale: int, hashes: np.ndarray,
+                quality: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Hashes (into ``hashes``, V x 8 x 32, of the variants set in ``keep[v]``) and quality (into
+    ``quality``, V) of ``luma[top:bottom, left:right]`` extended by each margin ``pads[v]`` faded by
+    ``fades[v]`` (1: repeated edges).
+
+    Filtering along the rows is most of a view's cost, so it is shared: a view with the top and bottom
+    margins of the one before it reuses its pass along the rows, and views extended at the top or bottom
+    only (no left or right margin) are filtered along the columns first, all from one shared pass (the
+    filter is separable: the order changes only float rounding, and each view always takes the same order)."""
     h, w = bottom - top, right - left
     rows_t = np.empty((0, _OUT), np.float32)
+    rows_pads = (0, 0)  # the margins rows_t was filtered with
+    cols_t = np.empty((0, _OUT), np.float32)
     for v in range(pads.shape[0]):
-        if v == 0 or pads[v, 0] != pads[v - 1, 0] or pads[v, 1] != pads[v - 1, 1]:
-            rows_t = _rows(luma, top, bottom, left, right, pads[v, 0], pads[v, 1], scale)
-        buf = _columns(rows_t, pads[v, 2], pads[v, 3], scale)
+        if pads[v, 2] == 0 and pads[v, 3] == 0 and (pads[v, 0] != 0 or pads[v, 1] != 0):
+            if cols_t.shape[0] == 0:
+                box_t = np.ascontiguousarray(luma[top:bottom, left:right].T)
+                cols_t = _rows(box_t, 0, w, 0, h, 0, 0, scale)
+            buf = np.ascontiguousarray(_columns(cols_t, pads[v, 0], pads[v, 1], scale).T)
+        else:
+            if rows_t.shape[0] == 0 or pads[v, 0] != rows_pads[0] or pads[v, 1] != rows_pads[1]:
+                rows_t = _rows(luma, top, bottom, left, right, pads[v, 0], pads[v, 1], scale)
+                rows_pads = (pads[v, 0], pads[v, 1])
+            buf = _columns(rows_t, pads[v, 2], pads[v, 3], scale)
         quality[v] = _quality(buf)  # the view's before any fading
         if fades[v] < 1.0:
-            mt, mb = _margin_samples(h, pads[v, 0], pads[v, 1])
-            ml, mr = _margin_samples(w, pads[v, 2], pads[v, 3])
-            dr, ur = _faded_dct(mt, mb, fades[v])
-            dc, uc = _faded_dct(ml, mr, fades[v])
-            mean = buf[mt:_OUT - mb, ml:_OUT - mr].astype(np.float64).mean()
+            dr, ur, mt, mb = _axis_dct(h, pads[v, 0], pads[v, 1], fades[v])
+            dc, uc, ml, mr = _axis_dct(w, pads[v, 2], pads[v, 3], fades[v])
+            mean = _mean(buf, mt, _OUT - mb, ml, _OUT - mr)
             b = _dct(buf, dr, dc)
             for i in range(16):
                 for j in range(16):
                     b[i, j] -= np.float32(mean) * ur[i] * uc[j]
         else:
             b = _dct(buf, _DCT, _DCT)
-        _hash_bits(b, hashes[v])
+        _hash_bits(b, keep[v], hashes[v])
 
 
 def hash_views(
     luma: np.ndarray, box: tuple[int, int, int, int], pads: tuple[tuple[int, int, int, int], ...],
-    fades: tuple[float, ...], scale: int = 1,
+    fades: tuple[float, ...], scale: int = 1, variants: tuple[tuple[int, ...], ...] = (),
 ) -> list[tuple[tuple[bytes, ...], int]]:
-    """The eight dihedral PDQ hashes (32 bytes each, standard hex order) and the quality of each view of
+    """The dihedral PDQ hashes (32 bytes each, standard hex order) and the quality of each view of
     ``luma[top:bottom, left:right]`` (``box``) extended by margins ``pads[v]`` = (top, bottom, left, right)
     repeating its edges, faded towards its mean by ``fades[v]`` per 64th of the side (1: not faded).
-    ``scale``: each value of ``luma`` is the mean of ``scale`` x ``scale`` pixels of the image."""
+    ``scale``: each value of ``luma`` is the mean of ``scale`` x ``scale`` pixels of the image.  ``variants[v]``:
+    the indexes in DIHEDRAL_VARIANTS of the hashes wanted for view ``v``, in that order (missing or empty:
+    all eight); the others are not computed."""
     if luma.ndim != 2:
         raise ValueError(f"PDQ needs a 2-D array, got shape {luma.shape}")
     if not pads:
         return []
+    wanted = [tuple(variants[v]) if v < len(variants) and variants[v] else _ALL for v in range(len(pads))]
     top, bottom, left, right = box
     if min(bottom - top, right - left) * scale < _MIN_SIDE:  # the reference's answer for images too small
-        return [((bytes(32),) * len(DIHEDRAL_VARIANTS), 0)] * len(pads)
+        return [((bytes(32),) * len(kept), 0) for kept in wanted]
     order = sorted(range(len(pads)), key=lambda v: pads[v][:2])  # views sharing their row margins together
     out = np.empty((len(pads), len(DIHEDRAL_VARIANTS), 32), np.uint8)
     quality = np.empty(len(pads), np.int64)
     _hash_views(np.ascontiguousarray(luma, dtype=np.float32), top, bottom, left, right,
                 np.array([pads[v] for v in order], np.int64).reshape(-1, 4),
-                np.array([fades[v] for v in order], np.float64), scale, out, quality)
+                np.array([fades[v] for v in order], np.float64),
+                np.array([sum(1 << k for k in wanted[v]) for v in order], np.int64), scale, out, quality)
     at = {v: k for k, v in enumerate(order)}
-    return [(tuple(row.tobytes() for row in out[at[v]]), int(quality[at[v]])) for v in range(len(pads))]
+    return [(tuple(out[at[v], k].tobytes() for k in wanted[v]), int(quality[at[v]])) for v in range(len(pads))]
 
 
 def padded_dihedral_hashes(

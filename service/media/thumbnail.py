@@ -65,9 +65,9 @@ def pdq_signal(rgb: Image.Image) -> PdqSignal:
 def pdq_signals(
     luma: np.ndarray, cfg: ThumbnailSection, scale: int = 1
 ) -> tuple[PdqSignal, tuple[PdqSignal, ...]]:
-    """PDQ (eight dihedral variants) of a 2-D luminance array and of its derived views; views whose
-    quality is under :data:`VIEW_QUALITY_MIN` are left out.  ``scale``: each value of ``luma`` is the mean
-    of ``scale`` x ``scale`` pixels of the image."""
+    """PDQ (eight dihedral variants) of a 2-D luminance array and of its derived views (the variants each
+    view keeps); views whose quality is under :data:`VIEW_QUALITY_MIN` are left out.  ``scale``: each value
+    of ``luma`` is the mean of ``scale`` x ``scale`` pixels of the image."""
     luma = np.ascontiguousarray(luma, dtype=np.float32)
     h, w = luma.shape
     # Views of the same pixels that differ only in their margins (the image itself and its uncrop views)
@@ -75,15 +75,14 @@ def pdq_signals(
     groups: dict[tuple[int, int, int, int], list[View]] = {(0, h, 0, w): [View(ORIGINAL, 0, h, 0, w)]}
     for view in derived_views(luma, cfg.views):
         groups.setdefault((view.top, view.bottom, view.left, view.right), []).append(view)
-    hashed: dict[str, tuple[tuple[bytes, ...], int]] = {}
+    signals: list[PdqSignal] = []
     for box, members in groups.items():
-        results = hash_views(luma, box, tuple(v.pad for v in members), tuple(v.fade for v in members), scale)
-        hashed.update(zip((v.name for v in members), results, strict=True))
-    hashes, quality = hashed.pop(ORIGINAL)
-    kept = {v.name: v.variants for members in groups.values() for v in members}  # some views keep some variants
-    views = [PdqSignal(hashes=tuple(h[i] for i in kept[name]) if kept[name] else h, quality=q, view=name,
-                       variants=kept[name]) for name, (h, q) in hashed.items() if q >= VIEW_QUALITY_MIN]
-    return PdqSignal(hashes=hashes, quality=quality, view=ORIGINAL), tuple(views)
+        results = hash_views(luma, box, tuple(v.pad for v in members), tuple(v.fade for v in members), scale,
+                             tuple(v.variants for v in members))
+        signals += [PdqSignal(hashes=hashes, quality=quality, view=v.name, variants=v.variants)
+                    for v, (hashes, quality) in zip(members, results, strict=True)]
+    views = tuple(s for s in signals[1:] if s.quality >= VIEW_QUALITY_MIN)
+    return signals[0], views
 
 
 def warm_up() -> None:
