@@ -64,8 +64,9 @@ class PdqViewsSection:
     # no such views.
     uncrop_sides: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.04, 0.07, 0.11)
     # the same on two adjacent sides (four views each: top-left, top-right, bottom-left, bottom-right), to catch
-    # copies cropped at one corner; empty: no such views.
-    uncrop_corners: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = (0.04, 0.07)
+    # copies cropped at one corner, e.g. [0.04, 0.07] (corners of 3-6 %); empty: no such views (the default: eight
+    # views cost about 0.3 ms of CPU and 16 lookups per upload).
+    uncrop_corners: tuple[Annotated[float, Field(gt=0, le=0.25)], ...] = ()
     # the dihedral variants of the one-sided and corner views that are matched (each is one more index lookup per
     # view): the picture as shown and mirrored left-right; add rotations to catch cropped rotated copies too.
     uncrop_sides_variants: Annotated[tuple[DihedralVariant, ...], Field(min_length=1)] = ("original", "flip-y")
