@@ -411,3 +411,21 @@ def test_a_crowded_bucket_widens_the_bucket_starts() -> None:
     rebuilt = PdqIndex(brute_force_max=0)
     rebuilt.add(ids, hashes)
     assert rebuilt.query(query, 31) == index.query(query, 31)
+
+
+def test_a_read_only_query_uses_the_compiled_kernels(make: Callable[[], PdqIndex]) -> None:
+    """A query straight from a hash's bytes is read-only: it must not make numba compile a new specialisation
+    of a kernel on a live lookup (a second or two), and it answers as a writable copy would."""
+    from service.matchers import pdq_kernels
+
+    index = make()
+    rng = np.random.default_rng(5)
+    hashes = rng.integers(0, 2**64, size=(500, 4), dtype=np.uint64)
+    index.add(np.arange(500, dtype=np.int64), hashes)
+    query = np.frombuffer(hashes[:2].tobytes(), dtype=np.uint64).reshape(-1, 4)
+    assert not query.flags.writeable
+    index.query(query.copy(), 31)  # compiled (or loaded) for writable arrays
+    kernels = (pdq_kernels.probe, pdq_kernels.scan)
+    before = [len(k.signatures) for k in kernels]
+    assert index.query(query, 31) == index.query(query.copy(), 31)
+    assert [len(k.signatures) for k in kernels] == before

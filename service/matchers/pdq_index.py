@@ -258,6 +258,8 @@ class PdqIndex:
         """``[(id, distance, row), ...]`` for every id within ``radius`` of a row of ``query`` ((V, 4))."""
         state = self._state  # one read: a consistent view
         query = np.ascontiguousarray(query, dtype=np.uint64).reshape(-1, 4)
+        if not query.flags.writeable:  # (a hash's bytes): the kernels are compiled for writable arrays only, and a
+            query = query.copy()  # read-only one would be compiled anew on a live lookup (a second or two)
         if state.size == 0 or query.shape[0] == 0 or radius < 0:
             return []
         if state.tables is None:
