@@ -323,6 +323,13 @@ def _hash_views(luma: np.ndarray, top: int, bottom: int, left: int, right: int, 
         _hash_bits(b, keep[v], hashes[v])
 
 
+def kernel_array(luma: np.ndarray) -> np.ndarray:
+    """``luma`` as the kernels are compiled for: C-contiguous, writable float32 (a copy only when it is not);
+    any other array type would make numba compile anew on a live upload."""
+    out = np.ascontiguousarray(luma, dtype=np.float32)
+    return out if out.flags.writeable else out.copy()
+
+
 def hash_views(
     luma: np.ndarray, box: tuple[int, int, int, int], pads: tuple[tuple[int, int, int, int], ...],
     fades: tuple[float, ...], scale: int = 1, variants: tuple[tuple[int, ...], ...] = (),
@@ -344,7 +351,7 @@ def hash_views(
     order = sorted(range(len(pads)), key=lambda v: pads[v][:2])  # views sharing their row margins together
     out = np.empty((len(pads), len(DIHEDRAL_VARIANTS), 32), np.uint8)
     quality = np.empty(len(pads), np.int64)
-    _hash_views(np.ascontiguousarray(luma, dtype=np.float32), top, bottom, left, right,
+    _hash_views(kernel_array(luma), top, bottom, left, right,
                 np.array([pads[v] for v in order], np.int64).reshape(-1, 4),
                 np.array([fades[v] for v in order], np.float64),
                 np.array([sum(1 << k for k in wanted[v]) for v in order], np.int64), scale, out, quality)
@@ -370,8 +377,7 @@ def dihedral_hashes(
 
 def _downsample(luma: np.ndarray, pad: tuple[int, int, int, int] = _FULL, scale: int = 1) -> np.ndarray:
     """The reference's 64 x 64 buffer of a 2-D luminance array, optionally extended by margins ``pad``."""
-    rows_t = _rows(np.ascontiguousarray(luma, dtype=np.float32), 0, luma.shape[0], 0, luma.shape[1], pad[0], pad[1],
-                   scale)
+    rows_t = _rows(kernel_array(luma), 0, luma.shape[0], 0, luma.shape[1], pad[0], pad[1], scale)
     return _columns(rows_t, pad[2], pad[3], scale)
 
 

@@ -26,7 +26,7 @@ from service.config.matching import ThumbnailSection
 from service.errors import Unscannable
 from service.media import pdq
 from service.media import views as views_module
-from service.media.pdq import DIHEDRAL_VARIANTS, hash_views
+from service.media.pdq import DIHEDRAL_VARIANTS, hash_views, kernel_array
 from service.media.views import ORIGINAL, View, derived_views
 from service.models import PdqSignal, PreparedMedia
 
@@ -68,7 +68,7 @@ def pdq_signals(
     """PDQ (eight dihedral variants) of a 2-D luminance array and of its derived views (the variants each
     view keeps); views whose quality is under :data:`VIEW_QUALITY_MIN` are left out.  ``scale``: each value
     of ``luma`` is the mean of ``scale`` x ``scale`` pixels of the image."""
-    luma = np.ascontiguousarray(luma, dtype=np.float32)
+    luma = kernel_array(luma)
     h, w = luma.shape
     # Views of the same pixels that differ only in their margins (the image itself and its uncrop views)
     # are hashed in one call.

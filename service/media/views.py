@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from service.config.matching import DihedralVariant, PdqViewsSection
+from service.media.pdq import kernel_array
 
 ORIGINAL = "original"
 TRIMMED_BORDER = "trimmed-border"
@@ -143,7 +144,7 @@ def _significant(depth: int, side: int) -> int:
 
 def border_depths(luma: np.ndarray) -> tuple[int, int, int, int]:
     """Rows or columns of border at the top, bottom, left and right (0 where there is none)."""
-    luma = np.ascontiguousarray(luma, dtype=np.float32)
+    luma = kernel_array(luma)
     return _border_depths(luma, int(luma.shape[0] * _MAX_DEPTH), int(luma.shape[1] * _MAX_DEPTH))
 
 
@@ -196,7 +197,7 @@ def _border_run(luma: np.ndarray, columns: bool, from_end: bool, limit: int, lo:
 
 def caption_depths(luma: np.ndarray) -> tuple[int, int]:
     """Rows of caption strip at the top and at the bottom (0 where there is none)."""
-    luma = np.ascontiguousarray(luma, dtype=np.float32)
+    luma = kernel_array(luma)
     h = luma.shape[0]
     limit = min(h, int(h * _CAPTION_MAX) + 1)
     return _caption_run(luma, False, limit), _caption_run(luma, True, limit)
