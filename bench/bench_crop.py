@@ -86,9 +86,9 @@ ONE_SIDED_SETTINGS = {
     "no one-sided views (previous default)": PdqViewsSection(uncrop_sides=(), uncrop_corners=()),
     "sides 5/10 %": PdqViewsSection(uncrop_sides=(0.05, 0.1), uncrop_corners=()),
     "sides 4/7 %": PdqViewsSection(uncrop_sides=(0.04, 0.07), uncrop_corners=()),
-    "sides 4/7/11 %": PdqViewsSection(uncrop_corners=()),
+    "sides 4/7/11 % (default)": PdqViewsSection(),
     "sides 4/7/11 %, corners 4 %": PdqViewsSection(uncrop_corners=(0.04,)),
-    "sides 4/7/11 %, corners 4/7 % (default)": PdqViewsSection(),
+    "sides 4/7/11 %, corners 4/7 %": PdqViewsSection(uncrop_corners=(0.04, 0.07)),
     "sides 4/6/9/11 %, corners 4/7/9 %": PdqViewsSection(uncrop_sides=(0.04, 0.06, 0.09, 0.11),
                                                         uncrop_corners=(0.04, 0.07, 0.09)),
 }
