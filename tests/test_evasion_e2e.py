@@ -4,10 +4,12 @@ the derived views, and the email and the review page say so in words."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from service.actions.notify import _details as email_details
 from service.media.thumbnail import pdq_signal
@@ -38,16 +40,23 @@ def test_email_and_review_page_say_which_view_matched() -> None:
 
 
 @pytest.mark.wiki
-async def test_bordered_copy_is_matched_and_the_email_says_after_trimming_a_border(
+@pytest.mark.parametrize(("seed", "edit", "says"), [
+    (7101, lambda img: evasion.add_border(img, 0.05, "black"), "matched after trimming a border"),
+    (7102, lambda img: evasion.crop_side(img, 0.06, "left"), "edge by 7% (a copy cropped on one side)"),
+], ids=["bordered", "cropped-on-one-side"])
+async def test_edited_copy_is_matched_and_the_email_says_how(
+    seed: int, edit: Callable[[Image.Image], Image.Image], says: str,
     tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
     running_list: list[Running],  # noqa: F811
 ) -> None:
+    """A copy with a border, or cropped on one side, uploaded to the wiki: matched, and the email says which
+    view undid the edit."""
     run_id = uuid.uuid4().hex[:8]
-    known = images.photo(7101)
+    known = images.photo(seed)
     bank = tmp_path / "bank.csv"
-    bank.write_text(f"hash,category,source,id\n{pdq_signal(known).hex},,test-source,known-7101\n")
-    bordered = images.jpeg_bytes(evasion.add_border(known, 0.05, "black"), quality=80)
-    event = await upload_and_publish(mediawiki, sse_server, f"Evasion {run_id} bordered.jpg", bordered)
+    bank.write_text(f"hash,category,source,id\n{pdq_signal(known).hex},,test-source,known-{seed}\n")
+    edited = images.jpeg_bytes(edit(known), quality=80)
+    event = await upload_and_publish(mediawiki, sse_server, f"Evasion {run_id} edited.jpg", edited)
 
     run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank))
     running_list.append(run)
@@ -55,29 +64,6 @@ async def test_bordered_copy_is_matched_and_the_email_says_after_trimming_a_bord
     mails = await smtp_server.wait_for_async(1)
     assert len(mails) == 1
     body = mails[0].message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    assert "known-7101" in body
-    assert "matched after trimming a border" in body
-    assert await run.service.stores.ledger.event_outcome(event["meta"]["id"]) == "match"
-
-
-@pytest.mark.wiki
-async def test_copy_cropped_on_one_side_is_matched_and_the_email_says_which_edge(
-    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
-    running_list: list[Running],  # noqa: F811
-) -> None:
-    run_id = uuid.uuid4().hex[:8]
-    known = images.photo(7102)
-    bank = tmp_path / "bank.csv"
-    bank.write_text(f"hash,category,source,id\n{pdq_signal(known).hex},,test-source,known-7102\n")
-    cropped = images.jpeg_bytes(evasion.crop_side(known, 0.06, "left"), quality=80)
-    event = await upload_and_publish(mediawiki, sse_server, f"Evasion {run_id} cropped.jpg", cropped)
-
-    run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank))
-    running_list.append(run)
-    await run.finished(1)
-    mails = await smtp_server.wait_for_async(1)
-    assert len(mails) == 1
-    body = mails[0].message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    assert "known-7102" in body
-    assert "edge by 7% (a copy cropped on one side)" in body, body
+    assert f"known-{seed}" in body
+    assert says in body, body
     assert await run.service.stores.ledger.event_outcome(event["meta"]["id"]) == "match"
