@@ -29,7 +29,7 @@ from service.matchers.frames import FrameMatcher
 from service.matchers.pdq import PdqMatcher
 from service.matchers.photodna import PhotoDnaMatcher, build_matcher
 from service.matchers.vpdq import VpdqMatcher
-from service.media.pool import CpuPool, ProcessPool, thread_pool
+from service.media.pool import CpuPool, ProcessPool, ping, thread_pool
 from service.media.thumbnail import prepare
 from service.metrics import Metrics
 from service.negative_bank import NegativeBank
@@ -180,6 +180,17 @@ class Service:
         # Restarted when a worker dies; each worker under the pipeline.decode_memory_limit ceiling.
         return ProcessPool(n, memory_limit=self.cfg.pipeline.decode_memory_limit or None, metrics=self.metrics)
 
+    async def _start_decoders(self, cpu: CpuPool) -> None:
+        """Start the decode workers now, not on the first upload: their forkserver loads the decoders and the
+        compiled kernels (about 1 s; some 10 s on a first start, while numba fills its cache).  A pool that
+        cannot start is reported by the liveness check (``/healthz``), as one that breaks later is."""
+        if self.cfg.pipeline.cpu_pool != "process":
+            return
+        try:
+            await cpu.run(ping)
+        except Exception as exc:  # the pool records why; /healthz fails and Kubernetes restarts the pod
+            log.error("the decode pool did not start", extra={"error": f"{type(exc).__name__}: {exc}"})
+
     async def _start_http(self) -> None:
         source = source_ready(self.source, last_event_at=self._last_event_at, idle=self.cfg.http.ready_source_idle)
         await self.http.start(
@@ -211,6 +222,7 @@ class Service:
             if self.photodna is not None:
                 await self.photodna.client.start()  # its key probe runs under the supervisor, below
             self._cpu = self._make_cpu_pool()
+            await self._start_decoders(self._cpu)
             self.pipeline = Pipeline(
                 self.cfg,
                 source=self.source,

@@ -123,3 +123,21 @@ async def test_healthz_fails_when_the_decode_pool_cannot_be_restarted(
             assert metric(text, "mediamoderation_decode_pool_restarts_total", result="failed") == 2
     finally:
         await run.stop()
+
+
+async def test_decode_workers_are_started_with_the_service_not_on_the_first_upload(
+    tmp_path: Path, mediawiki: MediaWikiServer, sse_server: EventStreamsServer, smtp_server: SmtpServer,
+) -> None:
+    """The forkserver loads the decoders and compiled kernels, and the workers start, before the service says it
+    has started: the first upload does not wait for them (nor, on a first start, for numba's compiler)."""
+    bank = tmp_path / "bank.csv"
+    bank.write_text("hash,category,source,id\n")
+    run = await start(make_config(tmp_path, mediawiki, sse_server, smtp_server, bank, pipeline=PROCESS_POOL))
+    try:
+        pool = run.service._cpu
+        assert isinstance(pool, pool_module.ProcessPool)
+        workers = pool._executor._workers  # type: ignore[attr-defined]  # PipeExecutor's
+        assert len(workers) == PROCESS_POOL["cpu_workers"]
+        assert all(w.process.is_alive() for w in workers)
+    finally:
+        await run.stop()

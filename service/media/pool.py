@@ -78,7 +78,8 @@ def _guarded(fn: Callable[..., T], *args: Any) -> T:
         raise Unscannable(OUT_OF_MEMORY, f"out of memory while decoding ({type(exc).__name__})") from None
 
 
-def _ping() -> bool:  # pragma: no cover - runs in pool workers
+def ping() -> bool:  # pragma: no cover - runs in pool workers
+    """A call that only shows the pool's workers are up (they start with the first call)."""
     return True
 
 
@@ -235,7 +236,7 @@ class ProcessPool:
         """A new executor that has shown it can run a call (its workers start and pass the initializer)."""
         executor = self._start(workers)
         try:
-            await asyncio.wait_for(asyncio.wrap_future(executor.submit(_ping)), self.start_timeout)
+            await asyncio.wait_for(asyncio.wrap_future(executor.submit(ping)), self.start_timeout)
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
