@@ -71,9 +71,6 @@ class View:
     fade: float = 1.0
     variants: tuple[int, ...] = ()
 
-    def pixels(self, luma: np.ndarray) -> np.ndarray:
-        return luma[self.top:self.bottom, self.left:self.right]
-
 
 def describe_view(name: object) -> str:
     """The view that matched, in words for reviewers ("" for the image as uploaded)."""
